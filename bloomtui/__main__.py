@@ -1,0 +1,3 @@
+from bloomtui.cli import main
+
+raise SystemExit(main())

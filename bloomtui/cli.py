@@ -1,0 +1,304 @@
+"""Command line: the app (default), and headless `generate`, `info`, `demo-model` and `download`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import NoReturn
+
+from bloomtui import __version__
+from bloomtui.errors import BloomtuiError, UsageError
+from bloomtui.sizes import format_size, parse_size
+
+COMMANDS = ("generate", "info", "demo-model", "download", "app")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one `error: ...` line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog.split()[-1] if ' ' in self.prog else 'bloomtui'}: {message}")
+
+
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ram-budget",
+        type=str,
+        metavar="SIZE",
+        help="RAM for weights and stream buffers, e.g. 800MB or 12GiB (default: 60%% of available memory); "
+        "blocks that do not fit are streamed from disk each token",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="compute dtype (default: the checkpoint's; fp16 runs in float32)",
+    )
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bloomtui",
+        description="Run BLOOM language models one transformer block at a time, streaming from disk what does "
+        "not fit in RAM. With no command, opens the terminal app.",
+        epilog="Examples:\n"
+        "  bloomtui                                   open the app (offers a demo model if none is found)\n"
+        "  bloomtui bigscience/bloom-560m             open the app on a model in the HF cache\n"
+        "  bloomtui generate ./bloom-560m 'Hello' --max-new-tokens 20\n"
+        "  bloomtui demo-model ./demo --preset small  write a random-weight model to try things\n"
+        "  bloomtui info ./bloom-560m --ram-budget 1GB",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bloomtui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    app = sub.add_parser("app", help="open the terminal app (the default command)")
+    app.add_argument("model", nargs="?", help="model folder or Hugging Face repo id in the local cache")
+    _model_options(app)
+
+    gen = sub.add_parser("generate", help="generate text headlessly; text on stdout, progress on stderr")
+    gen.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    gen.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
+    mode.add_argument("--temperature", type=float, metavar="T", help="sample with this temperature (> 0)")
+    gen.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely tokens")
+    gen.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass, in (0, 1]")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="transformers-style, 1 = off")
+    gen.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible sampling")
+    gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true", help="keep going after the end-of-text token")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per engine event instead of text")
+    _model_options(gen)
+
+    info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
+    info.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    _model_options(info)
+
+    from bloomtui import demo
+
+    dm = sub.add_parser("demo-model", help="write a random-weight BLOOM checkpoint (its text is noise)")
+    dm.add_argument("directory", help="folder to create (must not exist or be empty)")
+    dm.add_argument("--preset", default="tiny", choices=tuple(demo.PRESETS), help="shape (default tiny)")
+    dm.add_argument("--layout", default="safetensors", choices=demo.LAYOUTS, help="file layout (default safetensors)")
+    dm.add_argument("--dtype", default="float16", choices=tuple(demo.DTYPES), help="weight dtype (default float16)")
+    dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    dm.add_argument("--init-std", type=float, default=0.02, help="std of the random weights (default 0.02)")
+    dm.add_argument("--untied", action="store_true", help="store a separate lm_head.weight")
+    dm.add_argument("--post-ln", action="store_true", help="set apply_residual_connection_post_layernorm")
+    dm.add_argument("--force", action="store_true", help="replace the files of an earlier demo model there")
+
+    dl = sub.add_parser("download", help="download a BLOOM model from the Hugging Face hub into its cache")
+    dl.add_argument("repo_id", help="e.g. bigscience/bloom-560m")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "app")
+    try:
+        args = build_parser().parse_args(args_list)
+        return _dispatch(args)
+    except BloomtuiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `| head`): stop quietly, as Unix tools do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown from flushing into the pipe
+        return 141
+
+
+def _engine_options(args: argparse.Namespace):  # noqa: ANN202
+    from bloomtui.engine import EngineOptions
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    budget = parse_size(args.ram_budget) if args.ram_budget is not None else None
+    return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "demo-model":
+        return _demo_model(args)
+    if args.command == "download":
+        from bloomtui.engine.hub import download_model
+
+        print(download_model(args.repo_id))
+        return 0
+    from bloomtui.tui.app import run_app
+
+    return run_app(args.model, _engine_options(args))
+
+
+def _sampling(args: argparse.Namespace):  # noqa: ANN202
+    from bloomtui.engine import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature if args.temperature is not None else 0.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    params = _sampling(args)  # validate options before any slow loading
+    if args.temperature is not None and args.temperature == 0:
+        raise UsageError("--temperature must be > 0 (use --greedy for argmax)")
+    options = _engine_options(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise UsageError("the prompt is empty")
+
+    from bloomtui.engine import Engine, events
+    from bloomtui.progress import StatusLine
+
+    status = StatusLine()
+    cancel = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+
+    def on_event(event: events.Event) -> None:
+        if args.json:
+            print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
+            return
+        status(event)
+        if isinstance(event, events.TokenGenerated) and event.text:
+            status.clear()
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
+    try:
+        result = engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+    finally:
+        engine.close()
+        status.clear()
+    if args.json:
+        return 130 if isinstance(result, events.Cancelled) else 0
+    if result.text and not result.text.endswith("\n"):
+        sys.stdout.write("\n")
+    if isinstance(result, events.Cancelled):
+        print(f"cancelled after {result.new_tokens} tokens", file=sys.stderr)
+        return 130
+    print(
+        f"{result.new_tokens} tokens ({result.stop_reason}), prefill {result.prefill_seconds:.2f} s, "
+        f"{result.tokens_per_second:.2f} tokens/s, read {format_size(result.bytes_read)}, "
+        f"peak RSS {format_size(result.peak_rss)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from bloomtui.engine.generate import ModelPlan
+
+    mp = ModelPlan.make(args.model, _engine_options(args))
+    ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
+    disk_stream = sum(ckpt.block_nbytes(i) for i in plan.streamed_blocks)
+    if not plan.head_resident:
+        disk_stream += ckpt.head.nbytes
+    data = {
+        "path": str(mp.path),
+        "layout": ckpt.layout,
+        "files": len(ckpt.files),
+        "file_bytes": ckpt.total_file_bytes,
+        "hidden_size": cfg.hidden_size,
+        "n_head": cfg.n_head,
+        "n_layer": cfg.n_layer,
+        "vocab_size": cfg.vocab_size,
+        "post_ln_residual": cfg.apply_residual_connection_post_layernorm,
+        "tied_head": ckpt.tied,
+        "stored_dtype": str(ckpt.dtype).removeprefix("torch."),
+        "compute_dtype": str(mp.dtype).removeprefix("torch."),
+        "block_bytes": ckpt.block_nbytes(),
+        "ram_budget": plan.budget,
+        "resident_blocks": sorted(plan.resident_blocks),
+        "streamed_blocks": list(plan.streamed_blocks),
+        "head_resident": plan.head_resident,
+        "resident_bytes": plan.resident_bytes,
+        "buffer_bytes": plan.buffer_bytes,
+        "streamed_bytes_per_token": disk_stream,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    n = cfg.n_layer
+    print(f"model       {mp.path}")
+    print(f"layout      {ckpt.layout}, {len(ckpt.files)} file(s), {format_size(ckpt.total_file_bytes)}")
+    print(
+        f"shape       {n} blocks, hidden {cfg.hidden_size}, {cfg.n_head} heads, vocab {cfg.vocab_size}, "
+        f"{'tied' if ckpt.tied else 'untied'} head{', post-LN residual' if data['post_ln_residual'] else ''}"
+    )
+    print(f"dtype       stored {data['stored_dtype']}, computed in {data['compute_dtype']}")
+    print(
+        f"per block   {format_size(ckpt.block_nbytes())} on disk, "
+        f"{format_size(plan.block_elems * plan.itemsize)} in RAM"
+    )
+    print(f"RAM budget  {format_size(plan.budget)}")
+    print(
+        f"resident    {len(plan.resident_blocks)}/{n} blocks, "
+        f"LM head {'resident' if plan.head_resident else 'streamed'}"
+        f" ({format_size(plan.resident_bytes)} + {format_size(plan.buffer_bytes)} stream buffers)"
+    )
+    streamed = plan.streamed_blocks
+    print(f"streamed    {len(streamed)} blocks{': ' + _ranges(streamed) if streamed else ''}")
+    print(f"disk/token  {format_size(disk_stream)} read per generated token")
+    return 0
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bloomtui import demo
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    path = demo.write_demo_model(
+        Path(args.directory),
+        preset=args.preset,
+        layout=args.layout,
+        dtype=args.dtype,
+        seed=args.seed,
+        init_std=args.init_std,
+        untied=args.untied,
+        post_ln_residual=args.post_ln,
+        overwrite=args.force,
+        on_progress=progress,
+    )
+    print(f"wrote {path} (preset {args.preset}, layout {args.layout}). Its weights are random: the text is noise.")
+    return 0

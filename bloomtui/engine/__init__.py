@@ -1,0 +1,10 @@
+"""The layer-by-layer BLOOM engine. It knows nothing of any UI.
+
+engine = Engine.open("path/or/hf-id", EngineOptions(ram_budget=800_000_000), on_event=print)
+result = engine.generate("Hello", SamplingParams(max_new_tokens=20), on_event=print, cancel=event)
+"""
+
+from bloomtui.engine.generate import Engine, EngineOptions
+from bloomtui.engine.sampling import SamplingParams
+
+__all__ = ["Engine", "EngineOptions", "SamplingParams"]

@@ -1,0 +1,78 @@
+"""BLOOM hyper-parameters read from a checkpoint's config.json, old field names included."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bloomtui.errors import ConfigError
+
+# Old BLOOM configs (bigscience/bloom itself) use the names on the right.
+_ALIASES = {
+    "hidden_size": ("hidden_size", "n_embed"),
+    "n_head": ("n_head", "num_attention_heads"),
+    "n_layer": ("n_layer", "num_hidden_layers"),
+}
+
+
+@dataclass(frozen=True)
+class BloomConfig:
+    hidden_size: int
+    n_head: int
+    n_layer: int
+    vocab_size: int
+    layer_norm_epsilon: float = 1e-5
+    apply_residual_connection_post_layernorm: bool = False
+    tie_word_embeddings: bool = True
+    eos_token_id: int | None = 2
+    torch_dtype: str | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_head
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> BloomConfig:
+        if raw.get("model_type") != "bloom":
+            raise ConfigError(f"{source}: model_type is {raw.get('model_type')!r}, not 'bloom'")
+        values: dict[str, Any] = {}
+        for name, keys in _ALIASES.items():
+            found = next((raw[k] for k in keys if k in raw), None)
+            if not isinstance(found, int) or isinstance(found, bool) or found <= 0:
+                raise ConfigError(f"{source}: needs a positive integer {' or '.join(keys)}")
+            values[name] = found
+        vocab = raw.get("vocab_size")
+        if not isinstance(vocab, int) or vocab <= 0:
+            raise ConfigError(f"{source}: needs a positive integer vocab_size")
+        if values["hidden_size"] % values["n_head"]:
+            raise ConfigError(
+                f"{source}: hidden_size {values['hidden_size']} is not divisible by n_head {values['n_head']}"
+            )
+        if raw.get("pretraining_tp", 1) > 1 and raw.get("slow_but_exact"):
+            raise ConfigError(f"{source}: slow_but_exact tensor-parallel emulation is not supported")
+        eos = raw.get("eos_token_id", 2)
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        return cls(
+            vocab_size=vocab,
+            layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+            apply_residual_connection_post_layernorm=bool(raw.get("apply_residual_connection_post_layernorm", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+            eos_token_id=eos if isinstance(eos, int) else None,
+            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            **values,
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> BloomConfig:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: not found (a BLOOM checkpoint folder has a config.json)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read it as JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(raw, source=str(path))

@@ -1,0 +1,126 @@
+"""Typed events the engine emits while it loads and generates.
+
+Every consumer (the Textual app, the headless CLI, the benchmarks) reads the same stream. Events are
+small frozen dataclasses; `generation` numbers the run so a UI can drop stale events from a cancelled one.
+`to_json()` gives the CLI's `--json` objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+Phase = Literal["loading", "reading", "computing", "sampling"]
+PassKind = Literal["prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class: every event names its kind in `event` for JSON consumers."""
+
+    event: ClassVar[str] = "event"
+    generation: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {"event": self.event, **data}
+
+
+@dataclass(frozen=True)
+class LoadProgress(Event):
+    """Resident weights being read into RAM when a model opens (generation is 0)."""
+
+    event: ClassVar[str] = "load"
+    done_bytes: int
+    total_bytes: int
+    what: str
+
+
+@dataclass(frozen=True)
+class PhaseChanged(Event):
+    """The engine moved to another phase of a pass: waiting on a read, computing a block, or sampling.
+
+    Lossy status: a UI may show only the latest one."""
+
+    event: ClassVar[str] = "phase"
+    phase: Phase
+    index: int
+    total: int
+
+
+@dataclass(frozen=True)
+class BlockDone(Event):
+    """One transformer block finished for the current pass.
+
+    `bytes` and `read_seconds` are what the prefetcher read from disk for this block (0 when resident);
+    `wait_seconds` is how long compute stalled waiting for those bytes."""
+
+    event: ClassVar[str] = "block"
+    index: int
+    total: int
+    kind: PassKind
+    token_index: int
+    resident: bool
+    bytes: int
+    read_seconds: float
+    wait_seconds: float
+    compute_seconds: float
+    rss: int
+
+
+@dataclass(frozen=True)
+class TokenGenerated(Event):
+    """A new token. `text` is the decoded piece that became final with it (may be empty while a
+    multi-byte character or a possible stop string is incomplete); `logprob` is the log-softmax of the
+    raw logits at the chosen id; `seconds` is the wall time of the pass that produced it."""
+
+    event: ClassVar[str] = "token"
+    index: int
+    id: int
+    text: str
+    logprob: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Done(Event):
+    """Generation finished. `stop_reason` is "eos", "stop", or "length"."""
+
+    event: ClassVar[str] = "done"
+    token_ids: tuple[int, ...]
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    tokens_per_second: float
+    peak_rss: int
+    bytes_read: int
+    stop_reason: str
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    """The cancel flag was seen; the partial result is kept. The engine is ready for the next prompt."""
+
+    event: ClassVar[str] = "cancelled"
+    token_ids: tuple[int, ...]
+    text: str
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """Generation failed; `message` is one line for the user."""
+
+    event: ClassVar[str] = "error"
+    message: str
+
+
+EventSink = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """The default sink."""

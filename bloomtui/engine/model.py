@@ -1,0 +1,106 @@
+"""BLOOM's forward pass as plain functions over weight dicts, one block at a time.
+
+Matches transformers' BloomForCausalLM op for op (same baddbmm for scores + ALiBi, fp32 softmax, tanh
+GELU with Megatron's constants), so float32 results agree to rounding. References: BLOOM (arXiv
+2211.05100) and ALiBi (Press et al., arXiv 2108.12409). Batch size is 1; shapes use
+T = new tokens, L = tokens so far, H = hidden, nh = heads, hd = head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bloomtui.engine.config import BloomConfig
+
+Weights = dict[str, Tensor]
+# Queries per attention chunk in prefill: bounds the (nh, T, L) score tensor for long prompts.
+_QUERY_CHUNK = 512
+
+
+def alibi_slopes(n_head: int) -> Tensor:
+    """Per-head ALiBi slopes, including the interleaved extra slopes for non-power-of-two head counts."""
+    p = 2 ** math.floor(math.log2(n_head))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(p) - 3))), dtype=torch.float32)
+    slopes = torch.pow(base, torch.arange(1, 1 + p, dtype=torch.int32))
+    if p != n_head:
+        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * p) - 3))), dtype=torch.float32)
+        extra = min(p, n_head - p)
+        slopes = torch.cat([slopes, torch.pow(extra_base, torch.arange(1, 1 + 2 * extra, 2, dtype=torch.int32))])
+    return slopes
+
+
+def alibi_bias(n_head: int, max_len: int, dtype: torch.dtype) -> Tensor:
+    """Slope * key position, computed in fp32 then cast as transformers does: (nh, 1, max_len)."""
+    positions = torch.arange(max_len, dtype=torch.float32)
+    return (alibi_slopes(n_head)[:, None, None] * positions[None, None, :]).to(dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one block for every position so far, preallocated to the run's max length."""
+
+    k: Tensor  # (nh, max_len, hd)
+    v: Tensor  # (nh, max_len, hd)
+
+    @classmethod
+    def empty(cls, config: BloomConfig, max_len: int, dtype: torch.dtype) -> KVCache:
+        shape = (config.n_head, max_len, config.head_dim)
+        return cls(torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """BLOOM's tanh GELU with its exact constants (F.gelu's differ in the last digits)."""
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+def attention(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig) -> Tensor:
+    """Self-attention of T new positions starting at `start`; fills the cache. Returns (T, H), no bias add."""
+    t = x.shape[0]
+    nh, hd = config.n_head, config.head_dim
+    qkv = F.linear(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
+    qkv = qkv.view(t, nh, 3, hd)  # fused layout: per head, q then k then v
+    q = qkv[:, :, 0].transpose(0, 1)  # (nh, T, hd)
+    end = start + t
+    cache.k[:, start:end] = qkv[:, :, 1].transpose(0, 1)
+    cache.v[:, start:end] = qkv[:, :, 2].transpose(0, 1)
+    keys_t = cache.k[:, :end].transpose(1, 2)  # (nh, hd, L)
+    values = cache.v[:, :end]  # (nh, L, hd)
+    bias = alibi[:, :, :end]  # (nh, 1, L)
+    inv_norm = 1.0 / math.sqrt(hd)
+    out = torch.empty((nh, t, hd), dtype=x.dtype)
+    for q0 in range(0, t, _QUERY_CHUNK):
+        q1 = min(t, q0 + _QUERY_CHUNK)
+        scores = torch.baddbmm(bias, q[:, q0:q1], keys_t, beta=1.0, alpha=inv_norm)  # (nh, tq, L)
+        if t > 1:
+            # Query i (absolute position start+i) sees keys 0..start+i.
+            query_pos = torch.arange(start + q0, start + q1)[:, None]
+            future = torch.arange(end)[None, :] > query_pos  # (tq, L)
+            scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+        torch.bmm(probs, values, out=out[:, q0:q1])
+    ctx = out.transpose(0, 1).reshape(t, nh * hd)  # (T, H)
+    return F.linear(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
+
+
+def block_forward(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig) -> Tensor:
+    """One transformer block on hidden states x (T, H)."""
+    eps = config.layer_norm_epsilon
+    post_ln = config.apply_residual_connection_post_layernorm
+    ln1 = layer_norm(x, w["input_layernorm.weight"], w["input_layernorm.bias"], eps)
+    h = attention(ln1, w, cache, start, alibi, config) + (ln1 if post_ln else x)
+    ln2 = layer_norm(h, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps)
+    up = gelu(F.linear(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
+    return F.linear(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)

@@ -1,0 +1,93 @@
+"""Reading tensor bytes from checkpoint files into preallocated memory.
+
+`pread` into the destination (or a small staging buffer when the dtype must change), in chunks so a
+cancel lands mid-read, optionally dropping what was read from the OS page cache: a model bigger than RAM
+streamed through the page cache would only push the user's other programs out of memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.errors import CancelRequested, CheckpointError
+
+CHUNK_BYTES = 32 * 1024 * 1024
+_HAS_FADVISE = hasattr(os, "posix_fadvise")
+
+
+def _byte_view(t: Tensor) -> memoryview:
+    return memoryview(t.view(-1).view(torch.uint8).numpy())
+
+
+class TensorReader:
+    """Owns open file descriptors and a staging buffer: give each thread its own reader."""
+
+    def __init__(self, *, drop_cache: bool, staging_bytes: int = CHUNK_BYTES) -> None:
+        self.drop_cache = drop_cache and _HAS_FADVISE
+        self._fds: dict[Path, int] = {}
+        self._staging: Tensor | None = None
+        self._staging_bytes = staging_bytes
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot open ({exc.strerror})") from None
+            self._fds[path] = fd
+        return fd
+
+    def _pread_into(self, path: Path, offset: int, view: memoryview, should_stop: Callable[[], bool]) -> None:
+        fd = self._fd(path)
+        done, total = 0, len(view)
+        while done < total:
+            if should_stop():
+                raise CancelRequested
+            n = os.preadv(fd, [view[done : min(total, done + CHUNK_BYTES)]], offset + done)
+            if n <= 0:
+                raise CheckpointError(f"{path}: truncated (read past the end at byte {offset + done})")
+            if self.drop_cache:
+                os.posix_fadvise(fd, offset + done, n, os.POSIX_FADV_DONTNEED)
+            done += n
+
+    def read(self, ref: TensorRef, dest: Tensor, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Fill contiguous `dest` (same numel, any float dtype) from `ref`; return bytes read."""
+        return self.read_range(ref, 0, ref.numel, dest, should_stop)
+
+    def read_range(
+        self, ref: TensorRef, first: int, count: int, dest: Tensor, should_stop: Callable[[], bool] = lambda: False
+    ) -> int:
+        """Read elements [first, first+count) of the flattened tensor into `dest`; return bytes read."""
+        assert dest.is_contiguous() and dest.numel() == count
+        item = ref.dtype.itemsize
+        offset = ref.offset + first * item
+        if dest.dtype == ref.dtype:
+            self._pread_into(ref.path, offset, _byte_view(dest), should_stop)
+            return count * item
+        flat = dest.view(-1)
+        staging = self._staging_buffer()
+        per_chunk = len(staging) // item
+        for e0 in range(0, count, per_chunk):
+            e1 = min(count, e0 + per_chunk)
+            raw = staging[: (e1 - e0) * item]
+            self._pread_into(ref.path, offset + e0 * item, _byte_view(raw), should_stop)
+            flat[e0:e1].copy_(raw.view(ref.dtype))
+        return count * item
+
+    def _staging_buffer(self) -> Tensor:
+        if self._staging is None:
+            self._staging = torch.empty(self._staging_bytes, dtype=torch.uint8)
+        return self._staging
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._staging = None

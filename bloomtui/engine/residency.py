@@ -1,0 +1,132 @@
+"""Which weights stay in RAM and which are streamed from disk, chosen once per model.
+
+Every weight byte is needed once per token, so the plan keeps as many bytes resident as the budget
+allows, as a fixed set (an LRU cache on a cyclic scan evicts exactly the block needed next). Streamed
+blocks are spread evenly among resident ones so the prefetcher always has a block to read while resident
+blocks compute. Two stream slots let one block compute while the next is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import psutil
+
+from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.reader import CHUNK_BYTES
+from bloomtui.errors import BudgetError
+from bloomtui.sizes import format_size
+
+STREAM_SLOTS = 2
+
+
+def default_budget() -> int:
+    """A safe share of the memory available now: 60%, keeping at least 1 GB for everything else."""
+    available = psutil.virtual_memory().available
+    return max(256 * 1000**2, min(int(available * 0.6), available - 1000**3))
+
+
+@dataclass(frozen=True)
+class ResidencyPlan:
+    budget: int
+    itemsize: int
+    """Bytes per element in the compute dtype."""
+    n_blocks: int
+    block_elems: int
+    head_elems: int
+    head_rows: int
+    small_elems: int
+    resident_blocks: frozenset[int]
+    head_resident: bool
+    staging_bytes: int
+    """Staging buffer for dtype conversion of streamed reads (0 when the checkpoint is already in the compute dtype)."""
+
+    @property
+    def streamed_blocks(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.n_blocks) if i not in self.resident_blocks)
+
+    @property
+    def streams(self) -> bool:
+        return bool(self.streamed_blocks) or not self.head_resident
+
+    @property
+    def slot_elems(self) -> int:
+        return self.block_elems if self.streams else 0
+
+    @property
+    def head_chunk_rows(self) -> int:
+        return max(1, self.block_elems // (self.head_elems // self.head_rows))
+
+    @property
+    def head_chunks(self) -> int:
+        return 0 if self.head_resident else math.ceil(self.head_rows / self.head_chunk_rows)
+
+    @property
+    def resident_bytes(self) -> int:
+        elems = self.small_elems + len(self.resident_blocks) * self.block_elems
+        return (elems + (self.head_elems if self.head_resident else 0)) * self.itemsize
+
+    @property
+    def buffer_bytes(self) -> int:
+        return STREAM_SLOTS * self.slot_elems * self.itemsize + (self.staging_bytes if self.streams else 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.resident_bytes + self.buffer_bytes
+
+
+def _staging_bytes(checkpoint: Checkpoint, itemsize: int) -> int:
+    """Staging for dtype conversion of streamed reads: up to one read chunk, 0 without conversion."""
+    refs = list(checkpoint.blocks[0].values()) + [checkpoint.head]
+    if all(ref.dtype.itemsize == itemsize for ref in refs):
+        return 0
+    return min(CHUNK_BYTES, max(ref.nbytes for ref in refs))
+
+
+def minimum_budget(checkpoint: Checkpoint, itemsize: int) -> int:
+    """The smallest budget that can stream: small tensors, the stream slots and the staging buffer."""
+    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
+    small = sum(ref.numel for ref in checkpoint.small.values())
+    return (small + STREAM_SLOTS * block) * itemsize + _staging_bytes(checkpoint, itemsize)
+
+
+def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> ResidencyPlan:
+    n = checkpoint.n_blocks
+    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
+    head = checkpoint.head.numel
+    small = sum(ref.numel for ref in checkpoint.small.values())
+    base = dict(
+        budget=budget,
+        itemsize=itemsize,
+        n_blocks=n,
+        block_elems=block,
+        head_elems=head,
+        head_rows=checkpoint.head.shape[0],
+        small_elems=small,
+        staging_bytes=_staging_bytes(checkpoint, itemsize),
+    )
+    if (small + n * block + head) * itemsize <= budget:
+        return ResidencyPlan(resident_blocks=frozenset(range(n)), head_resident=True, **base)
+
+    minimum = minimum_budget(checkpoint, itemsize)
+    if budget < minimum:
+        raise BudgetError(
+            f"--ram-budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
+            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block * itemsize)} plus small tensors)"
+        )
+    room = (budget - minimum) // itemsize
+    with_head = min(n, (room - head) // block) if room >= head else -1
+    without_head = min(n, room // block)
+    head_resident = with_head >= 0 and head + with_head * block >= without_head * block
+    count = with_head if head_resident else without_head
+    return ResidencyPlan(resident_blocks=_spread(n, count), head_resident=head_resident, **base)
+
+
+def _spread(n: int, resident: int) -> frozenset[int]:
+    """Choose `resident` of n blocks so that the streamed ones are evenly spaced."""
+    streamed = n - resident
+    if streamed <= 0:
+        return frozenset(range(n))
+    gaps = {int((j + 0.5) * n / streamed) for j in range(streamed)}
+    return frozenset(i for i in range(n) if i not in gaps)

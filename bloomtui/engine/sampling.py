@@ -1,0 +1,104 @@
+"""Choosing the next token from logits, with transformers' semantics.
+
+Order as in `generate()`: repetition penalty (a logits processor), then temperature, top-k and top-p
+(warpers). Greedy is temperature 0. The reported logprob is always log-softmax of the raw logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bloomtui.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    """0 means greedy (argmax)."""
+    top_k: int = 0
+    """0 turns top-k off."""
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    """Generation stops before the first occurrence of any of these strings."""
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise UsageError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
+        if any(s == "" for s in self.stop):
+            raise UsageError("--stop must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Sampler:
+    """Stateful over one generation (it owns the random generator)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator()
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> tuple[int, float]:
+        """Pick a token from fp32 logits of shape (vocab,); return (id, logprob under the raw logits)."""
+        p = self.params
+        scores = logits
+        if p.repetition_penalty != 1.0 and seen_ids.numel():
+            scores = apply_repetition_penalty(scores, seen_ids, p.repetition_penalty)
+        if p.greedy:
+            token = int(torch.argmax(scores))
+        else:
+            scores = scores / p.temperature
+            if p.top_k:
+                scores = top_k_filter(scores, p.top_k)
+            if p.top_p < 1.0:
+                scores = top_p_filter(scores, p.top_p)
+            probs = torch.softmax(scores, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        logprob = float(torch.log_softmax(logits, dim=-1)[token])
+        return token, logprob
+
+
+def apply_repetition_penalty(scores: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty as in transformers: divide positive logits, multiply negative ones."""
+    scores = scores.clone()
+    picked = scores.gather(0, seen_ids)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    scores.scatter_(0, seen_ids, picked)
+    return scores
+
+
+def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, scores.numel())
+    threshold = torch.topk(scores, k).values[-1]
+    return scores.masked_fill(scores < threshold, -float("inf"))
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering as in transformers' TopPLogitsWarper (keeps at least one token)."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[-1] = False
+    remove = remove_sorted.scatter(0, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -float("inf"))
