@@ -113,7 +113,8 @@ def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> Reside
     if budget < minimum:
         raise BudgetError(
             f"--ram-budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
-            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block * itemsize)} plus small tensors)"
+            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block * itemsize)}, "
+            f"{format_size(base['staging_bytes'])} for dtype conversion, small tensors)"
         )
     room = (budget - minimum) // itemsize
     with_head = min(n, (room - head) // block) if room >= head else -1

@@ -9,7 +9,7 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.residency import minimum_budget
-from tests.engine.conftest import oracle, reference_greedy, write_checkpoint
+from tests.checkpoints import oracle, reference_greedy, write_checkpoint
 
 N_TOKENS = 24
 

@@ -1,11 +1,10 @@
-"""Checkpoints written in real layouts, and transformers' BloomForCausalLM as the oracle."""
+"""Test checkpoints written in real layouts, and transformers' BloomForCausalLM as the oracle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import BloomConfig as HFBloomConfig
 from transformers import BloomForCausalLM
@@ -65,8 +64,3 @@ def reference_greedy(model: BloomForCausalLM, prompt_ids: list[int], n: int) -> 
     ids = out.sequences[0, len(prompt_ids) :].tolist()
     logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, ids, strict=True)]
     return ids, logprobs
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Written:
-    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "model", preset="small", dtype="float16")

@@ -1,0 +1,179 @@
+"""The generation loop: events, cancellation, stop rules, UTF-8 streaming, sampling semantics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from bloomtui.engine import Engine, EngineOptions, SamplingParams
+from bloomtui.engine import events as ev
+from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.sampling import Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
+from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
+from tests.checkpoints import Written
+
+PROMPT = "The Spanish translation of thank you for your help is: "
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Written):  # noqa: ANN201
+    eng = Engine.open(tiny_model.path)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def streaming_engine(tiny_model: Written):  # noqa: ANN201
+    budget = minimum_budget(Checkpoint.open(tiny_model.path), 4)
+    eng = Engine.open(tiny_model.path, EngineOptions(ram_budget=budget))
+    assert len(eng.model_plan.plan.streamed_blocks) == eng.config.n_layer
+    yield eng
+    eng.close()
+
+
+def test_events_per_block_and_token(streaming_engine: Engine) -> None:
+    seen: list[ev.Event] = []
+    result = streaming_engine.generate(PROMPT, SamplingParams(max_new_tokens=5, ignore_eos=True), on_event=seen.append)
+    n = streaming_engine.config.n_layer
+    blocks = [e for e in seen if isinstance(e, ev.BlockDone)]
+    tokens = [e for e in seen if isinstance(e, ev.TokenGenerated)]
+    assert len(blocks) == 5 * n  # prompt prefilled in one pass, then one pass per further token
+    assert [b.index for b in blocks[:n]] == list(range(n)) and blocks[0].kind == "prefill"
+    assert blocks[n].kind == "decode"
+    assert all(b.bytes > 0 and not b.resident and b.rss > 0 for b in blocks)
+    assert [t.id for t in tokens] == list(result.token_ids)
+    assert "".join(t.text for t in tokens) == result.text
+    assert seen[-1] is result and result.stop_reason == "length" and result.new_tokens == 5
+    assert result.bytes_read >= sum(b.bytes for b in blocks)
+    assert len({e.generation for e in seen}) == 1
+
+
+def test_cancel_mid_pass_then_reuse(streaming_engine: Engine) -> None:
+    cancel = threading.Event()
+    blocks: list[ev.BlockDone] = []
+
+    def on_event(event: ev.Event) -> None:
+        if isinstance(event, ev.BlockDone):
+            blocks.append(event)
+            if event.token_index == 2 and event.index == 1:
+                cancel.set()  # mid-pass, while the prefetcher is reading ahead
+
+    result = streaming_engine.generate(PROMPT, SamplingParams(max_new_tokens=50), on_event=on_event, cancel=cancel)
+    assert isinstance(result, ev.Cancelled)
+    assert result.new_tokens == 2
+    assert (blocks[-1].token_index, blocks[-1].index) == (2, 1), "cancel must land within one block"
+    # The engine is ready for the next prompt and gives the same tokens as a fresh run.
+    again = streaming_engine.generate(PROMPT, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert isinstance(again, ev.Done)
+    assert again.token_ids[:2] == result.token_ids
+
+
+def test_cancel_before_start(engine: Engine) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    result = engine.generate(PROMPT, SamplingParams(max_new_tokens=5), cancel=cancel)
+    assert isinstance(result, ev.Cancelled) and result.new_tokens == 0
+
+
+def test_resident_and_streamed_agree(engine: Engine, streaming_engine: Engine) -> None:
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    assert engine.generate(PROMPT, params).token_ids == streaming_engine.generate(PROMPT, params).token_ids
+
+
+def test_stop_string_cuts_before_it(engine: Engine) -> None:
+    full = engine.generate(PROMPT, SamplingParams(max_new_tokens=24, ignore_eos=True))
+    assert len(full.text) > 6
+    stop = full.text[3:6]
+    tokens: list[ev.TokenGenerated] = []
+    cut = engine.generate(
+        PROMPT,
+        SamplingParams(max_new_tokens=24, ignore_eos=True, stop=(stop,)),
+        on_event=lambda e: tokens.append(e) if isinstance(e, ev.TokenGenerated) else None,
+    )
+    assert cut.stop_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert "".join(t.text for t in tokens) == cut.text  # nothing of the stop string was streamed
+
+
+def test_eos_stops_unless_ignored(engine: Engine) -> None:
+    ids = engine.generate(PROMPT, SamplingParams(max_new_tokens=6, ignore_eos=True)).token_ids
+    # Make the model's own third token the "EOS" to see the rule apply.
+    object.__setattr__(engine.config, "eos_token_id", ids[2])
+    try:
+        stopped = engine.generate(PROMPT, SamplingParams(max_new_tokens=6))
+        ignored = engine.generate(PROMPT, SamplingParams(max_new_tokens=6, ignore_eos=True))
+    finally:
+        object.__setattr__(engine.config, "eos_token_id", 2)
+    assert stopped.stop_reason == "eos" and stopped.token_ids == ids[: ids.index(ids[2]) + 1]
+    assert ignored.token_ids == ids
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    params = SamplingParams(max_new_tokens=10, temperature=1.3, top_k=50, top_p=0.95, seed=7, ignore_eos=True)
+    a = engine.generate(PROMPT, params).token_ids
+    b = engine.generate(PROMPT, params).token_ids
+    c = engine.generate(PROMPT, SamplingParams(**{**params.__dict__, "seed": 8})).token_ids
+    assert a == b and a != c
+
+
+def test_utf8_pieces_never_broken(engine: Engine) -> None:
+    text = "日本語のテキスト 🙂🚀 and émojis — ñ ü 中文字符"
+    ids = engine.encode(text)
+    assert len(ids) > len(text.encode()) // 4  # many characters span several byte-level tokens
+    decoder = IncrementalDecoder(engine.decode)
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert any(p == "" for p in pieces), "some tokens hold only part of a character"
+
+
+def test_stop_filter_holds_back_partial_matches() -> None:
+    f = StopFilter(["STOP"])
+    assert f.feed("abc ST") == ("abc ", False)
+    assert f.feed("xy") == ("STxy", False)
+    assert f.feed("S") == ("", False)
+    assert f.feed("TOP more") == ("", True)
+    g = StopFilter(["\n\n", "###"])
+    assert g.feed("line\n") == ("line", False)
+    assert g.feed("#") == ("\n", False)
+    assert g.flush() == "#"
+
+
+def test_sampling_filters_match_transformers() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(1, 500) * 3
+    seen = torch.tensor([[5, 17, 17, 300]])
+    want = RepetitionPenaltyLogitsProcessor(1.3)(seen, logits.clone())
+    assert torch.equal(apply_repetition_penalty(logits[0], seen[0], 1.3), want[0])
+    for k in (1, 10, 499):
+        want = TopKLogitsWarper(k)(seen, logits.clone())
+        assert torch.equal(top_k_filter(logits[0], k), want[0])
+    for p in (0.1, 0.5, 0.9, 1.0):
+        scaled = TemperatureLogitsWarper(0.7)(seen, logits.clone())
+        want = TopPLogitsWarper(p)(seen, scaled.clone())
+        assert torch.equal(top_p_filter(scaled[0], p), want[0])
+
+
+def test_sampler_logprob_is_of_raw_logits() -> None:
+    logits = torch.tensor([0.0, 2.0, 1.0, -1.0])
+    token, logprob = Sampler(SamplingParams(repetition_penalty=5.0))(logits, torch.tensor([1]))
+    assert token == 2  # the penalty moved argmax from 1 to 2 ...
+    assert logprob == pytest.approx(torch.log_softmax(logits, -1)[2].item())  # ... but logprob is unpenalised
+
+
+def test_empty_prompt_is_an_error(engine: Engine) -> None:
+    from bloomtui.errors import UsageError
+
+    seen: list[ev.Event] = []
+    with pytest.raises(UsageError, match="empty"):
+        engine.generate("", SamplingParams(max_new_tokens=2), on_event=seen.append)
+    assert isinstance(seen[-1], ev.Error)

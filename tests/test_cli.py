@@ -1,0 +1,104 @@
+"""The CLI end to end, in a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import Written
+
+
+def bloomtui(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bloomtui", *args], capture_output=True, text=True, input=stdin, timeout=120
+    )
+
+
+def test_generate_json_events(tiny_model: Written) -> None:
+    run = bloomtui("generate", str(tiny_model.path), "Hello there", "--max-new-tokens", "6", "--ignore-eos", "--json")
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "done" and kinds.count("token") == 6
+    block = next(e for e in events if e["event"] == "block")
+    assert {"index", "total", "bytes", "read_seconds", "compute_seconds", "rss"} <= block.keys()
+    token = next(e for e in events if e["event"] == "token")
+    assert {"id", "text", "logprob"} <= token.keys() and token["logprob"] <= 0
+    done = events[-1]
+    assert {"token_ids", "text", "tokens_per_second", "peak_rss", "bytes_read"} <= done.keys()
+    assert done["token_ids"] == [e["id"] for e in events if e["event"] == "token"]
+
+
+def test_generate_text_matches_json_and_reads_stdin(tiny_model: Written) -> None:
+    args = ("--max-new-tokens", "8", "--ignore-eos")
+    as_json = bloomtui("generate", str(tiny_model.path), "Hola", *args, "--json")
+    text = bloomtui("generate", str(tiny_model.path), "-", *args, stdin="Hola")
+    assert text.returncode == 0, text.stderr
+    done = json.loads(as_json.stdout.splitlines()[-1])
+    assert text.stdout == done["text"] + ("" if done["text"].endswith("\n") else "\n")
+    assert "tokens/s" in text.stderr
+
+
+def test_streamed_budget_from_cli(tiny_model: Written) -> None:
+    run = bloomtui("generate", str(tiny_model.path), "Hi", "--max-new-tokens", "3", "--ram-budget", "1.2MB", "--json")
+    assert run.returncode == 0, run.stderr
+    blocks = [json.loads(x) for x in run.stdout.splitlines() if '"event": "block"' in x]
+    assert any(b["bytes"] > 0 for b in blocks)
+
+
+def test_info(tiny_model: Written) -> None:
+    run = bloomtui("info", str(tiny_model.path), "--ram-budget", "1.2MB", "--json")
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["n_layer"] == 4 and info["streamed_blocks"] and info["stored_dtype"] == "float16"
+    human = bloomtui("info", str(tiny_model.path))
+    assert "resident    4/4 blocks" in human.stdout
+
+
+def test_demo_model_then_generate(tmp_path: Path) -> None:
+    run = bloomtui("demo-model", str(tmp_path / "demo"), "--preset", "tiny", "--layout", "bigscience")
+    assert run.returncode == 0, run.stderr
+    assert "noise" in run.stdout
+    gen = bloomtui("generate", str(tmp_path / "demo"), "Hello", "--max-new-tokens", "3")
+    assert gen.returncode == 0, gen.stderr
+    again = bloomtui("demo-model", str(tmp_path / "demo"))
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["generate", "{model}", "x", "--max-new-tokens", "-3"], "--max-new-tokens"),
+        (["generate", "{model}", "x", "--max-new-tokens", "abc"], "--max-new-tokens"),
+        (["generate", "{model}", "x", "--temperature", "-1"], "--temperature"),
+        (["generate", "{model}", "x", "--top-p", "1.5"], "--top-p"),
+        (["generate", "{model}", "x", "--ram-budget", "lots"], "--ram-budget"),
+        (["generate", "{model}", "x", "--ram-budget", "10kB"], "--ram-budget"),
+        (["generate", "{model}", "x", "--greedy", "--temperature", "1"], "not allowed with"),
+        (["generate", "{model}/config.json", "x"], "config.json"),
+        (["generate", "/does/not/exist", "x"], "/does/not/exist"),
+        (["generate", "{model}", ""], "prompt is empty"),
+        (["info", "no-such-org/no-such-model"], "not in the local Hugging Face cache"),
+        (["generate", "{model}", "x", "--dtype", "float16"], "--dtype"),
+    ],
+)
+def test_errors_are_one_line_exit_2(tiny_model: Written, args: list[str], needle: str) -> None:
+    run = bloomtui(*[a.format(model=tiny_model.path) for a in args])
+    assert run.returncode == 2
+    assert run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_help_explains() -> None:
+    run = bloomtui("--help")
+    assert run.returncode == 0
+    for word in ("generate", "info", "demo-model", "download"):
+        assert word in run.stdout
+    gen = bloomtui("generate", "--help")
+    assert "--ram-budget" in gen.stdout and "--stop" in gen.stdout
