@@ -1,0 +1,151 @@
+"""User settings: a frozen dataclass saved as JSON under the XDG config dir.
+
+One file, `settings.json`, read at start-up and written by the settings dialog. A missing file means
+defaults; a broken one means defaults plus a warning the app shows, never a crash at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bloomtui import locations
+from bloomtui.engine import SamplingParams
+from bloomtui.errors import UsageError
+from bloomtui.sizes import format_size, parse_size
+
+# SamplingParams words its errors for the command line; the dialog shows the field's label instead.
+LABELS = {
+    "max_new_tokens": "Max new tokens",
+    "temperature": "Temperature",
+    "top_k": "Top-k",
+    "top_p": "Top-p",
+    "repetition_penalty": "Repetition penalty",
+    "seed": "Seed",
+    "ram_budget": "RAM budget",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_new_tokens: int = 64
+    """How many tokens one run may add to the prompt."""
+    sample: bool = False
+    """False: greedy decoding (always the most likely token). True: sample with the values below."""
+    temperature: float = 0.8
+    """Sampling temperature (> 0); only used when `sample` is on."""
+    top_k: int = 50
+    """Keep only the k most likely tokens before sampling; 0 turns it off."""
+    top_p: float = 0.95
+    """Keep the smallest set of tokens whose probability adds up to p (nucleus sampling); 1 turns it off."""
+    repetition_penalty: float = 1.0
+    """Divide the scores of tokens already seen by this (1 = off); applies to greedy decoding too."""
+    seed: int | None = None
+    """Random seed for sampling; None draws a fresh one each run."""
+    ram_budget: int | None = None
+    """Bytes of RAM the engine may hold for weights; None picks a safe share of free memory."""
+    theme: str = "textual-dark"
+    """The Textual theme."""
+
+    def sampling_params(self) -> SamplingParams:
+        """The engine's parameters; raises UsageError (worded for the dialog) on invalid values."""
+        try:
+            return SamplingParams(
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature if self.sample else 0.0,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty,
+                seed=self.seed,
+            )
+        except UsageError as exc:
+            message = exc.message
+            for name, label in LABELS.items():
+                message = message.replace(f"--{name.replace('_', '-')}", label)
+            raise UsageError(message) from None
+
+    def validated(self) -> Settings:
+        """Self, or UsageError naming the first invalid field."""
+        self.sampling_params()
+        if self.sample and not self.temperature > 0:
+            raise UsageError(f"Temperature must be > 0 when sampling, got {self.temperature}")
+        if self.ram_budget is not None and self.ram_budget <= 0:
+            raise UsageError(f"RAM budget must be positive, got {self.ram_budget}")
+        return self
+
+    @property
+    def ram_budget_text(self) -> str:
+        return "auto" if self.ram_budget is None else format_size(self.ram_budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        """Build from JSON data; unknown keys are ignored (older or newer versions), bad types refused."""
+        if not isinstance(data, dict):
+            raise UsageError("settings must be a JSON object")
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name in data:
+                values[field.name] = _coerce(field.name, data[field.name])
+        return cls(**values).validated()
+
+
+def _coerce(name: str, value: Any) -> Any:
+    label = LABELS.get(name, name)
+    kind = type(getattr(Settings, name)) if getattr(Settings, name) is not None else int
+    if name == "ram_budget" and isinstance(value, str):
+        return None if value.strip().lower() in ("", "auto") else parse_size(value, label)
+    if value is None and name in ("seed", "ram_budget"):
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, kind):
+        return value
+    raise UsageError(f"{label}: {value!r} is not a valid {kind.__name__}")
+
+
+def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
+    """The saved settings and a warning to show when the file exists but cannot be used."""
+    path = path or locations.settings_file()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings(), None
+    except OSError as exc:
+        return Settings(), f"cannot read {path}: {exc.strerror}; using defaults"
+    try:
+        return Settings.from_dict(json.loads(text)), None
+    except json.JSONDecodeError as exc:
+        return Settings(), f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); using defaults"
+    except UsageError as exc:
+        return Settings(), f"{path}: {exc.message}; using defaults"
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> Path:
+    """Write atomically, so a crash mid-write never leaves a half file that resets everything."""
+    path = path or locations.settings_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".settings-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(settings.to_dict(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
