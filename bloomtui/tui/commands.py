@@ -1,0 +1,58 @@
+"""Command palette entries for the rarer actions: example prompts, history, transcript, clipboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Protocol
+
+from textual.app import SystemCommand
+
+EXAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
+    # The three prompts of the seed article, verbatim (trailing spaces included: BLOOM continues after them).
+    ("SQL", "The SQL command to extract all the users whose name starts with A is: "),
+    ("Spanish", "The Spanish translation of thank you for your help is: "),
+    (
+        "step by step",
+        "John is 4 times as old as Bob. Bob is 3 years younger than Mike. Mike is 10 years old. "
+        "What is John's age? Let's think step by step. ",
+    ),
+)
+HISTORY_IN_PALETTE = 20
+
+
+class PaletteHost(Protocol):
+    history: list[str]
+
+    def insert_prompt(self, text: str) -> None: ...
+
+    def action_save_transcript(self) -> None: ...
+
+    def action_copy_output(self) -> None: ...
+
+    def action_settings(self) -> None: ...
+
+    def action_open_model(self) -> None: ...
+
+    def action_open_demo(self) -> None: ...
+
+    def action_clear(self) -> None: ...
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def palette_commands(host: PaletteHost) -> Iterable[SystemCommand]:
+    for label, prompt in EXAMPLE_PROMPTS:
+        insert: Callable[[], None] = partial(host.insert_prompt, prompt)
+        yield SystemCommand(f"Example prompt: {label}", _one_line(prompt), insert)
+    yield SystemCommand("Save transcript", "Write this session as Markdown and show where", host.action_save_transcript)
+    yield SystemCommand("Copy output", "Copy the last prompt and its continuation", host.action_copy_output)
+    yield SystemCommand("Settings", "Tokens, sampling, seed, RAM budget", host.action_settings)
+    yield SystemCommand("Open model", "A cached BLOOM, a folder, or the demo", host.action_open_model)
+    yield SystemCommand("Open demo model", "Built-in model with random weights (noise)", host.action_open_demo)
+    yield SystemCommand("Clear output", "Remove all runs from the output pane", host.action_clear)
+    for prompt in reversed(host.history[-HISTORY_IN_PALETTE:]):
+        yield SystemCommand(f"History: {_one_line(prompt, 40)}", _one_line(prompt), partial(host.insert_prompt, prompt))

@@ -1,0 +1,152 @@
+"""The app's view of an engine: open a model (or the built-in demo) and describe it for the panel.
+
+The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
+Everything here runs in a worker thread: opening reads weights, and the demo model is written on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from bloomtui import locations
+from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
+from bloomtui.engine.generate import ModelPlan
+from bloomtui.engine.residency import STREAM_SLOTS
+from bloomtui.tui.run_state import ModelInfo
+
+DEMO_PRESET = "medium"
+"""8 blocks of hidden size 256: small enough to write in a second, big enough to watch."""
+DEMO_RECIPE = "medium-untied-v1"
+"""Names the demo folder: a changed recipe gets a fresh folder instead of reusing an old one."""
+DEMO_LABEL = "demo model (random weights)"
+
+StatusSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to open: a folder or cached repo id, or the built-in demo."""
+
+    source: str | None = None
+    demo: bool = False
+
+    @property
+    def label(self) -> str:
+        return DEMO_LABEL if self.demo else str(self.source)
+
+
+DEMO = ModelSpec(demo=True)
+
+
+class EngineHandle(Protocol):
+    info: ModelInfo
+
+    def generate(
+        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+    ) -> events.Done | events.Cancelled: ...
+
+    def rss(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threading.Event], EngineHandle]
+
+
+class RealEngine:
+    """An open `Engine` plus what the panel shows about it."""
+
+    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+        self.engine = engine
+        plan, ckpt = engine.model_plan.plan, engine.model_plan.checkpoint
+        self.info = ModelInfo(
+            name=DEMO_LABEL if spec.demo else _short_name(spec.source or str(ckpt.folder)),
+            n_blocks=plan.n_blocks,
+            resident_blocks=plan.resident_blocks,
+            head_resident=plan.head_resident,
+            budget=plan.budget,
+            planned_bytes=plan.total_bytes,
+            dtype=str(engine.dtype).removeprefix("torch."),
+            layout=ckpt.layout,
+            hidden_size=engine.config.hidden_size,
+            n_head=engine.config.n_head,
+            demo=spec.demo,
+        )
+
+    def generate(
+        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+    ) -> events.Done | events.Cancelled:
+        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+
+    def rss(self) -> int:
+        return psutil.Process().memory_info().rss
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def warm_imports() -> None:
+    """Import what opening a model imports anyway (the tokenizer library, about 30 MB), so the RSS measured
+    after this is the runtime baseline the panel sets the model's memory against."""
+    from transformers import AutoTokenizer  # noqa: F401
+
+
+def _short_name(source: str) -> str:
+    path = Path(source)
+    # A cached repo id reads better than its snapshot hash folder; a folder is known by its name.
+    return source if not path.exists() else path.resolve().name
+
+
+def open_engine(
+    spec: ModelSpec,
+    options: EngineOptions,
+    on_event: events.EventSink,
+    on_status: StatusSink,
+    cancel: threading.Event,
+) -> EngineHandle:
+    """Open `spec` (writing the demo model first if needed). Raises BloomtuiError on bad input."""
+    if spec.demo:
+        path = ensure_demo_model(on_status)
+        if options.ram_budget is None:
+            options = replace(options, ram_budget=half_streaming_budget(path, options))
+    else:
+        path = Path(spec.source or ".")
+        on_status(f"opening {spec.label}")
+    engine = Engine.open(spec.source if not spec.demo else path, options, on_event=on_event, cancel=cancel)
+    return RealEngine(engine, spec)
+
+
+def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:
+    """The demo checkpoint in the user cache dir, written on first use (about a second)."""
+    from bloomtui.demo import write_demo_model
+
+    folder = locations.demo_model_dir(DEMO_RECIPE)
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    on_status("writing the demo model (random weights, first use only)")
+    try:
+        # An untied head: tied random weights make greedy decoding repeat one token (a space) forever;
+        # untied ones give varied, multilingual noise that shows text streaming in.
+        write_demo_model(folder, preset=DEMO_PRESET, untied=True, overwrite=True, on_progress=on_status)
+    except OSError:
+        # Another bloomtui wrote it at the same moment: theirs is as good as ours.
+        if not (folder / "config.json").is_file():
+            raise
+    return folder
+
+
+def half_streaming_budget(path: Path, options: EngineOptions) -> int:
+    """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both.
+
+    Mirrors `plan_residency`: the streaming minimum, the head, half the blocks, and half a block of slack
+    (less than one block, so no extra block fits)."""
+    plan = ModelPlan.make(path, replace(options, ram_budget=1 << 50)).plan
+    minimum = (plan.small_elems + STREAM_SLOTS * plan.block_elems) * plan.itemsize + plan.staging_bytes
+    wanted = plan.head_elems + (plan.n_blocks // 2) * plan.block_elems + plan.block_elems // 2
+    return minimum + wanted * plan.itemsize

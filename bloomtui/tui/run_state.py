@@ -1,0 +1,253 @@
+"""What the engine panel shows, folded from engine events into immutable snapshots.
+
+The engine thread calls `RunTracker.feed` for every event (hundreds a second on a small model); the UI
+polls `snapshot()` a few times a second and redraws only when `version` moved. Everything shown is
+computed from event data, not the wall clock, so a scripted event stream gives the same picture every time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from bloomtui.engine import events
+
+State = Literal["empty", "loading", "idle", "running", "done", "cancelled", "error"]
+HISTORY = 40
+"""Streamed-block read speeds kept for the sparkline."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The open model as the panel describes it."""
+
+    name: str
+    n_blocks: int
+    resident_blocks: frozenset[int]
+    head_resident: bool
+    budget: int
+    planned_bytes: int
+    """Weights held resident plus stream buffers, as planned."""
+    dtype: str
+    layout: str
+    hidden_size: int
+    n_head: int
+    demo: bool = False
+
+    @property
+    def streamed_blocks(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.n_blocks) if i not in self.resident_blocks)
+
+
+@dataclass(frozen=True)
+class PanelSnapshot:
+    version: int = 0
+    state: State = "empty"
+    message: str = ""
+    """One line under the title: what is loading, the stop reason, the error."""
+    model: ModelInfo | None = None
+    phase: str = ""
+    block: int = -1
+    """The block being read or computed (0-based), -1 between passes."""
+    blocks_done: int = 0
+    """Blocks finished in the current pass."""
+    pass_kind: str = ""
+    tokens: int = 0
+    max_tokens: int = 0
+    read_mbps: float | None = None
+    read_history: tuple[float, ...] = ()
+    rss: int | None = None
+    peak_rss: int = 0
+    baseline_rss: int = 0
+    """RSS measured just before the model loaded: Python, torch and the UI, not the model."""
+    seconds_per_token: float | None = None
+    eta_pass: float | None = None
+    eta_run: float | None = None
+    load_done: int = 0
+    load_total: int = 0
+
+
+@dataclass
+class _Pass:
+    kind: str = ""
+    done: int = 0
+    seconds: float = 0.0
+    """Block seconds (compute plus waiting on reads) summed over this pass so far."""
+
+
+@dataclass
+class _Live:
+    """Mutable state, only touched under the tracker's lock."""
+
+    snap: PanelSnapshot = field(default_factory=PanelSnapshot)
+    run: int = 0
+    current: _Pass = field(default_factory=_Pass)
+    block_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
+    token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+
+class RunTracker:
+    """Thread-safe fold of engine events into `PanelSnapshot`s; events of an older run are ignored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live = _Live()
+
+    def snapshot(self) -> PanelSnapshot:
+        with self._lock:
+            return self._live.snap
+
+    def _set(self, **changes: object) -> None:
+        live = self._live
+        live.snap = replace(live.snap, version=live.snap.version + 1, **changes)
+
+    # --- model lifecycle (UI thread or open worker) ---
+
+    def loading(self, what: str, done: int = 0, total: int = 0) -> None:
+        with self._lock:
+            self._set(state="loading", message=what, load_done=done, load_total=total, phase="loading")
+
+    def opened(self, model: ModelInfo, rss: int | None, baseline_rss: int = 0) -> None:
+        with self._lock:
+            self._live = _Live(snap=self._live.snap, run=self._live.run)
+            self._set(
+                state="idle",
+                model=model,
+                message="ready",
+                rss=rss,
+                baseline_rss=baseline_rss,
+                phase="",
+                block=-1,
+                blocks_done=0,
+                tokens=0,
+                read_mbps=None,
+                read_history=(),
+                seconds_per_token=None,
+                eta_pass=None,
+                eta_run=None,
+                load_done=0,
+                load_total=0,
+            )
+
+    def failed(self, message: str, *, keep_model: bool = True) -> None:
+        with self._lock:
+            model = self._live.snap.model if keep_model else None
+            self._set(state="error", message=message, phase="", block=-1, model=model)
+
+    # --- runs ---
+
+    def start(self, run: int, max_tokens: int) -> None:
+        """A new run: later events of older runs are dropped from now on."""
+        with self._lock:
+            live = self._live
+            live.run = run
+            live.current = _Pass()
+            live.token_seconds.clear()
+            self._set(
+                state="running",
+                message="prefill",
+                phase="",
+                block=-1,
+                blocks_done=0,
+                pass_kind="prefill",
+                tokens=0,
+                max_tokens=max_tokens,
+                seconds_per_token=None,
+                eta_pass=None,
+                eta_run=None,
+                peak_rss=0,
+            )
+
+    def feed(self, run: int, event: events.Event) -> None:
+        with self._lock:
+            if run != self._live.run:
+                return
+            if isinstance(event, events.PhaseChanged):
+                self._phase(event)
+            elif isinstance(event, events.BlockDone):
+                self._block(event)
+            elif isinstance(event, events.TokenGenerated):
+                self._token(event)
+            elif isinstance(event, events.LoadProgress):
+                self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
+            elif isinstance(event, events.Done):
+                self._finish("done", _done_message(event))
+            elif isinstance(event, events.Cancelled):
+                self._finish("cancelled", f"cancelled after {event.new_tokens} tokens")
+            elif isinstance(event, events.Error):
+                self._finish("error", event.message)
+
+    def _phase(self, event: events.PhaseChanged) -> None:
+        live = self._live
+        if event.phase == "sampling":
+            self._set(phase="sampling", block=-1, eta_pass=0.0)
+            return
+        if live.current.done >= event.total:  # first event of a new pass
+            live.current = _Pass(kind="decode")
+        self._set(phase=event.phase, block=event.index, blocks_done=live.current.done)
+
+    def _block(self, event: events.BlockDone) -> None:
+        live, snap = self._live, self._live.snap
+        if live.current.kind != event.kind or live.current.done >= event.total:
+            live.current = _Pass(kind=event.kind)
+        seconds = event.compute_seconds + event.wait_seconds
+        live.current.done = event.index + 1
+        live.current.seconds += seconds
+        live.block_seconds[(event.kind, event.index)] = seconds
+        changes: dict[str, object] = {}
+        if not event.resident and event.read_seconds > 0:
+            mbps = event.bytes / event.read_seconds / 1e6
+            live.history.append(mbps)
+            changes.update(read_mbps=mbps, read_history=tuple(live.history))
+        eta_pass = self._eta_pass(event)
+        remaining_tokens = max(0, snap.max_tokens - event.token_index - 1)
+        per_token = snap.seconds_per_token or self._pass_estimate(event)
+        self._set(
+            block=event.index,
+            blocks_done=live.current.done,
+            pass_kind=event.kind,
+            rss=event.rss,
+            peak_rss=max(snap.peak_rss, event.rss),
+            eta_pass=eta_pass,
+            eta_run=eta_pass + remaining_tokens * per_token if per_token is not None else None,
+            message=f"{event.kind} · token {event.token_index + 1}",
+            **changes,
+        )
+
+    def _eta_pass(self, event: events.BlockDone) -> float:
+        """Remaining blocks of this pass, each at its time in the last pass of the same kind (or this
+        pass's mean): resident and streamed blocks take very different times."""
+        live = self._live
+        mean = live.current.seconds / max(1, live.current.done)
+        rest = range(event.index + 1, event.total)
+        return sum(live.block_seconds.get((event.kind, i), mean) for i in rest)
+
+    def _pass_estimate(self, event: events.BlockDone) -> float | None:
+        """Seconds per decode pass before any decode token was timed: a sum of known decode blocks."""
+        known = [live_s for (kind, _i), live_s in self._live.block_seconds.items() if kind == "decode"]
+        if len(known) < event.total:
+            return None
+        return sum(known)
+
+    def _token(self, event: events.TokenGenerated) -> None:
+        live = self._live
+        if event.index > 0:  # the prefill pass covers the whole prompt: not a per-token cost
+            live.token_seconds.append(event.seconds)
+        per_token = sum(live.token_seconds) / len(live.token_seconds) if live.token_seconds else None
+        remaining = max(0, live.snap.max_tokens - event.index - 1)
+        self._set(
+            tokens=event.index + 1,
+            seconds_per_token=per_token if per_token is not None else live.snap.seconds_per_token,
+            eta_run=remaining * per_token if per_token is not None else live.snap.eta_run,
+        )
+
+    def _finish(self, state: State, message: str) -> None:
+        self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None)
+
+
+def _done_message(done: events.Done) -> str:
+    reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
+    return f"{done.new_tokens} tokens · {reasons.get(done.stop_reason, done.stop_reason)}"

@@ -1,0 +1,78 @@
+"""Choose what to open: a BLOOM from the local Hugging Face cache, a folder, or the built-in demo."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from bloomtui.cached_models import CachedModel
+from bloomtui.sizes import format_size
+from bloomtui.tui.engine_handle import DEMO, ModelSpec
+
+HOW_TO_GET_ONE = (
+    "To get a real model: quit, run  bloomtui download bigscience/bloom-560m  (about 1.1 GB),\n"
+    "then  bloomtui bigscience/bloom-560m . Any BLOOM size works, up to the 176B bigscience/bloom."
+)
+
+
+class ModelPickerScreen(ModalScreen[ModelSpec | None]):
+    BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
+
+    def __init__(self, cached: list[CachedModel], reason: str = "") -> None:
+        super().__init__()
+        self.cached = cached
+        self.reason = reason
+
+    def compose(self) -> ComposeResult:
+        if self.cached:
+            intro = f"Found {len(self.cached)} BLOOM model(s) in the Hugging Face cache."
+        else:
+            intro = "No BLOOM model was found in the local Hugging Face cache."
+        with Vertical(id="picker-dialog"):
+            yield Static("Open a model", id="picker-title")
+            yield Static("\n".join(filter(None, [self.reason, intro])), id="picker-intro", markup=False)
+            options = [
+                Option(f"{model.repo_id}  ·  {format_size(model.size_on_disk)}", id=f"repo:{model.repo_id}")
+                for model in self.cached
+            ]
+            options.append(
+                Option("Built-in demo model  ·  RANDOM weights: generates noise, shows the engine", id="demo")
+            )
+            yield OptionList(*options, id="picker-options")
+            yield Input(placeholder="…or type a model folder or cached repo id, then enter", id="picker-path")
+            yield Static(HOW_TO_GET_ONE, id="picker-help", markup=False)
+            with Horizontal(id="picker-buttons"):
+                yield Button("Open", variant="primary", id="open")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = 0
+        options.focus()
+
+    def _chosen(self) -> ModelSpec | None:
+        path = self.query_one("#picker-path", Input).value.strip()
+        if path:
+            return ModelSpec(path)
+        options = self.query_one(OptionList)
+        if options.highlighted is None:
+            return None
+        option_id = options.get_option_at_index(options.highlighted).id or ""
+        return DEMO if option_id == "demo" else ModelSpec(option_id.removeprefix("repo:"))
+
+    @on(OptionList.OptionSelected)
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#open")
+    def action_open(self) -> None:
+        chosen = self._chosen()
+        if chosen is not None:
+            self.dismiss(chosen)
+
+    @on(Button.Pressed, "#cancel")
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)

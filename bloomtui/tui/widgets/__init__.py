@@ -1,0 +1,9 @@
+"""The app's widgets, one per module."""
+
+from bloomtui.tui.widgets.block_map import BlockMap
+from bloomtui.tui.widgets.engine_panel import EnginePanel
+from bloomtui.tui.widgets.output_view import Notice, OutputView
+from bloomtui.tui.widgets.prompt_editor import PromptEditor
+from bloomtui.tui.widgets.run_output import Exchange, RunOutput
+
+__all__ = ["BlockMap", "EnginePanel", "Exchange", "Notice", "OutputView", "PromptEditor", "RunOutput"]

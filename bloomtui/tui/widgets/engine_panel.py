@@ -1,0 +1,146 @@
+"""The live engine panel: which block runs, read speed, memory, tokens, timing and the block map.
+
+It shows `PanelSnapshot`s and holds no state of its own beyond the last one shown.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import ProgressBar, Sparkline, Static
+
+from bloomtui.sizes import format_size
+from bloomtui.tui.run_state import PanelSnapshot
+from bloomtui.tui.widgets.block_map import BlockMap
+
+STATE_ICONS = {
+    "empty": "○ no model",
+    "loading": "◌ loading",
+    "idle": "● ready",
+    "running": "▶ running",
+    "done": "✔ done",
+    "cancelled": "■ cancelled",
+    "error": "✖ error",
+}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.0f} min"
+
+
+def _rate(mbps: float | None) -> str:
+    if mbps is None:
+        return "—"
+    return f"{mbps / 1000:.2f} GB/s" if mbps >= 1000 else f"{mbps:.0f} MB/s"
+
+
+class EnginePanel(VerticalScroll):
+    DEFAULT_CSS = """
+    EnginePanel { height: 1fr; }
+    EnginePanel ProgressBar { width: 100%; }
+    EnginePanel ProgressBar Bar { width: 1fr; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.snapshot = PanelSnapshot()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="panel-model", markup=False)
+        yield Static(id="panel-state", markup=False)
+        yield Static(id="panel-block", markup=False)
+        yield ProgressBar(total=1, show_eta=False, id="pass-progress")
+        yield Static(id="panel-read", markup=False)
+        yield Sparkline([], id="read-spark")
+        yield Static(id="panel-memory", markup=False)
+        yield ProgressBar(total=1, show_eta=False, id="memory-bar")
+        yield Static(id="panel-tokens", markup=False)
+        yield Static(id="panel-eta", markup=False)
+        yield Static("Blocks", classes="panel-heading", markup=False)
+        yield BlockMap(id="block-map")
+
+    def on_mount(self) -> None:
+        self.border_title = "Engine"
+        self.show(self.snapshot)
+
+    def show(self, snap: PanelSnapshot) -> None:
+        self.snapshot = snap
+        model = snap.model
+        if model is None:
+            self._update("#panel-model", "No model open\nctrl+o opens one, or the demo")
+        else:
+            self._update(
+                "#panel-model",
+                f"{model.name}\n{model.n_blocks} blocks · hidden {model.hidden_size} · {model.dtype}\n"
+                f"budget {format_size(model.budget)} · {len(model.resident_blocks)} resident · "
+                f"{len(model.streamed_blocks)} streamed",
+            )
+        state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
+        if snap.message:
+            state.append(f" · {snap.message}")
+        self.query_one("#panel-state", Static).update(state)
+        self.set_class(snap.state == "error", "-error")
+        self.set_class(snap.state == "cancelled", "-cancelled")
+        self.set_class(snap.state == "running", "-running")
+        self._show_pass(snap)
+        self._show_read(snap)
+        self._show_memory(snap)
+        self._show_tokens(snap)
+        n_blocks = model.n_blocks if model else 0
+        self.query_one(BlockMap).show(n_blocks, model.resident_blocks if model else frozenset(), snap.block)
+
+    def _update(self, selector: str, text: str) -> None:
+        self.query_one(selector, Static).update(text)
+
+    def _show_pass(self, snap: PanelSnapshot) -> None:
+        bar = self.query_one("#pass-progress", ProgressBar)
+        if snap.state == "loading":
+            total = max(1, snap.load_total)
+            self._update("#panel-block", f"reading resident weights · {format_size(snap.load_done)}")
+            bar.update(total=total, progress=min(snap.load_done, total))
+            return
+        n_blocks = snap.model.n_blocks if snap.model else 0
+        if snap.block >= 0:
+            line = f"block {snap.block + 1} / {n_blocks} · {snap.phase or 'computing'}"
+        elif snap.phase == "sampling":
+            line = f"block {n_blocks} / {n_blocks} · sampling"
+        else:
+            line = f"block — / {n_blocks or '—'}"
+        self._update("#panel-block", line)
+        done = snap.blocks_done if snap.state == "running" else 0
+        bar.update(total=max(1, n_blocks), progress=done)
+
+    def _show_read(self, snap: PanelSnapshot) -> None:
+        self._update("#panel-read", f"read   {_rate(snap.read_mbps)}  (streamed blocks)")
+        self.query_one("#read-spark", Sparkline).data = list(snap.read_history)
+
+    def _show_memory(self, snap: PanelSnapshot) -> None:
+        bar = self.query_one("#memory-bar", ProgressBar)
+        budget = snap.model.budget if snap.model else 0
+        if snap.rss is None or not budget:
+            self._update("#panel-memory", "RSS    —\n")
+            bar.update(total=1, progress=0)
+            return
+        # The budget covers weights and stream buffers; Python, torch and the UI come on top. So RSS is set
+        # against the runtime measured before loading plus the budget: what the process should stay under.
+        ceiling = snap.baseline_rss + budget
+        self._update(
+            "#panel-memory",
+            f"RSS    {format_size(snap.rss)} of ~{format_size(ceiling)}\n"
+            f"(runtime {format_size(snap.baseline_rss)} + budget {format_size(budget)})",
+        )
+        bar.update(total=ceiling, progress=min(snap.rss, ceiling))
+        self.set_class(snap.rss > ceiling, "-over-budget")
+
+    def _show_tokens(self, snap: PanelSnapshot) -> None:
+        rate = f" · {1 / snap.seconds_per_token:.1f} tok/s" if snap.seconds_per_token else ""
+        limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
+        self._update("#panel-tokens", f"tokens {snap.tokens}{limit} · {_seconds(snap.seconds_per_token)}/tok{rate}")
+        self._update("#panel-eta", f"ETA    pass {_seconds(snap.eta_pass)} · run {_seconds(snap.eta_run)}")
