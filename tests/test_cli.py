@@ -102,3 +102,24 @@ def test_help_explains() -> None:
         assert word in run.stdout
     gen = bloomtui("generate", "--help")
     assert "--ram-budget" in gen.stdout and "--stop" in gen.stdout
+
+
+def test_repo_id_resolves_from_the_local_hf_cache(tiny_model: Written, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--bigscience--bloom-tiny-test"
+    shutil.copytree(tiny_model.path, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bloomtui", "info", "bigscience/bloom-tiny-test", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["path"].endswith(commit)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from bloomtui.engine.checkpoint import Checkpoint
@@ -31,7 +30,7 @@ from bloomtui.engine.events import (
 )
 from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import Prefetcher, WeightStore
-from bloomtui.engine.model import KVCache, alibi_bias, block_forward, layer_norm
+from bloomtui.engine.model import KVCache, alibi_bias, block_forward, layer_norm, linear
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
@@ -293,12 +292,12 @@ class _Run:
     def _logits(self, h: Tensor, prefetch: Prefetcher) -> Tensor:
         store = self.engine.store
         if store.head is not None:
-            return F.linear(h, store.head)[0].float()
+            return linear(h, store.head)[0].float()
         logits = torch.empty(store.plan.head_rows, dtype=torch.float32)
         for chunk in range(store.plan.head_chunks):
             fetched = prefetch.take(("head", chunk))
             r0, r1 = store.head_chunk_range(chunk)
-            logits[r0:r1] = F.linear(h, fetched.tensor)[0].float()
+            logits[r0:r1] = linear(h, fetched.tensor)[0].float()
             prefetch.release(fetched)
             self.bytes_read += fetched.nbytes
         return logits

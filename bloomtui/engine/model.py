@@ -57,6 +57,14 @@ class KVCache:
         return 2 * self.k.numel() * self.k.element_size()
 
 
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """x @ w.T + b. For one row (decoding) addmv: CPU bf16 gemv runs ~1.4x faster than addmm's path."""
+    if x.shape[0] != 1:
+        return F.linear(x, w, b)
+    out = torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0])
+    return out.unsqueeze(0)
+
+
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, (x.shape[-1],), w, b, eps)
 
@@ -70,7 +78,7 @@ def attention(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, 
     """Self-attention of T new positions starting at `start`; fills the cache. Returns (T, H), no bias add."""
     t = x.shape[0]
     nh, hd = config.n_head, config.head_dim
-    qkv = F.linear(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
+    qkv = linear(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
     qkv = qkv.view(t, nh, 3, hd)  # fused layout: per head, q then k then v
     q = qkv[:, :, 0].transpose(0, 1)  # (nh, T, hd)
     end = start + t
@@ -92,7 +100,7 @@ def attention(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, 
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
         torch.bmm(probs, values, out=out[:, q0:q1])
     ctx = out.transpose(0, 1).reshape(t, nh * hd)  # (T, H)
-    return F.linear(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
+    return linear(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
 
 
 def block_forward(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig) -> Tensor:
@@ -102,5 +110,5 @@ def block_forward(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tens
     ln1 = layer_norm(x, w["input_layernorm.weight"], w["input_layernorm.bias"], eps)
     h = attention(ln1, w, cache, start, alibi, config) + (ln1 if post_ln else x)
     ln2 = layer_norm(h, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps)
-    up = gelu(F.linear(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
-    return F.linear(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)
+    up = gelu(linear(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
+    return linear(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)
