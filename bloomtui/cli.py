@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bloomtui import __version__
-from bloomtui.errors import BloomtuiError, UsageError
+from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.sizes import format_size, parse_size
 
 COMMANDS = ("generate", "info", "demo-model", "download", "app")
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BloomtuiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CancelRequested):
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -177,3 +177,36 @@ def test_empty_prompt_is_an_error(engine: Engine) -> None:
     with pytest.raises(UsageError, match="empty"):
         engine.generate("", SamplingParams(max_new_tokens=2), on_event=seen.append)
     assert isinstance(seen[-1], ev.Error)
+
+
+def test_streaming_reads_only_the_streamed_bytes(tiny_model: Written, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass reads exactly the streamed blocks' tensors (and head chunks), nothing of resident blocks."""
+    from bloomtui.engine import reader
+
+    ckpt = Checkpoint.open(tiny_model.path)
+    budget = minimum_budget(ckpt, 4) + ckpt.block_nbytes() * 2 + ckpt.head.nbytes * 2  # 1 block + head
+    eng = Engine.open(tiny_model.path, EngineOptions(ram_budget=budget))
+    plan = eng.model_plan.plan
+    assert plan.head_resident and 0 < len(plan.streamed_blocks) < ckpt.n_blocks
+    reads: list[tuple[str, int, int]] = []
+    original = reader.TensorReader._pread_into
+
+    def spy(self, path, offset, view, should_stop):  # noqa: ANN001, ANN202
+        reads.append((str(path), offset, len(view)))
+        return original(self, path, offset, view, should_stop)
+
+    monkeypatch.setattr(reader.TensorReader, "_pread_into", spy)
+    passes = 3
+    eng.generate(PROMPT, SamplingParams(max_new_tokens=passes, ignore_eos=True))
+    eng.close()
+    assert not ckpt.tied
+    allowed = {(str(r.path), r.offset, r.nbytes) for i in plan.streamed_blocks for r in ckpt.blocks[i].values()}
+    emb = ckpt.embeddings  # this model's head is untied, so embedding rows are read from disk as needed
+    row = emb.shape[1] * emb.dtype.itemsize
+    rows = [(p, o, n) for p, o, n in reads if p == str(emb.path) and emb.offset <= o < emb.offset + emb.nbytes]
+    assert all(n == row and (o - emb.offset) % row == 0 for _, o, n in rows)
+    assert len(rows) == len(eng.encode(PROMPT)) + passes - 1
+    blocks = [r for r in reads if r not in rows]
+    # fp16 -> fp32 conversion reads through the staging buffer in chunks; these tensors fit one chunk.
+    assert set(blocks) == allowed
+    assert len(blocks) == passes * len(allowed)
