@@ -282,7 +282,8 @@ class BloomApp(App[int]):
 
     @on(TokenArrived)
     def _token_arrived(self, message: TokenArrived) -> None:
-        if message.run == self.run_number:
+        # Tokens are posted before their RunEnded, so anything for another or an ended run is stale.
+        if message.run == self.run_number and self.running:
             self.output.append(message.run, message.token.text)
 
     @on(RunEnded)

@@ -144,9 +144,11 @@ def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:
 def half_streaming_budget(path: Path, options: EngineOptions) -> int:
     """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both.
 
-    Mirrors `plan_residency`: the streaming minimum, the head, half the blocks, and half a block of slack
-    (less than one block, so no extra block fits)."""
+    Mirrors `plan_residency`: the streaming minimum (small tensors and the stream slots), the head, the
+    resident blocks, and half a block of slack (less than one block, so no extra block fits). The slots
+    count against the budget too, so a model of few blocks keeps fewer than half resident."""
     plan = ModelPlan.make(path, replace(options, ram_budget=1 << 50)).plan
-    minimum = (plan.small_elems + STREAM_SLOTS * plan.block_elems) * plan.itemsize + plan.staging_bytes
-    wanted = plan.head_elems + (plan.n_blocks // 2) * plan.block_elems + plan.block_elems // 2
-    return minimum + wanted * plan.itemsize
+    n, block = plan.n_blocks, plan.block_elems
+    resident = max(0, min(n // 2, n - STREAM_SLOTS - 1))
+    minimum = (plan.small_elems + STREAM_SLOTS * block) * plan.itemsize + plan.staging_bytes
+    return minimum + (plan.head_elems + resident * block + block // 2) * plan.itemsize

@@ -1,0 +1,154 @@
+"""A scripted engine: the same events as the real one, with fixed numbers, and a point where it holds.
+
+Snapshots need a mid-generation screen that is identical on every run; cancel and quit tests need an engine
+that is provably in the middle of a pass when the key is pressed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from bloomtui.engine import EngineOptions, SamplingParams, events
+from bloomtui.engine.residency import _spread
+from bloomtui.errors import BudgetError
+from bloomtui.tui.engine_handle import ModelSpec, StatusSink
+from bloomtui.tui.run_state import ModelInfo
+
+N_BLOCKS = 24
+BLOCK_BYTES = 50_356_224  # one bloom-560m block in float32
+PIECES = (
+    "SELECT",
+    " *",
+    " FROM",
+    " users",
+    " WHERE",
+    " name",
+    " LIKE",
+    " 'A%';",
+    "\n",
+    "This",
+    " query",
+    " returns",
+    " every",
+    " user",
+    " whose",
+    " name",
+    " starts",
+    " with",
+    " A",
+    ".",
+)
+
+
+def fake_info(n_blocks: int = N_BLOCKS) -> ModelInfo:
+    return ModelInfo(
+        name="bloom-560m (scripted)",
+        n_blocks=n_blocks,
+        resident_blocks=_spread(n_blocks, n_blocks // 2),
+        head_resident=True,
+        budget=1_800_000_000,
+        planned_bytes=1_700_000_000,
+        dtype="float32",
+        layout="safetensors, single file",
+        hidden_size=1024,
+        n_head=16,
+    )
+
+
+@dataclass
+class ScriptedEngine:
+    """Emits a deterministic pass per token; holds at (`hold_token`, `hold_block`) until released or cancelled."""
+
+    info: ModelInfo = field(default_factory=fake_info)
+    pieces: tuple[str, ...] = PIECES
+    hold_token: int | None = None
+    hold_block: int = 0
+    holding: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    cancel_seen: threading.Event = field(default_factory=threading.Event)
+    closed: bool = False
+    runs: int = 0
+    blocks_after_cancel: int = 0
+
+    def rss(self) -> int:
+        return 2_000_000_000
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _hold(self, cancel: threading.Event) -> None:
+        self.holding.set()
+        while not (cancel.is_set() or self.release.is_set()):
+            cancel.wait(0.01)
+        self.holding.clear()
+
+    def generate(
+        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+    ) -> events.Done | events.Cancelled:
+        self.runs += 1
+        gen, n = self.runs, self.info.n_blocks
+        ids: list[int] = []
+        text: list[str] = []
+        count = min(params.max_new_tokens, len(self.pieces))
+        for step in range(count):
+            kind = "prefill" if step == 0 else "decode"
+            for i in range(n):
+                if step == self.hold_token and i == self.hold_block:
+                    self._hold(cancel)
+                resident = i in self.info.resident_blocks
+                if not resident:
+                    on_event(events.PhaseChanged(gen, "reading", i, n))
+                on_event(events.PhaseChanged(gen, "computing", i, n))
+                read = 0.0 if resident else 0.02 + 0.004 * ((i * 7 + step * 3) % 9)
+                on_event(
+                    events.BlockDone(
+                        gen, index=i, total=n, kind=kind, token_index=step, resident=resident,
+                        bytes=0 if resident else BLOCK_BYTES, read_seconds=read, wait_seconds=read / 2,
+                        compute_seconds=0.01 if step else 0.03, rss=1_950_000_000 + 1_000_000 * (i % 4),
+                    )
+                )  # fmt: skip
+                if cancel.is_set():
+                    self.cancel_seen.set()
+                    return self._end(on_event, events.Cancelled(gen, tuple(ids), "".join(text), len(ids)))
+            on_event(events.PhaseChanged(gen, "sampling", n, n))
+            ids.append(100 + step)
+            text.append(self.pieces[step])
+            on_event(events.TokenGenerated(gen, step, ids[-1], self.pieces[step], -1.5, 0.9 if step else 2.1))
+        done = events.Done(
+            gen, token_ids=tuple(ids), text="".join(text), prompt_tokens=12, new_tokens=len(ids),
+            prefill_seconds=2.1, decode_seconds=0.9 * (len(ids) - 1), tokens_per_second=1 / 0.9,
+            peak_rss=1_953_000_000, bytes_read=0, stop_reason="length",
+        )  # fmt: skip
+        return self._end(on_event, done)
+
+    @staticmethod
+    def _end(on_event: events.EventSink, result: events.Done | events.Cancelled) -> events.Done | events.Cancelled:
+        on_event(result)
+        return result
+
+
+@dataclass
+class ScriptedOpener:
+    """An `Opener` that hands out one ScriptedEngine (or raises `error`), recording what it was asked."""
+
+    engine: ScriptedEngine = field(default_factory=ScriptedEngine)
+    error: Exception | None = None
+    calls: list[tuple[ModelSpec, EngineOptions]] = field(default_factory=list)
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        options: EngineOptions,
+        on_event: events.EventSink,
+        on_status: StatusSink,
+        cancel: threading.Event,
+    ) -> ScriptedEngine:
+        self.calls.append((spec, options))
+        on_event(events.LoadProgress(0, 0, 100, "small tensors"))
+        on_event(events.LoadProgress(0, 100, 100, "done"))
+        if self.error is not None:
+            raise self.error
+        if options.ram_budget is not None and options.ram_budget < 1000:
+            raise BudgetError(f"--ram-budget {options.ram_budget} B is below the 101 MB this model needs to stream")
+        return self.engine
