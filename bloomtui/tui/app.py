@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-import psutil
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -28,7 +27,7 @@ from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.commands import palette_commands
-from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine, warm_imports
+from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
 from bloomtui.tui.history import load_history, remember, save_history
 from bloomtui.tui.messages import EngineFailed, EngineOpened, RunEnded, TokenArrived
 from bloomtui.tui.run_state import RunTracker
@@ -173,9 +172,6 @@ class BloomApp(App[int]):
                 gc.collect()
             if worker.is_cancelled:
                 return
-            if self.opener is open_engine:
-                warm_imports()
-            baseline = psutil.Process().memory_info().rss
             try:
                 handle = self.opener(spec, options, on_event, self.tracker.loading, worker.cancelled_event)
             except CancelRequested:
@@ -189,7 +185,7 @@ class BloomApp(App[int]):
         if worker.is_cancelled:
             handle.close()
             return
-        self.post_message(EngineOpened(request, spec, handle, handle.rss(), baseline))
+        self.post_message(EngineOpened(request, spec, handle, handle.rss()))
 
     @on(EngineOpened)
     def _engine_opened(self, message: EngineOpened) -> None:
@@ -198,7 +194,7 @@ class BloomApp(App[int]):
             return
         self.handle = message.handle
         info = message.handle.info
-        self.tracker.opened(info, message.rss, message.baseline_rss)
+        self.tracker.opened(info, message.rss, message.handle.baseline_rss)
         self.sub_title = info.name
         if info.demo:
             self.output.notice(

@@ -46,6 +46,8 @@ DEMO = ModelSpec(demo=True)
 
 class EngineHandle(Protocol):
     info: ModelInfo
+    baseline_rss: int
+    """Process RSS just before the model loaded: the runtime the RAM budget does not cover."""
 
     def generate(
         self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
@@ -62,8 +64,9 @@ Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threa
 class RealEngine:
     """An open `Engine` plus what the panel shows about it."""
 
-    def __init__(self, engine: Engine, spec: ModelSpec) -> None:
+    def __init__(self, engine: Engine, spec: ModelSpec, baseline_rss: int) -> None:
         self.engine = engine
+        self.baseline_rss = baseline_rss
         plan, ckpt = engine.model_plan.plan, engine.model_plan.checkpoint
         self.info = ModelInfo(
             name=DEMO_LABEL if spec.demo else _short_name(spec.source or str(ckpt.folder)),
@@ -118,8 +121,10 @@ def open_engine(
     else:
         path = Path(spec.source or ".")
         on_status(f"opening {spec.label}")
+    warm_imports()
+    baseline = psutil.Process().memory_info().rss
     engine = Engine.open(spec.source if not spec.demo else path, options, on_event=on_event, cancel=cancel)
-    return RealEngine(engine, spec)
+    return RealEngine(engine, spec, baseline)
 
 
 def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:

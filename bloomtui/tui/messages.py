@@ -40,8 +40,6 @@ class EngineOpened(Message):
     spec: ModelSpec
     handle: EngineHandle
     rss: int
-    baseline_rss: int
-    """Process RSS just before the model loaded."""
 
 
 @dataclass

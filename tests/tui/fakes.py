@@ -61,6 +61,7 @@ class ScriptedEngine:
     """Emits a deterministic pass per token; holds at (`hold_token`, `hold_block`) until released or cancelled."""
 
     info: ModelInfo = field(default_factory=fake_info)
+    baseline_rss: int = 250_000_000
     pieces: tuple[str, ...] = PIECES
     hold_token: int | None = None
     hold_block: int = 0

@@ -46,7 +46,7 @@ class _Gated:
     cancel flag is set (first run only) (so escape provably lands mid-pass), and counts blocks finished after cancel."""
 
     def __init__(self, inner: RealEngine) -> None:
-        self.inner, self.info = inner, inner.info
+        self.inner, self.info, self.baseline_rss = inner, inner.info, inner.baseline_rss
         self.holding = threading.Event()
         self.blocks_after_cancel = 0
 

@@ -15,8 +15,10 @@ from bloomtui.sizes import format_size
 from bloomtui.tui.engine_handle import DEMO, ModelSpec
 
 HOW_TO_GET_ONE = (
-    "To get a real model: quit, run  bloomtui download bigscience/bloom-560m  (about 1.1 GB),\n"
-    "then  bloomtui bigscience/bloom-560m . Any BLOOM size works, up to the 176B bigscience/bloom."
+    "To get a real model, quit and run:\n"
+    "  bloomtui download bigscience/bloom-560m    (about 1.1 GB)\n"
+    "  bloomtui bigscience/bloom-560m\n"
+    "Any BLOOM size works, up to the 176B bigscience/bloom."
 )
 
 

@@ -1,15 +1,17 @@
 """One cell per transformer block: resident or streamed, with the running block highlighted.
 
-Shades carry the meaning (full, light, dark) and colours repeat it, so the map still reads under NO_COLOR.
+Glyphs carry the meaning (full block, shaded block, arrow) and colours repeat it, so the map still reads under NO_COLOR.
 """
 
 from __future__ import annotations
+
+import math
 
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-RESIDENT, STREAMED, RUNNING = "█", "░", "▓"
+RESIDENT, STREAMED, RUNNING = "█", "▒", "▶"
 
 
 class BlockMap(Widget):
@@ -40,9 +42,10 @@ class BlockMap(Widget):
         styles = {
             name: self.get_component_rich_style(f"block-map--{name}") for name in ("resident", "streamed", "running")
         }
-        width = max(1, self.content_size.width or 40)
-        # Spaced cells read better; a 70-block model packs them tight so the map stays a few lines.
-        spaced = 2 * self.n_blocks - 1 <= width
+        width = max(2, self.content_size.width or 40)
+        # A cell and a space each; a 70-block model wraps to a few rows, balanced so the last is not a stub.
+        rows = math.ceil(self.n_blocks / ((width + 1) // 2))
+        per_row = math.ceil(self.n_blocks / rows)
         text = Text()
         for i in range(self.n_blocks):
             if i == self.running:
@@ -51,8 +54,8 @@ class BlockMap(Widget):
                 text.append(RESIDENT, styles["resident"])
             else:
                 text.append(STREAMED, styles["streamed"])
-            if spaced and i + 1 < self.n_blocks:
-                text.append(" ")
+            if i + 1 < self.n_blocks:
+                text.append("\n" if (i + 1) % per_row == 0 else " ")
         legend = self.get_component_rich_style("block-map--legend")
         text.append("\n")
         text.append(RESIDENT, styles["resident"])

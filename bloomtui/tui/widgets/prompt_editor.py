@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual import events
 from textual.widgets import TextArea
 
-PLACEHOLDER = "Type a prompt · ctrl+j runs it · ↑/↓ on the first/last line recalls earlier prompts"
+PLACEHOLDER = "Type a prompt · ctrl+j runs it · ↑ recalls earlier prompts"
 
 
 class PromptEditor(TextArea):
