@@ -1,0 +1,195 @@
+"""Pure pieces of the app: settings, locations, cache discovery, history, transcript, the panel's fold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bloomtui import locations
+from bloomtui.cached_models import find_cached_blooms
+from bloomtui.engine import events
+from bloomtui.errors import UsageError
+from bloomtui.settings import Settings, load_settings, save_settings
+from bloomtui.tui.history import LIMIT, load_history, remember, save_history
+from bloomtui.tui.run_state import RunTracker
+from bloomtui.tui.screens.settings import parse_form
+from bloomtui.tui.transcript import to_markdown
+from bloomtui.tui.widgets.run_output import Exchange, printable
+from tests.tui.fakes import fake_info
+
+# --- settings ---
+
+
+def test_settings_round_trip(isolated_dirs: Path) -> None:
+    settings = Settings(max_new_tokens=9, sample=True, temperature=0.5, seed=3, ram_budget=800_000_000, theme="nord")
+    path = save_settings(settings)
+    assert path == isolated_dirs / "config" / "settings.json"
+    assert load_settings() == (settings, None)
+
+
+def test_settings_ignore_unknown_keys_and_reject_bad_types() -> None:
+    assert Settings.from_dict({"max_new_tokens": 5, "from_the_future": 1}) == Settings(max_new_tokens=5)
+    assert Settings.from_dict({"ram_budget": "1.5GB"}).ram_budget == 1_500_000_000
+    with pytest.raises(UsageError, match="Max new tokens: '5' is not a valid int"):
+        Settings.from_dict({"max_new_tokens": "5"})
+    with pytest.raises(UsageError, match="Max new tokens must be at least 1"):
+        Settings.from_dict({"max_new_tokens": 0})
+
+
+@pytest.mark.parametrize(
+    ("content", "warning"),
+    [("{oops", "not valid JSON"), ('{"top_p": 7}', "Top-p must be in (0, 1]"), ("[1, 2]", "JSON object")],
+)
+def test_broken_settings_file_gives_defaults_and_a_warning(content: str, warning: str) -> None:
+    locations.settings_file().write_text(content)
+    settings, message = load_settings()
+    assert settings == Settings()
+    assert message is not None and warning in message
+
+
+def test_sampling_params_from_settings() -> None:
+    greedy = Settings(temperature=0.7).sampling_params()
+    assert greedy.temperature == 0.0  # sampling off: greedy whatever the temperature field says
+    sampled = Settings(sample=True, temperature=0.7, top_k=5, top_p=0.5, seed=1).sampling_params()
+    assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.seed) == (0.7, 5, 0.5, 1)
+    with pytest.raises(UsageError, match="Temperature must be > 0 when sampling"):
+        Settings(sample=True, temperature=0.0).validated()
+
+
+def test_settings_form_parsing() -> None:
+    values = {
+        "max_new_tokens": "12",
+        "temperature": "0.9",
+        "top_k": "0",
+        "top_p": "1",
+        "repetition_penalty": "1.1",
+        "seed": "",
+        "ram_budget": "2GiB",
+    }
+    parsed = parse_form(values, True, Settings(theme="nord"))
+    assert parsed == Settings(12, True, 0.9, 0, 1.0, 1.1, None, 2 * 1024**3, "nord")
+    assert parse_form({**values, "ram_budget": "auto"}, False, Settings()).ram_budget is None
+    with pytest.raises(UsageError, match="Max new tokens: 'x' is not a whole number"):
+        parse_form({**values, "max_new_tokens": "x"}, False, Settings())
+    with pytest.raises(UsageError, match="Repetition penalty must be > 0"):
+        parse_form({**values, "repetition_penalty": "0"}, False, Settings())
+
+
+def test_locations_follow_environment(isolated_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert locations.history_file() == isolated_dirs / "data" / "history.json"
+    assert locations.transcripts_dir() == isolated_dirs / "data" / "transcripts"
+    monkeypatch.setenv("BLOOMTUI_TRANSCRIPTS_DIR", str(isolated_dirs / "elsewhere"))
+    assert locations.transcripts_dir().is_dir()
+    assert locations.demo_model_dir("x") == isolated_dirs / "cache" / "demo-x"
+
+
+# --- the Hugging Face cache ---
+
+
+def test_no_hf_cache_is_not_an_error(tmp_path: Path) -> None:
+    assert find_cached_blooms(tmp_path / "does-not-exist") == []
+
+
+def _cached_repo(cache: Path, repo_id: str, config: dict | None) -> None:
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "blobs").mkdir()
+    if config is not None:
+        blob = repo / "blobs" / "cfg"
+        blob.write_text(json.dumps(config))
+        (snapshot / "config.json").symlink_to(blob)
+
+
+def test_finds_bloom_repos_in_the_hf_cache(tmp_path: Path) -> None:
+    _cached_repo(tmp_path, "bigscience/bloom-560m", {"model_type": "bloom"})
+    _cached_repo(tmp_path, "someone/my-finetune", {"model_type": "bloom"})
+    _cached_repo(tmp_path, "gpt2/gpt2", {"model_type": "gpt2"})
+    _cached_repo(tmp_path, "bigscience/bloom-7b1", None)  # partial download: no config yet
+    found = find_cached_blooms(tmp_path)
+    assert [model.repo_id for model in found] == ["bigscience/bloom-560m", "someone/my-finetune"]
+    assert found[0].path.name == "0123abcd"
+
+
+# --- history and transcript ---
+
+
+def test_history_moves_repeats_to_the_end_and_is_capped(tmp_path: Path) -> None:
+    history: list[str] = []
+    for prompt in ("a", "b", "a", "  "):
+        remember(history, prompt)
+    assert history == ["b", "a"]
+    for i in range(LIMIT + 5):
+        remember(history, f"p{i}")
+    assert len(history) == LIMIT and history[-1] == f"p{LIMIT + 4}"
+    path = tmp_path / "h" / "history.json"
+    save_history(path, history)
+    assert load_history(path) == history
+    path.write_text("garbage")
+    assert load_history(path) == []
+
+
+def test_transcript_fences_survive_backticks() -> None:
+    exchange = Exchange("Write code: ", "demo", ["```python\nprint(1)\n```"], "done · 3 tokens", "done")
+    text = to_markdown([exchange])
+    assert "````\nWrite code: \n````" in text
+    assert "````\n```python\nprint(1)\n```\n````" in text
+    assert "_done · 3 tokens_" in text
+
+
+def test_control_characters_are_made_visible() -> None:
+    assert printable("a\x06b\nc\td\x7f") == "a\u2406b\nc\td\u2421"
+
+
+# --- the panel's fold of engine events ---
+
+
+def _block(gen: int, index: int, token: int, *, resident: bool, read: float = 0.0) -> events.BlockDone:
+    return events.BlockDone(
+        gen, index=index, total=4, kind="prefill" if token == 0 else "decode", token_index=token,
+        resident=resident, bytes=0 if resident else 10_000_000, read_seconds=read, wait_seconds=0.0,
+        compute_seconds=0.5, rss=1000 + index,
+    )  # fmt: skip
+
+
+def test_tracker_folds_a_pass_and_estimates() -> None:
+    tracker = RunTracker()
+    tracker.opened(fake_info(4), rss=900, baseline_rss=100)
+    tracker.start(1, max_tokens=10)
+    tracker.feed(1, events.PhaseChanged(1, "reading", 0, 4))
+    snap = tracker.snapshot()
+    assert (snap.state, snap.phase, snap.block) == ("running", "reading", 0)
+    tracker.feed(1, _block(1, 0, 0, resident=False, read=0.01))
+    tracker.feed(1, _block(1, 1, 0, resident=True))
+    snap = tracker.snapshot()
+    assert snap.read_mbps == pytest.approx(1000.0) and snap.read_history == (pytest.approx(1000.0),)
+    assert (snap.blocks_done, snap.rss) == (2, 1001)
+    assert snap.eta_pass == pytest.approx(1.0)  # two blocks left at this pass's mean of 0.5 s
+    tracker.feed(1, _block(1, 2, 0, resident=True))
+    tracker.feed(1, _block(1, 3, 0, resident=True))
+    tracker.feed(1, events.TokenGenerated(1, 0, 5, "x", -1.0, 2.0))
+    tracker.feed(1, events.PhaseChanged(1, "computing", 0, 4))  # the next pass starts
+    assert tracker.snapshot().blocks_done == 0
+    tracker.feed(1, _block(1, 0, 1, resident=False, read=0.02))
+    tracker.feed(1, events.TokenGenerated(1, 1, 6, "y", -1.0, 1.5))
+    snap = tracker.snapshot()
+    assert (snap.tokens, snap.seconds_per_token) == (2, 1.5)  # the prefill token is not a per-token cost
+    assert snap.eta_run == pytest.approx(8 * 1.5)
+
+
+def test_tracker_ignores_events_of_an_older_run() -> None:
+    tracker = RunTracker()
+    tracker.opened(fake_info(4), rss=900)
+    tracker.start(1, 10)
+    tracker.feed(1, events.TokenGenerated(1, 0, 5, "x", -1.0, 2.0))
+    tracker.start(2, 10)
+    before = tracker.snapshot()
+    tracker.feed(1, events.TokenGenerated(1, 1, 5, "x", -1.0, 2.0))
+    tracker.feed(1, events.Cancelled(1, (5,), "x", 1))
+    assert tracker.snapshot() == before
+    tracker.feed(2, events.Done(2, (1,), "a", 3, 1, 0.1, 0.0, 10.0, 1, 0, "eos"))
+    assert tracker.snapshot().state == "done" and "end of text" in tracker.snapshot().message
