@@ -202,6 +202,9 @@ class BloomApp(App[int]):
                 "its blocks resident and half streamed from disk. For a real model: "
                 "bloomtui download bigscience/bloom-560m"
             )
+        else:
+            self.output.notice(f"{info.name} is open.")
+        self.output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
         self.poll_panel()
 
     @on(EngineFailed)
@@ -320,19 +323,25 @@ class BloomApp(App[int]):
         self.editor.focus()
 
     def action_settings(self) -> None:
-        self.push_screen(SettingsScreen(self.settings), self._settings_saved)
+        # The dialog shows the budget in effect, which may be --ram-budget rather than the saved one.
+        effective = self._engine_options().ram_budget
+        self.push_screen(SettingsScreen(replace(self.settings, ram_budget=effective)), self._settings_saved)
 
     def _settings_saved(self, new: Settings | None) -> None:
         if new is None:
             return
-        old, self.settings = self.settings, replace(new, theme=self.theme)
+        effective = self._engine_options().ram_budget
+        budget_changed = new.ram_budget != effective
+        if not budget_changed:  # do not save a --ram-budget the user merely left alone
+            new = replace(new, ram_budget=self.settings.ram_budget)
+        self.settings = replace(new, theme=self.theme)
         try:
             path = save_settings(self.settings)
         except OSError as exc:
             self.notify(f"Cannot save settings: {exc}", severity="error")
         else:
             self.notify(f"Saved to {path}", title="Settings")
-        if new.ram_budget != old.ram_budget:
+        if budget_changed:
             self._cli_budget = None
             if self.spec is not None:
                 self.open_model(self.spec)

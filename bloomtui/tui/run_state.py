@@ -116,7 +116,7 @@ class RunTracker:
             self._set(
                 state="idle",
                 model=model,
-                message="ready",
+                message="",
                 rss=rss,
                 baseline_rss=baseline_rss,
                 phase="",
@@ -174,6 +174,10 @@ class RunTracker:
             elif isinstance(event, events.LoadProgress):
                 self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
             elif isinstance(event, events.Done):
+                # The run's own rate (decode passes only) replaces the recent-token average, so the panel
+                # and the output's status line agree.
+                if event.tokens_per_second > 0:
+                    self._set(seconds_per_token=1 / event.tokens_per_second)
                 self._finish("done", _done_message(event))
             elif isinstance(event, events.Cancelled):
                 self._finish("cancelled", f"cancelled after {event.new_tokens} tokens")

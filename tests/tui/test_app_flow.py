@@ -10,6 +10,7 @@ from textual.widgets import Input, Static
 
 from bloomtui import locations
 from bloomtui.cached_models import CachedModel
+from bloomtui.engine import EngineOptions
 from bloomtui.errors import CheckpointError
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.app import BloomApp
@@ -305,3 +306,23 @@ async def test_no_color_is_honoured(monkeypatch, scripted: ScriptedOpener) -> No
         await pilot.press("ctrl+j")
         await wait_until(pilot, lambda: not app.running)
         assert app.output.exchanges[-1].text == "".join(PIECES[:3])
+
+
+async def test_cli_budget_shows_in_dialog_and_is_not_saved_unless_changed(scripted: ScriptedOpener) -> None:
+    app = BloomApp(ModelSpec("x"), EngineOptions(ram_budget=500), opener=scripted, find_models=list, cursor_blink=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.tracker.snapshot().state == "error", what="the budget error")
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        assert app.screen.query_one("#ram_budget", Input).value == "500B"
+        app.screen.query_one("#max_new_tokens", Input).value = "9"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert load_settings()[0] == Settings(max_new_tokens=9)  # --ram-budget stays a one-off
+        assert len(scripted.calls) == 1
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#ram_budget", Input).value = "auto"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.handle is not None, what="the reopen with the automatic budget")
+    assert [options.ram_budget for _spec, options in scripted.calls] == [500, None]

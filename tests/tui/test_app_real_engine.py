@@ -155,7 +155,7 @@ async def test_builtin_demo_model_opens_and_streams() -> None:
         info = app.handle.info  # type: ignore[union-attr]
         assert info.demo and "random weights" in info.name
         assert info.streamed_blocks and info.resident_blocks  # half and half, so the panel shows both
-        assert "RANDOM" in app.output.query("Notice").last().render().plain  # type: ignore[union-attr]
+        assert any("RANDOM" in notice.render().plain for notice in app.output.query("Notice"))  # type: ignore[union-attr]
         app.settings = Settings(max_new_tokens=4)
         app.insert_prompt("Hello")
         await pilot.press("ctrl+j")
