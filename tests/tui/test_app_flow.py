@@ -20,7 +20,7 @@ from bloomtui.tui.messages import TokenArrived
 from bloomtui.tui.screens.model_picker import ModelPickerScreen
 from bloomtui.tui.screens.settings import SettingsScreen
 from bloomtui.tui.widgets.engine_panel import EnginePanel
-from tests.tui.fakes import PIECES, ScriptedOpener
+from tests.tui.fakes import PIECES, ScriptedEngine, ScriptedOpener, fake_info
 from tests.tui.helpers import wait_for_panel, wait_until
 
 
@@ -326,3 +326,18 @@ async def test_cli_budget_shows_in_dialog_and_is_not_saved_unless_changed(script
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: app.handle is not None, what="the reopen with the automatic budget")
     assert [options.ram_budget for _spec, options in scripted.calls] == [500, None]
+
+
+async def test_every_token_arrives_in_order_at_a_high_event_rate() -> None:
+    pieces = tuple(f"{i} " for i in range(1500))
+    engine = ScriptedEngine(info=fake_info(8), pieces=pieces)
+    app = BloomApp(ModelSpec("x"), opener=ScriptedOpener(engine), find_models=list, cursor_blink=False)
+    app.settings = Settings(max_new_tokens=len(pieces))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.handle is not None)
+        app.insert_prompt("count: ")
+        await pilot.press("ctrl+j")
+        await wait_until(pilot, lambda: not app.running, timeout=60, what="1500 tokens (36,000 events)")
+        assert app.output.exchanges[-1].text == "".join(pieces)
+        await wait_for_panel(pilot)
+        assert app.query_one(EnginePanel).snapshot.tokens == len(pieces)

@@ -31,6 +31,8 @@ async def test_type_submit_streams_tokens_and_updates_panel(real_app: BloomApp) 
         assert exchange.outcome == "done"
         assert exchange.text  # streamed pieces, kept apart from the prompt
         assert app.editor.text == ""  # ready for the next prompt
+        direct = app.handle.engine.generate("Hello", app.settings.sampling_params())  # type: ignore[union-attr]
+        assert exchange.text == direct.text  # no piece lost or reordered on the way to the screen
         await wait_for_panel(pilot)
         snap = app.query_one(EnginePanel).snapshot
         assert snap.state == "done"
