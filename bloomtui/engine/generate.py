@@ -261,7 +261,7 @@ class _Run:
                 if not prefetch.ready():
                     self.emit(PhaseChanged(gen, "reading", i, n))
                 fetched = prefetch.take(("block", i))
-                weights = fetched.slot.block
+                weights = fetched.weights
             self.emit(PhaseChanged(gen, "computing", i, n))
             t0 = time.perf_counter()
             x = block_forward(x, weights, caches[i], start, alibi, cfg)

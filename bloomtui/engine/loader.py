@@ -2,7 +2,8 @@
 
 The prefetcher is a thread that walks the streamed units (blocks, then LM-head chunks when the head is not
 resident) in pass order, wrapping around to the first streamed block for the next token, filling one of
-two slots while the other is being computed on.
+two slots while the other is being computed on. A slot is a buffer the bytes are read into, or, when the
+checkpoint already stores the compute dtype, a file mapping faulted in place (see mapped.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from torch import Tensor
 
 from bloomtui.engine.checkpoint import BLOCK_TENSORS, Checkpoint
+from bloomtui.engine.mapped import FileMaps, can_map
 from bloomtui.engine.model import Weights
 from bloomtui.engine.reader import CHUNK_BYTES, TensorReader
 from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan
+from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 
 Unit = tuple[str, int]
@@ -48,11 +51,16 @@ class Slot:
 @dataclass
 class Fetched:
     unit: Unit
-    slot: Slot
+    weights: Weights | None
+    """The block's tensors, for ("block", i) units."""
     tensor: Tensor | None
     """The head chunk, for ("head", c) units."""
     nbytes: int
     read_seconds: float
+    slot: Slot | None
+    """The buffer read into; None for a mapped unit."""
+    mapped: list[tuple[TensorRef, int, int]]
+    """(ref, file offset, bytes) faulted in for a mapped unit, released after use."""
     wait_seconds: float = 0.0
 
 
@@ -68,7 +76,11 @@ class WeightStore:
         self.small: dict[str, Tensor] = {}
         self.blocks: dict[int, Weights] = {}
         self.head: Tensor | None = None
-        self._slots: list[Slot] = []
+        self._slots: list[Slot | None] = []
+        streamed = [ref for i in plan.streamed_blocks for ref in checkpoint.blocks[i].values()]
+        streamed += [] if plan.head_resident else [checkpoint.head]
+        self.zero_copy = bool(streamed) and all(can_map(ref, dtype) for ref in streamed)
+        self.maps = FileMaps(drop_cache=drop_cache)
 
     def load(self, on_progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]) -> None:
         """Read the resident set into RAM, reporting (done bytes, total bytes, what)."""
@@ -93,7 +105,11 @@ class WeightStore:
                 self.head = tensors["head"]
         on_progress(done, total, "done")
         if plan.streams:
-            self._slots = [Slot.allocate(ckpt, plan.slot_elems, self.dtype) for _ in range(STREAM_SLOTS)]
+            # Mapped units need no buffer: the slots then only bound how many are faulted in at once.
+            self._slots = [
+                None if self.zero_copy else Slot.allocate(ckpt, plan.slot_elems, self.dtype)
+                for _ in range(STREAM_SLOTS)
+            ]
 
     def embed_rows(self, ids: list[int]) -> tuple[Tensor, int]:
         """Embedding rows for ids (T, H), and bytes read from disk for them."""
@@ -121,6 +137,7 @@ class WeightStore:
         self.blocks.clear()
         self._slots.clear()
         self.head = None
+        self.maps.close()
 
 
 class Prefetcher:
@@ -132,7 +149,7 @@ class Prefetcher:
         self._passes = passes
         self._cancel = cancel
         self._stop = threading.Event()
-        self._free: queue.Queue[Slot] = queue.Queue()
+        self._free: queue.Queue[Slot | None] = queue.Queue()
         for slot in store._slots:
             self._free.put(slot)
         self._ready: queue.Queue[Fetched | BaseException] = queue.Queue()
@@ -147,35 +164,59 @@ class Prefetcher:
     def _run(self) -> None:
         try:
             for n in range(self._passes * len(self._units)):
-                slot = self._wait_free()
-                if slot is None:
+                got = self._wait_free()
+                if got is None:
                     return
+                slot = got[0]
                 unit = self._units[n % len(self._units)]
                 start = time.perf_counter()
-                nbytes, tensor = self._read(unit, slot)
-                self._ready.put(Fetched(unit, slot, tensor, nbytes, time.perf_counter() - start))
+                fetched = self._map(unit) if self._store.zero_copy else self._read(unit, slot)
+                fetched.slot = slot
+                fetched.read_seconds = time.perf_counter() - start
+                self._ready.put(fetched)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._ready.put(exc)
 
-    def _wait_free(self) -> Slot | None:
+    def _wait_free(self) -> tuple[Slot | None] | None:
+        """Take a free slot (wrapped, as a mapped run's slots are None), or None when the run stops."""
         while not self._stopping():
             try:
-                return self._free.get(timeout=_POLL_SECONDS)
+                return (self._free.get(timeout=_POLL_SECONDS),)
             except queue.Empty:
                 continue
         return None
 
-    def _read(self, unit: Unit, slot: Slot) -> tuple[int, Tensor | None]:
+    def _read(self, unit: Unit, slot: Slot) -> Fetched:
         kind, index = unit
         ckpt, store = self._store.checkpoint, self._store
         if kind == "block":
             # Every block has the same shapes (checked on open), so the slot's views fit any of them.
             refs = ckpt.blocks[index]
-            return sum(self._reader.read(refs[n], slot.block[n], self._stopping) for n in BLOCK_TENSORS), None
+            nbytes = sum(self._reader.read(refs[n], slot.block[n], self._stopping) for n in BLOCK_TENSORS)
+            return Fetched(unit, slot.block, None, nbytes, 0.0, slot, [])
         r0, r1 = store.head_chunk_range(index)
         hidden = ckpt.head.shape[1]
         chunk = slot.flat[: (r1 - r0) * hidden].view(r1 - r0, hidden)
-        return self._reader.read_range(ckpt.head, r0 * hidden, (r1 - r0) * hidden, chunk, self._stopping), chunk
+        nbytes = self._reader.read_range(ckpt.head, r0 * hidden, (r1 - r0) * hidden, chunk, self._stopping)
+        return Fetched(unit, None, chunk, nbytes, 0.0, slot, [])
+
+    def _map(self, unit: Unit) -> Fetched:
+        kind, index = unit
+        ckpt, maps = self._store.checkpoint, self._store.maps
+        if kind == "block":
+            refs = ckpt.blocks[index]
+            spans = [(refs[n], refs[n].offset, refs[n].nbytes) for n in BLOCK_TENSORS]
+            weights: Weights | None = {n: maps.view(refs[n]) for n in BLOCK_TENSORS}
+            tensor = None
+        else:
+            r0, r1 = self._store.head_chunk_range(index)
+            head = ckpt.head
+            row = head.shape[1]
+            spans = [(head, head.offset + r0 * row * head.dtype.itemsize, (r1 - r0) * row * head.dtype.itemsize)]
+            weights, tensor = None, maps.view(head, r0 * row, (r1 - r0) * row).view(r1 - r0, row)
+        for ref, start, length in spans:
+            maps.populate(ref, start, length, self._stopping)
+        return Fetched(unit, weights, tensor, sum(length for _, _, length in spans), 0.0, None, spans)
 
     def ready(self) -> bool:
         return not self._ready.empty()
@@ -199,6 +240,8 @@ class Prefetcher:
         return item
 
     def release(self, fetched: Fetched) -> None:
+        for ref, start, length in fetched.mapped:
+            self._store.maps.release(ref, start, length)
         self._free.put(fetched.slot)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.residency import minimum_budget
 from bloomtui.engine.sampling import Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
-from tests.checkpoints import Written
+from tests.checkpoints import Written, write_checkpoint
 
 PROMPT = "The Spanish translation of thank you for your help is: "
 
@@ -31,11 +31,16 @@ def engine(tiny_model: Written):  # noqa: ANN201
     eng.close()
 
 
-@pytest.fixture(scope="module")
-def streaming_engine(tiny_model: Written):  # noqa: ANN201
-    budget = minimum_budget(Checkpoint.open(tiny_model.path), 4)
-    eng = Engine.open(tiny_model.path, EngineOptions(ram_budget=budget))
+@pytest.fixture(scope="module", params=["read", "mapped"])
+def streaming_engine(request: pytest.FixtureRequest, tiny_model: Written, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Every block streamed: read and converted (fp16 on disk), or mapped in place (fp32 on disk)."""
+    path = tiny_model.path
+    if request.param == "mapped":
+        path = write_checkpoint(tmp_path_factory.mktemp("fp32") / "m", preset="small", dtype="float32").path
+    budget = minimum_budget(Checkpoint.open(path), 4)
+    eng = Engine.open(path, EngineOptions(ram_budget=budget))
     assert len(eng.model_plan.plan.streamed_blocks) == eng.config.n_layer
+    assert eng.store.zero_copy == (request.param == "mapped")
     yield eng
     eng.close()
 
@@ -84,9 +89,13 @@ def test_cancel_before_start(engine: Engine) -> None:
     assert isinstance(result, ev.Cancelled) and result.new_tokens == 0
 
 
-def test_resident_and_streamed_agree(engine: Engine, streaming_engine: Engine) -> None:
+def test_resident_and_streamed_agree(streaming_engine: Engine) -> None:
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
-    assert engine.generate(PROMPT, params).token_ids == streaming_engine.generate(PROMPT, params).token_ids
+    resident = Engine.open(streaming_engine.model_plan.path)
+    try:
+        assert resident.generate(PROMPT, params).token_ids == streaming_engine.generate(PROMPT, params).token_ids
+    finally:
+        resident.close()
 
 
 def test_stop_string_cuts_before_it(engine: Engine) -> None:
@@ -210,3 +219,35 @@ def test_streaming_reads_only_the_streamed_bytes(tiny_model: Written, monkeypatc
     # fp16 -> fp32 conversion reads through the staging buffer in chunks; these tensors fit one chunk.
     assert set(blocks) == allowed
     assert len(blocks) == passes * len(allowed)
+
+
+def test_mapped_streaming_faults_in_only_the_streamed_bytes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """With the compute dtype on disk, streamed tensors are mapped: only their pages are faulted in."""
+    from bloomtui.engine import mapped
+
+    path = write_checkpoint(tmp_path / "m", preset="small", dtype="float32", untied=False).path
+    ckpt = Checkpoint.open(path)
+    budget = minimum_budget(ckpt, 4) + ckpt.block_nbytes() + ckpt.head.nbytes  # 1 block + head resident
+    eng = Engine.open(path, EngineOptions(ram_budget=budget))
+    plan = eng.model_plan.plan
+    assert eng.store.zero_copy and plan.head_resident and 0 < len(plan.streamed_blocks) < ckpt.n_blocks
+    faults: list[tuple[str, int, int]] = []
+    released: list[tuple[str, int, int]] = []
+    populate, release = mapped.FileMaps.populate, mapped.FileMaps.release
+
+    def spy_populate(self, ref, start, length, should_stop):  # noqa: ANN001, ANN202
+        faults.append((str(ref.path), start, length))
+        return populate(self, ref, start, length, should_stop)
+
+    def spy_release(self, ref, start, length):  # noqa: ANN001, ANN202
+        released.append((str(ref.path), start, length))
+        return release(self, ref, start, length)
+
+    monkeypatch.setattr(mapped.FileMaps, "populate", spy_populate)
+    monkeypatch.setattr(mapped.FileMaps, "release", spy_release)
+    passes = 3
+    eng.generate(PROMPT, SamplingParams(max_new_tokens=passes, ignore_eos=True))
+    eng.close()
+    allowed = {(str(r.path), r.offset, r.nbytes) for i in plan.streamed_blocks for r in ckpt.blocks[i].values()}
+    assert set(faults) == allowed and len(faults) == passes * len(allowed)
+    assert sorted(released) == sorted(faults)  # every faulted-in range is unmapped after its block

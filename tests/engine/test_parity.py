@@ -81,10 +81,11 @@ def test_long_prompt_spans_several_attention_chunks(tmp_path) -> None:  # noqa: 
 
 
 @pytest.mark.parametrize("budget_blocks", [2.2, 3.5])
-def test_streaming_under_a_small_budget_matches_resident(tmp_path, budget_blocks) -> None:  # noqa: ANN001
-    written = write_checkpoint(tmp_path / "m", preset="small", layout="bigscience", dtype="float16", untied=False)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])  # read and converted / mapped in place
+def test_streaming_under_a_small_budget_matches_resident(tmp_path, budget_blocks, dtype) -> None:  # noqa: ANN001
+    written = write_checkpoint(tmp_path / "m", preset="small", layout="bigscience", dtype=dtype, untied=False)
     checkpoint = Checkpoint.open(written.path)
-    extra = (budget_blocks - 2) * checkpoint.block_nbytes() * 2  # fp16 on disk, fp32 in RAM
+    extra = (budget_blocks - 2) * checkpoint.block_nbytes() * (4 // checkpoint.dtype.itemsize)
     options = EngineOptions(ram_budget=minimum_budget(checkpoint, 4) + int(extra))
     streamed = Engine.open(written.path, options)
     plan = streamed.model_plan.plan
