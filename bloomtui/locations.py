@@ -16,7 +16,10 @@ APP_NAME = "bloomtui"
 
 def _directory(env: str, default: str) -> Path:
     path = Path(os.environ.get(env) or default).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # a read-only home must not stop the app: reads find nothing, and each write reports its error
     return path
 
 

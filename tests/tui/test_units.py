@@ -193,3 +193,12 @@ def test_tracker_ignores_events_of_an_older_run() -> None:
     assert tracker.snapshot() == before
     tracker.feed(2, events.Done(2, (1,), "a", 3, 1, 0.1, 0.0, 10.0, 1, 0, "eos"))
     assert tracker.snapshot().state == "done" and "end of text" in tracker.snapshot().message
+
+
+def test_unwritable_config_dir_does_not_stop_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("BLOOMTUI_CONFIG_DIR", str(blocker / "sub"))
+    assert load_settings()[0] == Settings()  # defaults, with a warning to show
+    with pytest.raises(OSError):
+        save_settings(Settings())
