@@ -10,7 +10,6 @@ import threading
 from dataclasses import dataclass, field
 
 from bloomtui.engine import EngineOptions, SamplingParams, events
-from bloomtui.engine.residency import _spread
 from bloomtui.errors import BudgetError
 from bloomtui.tui.engine_handle import ModelSpec, StatusSink
 from bloomtui.tui.run_state import ModelInfo
@@ -45,7 +44,7 @@ def fake_info(n_blocks: int = N_BLOCKS) -> ModelInfo:
     return ModelInfo(
         name="bloom-560m (scripted)",
         n_blocks=n_blocks,
-        resident_blocks=_spread(n_blocks, n_blocks // 2),
+        resident_blocks=frozenset(range(0, n_blocks, 2)),  # every other block, as the planner spreads them
         head_resident=True,
         budget=1_800_000_000,
         planned_bytes=1_700_000_000,
