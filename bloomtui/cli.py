@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="open the terminal app (the default command)")
     app.add_argument("model", nargs="?", help="model folder or Hugging Face repo id in the local cache")
+    app.add_argument("--demo", action="store_true", help="open the built-in demo model (random weights)")
     _model_options(app)
 
     gen = sub.add_parser("generate", help="generate text headlessly; text on stdout, progress on stderr")
@@ -146,7 +147,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     from bloomtui.tui.app import run_app
 
-    return run_app(args.model, _engine_options(args))
+    if args.demo and args.model:
+        raise UsageError("give a MODEL or --demo, not both")
+    return run_app("@demo" if args.demo else args.model, _engine_options(args))
 
 
 def _sampling(args: argparse.Namespace):  # noqa: ANN202

@@ -35,7 +35,8 @@ class DemoShape:
 PRESETS: dict[str, DemoShape] = {
     "tiny": DemoShape(n_layer=2, hidden_size=64, n_head=4, vocab_size=1024),  # fast unit tests
     "small": DemoShape(n_layer=4, hidden_size=96, n_head=6, vocab_size=1024),  # non-power-of-two heads
-    "medium": DemoShape(n_layer=8, hidden_size=256, n_head=8, vocab_size=4096),
+    # vocab as large as the demo tokenizer, so every id a random model picks decodes to visible text
+    "medium": DemoShape(n_layer=8, hidden_size=256, n_head=8, vocab_size=1024),
     "560m": DemoShape(n_layer=24, hidden_size=1024, n_head=16, vocab_size=250880),  # bloom-560m shape
     "1b7": DemoShape(n_layer=24, hidden_size=2048, n_head=16, vocab_size=250880),  # bloom-1b7 shape
 }

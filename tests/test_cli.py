@@ -77,7 +77,7 @@ def test_demo_model_then_generate(tmp_path: Path) -> None:
         (["generate", "{model}", "x", "--temperature", "-1"], "--temperature"),
         (["generate", "{model}", "x", "--top-p", "1.5"], "--top-p"),
         (["generate", "{model}", "x", "--ram-budget", "lots"], "--ram-budget"),
-        (["generate", "{model}", "x", "--ram-budget", "10kB"], "--ram-budget"),
+        (["generate", "{model}", "x", "--ram-budget", "10kB"], "RAM budget 10 kB is below"),
         (["generate", "{model}", "x", "--greedy", "--temperature", "1"], "not allowed with"),
         (["generate", "{model}/config.json", "x"], "config.json"),
         (["generate", "/does/not/exist", "x"], "/does/not/exist"),

@@ -4,7 +4,7 @@ engine = Engine.open("path/or/hf-id", EngineOptions(ram_budget=800_000_000), on_
 result = engine.generate("Hello", SamplingParams(max_new_tokens=20), on_event=print, cancel=event)
 """
 
-from bloomtui.engine.generate import Engine, EngineOptions
+from bloomtui.engine.generate import Engine, EngineOptions, ModelPlan
 from bloomtui.engine.sampling import SamplingParams
 
-__all__ = ["Engine", "EngineOptions", "SamplingParams"]
+__all__ = ["Engine", "EngineOptions", "ModelPlan", "SamplingParams"]

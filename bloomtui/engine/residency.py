@@ -91,6 +91,14 @@ def minimum_budget(checkpoint: Checkpoint, itemsize: int) -> int:
     return (small + STREAM_SLOTS * block) * itemsize + _staging_bytes(checkpoint, itemsize)
 
 
+def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head_resident: bool = True) -> int:
+    """The budget whose plan keeps `resident_blocks` blocks (and the head, if asked) and streams the rest."""
+    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
+    head = checkpoint.head.numel if head_resident else 0
+    # Half a block of slack: rounding never drops a block, and no extra block fits.
+    return minimum_budget(checkpoint, itemsize) + (head + resident_blocks * block + block // 2) * itemsize
+
+
 def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> ResidencyPlan:
     n = checkpoint.n_blocks
     block = sum(ref.numel for ref in checkpoint.blocks[0].values())
@@ -112,7 +120,7 @@ def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> Reside
     minimum = minimum_budget(checkpoint, itemsize)
     if budget < minimum:
         raise BudgetError(
-            f"--ram-budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
+            f"RAM budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
             f"to stream ({STREAM_SLOTS} block buffers of {format_size(block * itemsize)}, "
             f"{format_size(base['staging_bytes'])} for dtype conversion, small tensors)"
         )

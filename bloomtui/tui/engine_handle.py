@@ -17,12 +17,12 @@ import psutil
 from bloomtui import locations
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
 from bloomtui.engine.generate import ModelPlan
-from bloomtui.engine.residency import STREAM_SLOTS
+from bloomtui.engine.residency import STREAM_SLOTS, budget_for
 from bloomtui.tui.run_state import ModelInfo
 
 DEMO_PRESET = "medium"
 """8 blocks of hidden size 256: small enough to write in a second, big enough to watch."""
-DEMO_RECIPE = "medium-untied-v1"
+DEMO_RECIPE = "medium-untied-v2"
 """Names the demo folder: a changed recipe gets a fresh folder instead of reusing an old one."""
 DEMO_LABEL = "demo model (random weights)"
 
@@ -147,13 +147,8 @@ def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:
 
 
 def half_streaming_budget(path: Path, options: EngineOptions) -> int:
-    """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both.
-
-    Mirrors `plan_residency`: the streaming minimum (small tensors and the stream slots), the head, the
-    resident blocks, and half a block of slack (less than one block, so no extra block fits). The slots
-    count against the budget too, so a model of few blocks keeps fewer than half resident."""
-    plan = ModelPlan.make(path, replace(options, ram_budget=1 << 50)).plan
-    n, block = plan.n_blocks, plan.block_elems
-    resident = max(0, min(n // 2, n - STREAM_SLOTS - 1))
-    minimum = (plan.small_elems + STREAM_SLOTS * block) * plan.itemsize + plan.staging_bytes
-    return minimum + (plan.head_elems + resident * block + block // 2) * plan.itemsize
+    """A budget that keeps about half the blocks resident (and the head) and streams the rest, so the demo
+    shows both."""
+    mp = ModelPlan.make(path, replace(options, ram_budget=1 << 50))
+    n = mp.plan.n_blocks
+    return budget_for(mp.checkpoint, mp.dtype.itemsize, resident_blocks=max(0, min(n // 2, n - STREAM_SLOTS - 1)))
