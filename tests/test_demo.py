@@ -104,9 +104,7 @@ def test_raw_files_keys_and_index(models: dict, layout: str, untied: bool) -> No
         assert index["weight_map"] == {key: name for name, tensors in shards.items() for key in tensors}
     if layout in ("bigscience", "safetensors-underscore"):  # the seed's split, one shard per block
         first, *blocks, last = shards.values()
-        assert set(first) == {
-            f"word_embeddings{s}" for s in (".weight", "_layernorm.weight", "_layernorm.bias")
-        }
+        assert set(first) == {f"word_embeddings{s}" for s in (".weight", "_layernorm.weight", "_layernorm.bias")}
         for i, block in enumerate(blocks):
             assert block and all(key.startswith(f"h.{i}.") for key in block)
         assert set(last) == {"ln_f.weight", "ln_f.bias"} | ({"lm_head.weight"} if untied else set())
@@ -119,9 +117,7 @@ def test_bin_holds_one_storage_per_tensor(tmp_path: Path) -> None:
     for key, tensor in state.items():
         views[key] = flat[offset : offset + tensor.numel()].view(tensor.shape)
         offset += tensor.numel()
-    views["transformer.h.0.self_attention.dense.weight"] = views[
-        "transformer.h.0.self_attention.dense.weight"
-    ].t()
+    views["transformer.h.0.self_attention.dense.weight"] = views["transformer.h.0.self_attention.dense.weight"].t()
     demo.save_checkpoint(views, demo.make_config(TINY), tmp_path, layout="bin")
     loaded = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
     for tensor in loaded.values():
@@ -139,11 +135,7 @@ def test_prefix_and_shards_options(tmp_path: Path) -> None:
     assert keys == set(state)  # prefixed on request; lm_head.weight as transformers names it
     demo.save_checkpoint(state, config, tmp_path / "b", layout="safetensors", prefix=False)
     keys = set(read_weights(tmp_path / "b" / "model.safetensors"))
-    assert (
-        "lm_head.weight" in keys
-        and "word_embeddings.weight" in keys
-        and not any("transformer" in k for k in keys)
-    )
+    assert "lm_head.weight" in keys and "word_embeddings.weight" in keys and not any("transformer" in k for k in keys)
     demo.save_checkpoint(state, config, tmp_path / "c", layout="bin-sharded", shards=5)
     names = sorted(p.name for p in (tmp_path / "c").glob("*.bin"))
     assert names == [f"pytorch_model-0000{i}-of-00005.bin" for i in range(1, 6)]
@@ -169,9 +161,7 @@ def test_random_state_dict_is_deterministic_and_bloom_shaped() -> None:
     assert not torch.equal(
         a["transformer.h.0.mlp.dense_h_to_4h.weight"], other["transformer.h.0.mlp.dense_h_to_4h.weight"]
     )
-    untied = demo.random_state_dict(
-        demo.make_config(demo.PRESETS["small"], tie_word_embeddings=False), seed=7
-    )
+    untied = demo.random_state_dict(demo.make_config(demo.PRESETS["small"], tie_word_embeddings=False), seed=7)
     assert set(untied) - set(a) == {"lm_head.weight"} and all(torch.equal(a[k], untied[k]) for k in a)
     assert a["transformer.h.3.self_attention.query_key_value.weight"].shape == (288, 96)
     assert all(t.dtype == torch.float16 for t in a.values())
@@ -179,9 +169,7 @@ def test_random_state_dict_is_deterministic_and_bloom_shaped() -> None:
     assert abs(big.mean()) < 0.002 and abs(big.std() - 0.02) < 0.002
     ln = a["transformer.h.1.post_attention_layernorm.weight"].float()
     assert abs(ln.mean() - 1) < 0.01 and abs(a["transformer.ln_f.bias"].float().mean()) < 0.01
-    wide = demo.random_state_dict(config, init_std=0.5, dtype="float32")[
-        "transformer.h.0.mlp.dense_4h_to_h.weight"
-    ]
+    wide = demo.random_state_dict(config, init_std=0.5, dtype="float32")["transformer.h.0.mlp.dense_4h_to_h.weight"]
     assert wide.dtype == torch.float32 and abs(wide.std() - 0.5) < 0.02
 
 
@@ -259,9 +247,7 @@ def test_overwrite_replaces_only_its_own_files(tmp_path: Path) -> None:
     (target / "notes.txt").write_text("keep me")
     messages: list[str] = []
     demo.write_demo_model(target, layout="safetensors", overwrite=True, on_progress=messages.append)
-    assert sorted(os.listdir(target)) == sorted(
-        COMMON_FILES | {"model.safetensors", "notes.txt"}
-    )  # stale shards gone
+    assert sorted(os.listdir(target)) == sorted(COMMON_FILES | {"model.safetensors", "notes.txt"})  # stale shards gone
     assert (target / "notes.txt").read_text() == "keep me" and os.listdir(tmp_path) == ["m"]
     assert "writing model.safetensors" in messages and "random" in messages[-1]
     assert "noise" in (target / "README.md").read_text()
