@@ -1,0 +1,172 @@
+"""The benchmark's demo checkpoints, built once and cached under the work folder.
+
+Regular models come from `bloomtui.demo.write_demo_model`. Full-width BLOOM-176B blocks (hidden 14336,
+112 heads, ~4.9 GB each in bf16) come from a small streaming safetensors writer here: it never holds more
+than a read-chunk of weights in memory, so writing 15 GB of blocks needs no more RAM than a 560m model.
+The layout is the 176B safetensors conversions' (`model_000NN-of-000MM.safetensors`, bare keys, embeddings
+in shard 1, one shard per block, `ln_f` last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bloomtui import demo
+
+BF16_BYTES = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    preset: str | None  # a bloomtui.demo preset, or None for the wide-block writer
+    layout: str
+    dtype: str
+    shape: demo.DemoShape | None = None  # wide blocks only
+
+    def path(self, work: Path) -> Path:
+        return work / self.name
+
+
+def full_specs() -> dict[str, ModelSpec]:
+    return {
+        "bf16": ModelSpec("bloom-560m-shape-bf16", "560m", "safetensors", "bfloat16"),
+        "fp32": ModelSpec("bloom-560m-shape-fp32", "560m", "safetensors", "float32"),
+        "seed": ModelSpec("bloom-560m-shape-bf16-bigscience", "560m", "bigscience", "bfloat16"),
+        "wide": ModelSpec(
+            "bloom-176b-width-3-blocks-bf16",
+            None,
+            "safetensors-underscore",
+            "bfloat16",
+            demo.DemoShape(n_layer=3, hidden_size=14336, n_head=112, vocab_size=1024),
+        ),
+    }
+
+
+def quick_specs() -> dict[str, ModelSpec]:
+    return {
+        "bf16": ModelSpec("quick-medium-bf16", "medium", "safetensors", "bfloat16"),
+        "fp32": ModelSpec("quick-medium-fp32", "medium", "safetensors", "float32"),
+        "seed": ModelSpec("quick-medium-bf16-bigscience", "medium", "bigscience", "bfloat16"),
+        "wide": ModelSpec(
+            "quick-wide-3-blocks-bf16",
+            None,
+            "safetensors-underscore",
+            "bfloat16",
+            demo.DemoShape(n_layer=3, hidden_size=512, n_head=8, vocab_size=1024),
+        ),
+    }
+
+
+def ensure(spec: ModelSpec, work: Path, say=print) -> Path:  # noqa: ANN001 - a print-like callable
+    """The checkpoint folder for `spec`, written on first use (atomically: staged, then renamed)."""
+    path = spec.path(work)
+    if (path / "config.json").is_file():
+        return path
+    work.mkdir(parents=True, exist_ok=True)
+    if spec.preset is not None:
+        say(f"writing {spec.name} ({spec.preset}, {spec.layout}, {spec.dtype}) ...")
+        demo.write_demo_model(path, preset=spec.preset, layout=spec.layout, dtype=spec.dtype)
+    else:
+        assert spec.shape is not None
+        say(f"writing {spec.name} ({spec.shape.n_layer} blocks of hidden {spec.shape.hidden_size}) ...")
+        write_wide_blocks(path, spec.shape)
+    return path
+
+
+def _block_tensors(i: int, hidden: int) -> list[tuple[str, tuple[int, ...]]]:
+    h = hidden
+    return [
+        (f"h.{i}.input_layernorm.weight", (h,)),
+        (f"h.{i}.input_layernorm.bias", (h,)),
+        (f"h.{i}.self_attention.query_key_value.weight", (3 * h, h)),
+        (f"h.{i}.self_attention.query_key_value.bias", (3 * h,)),
+        (f"h.{i}.self_attention.dense.weight", (h, h)),
+        (f"h.{i}.self_attention.dense.bias", (h,)),
+        (f"h.{i}.post_attention_layernorm.weight", (h,)),
+        (f"h.{i}.post_attention_layernorm.bias", (h,)),
+        (f"h.{i}.mlp.dense_h_to_4h.weight", (4 * h, h)),
+        (f"h.{i}.mlp.dense_h_to_4h.bias", (4 * h,)),
+        (f"h.{i}.mlp.dense_4h_to_h.weight", (h, 4 * h)),
+        (f"h.{i}.mlp.dense_4h_to_h.bias", (h,)),
+    ]
+
+
+class _Pool:
+    """Random bf16 values (std 0.02) that tensors are cut from at varying offsets: random enough for
+    timing (dense math does not care), and writing costs only the disk's time."""
+
+    def __init__(self, elems: int = 1 << 24, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.values = (torch.randn(elems, generator=generator) * 0.02).to(torch.bfloat16)
+        self.ones = self.values + 1.0  # layer-norm weights sit near 1
+        self._next = 0
+
+    def write(self, f, numel: int, layer_norm_weight: bool) -> None:  # noqa: ANN001 - a binary file
+        source = self.ones if layer_norm_weight else self.values
+        n = source.numel()
+        done = 0
+        while done < numel:
+            start = self._next % (n // 2)
+            self._next += 7919
+            count = min(numel - done, n - start)
+            f.write(memoryview(source[start : start + count].view(torch.uint8).numpy()))
+            done += count
+
+
+def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], pool: _Pool) -> None:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in tensors:
+        nbytes = BF16_BYTES * int(torch.Size(shape).numel())
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape in tensors:
+            ln_weight = name.endswith("layernorm.weight") or name == "ln_f.weight"
+            pool.write(f, int(torch.Size(shape).numel()), ln_weight)
+
+
+def write_wide_blocks(directory: Path, shape: demo.DemoShape) -> Path:
+    """A bf16 BLOOM checkpoint of `shape` (e.g. 3 blocks of BLOOM-176B's width, small vocab)."""
+    directory = Path(directory)
+    staging = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        config = demo.make_config(shape, dtype="bfloat16")
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        demo.save_tokenizer(shape.vocab_size, staging)
+        h = shape.hidden_size
+        groups = [[("word_embeddings.weight", (shape.vocab_size, h))]]
+        groups[0] += [("word_embeddings_layernorm.weight", (h,)), ("word_embeddings_layernorm.bias", (h,))]
+        groups += [_block_tensors(i, h) for i in range(shape.n_layer)]
+        groups.append([("ln_f.weight", (h,)), ("ln_f.bias", (h,))])
+        pool = _Pool()
+        weight_map, total = {}, 0
+        for index, group in enumerate(groups, start=1):
+            name = f"model_{index:05d}-of-{len(groups):05d}.safetensors"
+            _write_safetensors(staging / name, group, pool)
+            for key, tshape in group:
+                weight_map[key] = name
+                total += BF16_BYTES * int(torch.Size(tshape).numel())
+        index_json = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (staging / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,68 @@
+"""Small helpers shared by the harness and its workers: page-cache eviction, RSS, byte ranges, timing."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import psutil
+
+PROMPT = "The SQL command to extract all the users whose name starts with A is: "
+RESULT_TAG = "BENCH_RESULT "
+READ_CHUNK = 32 * 1024 * 1024  # the engine reads in 32 MiB preadv chunks; the floor uses the same
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def evict(paths: Iterable[Path]) -> float:
+    """Drop the files from the OS page cache (POSIX_FADV_DONTNEED); returns the seconds it took.
+
+    On a VM the host may still cache the virtual disk: "cold" means cold for this kernel only."""
+    t0 = time.perf_counter()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t0
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+class RangeEvictor:
+    """Evicts byte ranges of checkpoint files, keeping one descriptor per file."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self.seconds = 0.0
+
+    def __call__(self, path: Path, offset: int, length: int) -> None:
+        t0 = time.perf_counter()
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        self.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -1,0 +1,504 @@
+"""Turn the harness's raw results into BENCHMARKS.md (and an optional PNG chart)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from benchmarks import projection as proj
+from bloomtui.sizes import format_size
+
+RSS_SLACK = 600 * 1000**2  # goal: peak RSS <= budget + KV cache + 600 MB
+
+GEN_KINDS = ("hf", "accelerate", "bloomtui", "seed")
+
+
+def _med(values) -> float:  # noqa: ANN001
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else math.nan
+
+
+def _s(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _ratio(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}x"
+
+
+def _size(n: float | None) -> str:
+    return "n/a" if n is None or (isinstance(n, float) and math.isnan(n)) else format_size(n)
+
+
+class Summary:
+    """Medians over the repeats of one job."""
+
+    def __init__(self, job: dict) -> None:
+        self.job = job
+        self.name: str = job["name"]
+        self.group: str = job["group"]
+        self.kind: str = job["args"][0]
+        self.runs: list[dict] = job["runs"]
+        self.errors: list[str] = job["errors"]
+        self.command: str = job["command"]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs)
+
+    def med(self, key: str) -> float:
+        return _med([r.get(key) for r in self.runs])
+
+    @property
+    def decode(self) -> float:
+        """Seconds per decode token (for floors: per token's worth of reads or copies)."""
+        if self.kind == "rawread":
+            return _med([_med(r["token_s"]) for r in self.runs])
+        return self.med("decode_s")
+
+    @property
+    def decode_range(self) -> tuple[float, float]:
+        if self.kind == "rawread":
+            values = [_med(r["token_s"]) for r in self.runs]
+        else:
+            values = [r["decode_s"] for r in self.runs if r.get("decode_s") is not None]
+        return (min(values), max(values)) if values else (math.nan, math.nan)
+
+    @property
+    def peak_rss(self) -> float:
+        return max((r["peak_rss"] for r in self.runs), default=math.nan)
+
+    @property
+    def ids(self) -> list[int] | None:
+        return self.runs[0].get("ids") if self.runs else None
+
+    def phase(self, key: str) -> float:
+        """Median over runs of the per-decode-token median of a BlockDone sum (compute, wait, read, bytes)."""
+        return _med([_med([b[key] for b in r["blocks"][1:]]) for r in self.runs if r.get("blocks")])
+
+    @property
+    def bytes_per_token(self) -> float:
+        if self.kind == "rawread":
+            return self.med("bytes")
+        if self.kind == "bloomtui":
+            return _med([r["bytes_read"] / len(r["token_s"]) for r in self.runs if r.get("bytes_read") is not None])
+        return math.nan
+
+
+def _match(ids: list[int] | None, ref: list[int] | None) -> str:
+    if ids is None or ref is None:
+        return "n/a"
+    n = min(len(ids), len(ref))
+    same = next((i for i in range(n) if ids[i] != ref[i]), n)
+    return f"yes ({n}/{n})" if same == n else f"no: first {same}/{n} equal"
+
+
+def _gen_row(s: Summary, ref: Summary | None, vs: float | None, note: str = "") -> str:
+    if not s.ok:
+        err = "; ".join(dict.fromkeys(s.errors)) or "no result"
+        return f"| {s.name} | failed: {err} | | | | | | | | |"
+    lo, hi = s.decode_range
+    tps = 1 / s.decode if s.decode and not math.isnan(s.decode) else math.nan
+    ratio = _ratio(vs / s.decode) if vs is not None else ""
+    load = _s(s.med("load_s")) if s.kind != "seed" else "0 (per token)"
+    first = _med([r["load_s"] + r["prefill_s"] for r in s.runs])
+    cells = [
+        s.name + (f" ({note})" if note else ""),
+        load,
+        _s(s.med("prefill_s")),
+        _s(first),
+        f"{_s(s.decode)} ({_s(lo)}–{_s(hi)})",
+        _s(tps),
+        ratio,
+        _size(s.peak_rss),
+        _size(s.bytes_per_token),
+        _match(s.ids, ref.ids if ref else None) if ref is not s else "reference",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+GEN_HEADER = (
+    "| contender | load s | prefill (TTFT) s | load + prefill s | decode s/token, median (min–max) | tokens/s | "
+    "transformers' s/token ÷ this | peak RSS | read/token | greedy ids = transformers |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _floor_row(name: str, seconds: float, note: str) -> str:
+    return f"| {name} | | | | {_s(seconds)} | {_s(1 / seconds) if seconds else 'n/a'} | | | {note} | |"
+
+
+def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, str, str, bool | None]]:
+    """(goal, measured, target, met) rows."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def get(group: str, name: str) -> Summary | None:
+        s = by.get((group, name))
+        return s if s is not None and s.ok else None
+
+    for group in ("bf16", "fp32"):
+        hf, bt = get(group, "transformers"), get(group, "bloomtui resident")
+        if hf and bt:
+            r = hf.decode / bt.decode
+            rows.append(
+                (
+                    f"fully in RAM decode, {group}: bloomtui tokens/s ÷ transformers tokens/s",
+                    f"{r:.2f}x ({_s(bt.decode)} vs {_s(hf.decode)} s/token)",
+                    ">= 1.05x",
+                    r >= 1.05,
+                )
+            )
+        else:
+            rows.append((f"fully in RAM decode, {group}", "missing run", ">= 1.05x", None))
+    resident = get("bf16", "bloomtui resident")
+    for state in ("warm", "cold"):
+        st, raw = get("bf16", f"bloomtui stream {state}"), get("bf16", f"raw read {state}")
+        if st and raw and resident:
+            floor = max(raw.decode, resident.decode)
+            r = st.decode / floor
+            rows.append(
+                (
+                    f"streaming (budget ~1/4 of the model), page cache {state}: s/token ÷ "
+                    "max(raw read of the streamed bytes, resident s/token)",
+                    f"{r:.2f}x ({_s(st.decode)} vs max({_s(raw.decode)}, {_s(resident.decode)}) s)",
+                    "<= 1.15x",
+                    r <= 1.15,
+                )
+            )
+        else:
+            rows.append((f"streaming, {state}", "missing run", "<= 1.15x", None))
+    for state in ("warm", "cold"):
+        seed, bt = get("seed", f"seed method {state}"), get("seed", f"bloomtui all streamed {state}")
+        if seed and bt:
+            r = seed.decode / bt.decode
+            rows.append(
+                (
+                    f"every block streamed, {state}: seed method s/token ÷ bloomtui s/token",
+                    f"{r:.1f}x ({_s(seed.decode)} vs {_s(bt.decode)} s/token)",
+                    ">= 3x",
+                    r >= 3,
+                )
+            )
+        else:
+            rows.append((f"vs the seed method, {state}", "missing run", ">= 3x", None))
+    # Not goals: what the same runs give with one torch thread left free for the prefetch thread.
+    for group, name, floor_name in (
+        ("bf16", "bloomtui stream warm", "raw read warm"),
+        ("seed", "bloomtui all streamed warm", None),
+    ):
+        variant = next((s for (g, n), s in by.items() if g == group and n.startswith(name + ",") and s.ok), None)
+        if variant is None:
+            continue
+        if floor_name and get(group, floor_name) and resident:
+            floor = max(get(group, floor_name).decode, resident.decode)
+            measured = f"{variant.decode / floor:.2f}x ({_s(variant.decode)} vs max(..) {_s(floor)} s)"
+            rows.append((f"(not the default) {variant.name}: s/token ÷ floor as above", measured, "<= 1.15x", None))
+        seed = get("seed", "seed method warm")
+        if group == "seed" and seed:
+            measured = f"{seed.decode / variant.decode:.1f}x ({_s(seed.decode)} vs {_s(variant.decode)} s/token)"
+            rows.append((f"(not the default) seed method warm ÷ {variant.name}", measured, ">= 3x", None))
+    for (_group, name), s in sorted(by.items()):
+        if s.kind != "bloomtui" or not s.ok or "resident" in name:
+            continue
+        run = s.runs[0]
+        limit = run["budget"] + run["kv_bytes"] + RSS_SLACK
+        rows.append(
+            (
+                f"peak RSS, {name}",
+                f"{_size(s.peak_rss)} (budget {_size(run['budget'])} + KV {_size(run['kv_bytes'])} + 600 MB "
+                f"= {_size(limit)})",
+                "<= budget + KV + 600 MB",
+                s.peak_rss <= limit,
+            )
+        )
+    return rows
+
+
+def _big_section(raw: dict, membw: float) -> list[str]:
+    big = raw.get("big")
+    if not big:
+        return ["## BLOOM-176B at real width", "", "Skipped (`--skip-big`).", ""]
+    lines = ["## BLOOM-176B at real width: measured blocks and the projection", ""]
+    bb = big["bigblock"]
+    if not bb["runs"]:
+        return [*lines, f"The block measurement failed: {'; '.join(bb['errors'])}", ""]
+    b = bb["runs"][0]
+    block_bytes = b["block_bytes"]
+    read_s = _med(b["read_s"])
+    bw = block_bytes / read_s
+    c = _med(b["decode_compute_s"])
+    lines += [
+        f"Checkpoint: `{big['model']}`: {len(b['read_s'])} blocks of hidden {b['hidden']}, "
+        f"{b['n_head']} heads, bf16, {format_size(block_bytes)} per block (BLOOM-176B's block), small vocab.",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| cold read of one block (os.preadv, 32 MiB chunks, after POSIX_FADV_DONTNEED), median of "
+        f"{len(b['read_s'])} | {_s(read_s)} s = **{bw / 1e9:.2f} GB/s** |",
+        f"| compute of one block, 1 new token, context {b['context']} (bloomtui's block_forward, bf16, "
+        f"{len(b['decode_compute_s'])} runs) | **{_s(c)} s** = {block_bytes / c / 1e9:.1f} GB/s of weights |",
+        f"| compute of one block, prefill of {b['context']} tokens | {_s(b['prefill_s'])} s |",
+    ]
+    lin, mv = _med(b.get("matvec_linear_s", [])), _med(b.get("matvec_addmv_s", []))
+    c_mv = c - lin + mv if not math.isnan(lin) else math.nan
+    if not math.isnan(lin):
+        lines.append(
+            f"| the block's 4 matrix-vector products for 1 token: `F.linear` on a (1, H) row (bloomtui today) vs "
+            f"`torch.addmv` (interleaved, medians) | {_s(lin)} s vs {_s(mv)} s ({lin / mv:.2f}x) |"
+        )
+    st = big["stream"]
+    if st["runs"]:
+        r = st["runs"][0]
+        decode = r["decode_s"]
+        blocks = r["blocks"][1:] or r["blocks"]
+        n = r["n_blocks"]
+        streamed = r["bytes_read"] / len(r["token_s"])
+        predicted = max(streamed / bw, n * c)
+        lines += [
+            f"| bloomtui, all {n} blocks streamed cold (budget {format_size(r['budget'])}), decode s/token "
+            f"| {_s(decode)} s (prefill {_s(r['prefill_s'])} s; peak RSS {format_size(r['peak_rss'])}) |",
+            f"| ... per decode token: block compute / wait for reads / prefetch-thread read time "
+            f"| {_s(_med([x['compute'] for x in blocks]))} / {_s(_med([x['wait'] for x in blocks]))} / "
+            f"{_s(_med([x['read'] for x in blocks]))} s |",
+            f"| model check: max(streamed bytes / bw, {n} x c) = max({_s(streamed / bw)}, {_s(n * c)}) "
+            f"| predicted {_s(predicted)} s vs measured {_s(decode)} s ({decode / predicted:.2f}x) |",
+        ]
+    else:
+        lines.append(f"| bloomtui streaming run | {'; '.join(st['errors'])} |")
+    lines += [
+        "",
+        "Projection for BLOOM-176B (70 blocks, 250880 x 14336 embedding tied to the LM head, bf16):",
+        "",
+        "```",
+        f"B = {format_size(proj.BLOCK_BYTES)} per block, E = {format_size(proj.HEAD_BYTES)} embedding / LM head",
+        "k = resident blocks under the RAM budget R (bloomtui's own residency planner; it keeps 2 stream",
+        "    buffers of one block each, and may keep the head resident instead of blocks)",
+        "S = (70 - k) * B + (E if the head is streamed else 0)      bytes read per token",
+        f"C = 70 * c + E * c / B                                    compute per token, c = {_s(c)} s measured",
+        "T = max(S / bw, C)      reads overlap compute (prefetch thread); T_serial = S / bw + C",
+        "```",
+        "",
+        "| RAM budget | resident blocks (+head) | read/token | disk bw | T = max(S/bw, C) s/token | "
+        "T_serial | vs the seed's 180 s/token |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for budget_gb, label in (
+        (10, "10 GB (16 GB desktop, as the seed's)"),
+        (18, "18 GB (a 24 GB machine)"),
+        (56, "56 GB (64 GB machine)"),
+        (120, "120 GB (128 GB machine)"),
+    ):
+        for disk_bw, disk in (
+            (bw, f"{bw / 1e9:.2f} GB/s (measured here, cold)"),
+            (3.5e9, "3.5 GB/s (PCIe 3 NVMe)"),
+            (7e9, "7 GB/s (Samsung 980 PRO, the seed's disk)"),
+        ):
+            p = proj.project(int(budget_gb * 1e9), disk_bw, c)
+            if p is None:
+                lines.append(f"| {label} | below the minimum budget | | {disk} | | | |")
+                continue
+            lines.append(
+                f"| {label} | {p.resident_blocks}{' + head' if p.head_resident else ''} | "
+                f"{format_size(p.streamed_bytes)} | {disk} | **{_s(p.overlapped_s)}** | {_s(p.serial_s)} | "
+                f"{proj.SEED_SECONDS_PER_TOKEN / p.overlapped_s:.1f}x faster |"
+            )
+    if not math.isnan(c_mv):
+        lines += [
+            "",
+            f"With the matrix-vector products done by `torch.addmv` (c = {_s(c_mv)} s, measured above), C would "
+            f"fall from {_s(70 * c + proj.HEAD_BYTES * c / proj.BLOCK_BYTES)} to "
+            f"{_s(70 * c_mv + proj.HEAD_BYTES * c_mv / proj.BLOCK_BYTES)} s/token: it matters once the disk "
+            "is fast or most blocks are resident (e.g. 120 GB budget at 7 GB/s: T = "
+            f"{_s(proj.project(int(120e9), 7e9, c_mv).overlapped_s)} s instead of "
+            f"{_s(proj.project(int(120e9), 7e9, c).overlapped_s)} s).",
+        ]
+    lines += [
+        "",
+        f"Compute floor here: C = {_s(70 * c + proj.HEAD_BYTES * c / proj.BLOCK_BYTES)} s/token "
+        f"(memory-bandwidth floor of 352 GB of weights at {membw / 1e9:.1f} GB/s copy bandwidth: "
+        f"{_s(352e9 / membw)} s).",
+        "",
+    ]
+    return lines
+
+
+def _shape(folder: str) -> tuple[str, str]:
+    """(title, description) of a demo checkpoint from its config.json."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+        h, n, heads, v = cfg["hidden_size"], cfg["n_layer"], cfg["n_head"], cfg["vocab_size"]
+    except (OSError, ValueError, KeyError):
+        return Path(folder).name, "shape unknown"
+    title = "bloom-560m shape" if (h, n, heads, v) == (1024, 24, 16, 250880) else f"demo model, hidden {h}"
+    return title, f"{n} blocks, hidden {h}, {heads} heads, {v}-row tied embedding, random weights"
+
+
+def markdown(raw: dict, chart: Path | None) -> str:
+    jobs = [Summary(j) for j in raw["jobs"]]
+    by = {(s.group, s.name): s for s in jobs}
+    m = raw["machine"]
+    st = raw["settings"]
+    membw_job = by.get(("floor", "memory bandwidth"))
+    membw = _med([r["bandwidth"] for r in membw_job.runs]) if membw_job and membw_job.ok else math.nan
+    budgets = raw["budgets"]
+    parallel = f" ({st['parallel']} at once)" if st.get("parallel", 1) > 1 else ""
+    out: list[str] = [
+        "# bloomtui benchmarks" + (" (quick mode: tiny checkpoints, numbers mean little)" if st["quick"] else ""),
+        "",
+        "Generated by `" + " ".join(raw["argv"]) + f"` in {raw['total_s'] / 60:.1f} min "
+        f"(checkpoint build {raw['build_s']:.0f} s, cached). Every contender ran in its own process; "
+        f"contenders ran round-robin{parallel}, "
+        f"{st['repeats']} repeat(s); numbers are medians. Prompt: the seed "
+        f"article's SQL prompt; greedy; {st['tokens']} new tokens (seed method {st['seed_tokens']}, "
+        f"Accelerate {st['accelerate_tokens']}). Decode s/token excludes the first token (prefill = time to "
+        "first token) and load time; it is the median of a run's per-token times (robust to the shared "
+        "machine's spikes), then the median over repeats (min–max of the repeats in brackets).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})",
+        f"- RAM: {format_size(m['ram'])}; disk: {m['disk']}",
+        f"- {m['os']}, Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"accelerate {m['accelerate']}",
+        f"- load average (1/5/15 min) at start {', '.join(f'{x:.2f}' for x in m['load_start'])}, "
+        f"at end {', '.join(f'{x:.2f}' for x in m['load_end'])} (a shared machine: other jobs ran beside)",
+        f"- memory copy bandwidth (torch copy of {format_size(st['membw_bytes'])}, read + write bytes): "
+        f"{membw / 1e9:.1f} GB/s",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for goal, measured, target, met in goals(by, membw):
+        verdict = "(info)" if goal.startswith("(not") else "n/a" if met is None else "yes" if met else "**no**"
+        out.append(f"| {goal} | {measured} | {target} | {verdict} |")
+    models = raw["models"]
+    for group, title in (("bf16", "bfloat16"), ("fp32", "float32")):
+        hf = by.get((group, "transformers"))
+        vs = hf.decode if hf and hf.ok else None
+        out += [
+            "",
+            f"## {_shape(models[group])[0]} ({title}), `{Path(models[group]).name}`",
+            "",
+            f"{_shape(models[group])[1]}; bloomtui holds "
+            f"{format_size(budgets['full_' + group])} fully resident"
+            + (f"; streaming budget {format_size(budgets['quarter_bf16'])} (~1/4)." if group == "bf16" else "."),
+            "",
+            GEN_HEADER,
+        ]
+        for s in jobs:
+            if s.group != group:
+                continue
+            if s.kind in GEN_KINDS:
+                note = ""
+                if s.kind == "accelerate" and s.ok:
+                    note = "placement " + ", ".join(f"{k}: {v}" for k, v in s.runs[0].get("placement", {}).items())
+                out.append(_gen_row(s, hf, vs, note))
+            elif s.kind == "rawread" and s.ok:
+                out.append(_floor_row(f"floor: {s.name} of the streamed bytes", s.decode, _size(s.bytes_per_token)))
+        weights = budgets["full_" + group]
+        if not math.isnan(membw):
+            out.append(_floor_row("floor: resident weights / memory bandwidth", weights / membw, _size(weights)))
+    seed_rows = [s for s in jobs if s.group == "seed"]
+    hf16 = by.get(("bf16", "transformers"))
+    out += [
+        "",
+        f"## The seed article's method vs bloomtui, every block streamed (`{Path(models['seed']).name}`)",
+        "",
+        "bigscience layout (one `.bin` per block, as bigscience/bloom), bf16. Seed method: per token, "
+        "`torch.load` + `load_state_dict` into one reused transformers `BloomBlock` for every block, the whole "
+        "sequence re-run, embeddings and LM head re-read (benchmarks/seed.py). bloomtui: the minimum budget "
+        f"({format_size(budgets['min_seed'])}: two block buffers), so every block and the LM head stream.",
+        "",
+        GEN_HEADER,
+    ]
+    for s in seed_rows:
+        if s.kind in GEN_KINDS:
+            out.append(_gen_row(s, hf16, hf16.decode if hf16 and hf16.ok else None))
+        elif s.kind == "rawread" and s.ok:
+            out.append(_floor_row(f"floor: {s.name} of the streamed bytes", s.decode, _size(s.bytes_per_token)))
+    out += ["", "## Where streamed decode time goes (bloomtui, per decode token, medians)", ""]
+    out += [
+        "| run | s/token | block compute | compute stalled on reads | prefetch read time (blocks) | "
+        "other (head chunks, sampling, events) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in jobs:
+        if s.kind == "bloomtui" and s.ok:
+            comp, wait, read = s.phase("compute"), s.phase("wait"), s.phase("read")
+            other = s.decode - comp - wait
+            out.append(f"| {s.group}: {s.name} | {_s(s.decode)} | {_s(comp)} | {_s(wait)} | {_s(read)} | {_s(other)} |")
+    out += [""]
+    if not st["skip_big"]:
+        out += _big_section(raw, membw)
+    if chart is not None:
+        out += ["## Chart", "", f"![decode seconds per token]({chart.as_posix()})", ""]
+    out += [
+        "## Method notes",
+        "",
+        "- Cold: before a cold run the checkpoint files are evicted with `posix_fadvise(POSIX_FADV_DONTNEED)`; "
+        "during a cold bloomtui run the harness evicts each streamed block's bytes right after the block is "
+        "used (and the LM head's after each token), as the engine itself does when a model does not fit in "
+        "RAM, so every token reads from the disk again. The eviction's own time is subtracted. The seed "
+        "method's cold run evicts every shard before each token. On this VM the virtual disk may itself be "
+        "cached by the host: cold means cold for this guest's kernel, at whatever speed the host gives.",
+        "- Raw read floor: the very byte ranges bloomtui's prefetcher reads per decode token (same budget, "
+        "same plan), read with `os.preadv` in 32 MiB chunks into one preallocated buffer, in the same cache "
+        "state. Memory floor: resident weight bytes / copy bandwidth.",
+        "- transformers and Accelerate: `generate(do_sample=False, eos_token_id=None)`, default DynamicCache; "
+        "per-token times are stamped by a LogitsProcessor (called right after each forward pass). Accelerate: "
+        "`from_pretrained(device_map='auto', max_memory={'cpu': budget}, offload_folder=...)`, page cache "
+        "warm.",
+        "- Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the contender's own process (Python, torch and "
+        "the tokenizer included).",
+        "- Greedy ids are compared with transformers' in the same dtype; in bf16, different but equally valid "
+        "operation orders may round differently and pick another token after a near tie.",
+        "",
+        "## Exact commands",
+        "",
+        "```sh",
+        "# from the repository root; checkpoints are built by the harness (bloomtui.demo) under --work",
+    ]
+    for s in jobs:
+        out.append(f"{s.command}  # {s.group}: {s.name}")
+    if raw.get("big"):
+        for part in ("bigblock", "stream"):
+            out.append(f"{raw['big'][part]['command']}  # {raw['big'][part]['name']}")
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+def chart(raw: dict, path: Path) -> Path | None:
+    """A bar chart of decode seconds per token (log scale), if matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = []
+    for job in raw["jobs"]:
+        s = Summary(job)
+        if s.ok and s.kind != "membw":
+            rows.append((f"{s.group}: {s.name}", s.decode))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+    labels, values = zip(*rows, strict=True)
+    ax.barh(range(len(rows)), values, color=["#d62728" if "seed" in lab else "#1f77b4" for lab in labels])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("decode seconds per token (median, log scale; lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,303 @@
+"""The benchmark harness: `python -m benchmarks.run [--quick] [--out BENCHMARKS.md] [--work DIR]`.
+
+Builds (and caches) the demo checkpoints, runs every contender in its own subprocess, repeats the whole
+set round-robin (so slow drift of a shared machine hits every contender alike), takes medians, and writes
+a Markdown report with the machine, the exact commands, medians, ratios and the goals met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from benchmarks import checkpoints
+from benchmarks.common import RESULT_TAG, evict, weight_files
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WORK = Path("/tmp/bloomtui-bench")
+BIG_BUDGET = 1 << 40  # "everything resident"
+
+
+@dataclass
+class Job:
+    name: str
+    group: str
+    args: list[str]
+    repeats: int
+    timeout: float
+    runs: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        return " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.worker", *self.args])
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    repeats: int
+    tokens: int
+    cold_tokens: int
+    read_tokens: int
+    seed_tokens: int
+    accelerate_tokens: int
+    big_tokens: int
+    timeout: float
+    membw_bytes: int
+    skip_big: bool
+    parallel: int
+
+
+def full_bytes(model: Path) -> int:
+    """Bytes bloomtui holds with everything resident (weights in the compute dtype)."""
+    from bloomtui.engine import EngineOptions
+    from bloomtui.engine.generate import ModelPlan
+
+    return ModelPlan.make(model, EngineOptions(ram_budget=BIG_BUDGET)).plan.total_bytes
+
+
+def minimum_bytes(model: Path) -> int:
+    from bloomtui.engine.checkpoint import Checkpoint
+    from bloomtui.engine.generate import compute_dtype
+    from bloomtui.engine.residency import minimum_budget
+
+    ckpt = Checkpoint.open(model)
+    return minimum_budget(ckpt, compute_dtype(ckpt.dtype, None).itemsize)
+
+
+def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list[Job], dict]:
+    bf16, fp32, seed = models["bf16"], models["fp32"], models["seed"]
+    quarter = max(full_bytes(bf16) // 4, minimum_bytes(bf16))
+    budgets = {"quarter_bf16": quarter, "full_bf16": full_bytes(bf16), "full_fp32": full_bytes(fp32)}
+    budgets["min_seed"] = minimum_bytes(seed)
+    spare = max(1, (os.cpu_count() or 2) - 1)  # leave a core to the prefetch thread
+    threads = f"{spare} torch thread" + ("s" if spare > 1 else "")
+    n, cold, reads = str(s.tokens), str(s.cold_tokens), str(s.read_tokens)
+
+    def job(name: str, group: str, args: list[str], tokens: str | None = n) -> Job:
+        return Job(name, group, [*args, *(["--tokens", tokens] if tokens else [])], s.repeats, s.timeout)
+
+    b16 = ["--model", str(bf16)]
+    quart = ["--model", str(bf16), "--budget", str(quarter)]
+    least = ["--model", str(seed), "--budget", "min"]
+    seed_args = ["--model", str(seed), "--dtype", "bfloat16"]
+    offload_args = ["--budget", str(quarter), "--offload-folder", str(offload)]
+    jobs = [
+        job("transformers", "bf16", ["hf", *b16, "--dtype", "bfloat16"]),
+        job("bloomtui resident", "bf16", ["bloomtui", *b16, "--budget", str(BIG_BUDGET)]),
+        job("bloomtui stream warm", "bf16", ["bloomtui", *quart]),
+        job(f"bloomtui stream warm, {threads}", "bf16", ["bloomtui", *quart, "--threads", str(spare)]),
+        job("bloomtui stream cold", "bf16", ["bloomtui", *quart, "--cold"], cold),
+        job("raw read warm", "bf16", ["rawread", *quart], reads),
+        job("raw read cold", "bf16", ["rawread", *quart, "--cold"], reads),
+        job(
+            "accelerate disk offload",
+            "bf16",
+            ["accelerate", *b16, "--dtype", "bfloat16", *offload_args],
+            str(s.accelerate_tokens),
+        ),
+        job("transformers", "fp32", ["hf", "--model", str(fp32), "--dtype", "float32"]),
+        job("bloomtui resident", "fp32", ["bloomtui", "--model", str(fp32), "--budget", str(BIG_BUDGET)]),
+        job("seed method warm", "seed", ["seed", *seed_args], str(s.seed_tokens)),
+        job("seed method cold", "seed", ["seed", *seed_args, "--cold"], str(s.seed_tokens)),
+        job("bloomtui all streamed warm", "seed", ["bloomtui", *least]),
+        job(f"bloomtui all streamed warm, {threads}", "seed", ["bloomtui", *least, "--threads", str(spare)]),
+        job("bloomtui all streamed cold", "seed", ["bloomtui", *least, "--cold"], cold),
+        job("raw read all warm", "seed", ["rawread", *least], reads),
+        job("raw read all cold", "seed", ["rawread", *least, "--cold"], reads),
+        job("memory bandwidth", "floor", ["membw", "--bytes", str(s.membw_bytes)], None),
+    ]
+    return jobs, budgets
+
+
+def run_job(job: Job) -> None:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", *job.args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=job.timeout,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+        )
+    except subprocess.TimeoutExpired:
+        job.errors.append(f"timed out after {job.timeout:.0f} s")
+        return
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(RESULT_TAG)), None)
+    if proc.returncode != 0 or line is None:
+        tail = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        job.errors.append(tail[-1][:300] if tail else f"exit status {proc.returncode}")
+        return
+    result = json.loads(line[len(RESULT_TAG) :])
+    result["wall_s"] = time.perf_counter() - t0
+    job.runs.append(result)
+
+
+def machine_info(work: Path) -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import accelerate
+
+        accelerate_version = accelerate.__version__
+    except ImportError:
+        accelerate_version = "not installed"
+    disk = "unknown"
+    try:
+        dev = os.stat(work).st_dev
+        name = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve().name
+        rotational = Path(f"/sys/block/{name}/queue/rotational").read_text().strip()
+        usage = psutil.disk_usage(str(work))
+        kind = "virtual disk" if name.startswith("vd") else ("rotational" if rotational == "1" else "SSD")
+        disk = f"/dev/{name} ({kind}, {usage.total / 1e9:.0f} GB, {usage.free / 1e9:.0f} GB free)"
+    except (OSError, ValueError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram": psutil.virtual_memory().total,
+        "disk": disk,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "accelerate": accelerate_version,
+        "load_start": os.getloadavg(),
+    }
+
+
+def big_section(model: Path, s: Settings) -> dict:
+    """Full-width blocks: cold per-block read + 1-token compute, then bloomtui streaming every block cold."""
+    out: dict = {"model": str(model)}
+    block = Job("176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2)
+    run_job(block)
+    out["bigblock"] = asdict(block) | {"command": block.command}
+    need = 2 * (block.runs[0]["block_bytes"] if block.runs else 0) + 2_000_000_000
+    available = psutil.virtual_memory().available
+    stream = Job(
+        "bloomtui every 176B-width block streamed, cold",
+        "big",
+        ["bloomtui", "--model", str(model), "--budget", "min", "--cold", "--tokens", str(s.big_tokens)],
+        1,
+        s.timeout * 2,
+    )
+    if available < need:
+        stream.errors.append(f"skipped: needs ~{need / 1e9:.1f} GB free RAM, {available / 1e9:.1f} GB available")
+    else:
+        run_job(stream)
+    out["stream"] = asdict(stream) | {"command": stream.command}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny checkpoints, 1 repeat (< 60 s)")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="Markdown report to write")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint cache (default %(default)s)")
+    parser.add_argument("--repeats", type=int, help="runs per contender (default 3, quick 1)")
+    parser.add_argument("--tokens", type=int, help="new tokens per run (default 32, quick 6)")
+    parser.add_argument("--skip-big", action="store_true", help="skip the BLOOM-176B-width blocks")
+    parser.add_argument("--parallel", type=int, help="contenders run at once (default 1; quick 2)")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    args = parser.parse_args(argv)
+    q = args.quick
+    s = Settings(
+        quick=q,
+        repeats=args.repeats or (1 if q else 3),
+        tokens=args.tokens or (5 if q else 32),
+        cold_tokens=args.tokens or (5 if q else 16),
+        read_tokens=3 if q else 8,
+        seed_tokens=2 if q else 5,
+        accelerate_tokens=4 if q else 8,
+        big_tokens=2 if q else 3,
+        timeout=60 if q else 420,
+        membw_bytes=(64 if q else 1024) << 20,
+        skip_big=args.skip_big,
+        parallel=args.parallel or (2 if q else 1),
+    )
+    started = time.time()
+    work = args.work.expanduser().resolve()
+    specs = checkpoints.quick_specs() if q else checkpoints.full_specs()
+    if s.skip_big:
+        specs.pop("wide")
+
+    def say(text: str) -> None:
+        print(f"[{time.time() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    models = {key: checkpoints.ensure(spec, work, say) for key, spec in specs.items()}
+    build_s = time.perf_counter() - t0
+    machine = machine_info(work)
+    offload = work / "accelerate-offload"
+    jobs, budgets = plan_jobs(models, s, offload)
+
+    def one(job: Job, rep: int) -> None:
+        say(f"repeat {rep + 1}/{s.repeats}: {job.name} ({job.group})")
+        errors = len(job.errors)
+        run_job(job)
+        if len(job.errors) > errors:
+            say(f"  failed {job.name}: {job.errors[-1]}")
+
+    for rep in range(s.repeats):
+        if s.parallel > 1:  # quick mode only: timings there mean little, wall time matters
+            with ThreadPoolExecutor(s.parallel) as pool:
+                list(pool.map(one, jobs, [rep] * len(jobs)))
+        else:
+            for job in jobs:
+                one(job, rep)
+    big = None
+    if not s.skip_big:
+        say("BLOOM-176B-width blocks")
+        big = big_section(models["wide"], s)
+        evict(weight_files(models["wide"]))
+    machine["load_end"] = os.getloadavg()
+    raw = {
+        "settings": asdict(s),
+        "machine": machine,
+        "budgets": budgets,
+        "models": {k: str(v) for k, v in models.items()},
+        "build_s": build_s,
+        "jobs": [asdict(j) | {"command": j.command} for j in jobs],
+        "big": big,
+        "argv": ["python", "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])],
+        "total_s": time.time() - started,
+    }
+    from benchmarks import report
+
+    out = args.out.expanduser().resolve()
+    artifacts = out.parent / "benchmarks" / "results"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if q else "full"
+    (artifacts / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    chart = None if args.no_chart else report.chart(raw, artifacts / f"{stem}.png")
+    out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
+    say(f"wrote {out} in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
