@@ -125,7 +125,7 @@ def _gen_row(s: Summary, ref: Summary | None, vs: float | None, note: str = "") 
 
 GEN_HEADER = (
     "| contender | load s | prefill (TTFT) s | load + prefill s | decode s/token, median (min–max) | tokens/s | "
-    "transformers' s/token ÷ this | peak RSS | read/token | greedy ids = transformers |\n"
+    "transformers' s/token ÷ this (default env) | peak RSS | read/token | greedy ids = transformers |\n"
     "|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -143,13 +143,16 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
         return s if s is not None and s.ok else None
 
     for group in ("bf16", "fp32"):
-        hf, bt = get(group, "transformers"), get(group, "bloomtui resident")
+        bt = get(group, "bloomtui resident")
+        # The faster transformers run of the group: with or without bloomtui's OpenMP setting.
+        hfs = [x for (g, n), x in by.items() if g == group and x.kind == "hf" and x.ok]
+        hf = min(hfs, key=lambda x: x.decode, default=None)
         if hf and bt:
             r = hf.decode / bt.decode
             rows.append(
                 (
-                    f"fully in RAM decode, {group}: bloomtui tokens/s ÷ transformers tokens/s",
-                    f"{r:.2f}x ({_s(bt.decode)} vs {_s(hf.decode)} s/token)",
+                    f"fully in RAM decode, {group}: bloomtui tokens/s ÷ the faster transformers run's tokens/s",
+                    f"{r:.2f}x ({_s(bt.decode)} vs {_s(hf.decode)} s/token, `{hf.name}`)",
                     ">= 1.05x",
                     r >= 1.05,
                 )
@@ -177,32 +180,18 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
         seed, bt = get("seed", f"seed method {state}"), get("seed", f"bloomtui all streamed {state}")
         if seed and bt:
             r = seed.decode / bt.decode
+            raw = get("seed", f"raw read all {state}")
+            bound = f"; a reader at the raw read floor would get {seed.decode / raw.decode:.1f}x" if raw else ""
             rows.append(
                 (
                     f"every block streamed, {state}: seed method s/token ÷ bloomtui s/token",
-                    f"{r:.1f}x ({_s(seed.decode)} vs {_s(bt.decode)} s/token)",
+                    f"{r:.1f}x ({_s(seed.decode)} vs {_s(bt.decode)} s/token{bound})",
                     ">= 3x",
                     r >= 3,
                 )
             )
         else:
             rows.append((f"vs the seed method, {state}", "missing run", ">= 3x", None))
-    # Not goals: what the same runs give with one torch thread left free for the prefetch thread.
-    for group, name, floor_name in (
-        ("bf16", "bloomtui stream warm", "raw read warm"),
-        ("seed", "bloomtui all streamed warm", None),
-    ):
-        variant = next((s for (g, n), s in by.items() if g == group and n.startswith(name + ",") and s.ok), None)
-        if variant is None:
-            continue
-        if floor_name and get(group, floor_name) and resident:
-            floor = max(get(group, floor_name).decode, resident.decode)
-            measured = f"{variant.decode / floor:.2f}x ({_s(variant.decode)} vs max(..) {_s(floor)} s)"
-            rows.append((f"(not the default) {variant.name}: s/token ÷ floor as above", measured, "<= 1.15x", None))
-        seed = get("seed", "seed method warm")
-        if group == "seed" and seed:
-            measured = f"{seed.decode / variant.decode:.1f}x ({_s(seed.decode)} vs {_s(variant.decode)} s/token)"
-            rows.append((f"(not the default) seed method warm ÷ {variant.name}", measured, ">= 3x", None))
     for (_group, name), s in sorted(by.items()):
         if s.kind != "bloomtui" or not s.ok or "resident" in name:
             continue
@@ -245,13 +234,6 @@ def _big_section(raw: dict, membw: float) -> list[str]:
         f"{len(b['decode_compute_s'])} runs) | **{_s(c)} s** = {block_bytes / c / 1e9:.1f} GB/s of weights |",
         f"| compute of one block, prefill of {b['context']} tokens | {_s(b['prefill_s'])} s |",
     ]
-    lin, mv = _med(b.get("matvec_linear_s", [])), _med(b.get("matvec_addmv_s", []))
-    c_mv = c - lin + mv if not math.isnan(lin) else math.nan
-    if not math.isnan(lin):
-        lines.append(
-            f"| the block's 4 matrix-vector products for 1 token: `F.linear` on a (1, H) row (bloomtui today) vs "
-            f"`torch.addmv` (interleaved, medians) | {_s(lin)} s vs {_s(mv)} s ({lin / mv:.2f}x) |"
-        )
     st = big["stream"]
     if st["runs"]:
         r = st["runs"][0]
@@ -308,16 +290,6 @@ def _big_section(raw: dict, membw: float) -> list[str]:
                 f"{format_size(p.streamed_bytes)} | {disk} | **{_s(p.overlapped_s)}** | {_s(p.serial_s)} | "
                 f"{proj.SEED_SECONDS_PER_TOKEN / p.overlapped_s:.1f}x faster |"
             )
-    if not math.isnan(c_mv):
-        lines += [
-            "",
-            f"With the matrix-vector products done by `torch.addmv` (c = {_s(c_mv)} s, measured above), C would "
-            f"fall from {_s(70 * c + proj.HEAD_BYTES * c / proj.BLOCK_BYTES)} to "
-            f"{_s(70 * c_mv + proj.HEAD_BYTES * c_mv / proj.BLOCK_BYTES)} s/token: it matters once the disk "
-            "is fast or most blocks are resident (e.g. 120 GB budget at 7 GB/s: T = "
-            f"{_s(proj.project(int(120e9), 7e9, c_mv).overlapped_s)} s instead of "
-            f"{_s(proj.project(int(120e9), 7e9, c).overlapped_s)} s).",
-        ]
     lines += [
         "",
         f"Compute floor here: C = {_s(70 * c + proj.HEAD_BYTES * c / proj.BLOCK_BYTES)} s/token "
@@ -456,6 +428,10 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "per-token times are stamped by a LogitsProcessor (called right after each forward pass). Accelerate: "
         "`from_pretrained(device_map='auto', max_memory={'cpu': budget}, offload_folder=...)`, page cache "
         "warm.",
+        "- Environment: bloomtui's runs get `OMP_WAIT_POLICY=PASSIVE`, which its CLI and app set before torch "
+        "loads (OpenMP waiters sleep instead of spinning; on a busy 2-core machine spinning waiters stall "
+        "whole scheduler slices). transformers runs once as its users run it (default environment) and once "
+        "with the same setting; the resident goal is judged against the faster of the two.",
         "- Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the contender's own process (Python, torch and "
         "the tokenizer included).",
         "- Greedy ids are compared with transformers' in the same dtype; in bf16, different but equally valid "

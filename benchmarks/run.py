@@ -26,6 +26,14 @@ from benchmarks.common import RESULT_TAG, evict, weight_files
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = Path("/tmp/bloomtui-bench")
 BIG_BUDGET = 1 << 40  # "everything resident"
+# The bloomtui CLI and app set this before torch loads (bloomtui/cli.py: OpenMP waiters sleep instead of
+# spinning, which on a busy 2-core machine is worth several x); the engine API alone does not, so bloomtui's
+# runs get it here as its users do. transformers runs once without it (as its users run it) and once with it.
+BLOOMTUI_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _env_label(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
 
 
 @dataclass
@@ -35,12 +43,14 @@ class Job:
     args: list[str]
     repeats: int
     timeout: float
+    env: dict[str, str] = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def command(self) -> str:
-        return " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.worker", *self.args])
+        env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        return " ".join([*env, *(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.worker", *self.args])])
 
 
 @dataclass(frozen=True)
@@ -81,23 +91,26 @@ def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list
     quarter = max(full_bytes(bf16) // 4, minimum_bytes(bf16))
     budgets = {"quarter_bf16": quarter, "full_bf16": full_bytes(bf16), "full_fp32": full_bytes(fp32)}
     budgets["min_seed"] = minimum_bytes(seed)
-    spare = max(1, (os.cpu_count() or 2) - 1)  # leave a core to the prefetch thread
-    threads = f"{spare} torch thread" + ("s" if spare > 1 else "")
     n, cold, reads = str(s.tokens), str(s.cold_tokens), str(s.read_tokens)
 
-    def job(name: str, group: str, args: list[str], tokens: str | None = n) -> Job:
-        return Job(name, group, [*args, *(["--tokens", tokens] if tokens else [])], s.repeats, s.timeout)
+    def job(name: str, group: str, args: list[str], tokens: str | None = n, env: dict | None = None) -> Job:
+        argv = [*args, *(["--tokens", tokens] if tokens else [])]
+        if env is None:  # bloomtui runs as its CLI and app run it (see BLOOMTUI_ENV)
+            env = BLOOMTUI_ENV if args[0] in ("bloomtui", "bigblock") else {}
+        return Job(name, group, argv, s.repeats, s.timeout, dict(env))
 
     b16 = ["--model", str(bf16)]
+    f32 = ["--model", str(fp32)]
     quart = ["--model", str(bf16), "--budget", str(quarter)]
     least = ["--model", str(seed), "--budget", "min"]
     seed_args = ["--model", str(seed), "--dtype", "bfloat16"]
     offload_args = ["--budget", str(quarter), "--offload-folder", str(offload)]
+    passive = f"transformers, {_env_label(BLOOMTUI_ENV)}"
     jobs = [
         job("transformers", "bf16", ["hf", *b16, "--dtype", "bfloat16"]),
+        job(passive, "bf16", ["hf", *b16, "--dtype", "bfloat16"], env=BLOOMTUI_ENV),
         job("bloomtui resident", "bf16", ["bloomtui", *b16, "--budget", str(BIG_BUDGET)]),
         job("bloomtui stream warm", "bf16", ["bloomtui", *quart]),
-        job(f"bloomtui stream warm, {threads}", "bf16", ["bloomtui", *quart, "--threads", str(spare)]),
         job("bloomtui stream cold", "bf16", ["bloomtui", *quart, "--cold"], cold),
         job("raw read warm", "bf16", ["rawread", *quart], reads),
         job("raw read cold", "bf16", ["rawread", *quart, "--cold"], reads),
@@ -107,12 +120,12 @@ def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list
             ["accelerate", *b16, "--dtype", "bfloat16", *offload_args],
             str(s.accelerate_tokens),
         ),
-        job("transformers", "fp32", ["hf", "--model", str(fp32), "--dtype", "float32"]),
-        job("bloomtui resident", "fp32", ["bloomtui", "--model", str(fp32), "--budget", str(BIG_BUDGET)]),
+        job("transformers", "fp32", ["hf", *f32, "--dtype", "float32"]),
+        job(passive, "fp32", ["hf", *f32, "--dtype", "float32"], env=BLOOMTUI_ENV),
+        job("bloomtui resident", "fp32", ["bloomtui", *f32, "--budget", str(BIG_BUDGET)]),
         job("seed method warm", "seed", ["seed", *seed_args], str(s.seed_tokens)),
         job("seed method cold", "seed", ["seed", *seed_args, "--cold"], str(s.seed_tokens)),
         job("bloomtui all streamed warm", "seed", ["bloomtui", *least]),
-        job(f"bloomtui all streamed warm, {threads}", "seed", ["bloomtui", *least, "--threads", str(spare)]),
         job("bloomtui all streamed cold", "seed", ["bloomtui", *least, "--cold"], cold),
         job("raw read all warm", "seed", ["rawread", *least], reads),
         job("raw read all cold", "seed", ["rawread", *least, "--cold"], reads),
@@ -130,7 +143,7 @@ def run_job(job: Job) -> None:
             capture_output=True,
             text=True,
             timeout=job.timeout,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **job.env},
         )
     except subprocess.TimeoutExpired:
         job.errors.append(f"timed out after {job.timeout:.0f} s")
@@ -193,7 +206,9 @@ def machine_info(work: Path) -> dict:
 def big_section(model: Path, s: Settings) -> dict:
     """Full-width blocks: cold per-block read + 1-token compute, then bloomtui streaming every block cold."""
     out: dict = {"model": str(model)}
-    block = Job("176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2)
+    block = Job(
+        "176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2, BLOOMTUI_ENV
+    )
     run_job(block)
     out["bigblock"] = asdict(block) | {"command": block.command}
     need = 2 * (block.runs[0]["block_bytes"] if block.runs else 0) + 2_000_000_000
@@ -204,6 +219,7 @@ def big_section(model: Path, s: Settings) -> dict:
         ["bloomtui", "--model", str(model), "--budget", "min", "--cold", "--tokens", str(s.big_tokens)],
         1,
         s.timeout * 2,
+        BLOOMTUI_ENV,
     )
     if available < need:
         stream.errors.append(f"skipped: needs ~{need / 1e9:.1f} GB free RAM, {available / 1e9:.1f} GB available")

@@ -353,29 +353,8 @@ def run_bigblock(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             block_forward(x1, weights, cache, ctx, alibi, cfg)
             decode_s.append(time.perf_counter() - t0)
-        # The block's four matrix-vector products for one token, as bloomtui computes them (F.linear on a
-        # (1, H) row) and as torch.addmv, interleaved so machine noise hits both alike.
-        mats = [
-            ("self_attention.query_key_value", cfg.hidden_size),
-            ("self_attention.dense", cfg.hidden_size),
-            ("mlp.dense_h_to_4h", cfg.hidden_size),
-            ("mlp.dense_4h_to_h", 4 * cfg.hidden_size),
-        ]
-        rows = {width: torch.randn(1, width, generator=generator).to(dtype) for _, width in mats}
-        linear_s, addmv_s = [], []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            for name, width in mats:
-                torch.nn.functional.linear(rows[width], weights[f"{name}.weight"], weights[f"{name}.bias"])
-            linear_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            for name, width in mats:
-                torch.addmv(weights[f"{name}.bias"], weights[f"{name}.weight"], rows[width][0])
-            addmv_s.append(time.perf_counter() - t0)
-    _say(f"decode compute per block: {sorted(decode_s)}; F.linear {sorted(linear_s)}; addmv {sorted(addmv_s)}")
+    _say(f"decode compute per block: {sorted(decode_s)}")
     return {
-        "matvec_linear_s": linear_s,
-        "matvec_addmv_s": addmv_s,
         "block_bytes": block_bytes,
         "read_s": read_s,
         "context": ctx,
