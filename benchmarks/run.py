@@ -32,6 +32,10 @@ BIG_BUDGET = 1 << 40  # "everything resident"
 BLOOMTUI_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
+# Quick mode runs two contenders at once; one thread each keeps them from fighting over the 2 cores.
+QUICK_ENV = {"OMP_NUM_THREADS": "1"}
+
+
 def _env_label(env: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in env.items())
 
@@ -97,7 +101,7 @@ def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list
         argv = [*args, *(["--tokens", tokens] if tokens else [])]
         if env is None:  # bloomtui runs as its CLI and app run it (see BLOOMTUI_ENV)
             env = BLOOMTUI_ENV if args[0] in ("bloomtui", "bigblock") else {}
-        return Job(name, group, argv, s.repeats, s.timeout, dict(env))
+        return Job(name, group, argv, s.repeats, s.timeout, {**env, **QUICK_ENV} if s.quick else dict(env))
 
     b16 = ["--model", str(bf16)]
     f32 = ["--model", str(fp32)]
@@ -206,9 +210,8 @@ def machine_info(work: Path) -> dict:
 def big_section(model: Path, s: Settings) -> dict:
     """Full-width blocks: cold per-block read + 1-token compute, then bloomtui streaming every block cold."""
     out: dict = {"model": str(model)}
-    block = Job(
-        "176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2, BLOOMTUI_ENV
-    )
+    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else BLOOMTUI_ENV
+    block = Job("176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2, env)
     run_job(block)
     out["bigblock"] = asdict(block) | {"command": block.command}
     need = 2 * (block.runs[0]["block_bytes"] if block.runs else 0) + 2_000_000_000
@@ -219,7 +222,7 @@ def big_section(model: Path, s: Settings) -> dict:
         ["bloomtui", "--model", str(model), "--budget", "min", "--cold", "--tokens", str(s.big_tokens)],
         1,
         s.timeout * 2,
-        BLOOMTUI_ENV,
+        env,
     )
     if available < need:
         stream.errors.append(f"skipped: needs ~{need / 1e9:.1f} GB free RAM, {available / 1e9:.1f} GB available")
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="Markdown report to write")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint cache (default %(default)s)")
     parser.add_argument("--repeats", type=int, help="runs per contender (default 3, quick 1)")
-    parser.add_argument("--tokens", type=int, help="new tokens per run (default 32, quick 6)")
+    parser.add_argument("--tokens", type=int, help="new tokens per run (default 32, cold 16; quick 4)")
     parser.add_argument("--skip-big", action="store_true", help="skip the BLOOM-176B-width blocks")
     parser.add_argument("--parallel", type=int, help="contenders run at once (default 1; quick 2)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
@@ -244,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(
         quick=q,
         repeats=args.repeats or (1 if q else 3),
-        tokens=args.tokens or (5 if q else 32),
-        cold_tokens=args.tokens or (5 if q else 16),
+        tokens=args.tokens or (4 if q else 32),
+        cold_tokens=args.tokens or (4 if q else 16),
         read_tokens=3 if q else 8,
         seed_tokens=2 if q else 5,
-        accelerate_tokens=4 if q else 8,
+        accelerate_tokens=3 if q else 8,
         big_tokens=2 if q else 3,
         timeout=60 if q else 420,
         membw_bytes=(64 if q else 1024) << 20,
@@ -278,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(job.errors) > errors:
             say(f"  failed {job.name}: {job.errors[-1]}")
 
+    big: dict | None = None
+    big_pool = ThreadPoolExecutor(1)
+    big_future = None
+    if not s.skip_big and s.parallel > 1:  # quick mode: beside the contenders; else after them, alone
+        say("BLOOM-176B-width blocks")
+        big_future = big_pool.submit(big_section, models["wide"], s)
     for rep in range(s.repeats):
         if s.parallel > 1:  # quick mode only: timings there mean little, wall time matters
             with ThreadPoolExecutor(s.parallel) as pool:
@@ -285,10 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for job in jobs:
                 one(job, rep)
-    big = None
-    if not s.skip_big:
+    if big_future is not None:
+        big = big_future.result()
+    elif not s.skip_big:
         say("BLOOM-176B-width blocks")
         big = big_section(models["wide"], s)
+    big_pool.shutdown()
+    if big is not None:
         evict(weight_files(models["wide"]))
     machine["load_end"] = os.getloadavg()
     raw = {
