@@ -244,10 +244,12 @@ def _big_section(raw: dict, membw: float) -> list[str]:
         predicted = max(streamed / bw, n * c)
         lines += [
             f"| bloomtui, all {n} blocks streamed cold (budget {format_size(r['budget'])}), decode s/token "
-            f"| {_s(decode)} s (prefill {_s(r['prefill_s'])} s; peak RSS {format_size(r['peak_rss'])}) |",
+            f"| {_s(decode)} s (prefill {_s(r['prefill_s'])} s; peak RSS {format_size(r['peak_rss'])}, of which "
+            f"the engine's own `Done.peak_rss` saw {_size(r.get('engine_peak_rss'))}) |",
             f"| ... per decode token: block compute / wait for reads / prefetch-thread read time "
             f"| {_s(_med([x['compute'] for x in blocks]))} / {_s(_med([x['wait'] for x in blocks]))} / "
-            f"{_s(_med([x['read'] for x in blocks]))} s |",
+            f"{_s(_med([x['read'] for x in blocks]))} s (compute {_s(_med([x['compute'] for x in blocks]) / n)} s "
+            f"per block while streaming, vs {_s(c)} s measured alone above) |",
             f"| model check: max(streamed bytes / bw, {n} x c) = max({_s(streamed / bw)}, {_s(n * c)}) "
             f"| predicted {_s(predicted)} s vs measured {_s(decode)} s ({decode / predicted:.2f}x) |",
         ]
@@ -399,7 +401,7 @@ def markdown(raw: dict, chart: Path | None) -> str:
             out.append(_floor_row(f"floor: {s.name} of the streamed bytes", s.decode, _size(s.bytes_per_token)))
     out += ["", "## Where streamed decode time goes (bloomtui, per decode token, medians)", ""]
     out += [
-        "| run | s/token | block compute | compute stalled on reads | prefetch read time (blocks) | "
+        "| run | s/token | block compute | compute stalled on reads | prefetch read/populate time (blocks) | "
         "other (head chunks, sampling, events) |",
         "|---|---|---|---|---|---|",
     ]
@@ -432,7 +434,8 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "- Environment: bloomtui's runs get `OMP_WAIT_POLICY=PASSIVE`, which its CLI and app set before torch "
         "loads (OpenMP waiters sleep instead of spinning; on a busy 2-core machine spinning waiters stall "
         "whole scheduler slices). transformers runs once as its users run it (default environment) and once "
-        "with the same setting; the resident goal is judged against the faster of the two.",
+        "with the same setting; the resident goal is judged against the faster of the two. bloomtui resident "
+        "also runs once without it, to show what the setting costs on a quiet machine.",
         "- Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the contender's own process (Python, torch and "
         "the tokenizer included).",
         "- Greedy ids are compared with transformers' in the same dtype; in bf16, different but equally valid "

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONTENDER_ROWS = (
     "| transformers |",
     "| bloomtui resident |",
+    "| bloomtui resident, default OpenMP env |",
     "| bloomtui stream warm |",
     "| transformers, OMP_WAIT_POLICY=PASSIVE |",
     "| bloomtui stream cold |",
