@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-big", action="store_true", help="skip the BLOOM-176B-width blocks")
     parser.add_argument("--parallel", type=int, help="contenders run at once (default 1; quick 2)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only rewrite --out from a saved results file")
     args = parser.parse_args(argv)
+    if args.render:
+        return _render(json.loads(args.render.read_text()), args.out.expanduser().resolve(), not args.no_chart)
     q = args.quick
     s = Settings(
         quick=q,
@@ -316,16 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         "argv": ["python", "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])],
         "total_s": time.time() - started,
     }
+    out = args.out.expanduser().resolve()
+    _render(raw, out, not args.no_chart)
+    say(f"wrote {out} in {time.time() - started:.0f} s")
+    return 0
+
+
+def _render(raw: dict, out: Path, draw: bool) -> int:
+    """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
     from benchmarks import report
 
-    out = args.out.expanduser().resolve()
     artifacts = out.parent / "benchmarks" / "results"
     artifacts.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if q else "full"
+    stem = "quick" if raw["settings"]["quick"] else "full"
     (artifacts / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
-    chart = None if args.no_chart else report.chart(raw, artifacts / f"{stem}.png")
+    chart = report.chart(raw, artifacts / f"{stem}.png") if draw else None
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
-    say(f"wrote {out} in {time.time() - started:.0f} s")
     return 0
 
 
