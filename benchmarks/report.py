@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import projection as proj
+from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 from bloomtui.sizes import format_size
 
 RSS_SLACK = 600 * 1000**2  # goal: peak RSS <= budget + KV cache + 600 MB
@@ -315,7 +316,7 @@ def _findings(by: dict[tuple[str, str], Summary], raw: dict, membw: float) -> li
         return s if s is not None and s.ok else None
 
     lines = []
-    env = "OMP_WAIT_POLICY=PASSIVE"
+    env = " ".join(f"{k}={v}" for k, v in OPENMP_DEFAULTS.items())
     for group in ("bf16", "fp32"):
         hf, hf_p = get(group, "transformers"), get(group, f"transformers, {env}")
         bt, bt_d = get(group, "bloomtui resident"), get(group, "bloomtui resident, default OpenMP env")
@@ -490,9 +491,10 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "per-token times are stamped by a LogitsProcessor (called right after each forward pass). Accelerate: "
         "`from_pretrained(device_map='auto', max_memory={'cpu': budget}, offload_folder=...)`, page cache "
         "warm.",
-        "- Environment: bloomtui's runs get `OMP_WAIT_POLICY=PASSIVE`, which its CLI and app set before torch "
-        "loads (OpenMP waiters sleep instead of spinning; on a busy 2-core machine spinning waiters stall "
-        "whole scheduler slices). transformers runs once as its users run it (default environment) and once "
+        f"- Environment: bloomtui's runs get `{' '.join(f'{k}={v}' for k, v in OPENMP_DEFAULTS.items())}`, which "
+        "its CLI and app set before torch loads (a short OpenMP spin before waiters sleep; on a busy 2-core "
+        "machine long-spinning waiters stall whole scheduler slices, see bloomtui/openmp.py). transformers "
+        "runs once as its users run it (default environment) and once "
         "with the same setting; the resident goal is judged against the faster of the two. bloomtui resident "
         "also runs once without it, to show what the setting costs on a quiet machine.",
         "- Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the contender's own process (Python, torch and "

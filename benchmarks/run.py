@@ -22,14 +22,15 @@ import psutil
 
 from benchmarks import checkpoints
 from benchmarks.common import RESULT_TAG, evict, weight_files
+from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = Path("/tmp/bloomtui-bench")
 BIG_BUDGET = 1 << 40  # "everything resident"
-# The bloomtui CLI and app set this before torch loads (bloomtui/cli.py: OpenMP waiters sleep instead of
-# spinning, which on a busy 2-core machine is worth several x); the engine API alone does not, so bloomtui's
-# runs get it here as its users do. transformers runs once without it (as its users run it) and once with it.
-BLOOMTUI_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# The bloomtui CLI and app set these before torch loads (bloomtui/openmp.py: a short OpenMP spin, which on a
+# busy 2-core machine is worth several x); the engine API alone does not, so bloomtui's runs get them here as
+# its users do. transformers runs once without them (as its users run it) and once with them.
+BLOOMTUI_ENV = dict(OPENMP_DEFAULTS)
 
 
 # Quick mode runs two contenders at once; one thread each keeps them from fighting over the 2 cores.

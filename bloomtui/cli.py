@@ -13,17 +13,12 @@ from typing import NoReturn
 
 from bloomtui import __version__
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
+from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.sizes import format_size, parse_size
 
 COMMANDS = ("generate", "info", "demo-model", "download", "app")
 
-# Before torch loads OpenMP (libgomp): its threads spin-wait at every barrier, and when anything else wants
-# a core (the app's UI thread, a browser, another torch program) the spinning starves the thread it waits
-# for. Measured on this project's 2-core machine, bloom-560m shape, bf16, per token: quiet 0.062 s with the
-# default spin, 0.067 s with a short spin; beside one busy process 1.2-1.4 s with the default, 0.15-0.27 s
-# with a short spin. A user's own OpenMP settings win.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
 
 class _Parser(argparse.ArgumentParser):

@@ -266,6 +266,7 @@ class _Run:
             t0 = time.perf_counter()
             x = block_forward(x, weights, caches[i], start, alibi, cfg)
             compute = time.perf_counter() - t0
+            rss = self._rss()  # before release: a mapped block's pages count until then
             if fetched is not None:
                 prefetch.release(fetched)
                 self.bytes_read += fetched.nbytes
@@ -281,7 +282,7 @@ class _Run:
                     read_seconds=fetched.read_seconds if fetched else 0.0,
                     wait_seconds=fetched.wait_seconds if fetched else 0.0,
                     compute_seconds=compute,
-                    rss=self._rss(),
+                    rss=rss,
                 )
             )
             if self.cancel.is_set():
@@ -298,6 +299,7 @@ class _Run:
             fetched = prefetch.take(("head", chunk))
             r0, r1 = store.head_chunk_range(chunk)
             logits[r0:r1] = linear(h, fetched.tensor)[0].float()
+            self._rss()
             prefetch.release(fetched)
             self.bytes_read += fetched.nbytes
         return logits
