@@ -19,6 +19,7 @@ from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.residency import minimum_budget
+from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ CONTENDER_ROWS = (
     "| bloomtui resident |",
     "| bloomtui resident, default OpenMP env |",
     "| bloomtui stream warm |",
-    "| transformers, OMP_WAIT_POLICY=PASSIVE |",
+    "| transformers, " + " ".join(f"{k}={v}" for k, v in OPENMP_DEFAULTS.items()) + " |",
     "| bloomtui stream cold |",
     "| floor: raw read warm",
     "| floor: raw read cold",
