@@ -143,17 +143,25 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
         s = by.get((group, name))
         return s if s is not None and s.ok else None
 
+    env = " ".join(f"{k}={v}" for k, v in OPENMP_DEFAULTS.items())
     for group in ("bf16", "fp32"):
-        bt = get(group, "bloomtui resident")
-        # The faster transformers run of the group: with or without bloomtui's OpenMP setting.
-        hfs = [x for (g, n), x in by.items() if g == group and x.kind == "hf" and x.ok]
-        hf = min(hfs, key=lambda x: x.decode, default=None)
-        if hf and bt:
-            r = hf.decode / bt.decode
+        # Same OpenMP environment on both sides, each way: transformers as its users run it against bloomtui
+        # without its setting, and both with bloomtui's setting. The goal takes the worse of the two pairs.
+        pairs = [
+            (get(group, "transformers"), get(group, "bloomtui resident, default OpenMP env"), "default env"),
+            (get(group, f"transformers, {env}"), get(group, "bloomtui resident"), env),
+        ]
+        ratios = [(hf.decode / bt.decode, hf, bt, label) for hf, bt, label in pairs if hf and bt]
+        if len(ratios) == len(pairs):
+            r, hf, bt, _ = min(ratios, key=lambda x: x[0])
+            detail = "; ".join(
+                f"{label}: {x:.2f}x ({_s(b.decode)} vs {_s(h.decode)} s/token)" for x, h, b, label in ratios
+            )
             rows.append(
                 (
-                    f"fully in RAM decode, {group}: bloomtui tokens/s ÷ the faster transformers run's tokens/s",
-                    f"{r:.2f}x ({_s(bt.decode)} vs {_s(hf.decode)} s/token, `{hf.name}`)",
+                    f"fully in RAM decode, {group}: bloomtui tokens/s ÷ transformers' tokens/s, same OpenMP "
+                    "environment (the worse of the two environments)",
+                    f"{r:.2f}x ({detail})",
                     ">= 1.05x",
                     r >= 1.05,
                 )
@@ -349,7 +357,7 @@ def _findings(by: dict[tuple[str, str], Summary], raw: dict, membw: float) -> li
         )
     big = raw.get("big") or {}
     st = (big.get("stream") or {}).get("runs") or []
-    if st and st[0].get("engine_peak_rss"):
+    if st and st[0].get("engine_peak_rss") and st[0]["engine_peak_rss"] < 0.9 * st[0]["peak_rss"]:
         r = st[0]
         lines.append(
             f"- 176B-width streaming: the process peaked at {format_size(r['peak_rss'])} RSS (getrusage) while the "
