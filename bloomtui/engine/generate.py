@@ -186,7 +186,8 @@ class _Run:
             raise UsageError("the prompt is empty")
         cfg, dtype = engine.config, engine.dtype
         max_len = len(prompt_ids) + params.max_new_tokens
-        caches = [KVCache.empty(cfg, max_len, dtype) for _ in range(cfg.n_layer)]
+        capacity = len(prompt_ids) + min(params.max_new_tokens, 256)  # grows as needed
+        caches = [KVCache.empty(cfg, capacity, dtype) for _ in range(cfg.n_layer)]
         alibi = alibi_bias(cfg.n_head, max_len, dtype)
         sampler = Sampler(params)
         decoder = IncrementalDecoder(engine.decode)

@@ -42,15 +42,27 @@ def alibi_bias(n_head: int, max_len: int, dtype: torch.dtype) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of one block for every position so far, preallocated to the run's max length."""
+    """Keys and values of one block for every position so far. It grows by doubling, so a long
+    max-new-tokens costs memory only for the tokens actually generated (BLOOM-176B: ~4 MB per token)."""
 
-    k: Tensor  # (nh, max_len, hd)
-    v: Tensor  # (nh, max_len, hd)
+    k: Tensor  # (nh, capacity, hd)
+    v: Tensor  # (nh, capacity, hd)
 
     @classmethod
-    def empty(cls, config: BloomConfig, max_len: int, dtype: torch.dtype) -> KVCache:
-        shape = (config.n_head, max_len, config.head_dim)
+    def empty(cls, config: BloomConfig, capacity: int, dtype: torch.dtype) -> KVCache:
+        shape = (config.n_head, capacity, config.head_dim)
         return cls(torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype))
+
+    def reserve(self, filled: int, length: int) -> None:
+        """Make room for `length` positions, keeping the first `filled`."""
+        capacity = self.k.shape[1]
+        if length <= capacity:
+            return
+        shape = (self.k.shape[0], max(length, 2 * capacity), self.k.shape[2])
+        k, v = torch.empty(shape, dtype=self.k.dtype), torch.empty(shape, dtype=self.v.dtype)
+        k[:, :filled] = self.k[:, :filled]
+        v[:, :filled] = self.v[:, :filled]
+        self.k, self.v = k, v
 
     @property
     def nbytes(self) -> int:
@@ -82,6 +94,7 @@ def attention(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, 
     qkv = qkv.view(t, nh, 3, hd)  # fused layout: per head, q then k then v
     q = qkv[:, :, 0].transpose(0, 1)  # (nh, T, hd)
     end = start + t
+    cache.reserve(start, end)
     cache.k[:, start:end] = qkv[:, :, 1].transpose(0, 1)
     cache.v[:, start:end] = qkv[:, :, 2].transpose(0, 1)
     keys_t = cache.k[:, :end].transpose(1, 2)  # (nh, hd, L)

@@ -108,3 +108,8 @@ def test_bfloat16_close_to_transformers_bfloat16(tmp_path) -> None:  # noqa: ANN
     assert abs(tokens[0].logprob - want_lp[0]) < 0.05
     same = next((i for i, (a, b) in enumerate(zip(result.token_ids, want_ids, strict=True)) if a != b), 8)
     assert max(abs(a - b) for a, b in zip([t.logprob for t in tokens[:same]], want_lp[:same], strict=True)) < 0.1
+
+
+def test_kv_cache_grows_past_its_first_allocation(tmp_path) -> None:  # noqa: ANN001
+    written = write_checkpoint(tmp_path / "m", preset="tiny", dtype="float32")
+    assert_parity(written, "A", n=300)  # the cache starts at prompt + 256 positions and doubles
