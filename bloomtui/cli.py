@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  bloomtui                                   open the app (offers a demo model if none is found)\n"
         "  bloomtui bigscience/bloom-560m             open the app on a model in the HF cache\n"
+        "  bloomtui --demo --ram-budget 20MB          the app on the built-in demo (see: bloomtui app --help)\n"
         "  bloomtui generate ./bloom-560m 'Hello' --max-new-tokens 20\n"
         "  bloomtui demo-model ./demo --preset small  write a random-weight model to try things\n"
         "  bloomtui info ./bloom-560m --ram-budget 1GB",
