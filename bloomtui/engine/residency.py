@@ -84,16 +84,23 @@ def _staging_bytes(checkpoint: Checkpoint, itemsize: int) -> int:
     return min(CHUNK_BYTES, max(ref.nbytes for ref in refs))
 
 
+def _elements(checkpoint: Checkpoint) -> tuple[int, int]:
+    """Elements of one block (all blocks are alike) and of the small tensors."""
+    return (
+        sum(ref.numel for ref in checkpoint.blocks[0].values()),
+        sum(ref.numel for ref in checkpoint.small.values()),
+    )
+
+
 def minimum_budget(checkpoint: Checkpoint, itemsize: int) -> int:
     """The smallest budget that can stream: small tensors, the stream slots and the staging buffer."""
-    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
-    small = sum(ref.numel for ref in checkpoint.small.values())
+    block, small = _elements(checkpoint)
     return (small + STREAM_SLOTS * block) * itemsize + _staging_bytes(checkpoint, itemsize)
 
 
 def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head_resident: bool = True) -> int:
     """The budget whose plan keeps `resident_blocks` blocks (and the head, if asked) and streams the rest."""
-    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
+    block, _ = _elements(checkpoint)
     head = checkpoint.head.numel if head_resident else 0
     # Half a block of slack: rounding never drops a block, and no extra block fits.
     return minimum_budget(checkpoint, itemsize) + (head + resident_blocks * block + block // 2) * itemsize
@@ -101,9 +108,8 @@ def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head
 
 def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> ResidencyPlan:
     n = checkpoint.n_blocks
-    block = sum(ref.numel for ref in checkpoint.blocks[0].values())
+    block, small = _elements(checkpoint)
     head = checkpoint.head.numel
-    small = sum(ref.numel for ref in checkpoint.small.values())
     base = dict(
         budget=budget,
         itemsize=itemsize,
