@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -116,8 +116,8 @@ def _choice(what: str, value: str, valid: Mapping[str, object] | tuple[str, ...]
         raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(valid)}")
 
 
-@cache
-def _tokenizer_json(vocab_size: int) -> str:
+def train_byte_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer shaped like BLOOM's (special ids 0..3, no BOS, every byte a token)."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise UsageError(f"vocab_size {vocab_size} cannot hold the 256 byte tokens and {len(SPECIAL_TOKENS)} specials")
     tokenizer = Tokenizer(models.BPE())
@@ -125,13 +125,19 @@ def _tokenizer_json(vocab_size: int) -> str:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)  # as in BLOOM's tokenizer.json
     trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 4096),  # the corpus runs out of merges well before this anyway
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: any text encodes
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    return tokenizer.to_str()
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+@cache
+def _tokenizer_json(vocab_size: int) -> str:
+    # the small corpus runs out of merges well before 4096 anyway
+    return train_byte_bpe(_CORPUS.splitlines(), min(vocab_size, 4096)).to_str()
 
 
 def build_tokenizer(vocab_size: int) -> Tokenizer:
@@ -337,9 +343,14 @@ def save_checkpoint(
 
 
 def save_tokenizer(vocab_size: int, directory: Path) -> None:
+    """The demo tokenizer for `vocab_size`, as save_tokenizer_files writes it."""
+    save_tokenizer_files(build_tokenizer(vocab_size), directory)
+
+
+def save_tokenizer_files(tokenizer: Tokenizer, directory: Path) -> None:
     """tokenizer.json plus the two small files transformers' AutoTokenizer reads beside it."""
     directory = Path(directory)
-    (directory / "tokenizer.json").write_text(_tokenizer_json(vocab_size), encoding="utf-8")
+    (directory / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     tokenizer_config = {
         "tokenizer_class": "BloomTokenizerFast",
