@@ -16,7 +16,7 @@ from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.sizes import format_size, parse_size
 
-COMMANDS = ("generate", "info", "demo-model", "download", "app")
+COMMANDS = ("generate", "perplexity", "info", "demo-model", "download", "app")
 
 apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object per engine event instead of text")
     _model_options(gen)
 
+    ppl = sub.add_parser(
+        "perplexity",
+        help="perplexity of a UTF-8 text file under a model",
+        description="Score a text file: the text is split into consecutive windows of --context tokens, each "
+        "scored as transformers' BloomForCausalLM(labels=ids).loss; prints perplexity, tokens, mean NLL, seconds.",
+    )
+    ppl.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    ppl.add_argument("file", help="a UTF-8 text file")
+    ppl.add_argument("--context", type=int, default=1024, metavar="N", help="tokens per window (default 1024)")
+    ppl.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    _model_options(ppl)
+
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
     info.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -140,6 +152,8 @@ def _engine_options(args: argparse.Namespace):  # noqa: ANN202
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _generate(args)
+    if args.command == "perplexity":
+        return _perplexity(args)
     if args.command == "info":
         return _info(args)
     if args.command == "demo-model":
@@ -216,6 +230,59 @@ def _generate(args: argparse.Namespace) -> int:
         f"peak RSS {format_size(result.peak_rss)}",
         file=sys.stderr,
     )
+    return 0
+
+
+def read_text_file(name: str) -> str:
+    """A UTF-8 text file's contents, or a UsageError saying why it is not one."""
+    from pathlib import Path
+
+    path = Path(name)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a folder, not a text file") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read ({exc.strerror})") from None
+    if not data.strip():
+        raise UsageError(f"{name}: the file is empty")
+    if b"\0" in data:
+        raise UsageError(f"{name}: a binary file (it contains NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    if args.context < 2:
+        raise UsageError(f"--context must be at least 2 tokens, got {args.context}")
+    text = read_text_file(args.file)
+    options = _engine_options(args)
+
+    from bloomtui.engine import Engine
+    from bloomtui.progress import ScoreProgress, StatusLine
+
+    cancel = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    status = StatusLine()
+    engine = Engine.open(args.model, options, on_event=status, cancel=cancel)
+    status.clear()
+    try:
+        with ScoreProgress() as progress:
+            result = engine.perplexity(text, args.context, on_event=progress, cancel=cancel)
+    finally:
+        engine.close()
+    if args.json:
+        keys = ("perplexity", "tokens", "nll", "seconds", "windows")
+        print(json.dumps({key: getattr(result, key) for key in keys}))
+        return 0
+    print(f"perplexity  {result.perplexity:.4f}")
+    print(f"tokens      {result.tokens} predicted, in {result.windows} window(s) of up to {args.context}")
+    print(f"mean NLL    {result.nll:.6f} nats/token")
+    print(f"seconds     {result.seconds:.2f} ({result.tokens / result.seconds:.0f} tokens/s)")
     return 0
 
 

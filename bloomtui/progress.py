@@ -1,4 +1,5 @@
-"""The headless CLI's progress line on stderr: one line redrawn in place, only on a terminal."""
+"""The headless CLI's progress on stderr: one line redrawn in place on a terminal; elsewhere, plain lines for
+long work only (a prefill or a perplexity run that lasts more than a couple of seconds)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,34 @@ from typing import TextIO
 from bloomtui.engine import events
 from bloomtui.sizes import format_size
 
+PLAIN_AFTER_SECONDS = 2.0
+PLAIN_EVERY_SECONDS = 5.0
+
+
+def prefill_text(event: events.PrefillProgress) -> str:
+    pct = 100 * event.done / max(1, event.total)
+    return (
+        f"prefill {event.tokens} tokens {pct:3.0f}%  block {event.block + 1}/{event.blocks}  "
+        f"{event.seconds:.0f} s, ETA {event.eta_seconds:.0f} s"
+    )
+
+
+class PlainLines:
+    """Progress as whole lines for a stream that is not a terminal: nothing for short work, then a line
+    every few seconds (no carriage-return spam in logs)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last = 0.0
+
+    def __call__(self, elapsed: float, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if elapsed < PLAIN_AFTER_SECONDS or (now - self._last < PLAIN_EVERY_SECONDS and not final):
+            return
+        self._last = now
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
 
 class StatusLine:
     """Renders engine events as a single status line, at most ~10 redraws a second."""
@@ -16,6 +45,7 @@ class StatusLine:
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
+        self._plain = PlainLines(stream)
         self._last_draw = 0.0
         self._width = 0
         self._read_bytes = 0
@@ -23,6 +53,12 @@ class StatusLine:
         self._tokens = 0
 
     def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.PrefillProgress) and event.tokens > 1:
+            if self.enabled:
+                self._draw(prefill_text(event), force=event.done == event.total)
+            else:
+                self._plain(event.seconds, prefill_text(event), final=event.done == event.total)
+            return
         if not self.enabled:
             return
         if isinstance(event, events.LoadProgress):
@@ -53,3 +89,55 @@ class StatusLine:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
+
+
+class ScoreProgress:
+    """A perplexity run's progress: a rich bar on a terminal (windows, tokens/s, ETA), plain lines elsewhere."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self._plain = PlainLines(stream)
+        self._bar = None
+        self._task = None
+        self._started = time.monotonic()
+        self._windows_done = 0
+
+    def __enter__(self) -> ScoreProgress:
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, event: events.Event) -> None:
+        from bloomtui.engine.scoring import WindowScored
+
+        if isinstance(event, WindowScored):
+            self._windows_done = event.index + 1
+            detail = f"window {event.index + 1}/{event.total}, NLL {event.nll:.3f}"
+            self._update(event.index + 1, event.total, detail)
+        elif isinstance(event, events.PrefillProgress) and self._bar is not None and self._task is not None:
+            total = self._bar.tasks[0].total or 1
+            self._bar.update(self._task, completed=self._windows_done + event.done / event.total, total=total)
+
+    def _update(self, done: int, total: int, detail: str) -> None:
+        if self._bar is not None:
+            if self._task is None:
+                self._task = self._bar.add_task("score", total=total, detail=detail)
+            self._bar.update(self._task, completed=done, total=total, detail=detail)
+        else:
+            self._plain(time.monotonic() - self._started, f"scored {detail}", final=done == total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -69,9 +70,45 @@ def test_demo_model_then_generate(tmp_path: Path) -> None:
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
+def test_perplexity_json_and_text(tiny_model: Written, tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    run = bloomtui("perplexity", str(tiny_model.path), str(text), "--context", "64", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert set(result) == {"perplexity", "tokens", "nll", "seconds", "windows"}
+    assert result["windows"] > 1 and result["perplexity"] == pytest.approx(math.exp(result["nll"]), rel=1e-9)
+    human = bloomtui("perplexity", str(tiny_model.path), str(text), "--context", "64", "--ram-budget", "1.2MB")
+    assert human.returncode == 0, human.stderr
+    assert f"tokens      {result['tokens']} predicted" in human.stdout
+    shown = float(human.stdout.split()[1])
+    assert shown == pytest.approx(result["perplexity"], rel=1e-4)  # streamed = resident
+
+
+def _bad_text_files(tmp_path: Path) -> dict[str, Path]:
+    files = {"empty": b"", "binary": b"abc\0def" * 10, "latin1": "caf\xe9 au lait".encode("latin-1")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in files}
+
+
+@pytest.mark.parametrize(
+    "which, needle",
+    [("empty", "empty"), ("binary", "binary"), ("latin1", "not UTF-8"), ("missing", "no such file"), ("dir", "folder")],
+)
+def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, needle: str) -> None:
+    files = _bad_text_files(tmp_path)
+    path = {"missing": tmp_path / "nope.txt", "dir": tmp_path}.get(which) or files[which]
+    run = bloomtui("perplexity", str(tiny_model.path), str(path))
+    assert run.returncode == 2 and run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
+        (["perplexity", "{model}", "{model}/config.json", "--context", "1"], "--context must be at least 2"),
         (["generate", "{model}", "x", "--max-new-tokens", "-3"], "--max-new-tokens"),
         (["generate", "{model}", "x", "--max-new-tokens", "abc"], "--max-new-tokens"),
         (["generate", "{model}", "x", "--temperature", "-1"], "--temperature"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 Phase = Literal["loading", "reading", "computing", "sampling"]
-PassKind = Literal["prefill", "decode"]
+PassKind = Literal["prefill", "decode", "score", "verify"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,24 @@ class BlockDone(Event):
     wait_seconds: float
     compute_seconds: float
     rss: int
+    rows: int = 1
+    """Positions this pass carries: the prompt's length in prefill, 1 per decoded token."""
+
+
+@dataclass(frozen=True)
+class PrefillProgress(Event):
+    """Progress of a many-row pass (a prompt's prefill, a perplexity window), at most ~4 times a second.
+
+    `done`/`total` count (block, row) steps: rows x blocks; `eta_seconds` extrapolates the pass so far."""
+
+    event: ClassVar[str] = "prefill"
+    tokens: int
+    done: int
+    total: int
+    block: int
+    blocks: int
+    seconds: float
+    eta_seconds: float
 
 
 @dataclass(frozen=True)

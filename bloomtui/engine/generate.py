@@ -14,11 +14,10 @@ from pathlib import Path
 
 import psutil
 import torch
-from torch import Tensor
 
 from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.cpu_profile import cpu_profile
 from bloomtui.engine.events import (
-    BlockDone,
     Cancelled,
     Done,
     Error,
@@ -29,10 +28,12 @@ from bloomtui.engine.events import (
     ignore,
 )
 from bloomtui.engine.hub import resolve_model
-from bloomtui.engine.loader import Prefetcher, WeightStore
-from bloomtui.engine.model import KVCache, alibi_bias, block_forward, layer_norm, linear
+from bloomtui.engine.loader import WeightStore
+from bloomtui.engine.model import KVCache, alibi_bias
+from bloomtui.engine.passes import Passes
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
+from bloomtui.engine.scoring import Scored, score
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
 from bloomtui.errors import BloomtuiError, CancelRequested, CheckpointError, UsageError
 
@@ -95,8 +96,35 @@ class Engine:
         self.store = store
         self.dtype = model_plan.dtype
         self._generation = 0
-        self._process = psutil.Process()
         self._lock = threading.Lock()
+
+    @property
+    def upcast(self) -> bool:
+        """Whether many-row passes multiply in fp32 tiles (see matmul.py)."""
+        return multiplies_upcast(self.dtype)
+
+    def passes(self, generation: int, on_event: EventSink, cancel: threading.Event, prefetch) -> Passes:  # noqa: ANN001
+        return Passes(self.store, self.config, generation, on_event, cancel, prefetch, self.upcast)
+
+    def run_locked(self, on_event: EventSink, body):  # noqa: ANN001, ANN201
+        """Run body(generation) as this engine's one run at a time, in inference mode; errors become an
+        Error event (and are re-raised), anything else it returns is emitted as the final event."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            try:
+                with torch.inference_mode():
+                    result = body(generation)
+            except CancelRequested:
+                raise
+            except BloomtuiError as exc:
+                on_event(Error(generation, exc.message))
+                raise
+            except Exception as exc:
+                on_event(Error(generation, f"{type(exc).__name__}: {exc}"))
+                raise
+            on_event(result)
+            return result
 
     @classmethod
     def open(
@@ -142,20 +170,28 @@ class Engine:
         """Generate a continuation of `prompt`. Emits events; returns the final Done or Cancelled.
 
         Raises BloomtuiError (after emitting an Error event) for bad input; one run at a time."""
-        with self._lock:
-            self._generation += 1
-            run = _Run(self, self._generation, params, on_event, cancel or threading.Event())
-            try:
-                with torch.inference_mode():
-                    result = run.execute(prompt)
-            except BloomtuiError as exc:
-                on_event(Error(run.generation, exc.message))
-                raise
-            except Exception as exc:
-                on_event(Error(run.generation, f"{type(exc).__name__}: {exc}"))
-                raise
-            on_event(result)
-            return result
+        return self.run_locked(
+            on_event,
+            lambda generation: _Run(self, generation, params, on_event, cancel or threading.Event()).execute(prompt),
+        )
+
+    def perplexity(
+        self,
+        text: str,
+        context: int = 1024,
+        on_event: EventSink = ignore,
+        cancel: threading.Event | None = None,
+    ) -> Scored:
+        """Perplexity of `text` in windows of `context` tokens (see scoring.py). Raises CancelRequested when
+        cancelled, BloomtuiError (after an Error event) on bad input."""
+        ids = self.encode(text)
+        cancel = cancel or threading.Event()
+        return self.run_locked(on_event, lambda gen: score(self, ids, context, gen, on_event, cancel))
+
+
+def multiplies_upcast(dtype: torch.dtype) -> bool:
+    """fp32 tiles for many rows unless the weights are bf16 on a CPU whose bf16 GEMM is fast."""
+    return dtype != torch.bfloat16 or cpu_profile().upcast_bf16
 
 
 class _Run:
@@ -169,15 +205,8 @@ class _Run:
         self.params = params
         self.emit = on_event
         self.cancel = cancel
-        self.bytes_read = 0
-        self.peak_rss = 0
         self.token_ids: list[int] = []
         self.text: list[str] = []
-
-    def _rss(self) -> int:
-        rss = self.engine._process.memory_info().rss
-        self.peak_rss = max(self.peak_rss, rss)
-        return rss
 
     def execute(self, prompt: str) -> Done | Cancelled:
         engine, params = self.engine, self.params
@@ -194,15 +223,19 @@ class _Run:
         stops = StopFilter(params.stop)
         eos = None if params.ignore_eos else cfg.eos_token_id
         seen = list(prompt_ids)
-        self._rss()
         timings: list[float] = []
         inputs, start = prompt_ids, 0
         reason = "length"
+        passes = None
         try:
             with engine.store.prefetcher(params.max_new_tokens, self.cancel) as prefetch:
+                passes = engine.passes(self.generation, self.emit, self.cancel, prefetch)
+                passes.rss()
                 for step in range(params.max_new_tokens):
                     t0 = time.perf_counter()
-                    logits = self._forward(inputs, start, caches, alibi, prefetch, step)
+                    kind = "prefill" if step == 0 else "decode"
+                    h = passes.hidden(inputs, start, caches, alibi, kind, step)
+                    logits = passes.logits(h[-1:])[0]
                     self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
                     token, logprob = sampler(logits, torch.tensor(seen))
                     timings.append(time.perf_counter() - t0)
@@ -237,70 +270,7 @@ class _Run:
             prefill_seconds=timings[0],
             decode_seconds=decode,
             tokens_per_second=(n - 1) / decode if n > 1 and decode > 0 else n / timings[0],
-            peak_rss=self.peak_rss,
-            bytes_read=self.bytes_read,
+            peak_rss=passes.peak_rss,
+            bytes_read=passes.bytes_read,
             stop_reason=reason,
         )
-
-    def _forward(
-        self, ids: list[int], start: int, caches: list[KVCache], alibi: Tensor, prefetch: Prefetcher, step: int
-    ) -> Tensor:
-        """One pass over the weights for `ids` at positions start..; returns fp32 logits of the last one."""
-        engine = self.engine
-        store, cfg = engine.store, engine.config
-        n, gen = cfg.n_layer, self.generation
-        kind = "prefill" if step == 0 else "decode"
-        x, nbytes = store.embed_rows(ids)
-        self.bytes_read += nbytes
-        small = store.small
-        eps = cfg.layer_norm_epsilon
-        x = layer_norm(x, small["word_embeddings_layernorm.weight"], small["word_embeddings_layernorm.bias"], eps)
-        for i in range(n):
-            fetched = None
-            weights = store.blocks.get(i)
-            if weights is None:
-                if not prefetch.ready():
-                    self.emit(PhaseChanged(gen, "reading", i, n))
-                fetched = prefetch.take(("block", i))
-                weights = fetched.weights
-            self.emit(PhaseChanged(gen, "computing", i, n))
-            t0 = time.perf_counter()
-            x = block_forward(x, weights, caches[i], start, alibi, cfg)
-            compute = time.perf_counter() - t0
-            rss = self._rss()  # before release: a mapped block's pages count until then
-            if fetched is not None:
-                prefetch.release(fetched)
-                self.bytes_read += fetched.nbytes
-            self.emit(
-                BlockDone(
-                    gen,
-                    index=i,
-                    total=n,
-                    kind=kind,
-                    token_index=step,
-                    resident=fetched is None,
-                    bytes=fetched.nbytes if fetched else 0,
-                    read_seconds=fetched.read_seconds if fetched else 0.0,
-                    wait_seconds=fetched.wait_seconds if fetched else 0.0,
-                    compute_seconds=compute,
-                    rss=rss,
-                )
-            )
-            if self.cancel.is_set():
-                raise CancelRequested
-        h = layer_norm(x[-1:], small["ln_f.weight"], small["ln_f.bias"], eps)  # (1, H)
-        return self._logits(h, prefetch)
-
-    def _logits(self, h: Tensor, prefetch: Prefetcher) -> Tensor:
-        store = self.engine.store
-        if store.head is not None:
-            return linear(h, store.head)[0].float()
-        logits = torch.empty(store.plan.head_rows, dtype=torch.float32)
-        for chunk in range(store.plan.head_chunks):
-            fetched = prefetch.take(("head", chunk))
-            r0, r1 = store.head_chunk_range(chunk)
-            logits[r0:r1] = linear(h, fetched.tensor)[0].float()
-            self._rss()
-            prefetch.release(fetched)
-            self.bytes_read += fetched.nbytes
-        return logits

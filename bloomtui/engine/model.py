@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bloomtui.engine.config import BloomConfig
+from bloomtui.engine.matmul import DEFAULT, Matmul, Weight
 
-Weights = dict[str, Tensor]
-# Queries per attention chunk in prefill: bounds the (nh, T, L) score tensor for long prompts.
-_QUERY_CHUNK = 512
+Weights = dict[str, Weight]
+SCORE_BYTES = 64 * 1024**2
+"""Bound on one (nh, queries, L) fp32 score tensor: long prompts take their queries in chunks."""
 
 
 def alibi_slopes(n_head: int) -> Tensor:
@@ -69,14 +70,6 @@ class KVCache:
         return 2 * self.k.numel() * self.k.element_size()
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """x @ w.T + b. For one row (decoding) addmv: CPU bf16 gemv runs ~1.4x faster than addmm's path."""
-    if x.shape[0] != 1:
-        return F.linear(x, w, b)
-    out = torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0])
-    return out.unsqueeze(0)
-
-
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, (x.shape[-1],), w, b, eps)
 
@@ -86,42 +79,50 @@ def gelu(x: Tensor) -> Tensor:
     return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
 
 
-def attention(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig) -> Tensor:
+def attention(
+    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig, mm: Matmul = DEFAULT
+) -> Tensor:
     """Self-attention of T new positions starting at `start`; fills the cache. Returns (T, H), no bias add."""
     t = x.shape[0]
     nh, hd = config.n_head, config.head_dim
-    qkv = linear(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
+    qkv = mm(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
     qkv = qkv.view(t, nh, 3, hd)  # fused layout: per head, q then k then v
-    q = qkv[:, :, 0].transpose(0, 1)  # (nh, T, hd)
     end = start + t
     cache.reserve(start, end)
     cache.k[:, start:end] = qkv[:, :, 1].transpose(0, 1)
     cache.v[:, start:end] = qkv[:, :, 2].transpose(0, 1)
-    keys_t = cache.k[:, :end].transpose(1, 2)  # (nh, hd, L)
-    values = cache.v[:, :end]  # (nh, L, hd)
-    bias = alibi[:, :, :end]  # (nh, 1, L)
+    # Many rows on a CPU whose bf16 GEMM is slow: scores and context in fp32 too (see matmul.py).
+    work = torch.float32 if mm.upcast and t > 1 else x.dtype
+    q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
+    keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
+    values = cache.v[:, :end].to(work)  # (nh, L, hd)
+    bias = alibi[:, :, :end].to(work)  # (nh, 1, L)
     inv_norm = 1.0 / math.sqrt(hd)
-    out = torch.empty((nh, t, hd), dtype=x.dtype)
-    for q0 in range(0, t, _QUERY_CHUNK):
-        q1 = min(t, q0 + _QUERY_CHUNK)
+    out = torch.empty((nh, t, hd), dtype=work)
+    chunk = max(1, SCORE_BYTES // (4 * nh * end))
+    for q0 in range(0, t, chunk):
+        q1 = min(t, q0 + chunk)
         scores = torch.baddbmm(bias, q[:, q0:q1], keys_t, beta=1.0, alpha=inv_norm)  # (nh, tq, L)
         if t > 1:
             # Query i (absolute position start+i) sees keys 0..start+i.
             query_pos = torch.arange(start + q0, start + q1)[:, None]
             future = torch.arange(end)[None, :] > query_pos  # (tq, L)
             scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(work)
         torch.bmm(probs, values, out=out[:, q0:q1])
-    ctx = out.transpose(0, 1).reshape(t, nh * hd)  # (T, H)
-    return linear(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
+        mm.check()
+    ctx = out.transpose(0, 1).reshape(t, nh * hd).to(x.dtype)  # (T, H)
+    return mm(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
 
 
-def block_forward(x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig) -> Tensor:
+def block_forward(
+    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig, mm: Matmul = DEFAULT
+) -> Tensor:
     """One transformer block on hidden states x (T, H)."""
     eps = config.layer_norm_epsilon
     post_ln = config.apply_residual_connection_post_layernorm
     ln1 = layer_norm(x, w["input_layernorm.weight"], w["input_layernorm.bias"], eps)
-    h = attention(ln1, w, cache, start, alibi, config) + (ln1 if post_ln else x)
+    h = attention(ln1, w, cache, start, alibi, config, mm) + (ln1 if post_ln else x)
     ln2 = layer_norm(h, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps)
-    up = gelu(linear(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
-    return linear(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)
+    up = gelu(mm(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
+    return mm(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)

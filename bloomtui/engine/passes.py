@@ -1,0 +1,163 @@
+"""One pass over the weights for a run of positions: embed, every block (resident or streamed), ln_f, head.
+
+Generation, perplexity scoring and draft verification all run passes; they differ only in how many rows a
+pass carries and which logits they need. Many-row passes take their rows through each block in chunks, so
+memory beyond the KV cache is one chunk's activations, and the cancel flag is checked between chunks and
+between weight tiles (a long prefill stops within a second). Progress of many-row passes is reported as
+`PrefillProgress` events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import psutil
+import torch
+from torch import Tensor
+
+from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
+from bloomtui.engine.loader import Prefetcher, WeightStore
+from bloomtui.engine.matmul import Matmul
+from bloomtui.engine.model import SCORE_BYTES, KVCache, block_forward, layer_norm
+from bloomtui.errors import CancelRequested
+
+if TYPE_CHECKING:
+    from bloomtui.engine.config import BloomConfig
+
+PREFILL_ROWS = 1024
+"""Rows taken through a block at once: large enough that upcasting a weight tile is paid over many rows."""
+_PROGRESS_SECONDS = 0.25
+
+
+class Passes:
+    """Runs passes for one generate/score call and keeps its I/O and memory tallies."""
+
+    def __init__(
+        self,
+        store: WeightStore,
+        config: BloomConfig,
+        generation: int,
+        emit: EventSink,
+        cancel: threading.Event,
+        prefetch: Prefetcher,
+        upcast: bool,
+    ) -> None:
+        self.store, self.config, self.generation = store, config, generation
+        self.emit, self.cancel, self.prefetch = emit, cancel, prefetch
+        self.bytes_read = 0
+        self.peak_rss = 0
+        self._process = psutil.Process()
+        self.mm_one = Matmul(check=self._check)
+        self.mm_many = Matmul(upcast=upcast, check=self._check)
+
+    def _check(self) -> None:
+        if self.cancel.is_set():
+            raise CancelRequested
+
+    def rss(self) -> int:
+        rss = self._process.memory_info().rss
+        self.peak_rss = max(self.peak_rss, rss)
+        return rss
+
+    def hidden(
+        self, ids: list[int], start: int, caches: list[KVCache], alibi: Tensor, kind: PassKind, token_index: int
+    ) -> Tensor:
+        """Final hidden states (after ln_f) of `ids` at positions start.., filling the caches: (T, H)."""
+        store, cfg = self.store, self.config
+        n, gen, rows = cfg.n_layer, self.generation, len(ids)
+        mm = self.mm_one if rows == 1 else self.mm_many
+        x, nbytes = store.embed_rows(ids)
+        self.bytes_read += nbytes
+        small = store.small
+        eps = cfg.layer_norm_epsilon
+        x = layer_norm(x, small["word_embeddings_layernorm.weight"], small["word_embeddings_layernorm.bias"], eps)
+        started = last_report = time.perf_counter()
+        for i in range(n):
+            fetched = None
+            weights = store.blocks.get(i)
+            if weights is None:
+                if not self.prefetch.ready():
+                    self.emit(PhaseChanged(gen, "reading", i, n))
+                fetched = self.prefetch.take(("block", i))
+                weights = fetched.weights
+            self.emit(PhaseChanged(gen, "computing", i, n))
+            t0 = time.perf_counter()
+            for r0 in range(0, rows, PREFILL_ROWS):
+                r1 = min(rows, r0 + PREFILL_ROWS)
+                # Rows in order: a chunk's keys and values are in the cache before the next chunk attends.
+                x[r0:r1] = block_forward(x[r0:r1], weights, caches[i], start + r0, alibi, cfg, mm)
+                now = time.perf_counter()
+                if rows > 1 and (now - last_report > _PROGRESS_SECONDS or (i == n - 1 and r1 == rows)):
+                    last_report = now
+                    done = i * rows + r1
+                    eta = (now - started) / done * (n * rows - done)
+                    self.emit(PrefillProgress(gen, rows, done, n * rows, i, n, now - started, eta))
+            compute = time.perf_counter() - t0
+            rss = self.rss()  # before release: a mapped block's pages count until then
+            if fetched is not None:
+                self.prefetch.release(fetched)
+                self.bytes_read += fetched.nbytes
+            self.emit(
+                BlockDone(
+                    gen,
+                    index=i,
+                    total=n,
+                    kind=kind,
+                    token_index=token_index,
+                    resident=fetched is None,
+                    bytes=fetched.nbytes if fetched else 0,
+                    read_seconds=fetched.read_seconds if fetched else 0.0,
+                    wait_seconds=fetched.wait_seconds if fetched else 0.0,
+                    compute_seconds=compute,
+                    rss=rss,
+                    rows=rows,
+                )
+            )
+            self._check()
+        return layer_norm(x, small["ln_f.weight"], small["ln_f.bias"], eps)
+
+    def head_chunks(self, h: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+        """(first vocab row, end row, fp32 logits (R, end - first)) over the whole vocabulary, in order, each
+        slice small enough that R rows of it fit in SCORE_BYTES; streamed head chunks are read as they go."""
+        store = self.store
+        mm = self.mm_one if h.shape[0] == 1 else self.mm_many
+        width = max(1024, SCORE_BYTES // (4 * h.shape[0]))
+        if store.head is not None:
+            sources = [(0, store.head, None)]
+        else:
+            sources = ((store.head_chunk_range(c)[0], None, c) for c in range(store.plan.head_chunks))
+        for r0, head, chunk in sources:
+            fetched = None
+            if head is None:
+                fetched = self.prefetch.take(("head", chunk))
+                head = fetched.tensor
+            for s0 in range(0, head.shape[0], width):
+                s1 = min(head.shape[0], s0 + width)
+                yield r0 + s0, r0 + s1, mm(h, head[s0:s1]).float()
+            if fetched is not None:
+                self.rss()
+                self.prefetch.release(fetched)
+                self.bytes_read += fetched.nbytes
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Full fp32 logits (R, vocab rows) for a few rows (sampling, draft verification)."""
+        out = torch.empty((h.shape[0], self.store.plan.head_rows), dtype=torch.float32)
+        for r0, r1, chunk in self.head_chunks(h):
+            out[:, r0:r1] = chunk
+        return out
+
+    def nll(self, h: Tensor, targets: Tensor) -> Tensor:
+        """-log p(target) per row from fp32 logits, with a running log-sum-exp over vocabulary slices."""
+        rows = h.shape[0]
+        lse = torch.full((rows,), float("-inf"))
+        picked = torch.empty(rows)
+        for r0, r1, chunk in self.head_chunks(h):
+            lse = torch.logaddexp(lse, torch.logsumexp(chunk, dim=-1))
+            inside = (targets >= r0) & (targets < r1)
+            if inside.any():
+                where = inside.nonzero()[:, 0]
+                picked[where] = chunk[where, targets[where] - r0]
+        return lse - picked
