@@ -16,7 +16,7 @@ from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.sizes import format_size, parse_size
 
-COMMANDS = ("generate", "perplexity", "info", "demo-model", "download", "app")
+COMMANDS = ("generate", "perplexity", "prepare", "info", "demo-model", "download", "app")
 
 apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
@@ -98,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true", help="print one JSON object with the result")
     _model_options(ppl)
 
+    prep = sub.add_parser(
+        "prepare",
+        help="write a compressed copy of a model (int8/int4 weights, one file per block) that streams faster",
+        description="Rewrite MODEL into a new folder OUT: one page-aligned safetensors file per block, the four "
+        "matrices of each block in bf16, int8 (per channel) or int4 (per group), embeddings/head int8 per row. "
+        "MODEL is never written to; OUT is built as OUT.partial and renamed at the end.",
+    )
+    prep.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    prep.add_argument("out", help="new folder to write")
+    prep.add_argument("--weights", required=True, choices=("bf16", "int8", "int4"), help="how to store the matrices")
+    prep.add_argument(
+        "--group-size",
+        type=int,
+        choices=(32, 64, 128, 256),
+        help="int4 inputs per scale (default 128, smaller when the hidden size needs it)",
+    )
+    prep.add_argument("--force", action="store_true", help="replace OUT if it is an earlier prepared folder")
+
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
     info.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -154,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _generate(args)
     if args.command == "perplexity":
         return _perplexity(args)
+    if args.command == "prepare":
+        return _prepare(args)
     if args.command == "info":
         return _info(args)
     if args.command == "demo-model":
@@ -286,14 +306,28 @@ def _perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bloomtui.engine.prepare import prepare
+    from bloomtui.progress import prepare_progress
+
+    cancel = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    with prepare_progress() as on_progress:
+        out = prepare(args.model, Path(args.out), args.weights, args.group_size, args.force, on_progress, cancel.is_set)
+    print(f"wrote {out} ({args.weights}); open it like any model: bloomtui info {out}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.generate import ModelPlan, prefill_path
 
     mp = ModelPlan.make(args.model, _engine_options(args))
     ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
     disk_stream = sum(ckpt.block_nbytes(i) for i in plan.streamed_blocks)
     if not plan.head_resident:
-        disk_stream += ckpt.head.nbytes
+        disk_stream += sum(ref.nbytes for ref in ckpt.head_refs)
     data = {
         "path": str(mp.path),
         "layout": ckpt.layout,
@@ -307,7 +341,12 @@ def _info(args: argparse.Namespace) -> int:
         "tied_head": ckpt.tied,
         "stored_dtype": str(ckpt.dtype).removeprefix("torch."),
         "compute_dtype": str(mp.dtype).removeprefix("torch."),
+        "weights": ckpt.scheme.weights if ckpt.scheme else "original",
+        "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
         "block_bytes": ckpt.block_nbytes(),
+        "bytes_per_token_all_streamed": sum(ckpt.block_nbytes(i) for i in range(ckpt.n_blocks))
+        + sum(ref.nbytes for ref in ckpt.head_refs),
+        "prefill": prefill_path(mp.dtype),
         "ram_budget": plan.budget,
         "resident_blocks": sorted(plan.resident_blocks),
         "streamed_blocks": list(plan.streamed_blocks),
@@ -327,10 +366,11 @@ def _info(args: argparse.Namespace) -> int:
         f"{'tied' if ckpt.tied else 'untied'} head{', post-LN residual' if data['post_ln_residual'] else ''}"
     )
     print(f"dtype       stored {data['stored_dtype']}, computed in {data['compute_dtype']}")
-    print(
-        f"per block   {format_size(ckpt.block_nbytes())} on disk, "
-        f"{format_size(plan.block_elems * plan.itemsize)} in RAM"
-    )
+    if ckpt.scheme:
+        group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
+        print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
+    print(f"prefill     {data['prefill']}")
+    print(f"per block   {format_size(ckpt.block_nbytes())} on disk, {format_size(plan.block_bytes)} in RAM")
     print(f"RAM budget  {format_size(plan.budget)}")
     print(
         f"resident    {len(plan.resident_blocks)}/{n} blocks, "
@@ -339,7 +379,10 @@ def _info(args: argparse.Namespace) -> int:
     )
     streamed = plan.streamed_blocks
     print(f"streamed    {len(streamed)} blocks{': ' + _ranges(streamed) if streamed else ''}")
-    print(f"disk/token  {format_size(disk_stream)} read per generated token")
+    print(
+        f"disk/token  {format_size(disk_stream)} read per generated token with this budget; "
+        f"{format_size(data['bytes_per_token_all_streamed'])} with every block streamed"
+    )
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from bloomtui.engine import events
@@ -141,3 +143,38 @@ class ScoreProgress:
             self._bar.update(self._task, completed=done, total=total, detail=detail)
         else:
             self._plain(time.monotonic() - self._started, f"scored {detail}", final=done == total)
+
+
+@contextmanager
+def prepare_progress(stream: TextIO = sys.stderr) -> Iterator[Callable]:
+    """`bloomtui prepare`'s progress: a rich bar (files, MB/s, ETA) on a terminal, plain lines elsewhere."""
+    plain = PlainLines(stream)
+    bar = None
+    if stream.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("preparing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+            transient=True,
+        )
+        task = bar.add_task("prepare", total=None, speed="")
+        bar.start()
+
+    def on_progress(p) -> None:  # noqa: ANN001 - a PrepareProgress
+        speed = f"{p.bytes_written / max(p.seconds, 1e-9) / 1e6:.0f} MB/s written"
+        if bar is not None:
+            bar.update(task, completed=p.done, total=p.total, speed=speed)
+        else:
+            plain(p.seconds, f"prepared {p.done}/{p.total} files, {speed}", final=p.done == p.total)
+
+    try:
+        yield on_progress
+    finally:
+        if bar is not None:
+            bar.stop()

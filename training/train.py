@@ -143,7 +143,9 @@ def train(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.minutes * 60
     last_save = time.monotonic()
     model.train()
-    window_start = time.perf_counter()
+    run_start, run_first_step = time.perf_counter(), state["step"]
+    if args.minutes > 0 and state["total_steps"] is not None and state["step"] >= state["total_steps"]:
+        state["total_steps"] = None  # finished before: a new budget continues it with a fresh schedule
     while state["total_steps"] is None or state["step"] < state["total_steps"]:
         if time.monotonic() > deadline:
             print("time budget spent; run again to resume", flush=True)
@@ -161,13 +163,13 @@ def train(args: argparse.Namespace) -> None:
         state["step"] += 1
         state["tokens"] += batch.numel()
         state["seconds"] += time.perf_counter() - started
-        if state["step"] % 20 == 0:
-            # The schedule ends when the time budget does: its length comes from the measured speed, and
-            # shrinks (never grows) when the machine gets slower, so the learning rate always decays fully.
-            per_step = (time.perf_counter() - window_start) / 20
-            window_start = time.perf_counter()
+        if (state["step"] - run_first_step) % 20 == 0:
+            # The schedule ends when this run's time budget does: its length follows the speed measured so
+            # far in this run (an average, so a busy machine bends the cosine smoothly). A resumed run with a
+            # new budget re-fits the schedule from where it stands (a warm restart).
+            per_step = (time.perf_counter() - run_start) / (state["step"] - run_first_step)
             fits = state["step"] + int((deadline - time.monotonic()) * 0.98 / per_step)
-            if state["total_steps"] is None or fits < state["total_steps"]:
+            if state["total_steps"] is None or abs(fits - state["total_steps"]) > 10:
                 state["total_steps"] = max(state["step"] + 1, fits)
                 print(f"{per_step:.2f} s/step: schedule ends at step {state['total_steps']}", flush=True)
         if state["step"] % args.log_every == 0:

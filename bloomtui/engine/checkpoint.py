@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bloomtui.engine.config import BloomConfig
+import torch
+
+from bloomtui.engine.config import BloomConfig, Scheme
 from bloomtui.engine.tensorfile import TensorRef, index_file
 from bloomtui.errors import CheckpointError, ConfigError
 
@@ -31,6 +33,12 @@ BLOCK_TENSORS = (
     "mlp.dense_h_to_4h.bias",
     "mlp.dense_4h_to_h.weight",
     "mlp.dense_4h_to_h.bias",
+)
+MATRICES = (
+    "self_attention.query_key_value.weight",
+    "self_attention.dense.weight",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_4h_to_h.weight",
 )
 SMALL_TENSORS = (
     "word_embeddings_layernorm.weight",
@@ -74,6 +82,18 @@ class Checkpoint:
     embeddings: TensorRef
     head: TensorRef
     """The LM head matrix: `lm_head.weight` when stored and untied, else the word embeddings."""
+    embedding_scales: TensorRef | None = None
+    """Per-row scales of int8 embeddings (prepared folders), else None."""
+    head_scales: TensorRef | None = None
+
+    @property
+    def scheme(self) -> Scheme | None:
+        return self.config.scheme
+
+    @property
+    def head_refs(self) -> tuple[TensorRef, ...]:
+        """What the LM head is stored as: the matrix, and its scales when quantised."""
+        return (self.head,) if self.head_scales is None else (self.head, self.head_scales)
 
     @property
     def n_blocks(self) -> int:
@@ -81,7 +101,8 @@ class Checkpoint:
 
     @property
     def dtype(self):  # noqa: ANN201 - torch.dtype
-        return self.blocks[0]["self_attention.query_key_value.weight"].dtype if self.blocks else None
+        """The stored float dtype (of the matrices; of LayerNorms and scales in a quantised folder)."""
+        return self.blocks[0]["input_layernorm.weight"].dtype if self.blocks else None
 
     def block_nbytes(self, index: int = 0) -> int:
         return sum(ref.nbytes for ref in self.blocks[index].values())
@@ -129,7 +150,8 @@ class Checkpoint:
     ) -> Checkpoint:
         h, v = config.hidden_size, config.vocab_size
 
-        def take(name: str, shape: tuple[int, ...]) -> TensorRef:
+        def take(name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> TensorRef:
+            """The tensor `name`, checked to be float (or exactly `dtype`) with the shape the config implies."""
             ref = refs.get(name)
             if ref is None:
                 raise CheckpointError(f"{folder}: missing tensor {name}")
@@ -137,8 +159,8 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{folder}: {name} has shape {list(ref.shape)}, config.json implies {list(shape)}"
                 )
-            if not ref.dtype.is_floating_point:
-                raise CheckpointError(f"{folder}: {name} has non-float dtype {ref.dtype}")
+            if (ref.dtype != dtype) if dtype is not None else not ref.dtype.is_floating_point:
+                raise CheckpointError(f"{folder}: {name} has dtype {ref.dtype}, expected {dtype or 'a float'}")
             return ref
 
         layer_ids = {int(m.group(1)) for k in refs if (m := _BLOCK_KEY.fullmatch(k))}
@@ -150,18 +172,49 @@ class Checkpoint:
             raise CheckpointError(
                 f"{folder}: config.json says n_layer={config.n_layer} but weights hold {len(layer_ids)} blocks"
             )
-        shapes = block_shapes(config)
+        expected = stored_block_tensors(config)
         blocks = tuple(
-            {name: take(f"h.{i}.{name}", shapes[name]) for name in BLOCK_TENSORS} for i in range(config.n_layer)
+            {name: take(f"h.{i}.{name}", shape, dtype) for name, (shape, dtype) in expected.items()}
+            for i in range(config.n_layer)
         )
         small = {name: take(name, (h,)) for name in SMALL_TENSORS}
-        embeddings = take("word_embeddings.weight", (v, h))
-        head = embeddings
-        if "lm_head.weight" in refs and not config.tie_word_embeddings:
-            head = take("lm_head.weight", (v, h))
-        elif not config.tie_word_embeddings:
-            raise CheckpointError(f"{folder}: config.json says the head is untied but there is no lm_head.weight")
-        return cls(folder, config, layout, files, blocks, small, embeddings, head)
+        rows_quantized = config.scheme is not None and config.scheme.quantized
+
+        def matrix(prefix: str) -> tuple[TensorRef, TensorRef | None]:
+            if rows_quantized:  # int8 rows with one scale each
+                return take(f"{prefix}.qweight", (v, h), torch.int8), take(f"{prefix}.scales", (v,))
+            return take(f"{prefix}.weight", (v, h)), None
+
+        embeddings, embedding_scales = matrix("word_embeddings")
+        head, head_scales = embeddings, embedding_scales
+        if not config.tie_word_embeddings:
+            if not any(k.startswith("lm_head.") for k in refs):
+                raise CheckpointError(f"{folder}: config.json says the head is untied but there is no lm_head.weight")
+            head, head_scales = matrix("lm_head")
+        return cls(folder, config, layout, files, blocks, small, embeddings, head, embedding_scales, head_scales)
+
+
+def stored_block_tensors(config: BloomConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """Name -> (shape, exact dtype or None for any float) of what one block stores, in storage order.
+
+    Plain checkpoints store BLOCK_TENSORS. Prepared int8/int4 folders store each of the four MATRICES as
+    `<name>.qweight` and `<name>.scales` in the layout matmul.QuantizedLinear describes."""
+    shapes = block_shapes(config)
+    scheme = config.scheme
+    out: dict[str, tuple[tuple[int, ...], torch.dtype | None]] = {}
+    for name in BLOCK_TENSORS:
+        if scheme is None or not scheme.quantized or name not in MATRICES:
+            out[name] = (shapes[name], None)
+            continue
+        n, k = shapes[name]
+        base = name.removesuffix("weight")
+        if scheme.weights == "int8":
+            out[base + "qweight"] = ((n, k), torch.int8)
+            out[base + "scales"] = ((n,), None)
+        else:
+            out[base + "qweight"] = ((n, k // 2), torch.uint8)
+            out[base + "scales"] = ((k // scheme.group_size, n, 2), None)
+    return out
 
 
 def _bare(key: str) -> str:

@@ -17,6 +17,44 @@ _ALIASES = {
 }
 
 
+QUANT_METHOD = "bloomtui"
+SCHEMES = ("bf16", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How a folder written by `bloomtui prepare` stores its weights (config.json's quantization_config)."""
+
+    weights: str
+    """"bf16", "int8" or "int4" for the four matrices of each block; embeddings/head are int8 unless bf16."""
+    group_size: int | None = None
+    int4_layout: str | None = None
+    """torch's int4 packing on the CPU that prepared it (see quant.py)."""
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights != "bf16"
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"quant_method": QUANT_METHOD, "weights": self.weights}
+        if self.group_size:
+            data["group_size"] = self.group_size
+        if self.int4_layout:
+            data["int4_layout"] = self.int4_layout
+        return data
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str) -> Scheme | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or raw.get("quant_method") != QUANT_METHOD or raw.get("weights") not in SCHEMES:
+            raise ConfigError(f"{source}: quantization_config {raw!r} is not one bloomtui reads")
+        group = raw.get("group_size")
+        if raw["weights"] == "int4" and (not isinstance(group, int) or not isinstance(raw.get("int4_layout"), str)):
+            raise ConfigError(f"{source}: an int4 quantization_config needs group_size and int4_layout")
+        return cls(raw["weights"], group, raw.get("int4_layout"))
+
+
 @dataclass(frozen=True)
 class BloomConfig:
     hidden_size: int
@@ -28,6 +66,8 @@ class BloomConfig:
     tie_word_embeddings: bool = True
     eos_token_id: int | None = 2
     torch_dtype: str | None = None
+    scheme: Scheme | None = None
+    """Set for folders written by `bloomtui prepare`."""
 
     @property
     def head_dim(self) -> int:
@@ -62,6 +102,7 @@ class BloomConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
             eos_token_id=eos if isinstance(eos, int) else None,
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            scheme=Scheme.from_json(raw.get("quantization_config"), source),
             **values,
         )
 

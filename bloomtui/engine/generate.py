@@ -31,6 +31,7 @@ from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import WeightStore
 from bloomtui.engine.model import KVCache, alibi_bias
 from bloomtui.engine.passes import Passes
+from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.scoring import Scored, score
@@ -72,9 +73,21 @@ class ModelPlan:
     def make(cls, model: str | Path, options: EngineOptions) -> ModelPlan:
         path = resolve_model(model)
         checkpoint = Checkpoint.open(path)
+        check_int4_layout(checkpoint)
         dtype = compute_dtype(checkpoint.dtype, options.dtype)
         budget = options.ram_budget if options.ram_budget is not None else default_budget()
         return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget))
+
+
+def check_int4_layout(checkpoint: Checkpoint) -> None:
+    """int4 weights are stored in torch's packing for the CPU family that prepared them (see quant.py)."""
+    scheme = checkpoint.scheme
+    if scheme is not None and scheme.weights == "int4" and scheme.int4_layout != int4_layout().describe():
+        raise CheckpointError(
+            f"{checkpoint.folder}: its int4 weights were packed for another kind of CPU "
+            f"({scheme.int4_layout.split('/')[1]}, here {int4_layout().describe().split('/')[1]}); "
+            "run `bloomtui prepare` on this machine"
+        )
 
 
 def load_tokenizer(folder: Path):  # noqa: ANN201 - a transformers tokenizer
@@ -192,6 +205,13 @@ class Engine:
 def multiplies_upcast(dtype: torch.dtype) -> bool:
     """fp32 tiles for many rows unless the weights are bf16 on a CPU whose bf16 GEMM is fast."""
     return dtype != torch.bfloat16 or cpu_profile().upcast_bf16
+
+
+def prefill_path(dtype: torch.dtype) -> str:
+    """How many-row passes multiply, for `info`."""
+    if dtype == torch.float32:
+        return "float32 GEMM (int8/int4 matrices dequantised a tile at a time)"
+    return cpu_profile().describe()
 
 
 class _Run:

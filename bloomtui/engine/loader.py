@@ -8,6 +8,7 @@ checkpoint already stores the compute dtype, a file mapping faulted in place (se
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bloomtui.engine.checkpoint import BLOCK_TENSORS, Checkpoint
+from bloomtui.engine.checkpoint import MATRICES, Checkpoint
+from bloomtui.engine.config import Scheme
 from bloomtui.engine.mapped import FileMaps, can_map
+from bloomtui.engine.matmul import QuantizedLinear, Weight
 from bloomtui.engine.model import Weights
 from bloomtui.engine.reader import CHUNK_BYTES, TensorReader
 from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan
@@ -30,22 +33,55 @@ Unit = tuple[str, int]
 _POLL_SECONDS = 0.05
 
 
-@dataclass
+_ALIGN = 64
+
+
+def ram_dtype(ref: TensorRef, compute: torch.dtype) -> torch.dtype:
+    """Floats are held in the compute dtype; quantised integers as stored."""
+    return compute if ref.dtype.is_floating_point else ref.dtype
+
+
+def assemble(raw: dict[str, Tensor], scheme: Scheme | None) -> Weights:
+    """A block's stored tensors as the model reads them: quantised matrices become QuantizedLinear."""
+    if scheme is None or not scheme.quantized:
+        return dict(raw)
+    weights: Weights = {name: t for name, t in raw.items() if not name.endswith(("qweight", "scales"))}
+    bits = 8 if scheme.weights == "int8" else 4
+    for name in MATRICES:
+        base = name.removesuffix("weight")
+        q = raw[base + "qweight"]
+        shape = (q.shape[0], q.shape[1] * (2 if bits == 4 else 1))
+        weights[name] = QuantizedLinear(bits, q, raw[base + "scales"], scheme.group_size or 0, shape)
+    return weights
+
+
+def int8_rows(q: Tensor, scales: Tensor | None) -> Weight:
+    """An embedding/head matrix (or rows of it) as held: plain, or int8 rows with their scales."""
+    return q if scales is None else QuantizedLinear(8, q, scales, 0, tuple(q.shape))
+
+
 class Slot:
-    """One stream buffer: a flat tensor and views of it shaped as a block's tensors."""
+    """One stream buffer: raw bytes, carved into views shaped as a block's stored tensors."""
 
-    flat: Tensor
-    block: Weights
+    def __init__(self, checkpoint: Checkpoint, nbytes: int, dtype: torch.dtype) -> None:
+        refs = checkpoint.blocks[0]
+        self.flat = torch.empty(nbytes + _ALIGN * (len(refs) + 2), dtype=torch.uint8)
+        self._dtype = dtype
+        self.raw: dict[str, Tensor] = {}
+        start = 0
+        for name, ref in refs.items():
+            self.raw[name], start = self._carve(start, ref.shape, ram_dtype(ref, dtype))
+        self.block = assemble(self.raw, checkpoint.scheme)
 
-    @classmethod
-    def allocate(cls, checkpoint: Checkpoint, elems: int, dtype: torch.dtype) -> Slot:
-        flat = torch.empty(elems, dtype=dtype)
-        views, start = {}, 0
-        for name in BLOCK_TENSORS:
-            ref = checkpoint.blocks[0][name]
-            views[name] = flat[start : start + ref.numel].view(ref.shape)
-            start += ref.numel
-        return cls(flat, views)
+    def _carve(self, start: int, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, int]:
+        start = -(-start // _ALIGN) * _ALIGN
+        n = math.prod(shape) * dtype.itemsize
+        return self.flat[start : start + n].view(dtype).view(shape), start + n
+
+    def head_chunk(self, rows: int, head: TensorRef, scales: TensorRef | None) -> tuple[Tensor, Tensor | None]:
+        """Views for `rows` rows of the head (and their scales) at the start of the buffer."""
+        matrix, end = self._carve(0, (rows, head.shape[1]), ram_dtype(head, self._dtype))
+        return matrix, (None if scales is None else self._carve(end, (rows,), self._dtype)[0])
 
 
 @dataclass
@@ -53,7 +89,7 @@ class Fetched:
     unit: Unit
     weights: Weights | None
     """The block's tensors, for ("block", i) units."""
-    tensor: Tensor | None
+    tensor: Weight | None
     """The head chunk, for ("head", c) units."""
     nbytes: int
     read_seconds: float
@@ -75,11 +111,12 @@ class WeightStore:
         self.reader = TensorReader(drop_cache=drop_cache, staging_bytes=plan.staging_bytes or CHUNK_BYTES)
         self.small: dict[str, Tensor] = {}
         self.blocks: dict[int, Weights] = {}
-        self.head: Tensor | None = None
+        self.head: Weight | None = None
+        self._embedding_rows: tuple[Tensor, Tensor | None] | None = None
         self._slots: list[Slot | None] = []
         streamed = [ref for i in plan.streamed_blocks for ref in checkpoint.blocks[i].values()]
-        streamed += [] if plan.head_resident else [checkpoint.head]
-        self.zero_copy = bool(streamed) and all(can_map(ref, dtype) for ref in streamed)
+        streamed += [] if plan.head_resident else list(checkpoint.head_refs)
+        self.zero_copy = bool(streamed) and all(can_map(ref, ram_dtype(ref, dtype)) for ref in streamed)
         self.maps = FileMaps(drop_cache=drop_cache)
 
     def load(self, on_progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]) -> None:
@@ -88,38 +125,47 @@ class WeightStore:
         jobs: list[tuple[str, list]] = [("small tensors", list(ckpt.small.items()))]
         jobs += [(f"block {i}", list(ckpt.blocks[i].items())) for i in sorted(plan.resident_blocks)]
         if plan.head_resident:
-            jobs.append(("LM head" if not ckpt.tied else "embeddings", [("head", ckpt.head)]))
+            head = [("head", ckpt.head)] + ([("scales", ckpt.head_scales)] if ckpt.head_scales else [])
+            jobs.append(("LM head" if not ckpt.tied else "embeddings", head))
         total = sum(ref.nbytes for _, refs in jobs for _, ref in refs)
         done = 0
         for what, refs in jobs:
             on_progress(done, total, what)
             tensors = {}
             for name, ref in refs:
-                tensors[name] = torch.empty(ref.shape, dtype=self.dtype)
+                tensors[name] = torch.empty(ref.shape, dtype=ram_dtype(ref, self.dtype))
                 done += self.reader.read(ref, tensors[name], should_stop)
             if what == "small tensors":
                 self.small = tensors
             elif what.startswith("block"):
-                self.blocks[int(what.split()[1])] = tensors
+                self.blocks[int(what.split()[1])] = assemble(tensors, ckpt.scheme)
             else:
-                self.head = tensors["head"]
+                self.head = int8_rows(tensors["head"], tensors.get("scales"))
+                if ckpt.tied:
+                    self._embedding_rows = (tensors["head"], tensors.get("scales"))
         on_progress(done, total, "done")
         if plan.streams:
             # Mapped units need no buffer: the slots then only bound how many are faulted in at once.
             self._slots = [
-                None if self.zero_copy else Slot.allocate(ckpt, plan.slot_elems, self.dtype)
-                for _ in range(STREAM_SLOTS)
+                None if self.zero_copy else Slot(ckpt, plan.slot_bytes, self.dtype) for _ in range(STREAM_SLOTS)
             ]
 
     def embed_rows(self, ids: list[int]) -> tuple[Tensor, int]:
-        """Embedding rows for ids (T, H), and bytes read from disk for them."""
-        if self.head is not None and self.checkpoint.tied:
-            return self.head[torch.tensor(ids)], 0
-        emb = self.checkpoint.embeddings
+        """Embedding rows for ids (T, H) in the compute dtype, and bytes read from disk for them."""
+        index = torch.tensor(ids)
+        if self._embedding_rows is not None:
+            matrix, scales = self._embedding_rows
+            rows = matrix[index]
+            return (rows if scales is None else rows.to(self.dtype) * scales[index, None]), 0
+        emb, scale_ref = self.checkpoint.embeddings, self.checkpoint.embedding_scales
         hidden = emb.shape[1]
-        rows = torch.empty((len(ids), hidden), dtype=self.dtype)
+        rows = torch.empty((len(ids), hidden), dtype=ram_dtype(emb, self.dtype))
         nbytes = sum(self.reader.read_range(emb, i * hidden, hidden, rows[j]) for j, i in enumerate(ids))
-        return rows, nbytes
+        if scale_ref is None:
+            return rows, nbytes
+        scales = torch.empty(len(ids), dtype=self.dtype)
+        nbytes += sum(self.reader.read_range(scale_ref, i, 1, scales[j : j + 1]) for j, i in enumerate(ids))
+        return rows.to(self.dtype) * scales[:, None], nbytes
 
     def pass_units(self) -> list[Unit]:
         units: list[Unit] = [("block", i) for i in self.plan.streamed_blocks]
@@ -192,28 +238,36 @@ class Prefetcher:
         if kind == "block":
             # Every block has the same shapes (checked on open), so the slot's views fit any of them.
             refs = ckpt.blocks[index]
-            nbytes = sum(self._reader.read(refs[n], slot.block[n], self._stopping) for n in BLOCK_TENSORS)
+            nbytes = sum(self._reader.read(ref, slot.raw[n], self._stopping) for n, ref in refs.items())
             return Fetched(unit, slot.block, None, nbytes, 0.0, slot, [])
         r0, r1 = store.head_chunk_range(index)
         hidden = ckpt.head.shape[1]
-        chunk = slot.flat[: (r1 - r0) * hidden].view(r1 - r0, hidden)
+        chunk, scales = slot.head_chunk(r1 - r0, ckpt.head, ckpt.head_scales)
         nbytes = self._reader.read_range(ckpt.head, r0 * hidden, (r1 - r0) * hidden, chunk, self._stopping)
-        return Fetched(unit, None, chunk, nbytes, 0.0, slot, [])
+        if scales is not None:
+            nbytes += self._reader.read_range(ckpt.head_scales, r0, r1 - r0, scales, self._stopping)
+        return Fetched(unit, None, int8_rows(chunk, scales), nbytes, 0.0, slot, [])
 
     def _map(self, unit: Unit) -> Fetched:
         kind, index = unit
         ckpt, maps = self._store.checkpoint, self._store.maps
+        tensor: Weight | None = None
         if kind == "block":
             refs = ckpt.blocks[index]
-            spans = [(refs[n], refs[n].offset, refs[n].nbytes) for n in BLOCK_TENSORS]
-            weights: Weights | None = {n: maps.view(refs[n]) for n in BLOCK_TENSORS}
-            tensor = None
+            spans = [(ref, ref.offset, ref.nbytes) for ref in refs.values()]
+            weights: Weights | None = assemble({n: maps.view(ref) for n, ref in refs.items()}, ckpt.scheme)
         else:
             r0, r1 = self._store.head_chunk_range(index)
-            head = ckpt.head
+            head, scales = ckpt.head, ckpt.head_scales
             row = head.shape[1]
             spans = [(head, head.offset + r0 * row * head.dtype.itemsize, (r1 - r0) * row * head.dtype.itemsize)]
-            weights, tensor = None, maps.view(head, r0 * row, (r1 - r0) * row).view(r1 - r0, row)
+            matrix = maps.view(head, r0 * row, (r1 - r0) * row).view(r1 - r0, row)
+            scale_rows = None
+            if scales is not None:
+                item = scales.dtype.itemsize
+                spans.append((scales, scales.offset + r0 * item, (r1 - r0) * item))
+                scale_rows = maps.view(scales, r0, r1 - r0)
+            weights, tensor = None, int8_rows(matrix, scale_rows)
         for ref, start, length in spans:
             maps.populate(ref, start, length, self._stopping)
         return Fetched(unit, weights, tensor, sum(length for _, _, length in spans), 0.0, None, spans)

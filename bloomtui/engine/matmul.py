@@ -63,6 +63,15 @@ class QuantizedLinear:
 Weight = Tensor | QuantizedLinear
 
 
+def row_slice(w: Weight, r0: int, r1: int) -> Weight:
+    """Output rows r0:r1 of a weight (an int8 one keeps its kernel; int4 matrices are never sliced)."""
+    if isinstance(w, QuantizedLinear):
+        if w.bits != 8:
+            raise ValueError("int4 matrices are used whole")
+        return QuantizedLinear(8, w.qweight[r0:r1], w.scales[r0:r1], 0, (r1 - r0, w.shape[1]))
+    return w[r0:r1]
+
+
 def out_features(w: Weight) -> int:
     return w.shape[0]
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
 from bloomtui.engine.loader import Prefetcher, WeightStore
-from bloomtui.engine.matmul import Matmul
+from bloomtui.engine.matmul import Matmul, row_slice
 from bloomtui.engine.model import SCORE_BYTES, KVCache, block_forward, layer_norm
 from bloomtui.errors import CancelRequested
 
@@ -136,7 +136,7 @@ class Passes:
                 head = fetched.tensor
             for s0 in range(0, head.shape[0], width):
                 s1 = min(head.shape[0], s0 + width)
-                yield r0 + s0, r0 + s1, mm(h, head[s0:s1]).float()
+                yield r0 + s0, r0 + s1, mm(h, row_slice(head, s0, s1)).float()
             if fetched is not None:
                 self.rss()
                 self.prefetch.release(fetched)

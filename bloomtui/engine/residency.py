@@ -15,6 +15,7 @@ import psutil
 
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.reader import CHUNK_BYTES
+from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import BudgetError
 from bloomtui.sizes import format_size
 
@@ -33,10 +34,11 @@ class ResidencyPlan:
     itemsize: int
     """Bytes per element in the compute dtype."""
     n_blocks: int
-    block_elems: int
-    head_elems: int
+    block_bytes: int
+    """RAM bytes of one block: float tensors in the compute dtype, quantised ones as stored."""
+    head_bytes: int
     head_rows: int
-    small_elems: int
+    small_bytes: int
     resident_blocks: frozenset[int]
     head_resident: bool
     staging_bytes: int
@@ -51,12 +53,13 @@ class ResidencyPlan:
         return bool(self.streamed_blocks) or not self.head_resident
 
     @property
-    def slot_elems(self) -> int:
-        return self.block_elems if self.streams else 0
+    def slot_bytes(self) -> int:
+        return self.block_bytes if self.streams else 0
 
     @property
     def head_chunk_rows(self) -> int:
-        return max(1, self.block_elems // (self.head_elems // self.head_rows))
+        """Head rows streamed at once: as many as fit in a block's stream slot."""
+        return max(1, self.block_bytes // (self.head_bytes // self.head_rows))
 
     @property
     def head_chunks(self) -> int:
@@ -64,73 +67,77 @@ class ResidencyPlan:
 
     @property
     def resident_bytes(self) -> int:
-        elems = self.small_elems + len(self.resident_blocks) * self.block_elems
-        return (elems + (self.head_elems if self.head_resident else 0)) * self.itemsize
+        head = self.head_bytes if self.head_resident else 0
+        return self.small_bytes + len(self.resident_blocks) * self.block_bytes + head
 
     @property
     def buffer_bytes(self) -> int:
-        return STREAM_SLOTS * self.slot_elems * self.itemsize + (self.staging_bytes if self.streams else 0)
+        return STREAM_SLOTS * self.slot_bytes + (self.staging_bytes if self.streams else 0)
 
     @property
     def total_bytes(self) -> int:
         return self.resident_bytes + self.buffer_bytes
 
 
+def ram_bytes(ref: TensorRef, itemsize: int) -> int:
+    """Bytes a stored tensor takes in RAM: floats in the compute dtype, quantised integers as stored."""
+    return ref.numel * (itemsize if ref.dtype.is_floating_point else ref.dtype.itemsize)
+
+
 def _staging_bytes(checkpoint: Checkpoint, itemsize: int) -> int:
     """Staging for dtype conversion of streamed reads: up to one read chunk, 0 without conversion."""
-    refs = list(checkpoint.blocks[0].values()) + [checkpoint.head]
-    if all(ref.dtype.itemsize == itemsize for ref in refs):
+    refs = [*checkpoint.blocks[0].values(), *checkpoint.head_refs]
+    if all(ram_bytes(ref, itemsize) == ref.nbytes for ref in refs):
         return 0
     return min(CHUNK_BYTES, max(ref.nbytes for ref in refs))
 
 
-def _elements(checkpoint: Checkpoint) -> tuple[int, int]:
-    """Elements of one block (all blocks are alike) and of the small tensors."""
+def _sizes(checkpoint: Checkpoint, itemsize: int) -> tuple[int, int, int]:
+    """RAM bytes of one block (all blocks are alike), of the small tensors, and of the head."""
     return (
-        sum(ref.numel for ref in checkpoint.blocks[0].values()),
-        sum(ref.numel for ref in checkpoint.small.values()),
+        sum(ram_bytes(ref, itemsize) for ref in checkpoint.blocks[0].values()),
+        sum(ram_bytes(ref, itemsize) for ref in checkpoint.small.values()),
+        sum(ram_bytes(ref, itemsize) for ref in checkpoint.head_refs),
     )
 
 
 def minimum_budget(checkpoint: Checkpoint, itemsize: int) -> int:
     """The smallest budget that can stream: small tensors, the stream slots and the staging buffer."""
-    block, small = _elements(checkpoint)
-    return (small + STREAM_SLOTS * block) * itemsize + _staging_bytes(checkpoint, itemsize)
+    block, small, _ = _sizes(checkpoint, itemsize)
+    return small + STREAM_SLOTS * block + _staging_bytes(checkpoint, itemsize)
 
 
 def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head_resident: bool = True) -> int:
     """The budget whose plan keeps `resident_blocks` blocks (and the head, if asked) and streams the rest."""
-    block, _ = _elements(checkpoint)
-    head = checkpoint.head.numel if head_resident else 0
+    block, _, head = _sizes(checkpoint, itemsize)
     # Half a block of slack: rounding never drops a block, and no extra block fits.
-    return minimum_budget(checkpoint, itemsize) + (head + resident_blocks * block + block // 2) * itemsize
+    return minimum_budget(checkpoint, itemsize) + (head if head_resident else 0) + resident_blocks * block + block // 2
 
 
 def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> ResidencyPlan:
     n = checkpoint.n_blocks
-    block, small = _elements(checkpoint)
-    head = checkpoint.head.numel
+    block, small, head = _sizes(checkpoint, itemsize)
     base = dict(
         budget=budget,
         itemsize=itemsize,
         n_blocks=n,
-        block_elems=block,
-        head_elems=head,
+        block_bytes=block,
+        head_bytes=head,
         head_rows=checkpoint.head.shape[0],
-        small_elems=small,
+        small_bytes=small,
         staging_bytes=_staging_bytes(checkpoint, itemsize),
     )
-    if (small + n * block + head) * itemsize <= budget:
+    if small + n * block + head <= budget:
         return ResidencyPlan(resident_blocks=frozenset(range(n)), head_resident=True, **base)
 
     minimum = minimum_budget(checkpoint, itemsize)
     if budget < minimum:
         raise BudgetError(
             f"RAM budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
-            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block * itemsize)}, "
+            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block)}, "
             f"{format_size(base['staging_bytes'])} for dtype conversion, small tensors)"
         )
-    room = (budget - minimum) // itemsize
+    room = budget - minimum
     with_head = min(n, (room - head) // block) if room >= head else -1
     without_head = min(n, room // block)
     head_resident = with_head >= 0 and head + with_head * block >= without_head * block

@@ -25,6 +25,8 @@ from bloomtui.errors import CheckpointError
 _SAFETENSORS_DTYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
+    "I8": torch.int8,  # quantised weights in folders written by `bloomtui prepare`
+    "U8": torch.uint8,
     "F32": torch.float32,
     "F64": torch.float64,
 }
