@@ -105,7 +105,9 @@ def test_prepared_equals_dequantised_reference(tmp_path, weights) -> None:  # no
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_every_layout_and_dtype_prepares(tmp_path, layout, dtype) -> None:  # noqa: ANN001
-    source = write_checkpoint(tmp_path / "src", preset="tiny", layout=layout, dtype=dtype, untied=layout != "bigscience")
+    source = write_checkpoint(
+        tmp_path / "src", preset="tiny", layout=layout, dtype=dtype, untied=layout != "bigscience"
+    )
     before = folder_digest(source.path)
     out = prepare(source.path, tmp_path / "out", "int8")
     assert folder_digest(source.path) == before  # the source is never written to
