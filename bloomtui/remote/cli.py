@@ -53,19 +53,26 @@ def generate_remote(args: argparse.Namespace, params: SamplingParams) -> int:
     if not prompt:
         raise UsageError("the prompt is empty")
     cancel = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    shown: list[str] = []
 
     def on_event(event: events.Event) -> None:
         if args.json:
             print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
         elif isinstance(event, events.TokenGenerated) and event.text:
+            shown.append(event.text)
             sys.stdout.write(event.text)
             sys.stdout.flush()
         elif isinstance(event, RemoteNotice):
             print(f"note: {event.message}", file=sys.stderr)
 
-    engine = RemoteEngine.open(args.model, options)
-    result = engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+    engine = RemoteEngine.open(args.model, options)  # Ctrl+C here is a plain KeyboardInterrupt: exit 130
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())  # from here on it closes the stream, keeping the text
+    try:
+        result = engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+    except BaseException:
+        if not args.json and shown and not shown[-1].endswith("\n"):
+            sys.stdout.write("\n")  # end the partial text, so the `error:` line on stderr stands on its own
+        raise
     if args.json:
         return 130 if isinstance(result, events.Cancelled) else 0
     if result.text and not result.text.endswith("\n"):

@@ -125,7 +125,10 @@ class Server:
         cause = _root_cause(exc)
         if isinstance(exc, httpx.ConnectError):
             if isinstance(cause, ssl.SSLError):
-                reason = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    reason = f"certificate verify failed: {cause.verify_message}"
+                else:
+                    reason = cause.reason or str(cause)
                 return RemoteError(f"{where}: TLS handshake failed ({reason})")
             if isinstance(cause, socket.gaierror):
                 return RemoteError(f"{where}: unknown host {self.base.host!r} ({cause.strerror or cause})")
