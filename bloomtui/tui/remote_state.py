@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from bloomtui.engine import events
 from bloomtui.remote import is_remote_url
-from bloomtui.remote.events import RemoteStatus
+from bloomtui.remote.events import RemoteNotice, RemoteStatus
 from bloomtui.tui.run_state import HISTORY, RunTracker, State
 
 CONNECTION = {"connecting": "connecting", "waiting": "waiting for the first token", "streaming": "streaming"}
@@ -44,6 +44,8 @@ class RemoteSnapshot:
     tokens_per_second: float | None = None
     rate_history: tuple[float, ...] = ()
     eta: float | None = None
+    notice: str = ""
+    """The server's latest one-time notice (e.g. it refused top_k), kept while the model stays open."""
 
 
 @dataclass
@@ -107,6 +109,8 @@ class RemoteTracker:
                 self._set(connection=CONNECTION.get(event.state, event.state), message=CONNECTION[event.state])
             elif isinstance(event, events.TokenGenerated):
                 self._token(event)
+            elif isinstance(event, RemoteNotice):
+                self._set(notice=event.message)
             elif isinstance(event, events.Done):
                 rate = event.tokens_per_second or self._live.snap.tokens_per_second
                 reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}

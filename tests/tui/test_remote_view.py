@@ -137,3 +137,18 @@ async def test_picker_connects_to_a_server(scripted: ScriptedOpener) -> None:
             await pilot.press(*server.url.removeprefix("http://"), "enter")
             await wait_until(pilot, lambda: isinstance(app.handle, RemoteHandle), what="the connection")
         assert scripted.calls == []  # the local opener was never asked
+
+
+async def test_refused_sampling_fields_show_a_notice_once() -> None:
+    with fault_server("reject-extras") as server:
+        app = remote_app(server.url)
+        app.settings = Settings(max_new_tokens=3, sample=True, top_k=40)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: app.handle is not None, what="the connection")
+            for n in (1, 2):
+                await run_prompt(pilot, app, f"run {n}")
+                await wait_until(pilot, lambda n=n: not app.running and len(app.output.exchanges) == n)
+                assert app.output.exchanges[-1].outcome == "done"
+            await wait_for_remote_panel(pilot, app)
+            assert "note: the server refused top_k (400)" in panel_text(app)
+        assert ["top_k" in r for r in server.requests] == [True, False, False]

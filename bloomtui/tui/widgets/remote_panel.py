@@ -34,6 +34,7 @@ class RemotePanel(VerticalScroll):
     RemotePanel ProgressBar { width: 100%; }
     RemotePanel ProgressBar Bar { width: 1fr; }
     RemotePanel #remote-spark { width: 100%; margin-right: 1; }
+    RemotePanel #remote-notice { color: $text-warning; margin-top: 1; }
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -50,6 +51,7 @@ class RemotePanel(VerticalScroll):
         yield Static(id="remote-tokens", markup=False)
         yield ProgressBar(total=1, show_eta=False, id="remote-progress")
         yield Static(id="remote-eta", markup=False)
+        yield Static(id="remote-notice", markup=False)
 
     def on_mount(self) -> None:
         self.border_title = "Server"
@@ -78,3 +80,4 @@ class RemotePanel(VerticalScroll):
         bar = self.query_one("#remote-progress", ProgressBar)
         bar.update(total=max(1, snap.max_tokens), progress=min(snap.tokens, max(1, snap.max_tokens)))
         self._update("#remote-eta", f"ETA    {_seconds(snap.eta)}")
+        self._update("#remote-notice", f"note: {snap.notice}" if snap.notice else "")
