@@ -243,7 +243,8 @@ class _RemoteRun:
 
 
 def _extras_notice(sent: list[str], status: int) -> str:
+    them = "it" if len(sent) == 1 else "them"
     return (
-        f"the server refused {', '.join(sent)} ({status}); running without them "
-        "(vLLM and TGI accept them, the plain OpenAI API does not)"
+        f"the server refused {', '.join(sent)} ({status}); running without {them} "
+        f"(vLLM and TGI accept {them}, the plain OpenAI API does not)"
     )
