@@ -26,7 +26,7 @@ from bloomtui.remote.events import RemoteNotice, RemoteStatus
 
 CANCEL_POLL_SECONDS = 0.02
 EXTRA_FIELDS = ("top_k", "repetition_penalty", "ignore_eos")
-"""Not in the OpenAI completions API; vLLM and TGI accept them, a strict server (transformers serve) refuses."""
+"""Not in the OpenAI completions API; vLLM accepts them, a strict server (transformers serve) refuses them."""
 
 
 class RemoteEngine:
@@ -246,5 +246,5 @@ def _extras_notice(sent: list[str], status: int) -> str:
     them = "it" if len(sent) == 1 else "them"
     return (
         f"the server refused {', '.join(sent)} ({status}); running without {them} "
-        f"(vLLM and TGI accept {them}, the plain OpenAI API does not)"
+        f"(vLLM accepts {them}, the plain OpenAI API does not)"
     )
