@@ -14,9 +14,12 @@ from typing import NoReturn
 from bloomtui import __version__
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
+from bloomtui.remote import is_remote_url
+from bloomtui.remote.cli import add_remote_options, generate_remote, info_remote, remote_options
 from bloomtui.sizes import format_size, parse_size
 
 COMMANDS = ("generate", "perplexity", "prepare", "info", "demo-model", "download", "app")
+MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
 
 apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
@@ -59,19 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
         "  bloomtui --demo --ram-budget 20MB          the app on the built-in demo (see: bloomtui app --help)\n"
         "  bloomtui generate ./bloom-560m 'Hello' --max-new-tokens 20\n"
         "  bloomtui demo-model ./demo --preset small  write a random-weight model to try things\n"
-        "  bloomtui info ./bloom-560m --ram-budget 1GB",
+        "  bloomtui info ./bloom-560m --ram-budget 1GB\n"
+        "  bloomtui http://gpu-box:8000               the app on a served BLOOM (vLLM, TGI, transformers serve)\n"
+        "  bloomtui generate http://gpu-box:8000 'Hello' --max-new-tokens 20",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bloomtui {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     app = sub.add_parser("app", help="open the terminal app (the default command)")
-    app.add_argument("model", nargs="?", help="model folder or Hugging Face repo id in the local cache")
+    app.add_argument("model", nargs="?", help=MODEL_HELP)
     app.add_argument("--demo", action="store_true", help="open the built-in demo model (random weights)")
     _model_options(app)
+    add_remote_options(app)
 
     gen = sub.add_parser("generate", help="generate text headlessly; text on stdout, progress on stderr")
-    gen.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    gen.add_argument("model", help=MODEL_HELP)
     gen.add_argument("prompt", help="the prompt; '-' reads it from stdin")
     gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
     mode = gen.add_mutually_exclusive_group()
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true", help="keep going after the end-of-text token")
     gen.add_argument("--json", action="store_true", help="print one JSON object per engine event instead of text")
     _model_options(gen)
+    add_remote_options(gen)
 
     ppl = sub.add_parser(
         "perplexity",
@@ -117,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="replace OUT if it is an earlier prepared folder")
 
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
-    info.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    info.add_argument("model", help=MODEL_HELP + " (a server: lists the served models)")
     info.add_argument("--json", action="store_true", help="print JSON")
     _model_options(info)
+    add_remote_options(info)
 
     from bloomtui import demo
 
@@ -187,7 +195,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.demo and args.model:
         raise UsageError("give a MODEL or --demo, not both")
-    return run_app("@demo" if args.demo else args.model, _engine_options(args))
+    # A server URL may also be typed in the model picker later, so the remote options always go along.
+    remote = remote_options(args, local_allowed=not is_remote_url(args.model))
+    return run_app("@demo" if args.demo else args.model, _engine_options(args), remote)
 
 
 def _sampling(args: argparse.Namespace):  # noqa: ANN202
@@ -209,6 +219,8 @@ def _generate(args: argparse.Namespace) -> int:
     params = _sampling(args)  # validate options before any slow loading
     if args.temperature is not None and args.temperature == 0:
         raise UsageError("--temperature must be > 0 (use --greedy for argmax)")
+    if is_remote_url(args.model):
+        return generate_remote(args, params)
     options = _engine_options(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
@@ -321,6 +333,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if is_remote_url(args.model):
+        return info_remote(args)
     from bloomtui.engine.generate import ModelPlan, prefill_path
 
     mp = ModelPlan.make(args.model, _engine_options(args))

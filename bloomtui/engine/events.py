@@ -92,13 +92,16 @@ class PrefillProgress(Event):
 class TokenGenerated(Event):
     """A new token. `text` is the decoded piece that became final with it (may be empty while a
     multi-byte character or a possible stop string is incomplete); `logprob` is the log-softmax of the
-    raw logits at the chosen id; `seconds` is the wall time of the pass that produced it."""
+    raw logits at the chosen id; `seconds` is the wall time of the pass that produced it.
+
+    A remote server streams text pieces only: there `id` is -1, `logprob` None, and `seconds` the time since
+    the previous piece (the first: since the request was sent)."""
 
     event: ClassVar[str] = "token"
     index: int
     id: int
     text: str
-    logprob: float
+    logprob: float | None
     seconds: float
 
 

@@ -25,11 +25,14 @@ from bloomtui import locations
 from bloomtui.cached_models import CachedModel, find_cached_blooms
 from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
+from bloomtui.remote.connection import RemoteOptions
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
 from bloomtui.tui.history import load_history, remember, save_history
 from bloomtui.tui.messages import EngineFailed, EngineOpened, RunEnded, TokenArrived
+from bloomtui.tui.remote_handle import with_remote
+from bloomtui.tui.remote_state import RemoteInfo, RemoteSnapshot, RemoteTracker, tracker_for
 from bloomtui.tui.run_state import RunTracker
 from bloomtui.tui.screens.model_picker import ModelPickerScreen
 from bloomtui.tui.screens.settings import SettingsScreen
@@ -37,6 +40,7 @@ from bloomtui.tui.transcript import save_transcript
 from bloomtui.tui.widgets.engine_panel import EnginePanel
 from bloomtui.tui.widgets.output_view import OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
+from bloomtui.tui.widgets.remote_panel import RemotePanel
 
 DEMO_ARG = "@demo"
 """A model argument that opens the built-in demo model directly."""
@@ -65,16 +69,19 @@ class BloomApp(App[int]):
         opener: Opener = open_engine,
         find_models: Callable[[], list[CachedModel]] = find_cached_blooms,
         cursor_blink: bool = True,
+        remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
     ) -> None:
         super().__init__()
         self.initial_model = model
         self.options = options
-        self.opener = opener
+        self.opener = with_remote(opener, remote)
+        """Opens a server URL as a RemoteHandle, anything else with `opener`."""
         self.find_models = find_models
         self.cursor_blink = cursor_blink
         self.settings, self._settings_warning = load_settings()
         self.history = load_history(locations.history_file())
-        self.tracker = RunTracker()
+        self.tracker: RunTracker | RemoteTracker = RunTracker()
+        """Replaced on each open: a server gets a RemoteTracker, shown by the RemotePanel."""
         self.spec: ModelSpec | None = None
         """The model last asked for (open, loading or failed): a budget change reopens it."""
         self.handle: EngineHandle | None = None
@@ -97,6 +104,7 @@ class BloomApp(App[int]):
                 yield OutputView(id="output")
                 yield PromptEditor(self.history, id="prompt")
             yield EnginePanel(id="panel")
+            yield RemotePanel(id="remote-panel")
         yield Footer()
 
     @property
@@ -128,7 +136,10 @@ class BloomApp(App[int]):
         snapshot = self.tracker.snapshot()
         if snapshot.version != self._shown_version:
             self._shown_version = snapshot.version
-            self.query_one(EnginePanel).show(snapshot)
+            remote = isinstance(snapshot, RemoteSnapshot)
+            self.query_one(EnginePanel).display = not remote
+            self.query_one(RemotePanel).display = remote
+            (self.query_one(RemotePanel) if remote else self.query_one(EnginePanel)).show(snapshot)  # type: ignore[arg-type]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -148,6 +159,7 @@ class BloomApp(App[int]):
         self.workers.cancel_group(self, "generate")
         old, self.handle = self.handle, None
         self.spec = spec
+        self.tracker, self._shown_version = tracker_for(spec.source), -1
         self.open_request += 1
         self.sub_title = spec.label
         self.tracker.loading(f"opening {spec.label}")
@@ -196,7 +208,9 @@ class BloomApp(App[int]):
         info = message.handle.info
         self.tracker.opened(info, message.rss, message.handle.baseline_rss)
         self.sub_title = info.name
-        if info.demo:
+        if isinstance(info, RemoteInfo):
+            self.output.notice(f"Connected to {info.url}, serving {info.model}. Escape closes a stream mid-run.")
+        elif info.demo:
             self.output.notice(
                 "Demo model open: its weights are RANDOM, so it writes noise; it runs the real engine, half "
                 "its blocks resident and half streamed from disk. For a real model: "
@@ -305,7 +319,9 @@ class BloomApp(App[int]):
     def action_cancel(self) -> None:
         if self.running:
             self.workers.cancel_group(self, "generate")
-            self.notify("Cancelling: the engine stops after the current block.", timeout=2)
+            remote = isinstance(self.tracker, RemoteTracker)
+            what = "closing the stream" if remote else "the engine stops after the current block"
+            self.notify(f"Cancelling: {what}.", timeout=2)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # Workers report their own failures as messages; this catches anything that escaped them.
@@ -410,10 +426,10 @@ class BloomApp(App[int]):
                 self._engine_lock.release()
 
 
-def run_app(model: str | None, options: EngineOptions) -> int:
-    """Run the app on `model` (a folder, a cached repo id, DEMO_ARG, or None to choose); the exit code."""
+def run_app(model: str | None, options: EngineOptions, remote: RemoteOptions = RemoteOptions()) -> int:  # noqa: B008
+    """Run the app on `model` (a folder, a cached repo id, a server URL, DEMO_ARG, or None to choose)."""
     spec = None if model is None else DEMO if model == DEMO_ARG else ModelSpec(model)
-    app = BloomApp(spec, options)
+    app = BloomApp(spec, options, remote=remote)
     try:
         code = app.run()
     finally:

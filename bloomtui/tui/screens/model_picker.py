@@ -1,4 +1,4 @@
-"""Choose what to open: a BLOOM from the local Hugging Face cache, a folder, or the built-in demo."""
+"""Choose what to open: a BLOOM from the local Hugging Face cache, a folder, a server, or the built-in demo."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ HOW_TO_GET_ONE = (
     "To get a real model, quit and run:\n"
     "  bloomtui download bigscience/bloom-560m    (about 1.1 GB)\n"
     "  bloomtui bigscience/bloom-560m\n"
-    "Any BLOOM size works, up to the 176B bigscience/bloom."
+    "Any BLOOM size works, up to the 176B bigscience/bloom.\n"
+    "A BLOOM served by vLLM, TGI or transformers serve: type its URL above."
 )
+SERVER_PROMPT = "http://"
 
 
 class ModelPickerScreen(ModalScreen[ModelSpec | None]):
@@ -45,8 +47,13 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
             options.append(
                 Option("Built-in demo model  ·  RANDOM weights: generates noise, shows the engine", id="demo")
             )
+            options.append(Option("Connect to a server  ·  vLLM, TGI or transformers serve (URL below)", id="connect"))
             yield OptionList(*options, id="picker-options")
-            yield Input(placeholder="…or type a model folder or cached repo id, then enter", id="picker-path")
+            yield Input(
+                placeholder="…or type a model folder, cached repo id or server URL (http://host:8000), then enter",
+                id="picker-path",
+                select_on_focus=False,  # typing after "http://" must add to it, not replace it
+            )
             yield Static(HOW_TO_GET_ONE, id="picker-help", markup=False)
             with Horizontal(id="picker-buttons"):
                 yield Button("Open", variant="primary", id="open")
@@ -59,13 +66,24 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
 
     def _chosen(self) -> ModelSpec | None:
         path = self.query_one("#picker-path", Input).value.strip()
-        if path:
+        if path and path != SERVER_PROMPT:
             return ModelSpec(path)
         options = self.query_one(OptionList)
         if options.highlighted is None:
             return None
         option_id = options.get_option_at_index(options.highlighted).id or ""
+        if option_id == "connect":
+            self._ask_for_url()
+            return None
         return DEMO if option_id == "demo" else ModelSpec(option_id.removeprefix("repo:"))
+
+    def _ask_for_url(self) -> None:
+        """The server choice needs a URL: start one in the input and move there."""
+        field = self.query_one("#picker-path", Input)
+        if not field.value.strip():
+            field.value = SERVER_PROMPT
+        field.cursor_position = len(field.value)
+        field.focus()
 
     @on(OptionList.OptionSelected)
     @on(Input.Submitted)

@@ -1,0 +1,56 @@
+"""The app's handle on a served model: a `RemoteEngine` behind the same interface as a local engine.
+
+`with_remote` wraps any opener so a server URL (typed on the command line or in the model picker) connects
+to the server and anything else opens as before; the app never branches on where tokens come from.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import psutil
+
+from bloomtui.engine import EngineOptions, SamplingParams, events
+from bloomtui.remote import is_remote_url
+from bloomtui.remote.connection import RemoteOptions
+from bloomtui.remote.engine import RemoteEngine
+from bloomtui.tui.engine_handle import EngineHandle, ModelSpec, Opener, StatusSink
+from bloomtui.tui.remote_state import RemoteInfo
+
+
+class RemoteHandle:
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+        self.baseline_rss = 0
+        host = httpx.URL(engine.url).host
+        self.info = RemoteInfo(name=f"{engine.model} @ {host}", url=engine.url, model=engine.model)
+
+    def generate(
+        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+    ) -> events.Done | events.Cancelled:
+        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+
+    def rss(self) -> int:
+        return psutil.Process().memory_info().rss
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def with_remote(opener: Opener, options: RemoteOptions) -> Opener:
+    """`opener`, except that a server URL connects with `options` (--remote-model, timeouts)."""
+
+    def open_any(
+        spec: ModelSpec,
+        engine_options: EngineOptions,
+        on_event: events.EventSink,
+        on_status: StatusSink,
+        cancel: threading.Event,
+    ) -> EngineHandle:
+        if not is_remote_url(spec.source):
+            return opener(spec, engine_options, on_event, on_status, cancel)
+        on_status("connecting to the server")
+        return RemoteHandle(RemoteEngine.open(spec.source or "", options))  # type: ignore[return-value]
+
+    return open_any

@@ -1,0 +1,153 @@
+"""What the remote panel shows: events of a served model's runs folded into immutable snapshots.
+
+The counterpart of `run_state.RunTracker` (same methods, so the app drives either): a server reports no
+blocks, reads or memory, so the snapshot holds only what the stream tells us: connection state, time to the
+first token, the token rate and its recent history, tokens and an ETA.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from bloomtui.engine import events
+from bloomtui.remote import is_remote_url
+from bloomtui.remote.events import RemoteNotice, RemoteStatus
+from bloomtui.tui.run_state import HISTORY, RunTracker, State
+
+CONNECTION = {"connecting": "connecting", "waiting": "waiting for the first token", "streaming": "streaming"}
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    """The served model as the panel describes it."""
+
+    name: str
+    """"model @ host": what the output pane and transcripts call it."""
+    url: str
+    """The API root, without any user:password part."""
+    model: str
+    demo: bool = False
+
+
+@dataclass(frozen=True)
+class RemoteSnapshot:
+    version: int = 0
+    state: State = "empty"
+    message: str = ""
+    model: RemoteInfo | None = None
+    connection: str = "not connected"
+    first_token_seconds: float | None = None
+    tokens: int = 0
+    max_tokens: int = 0
+    tokens_per_second: float | None = None
+    rate_history: tuple[float, ...] = ()
+    eta: float | None = None
+    notice: str = ""
+    """The server's latest one-time notice (e.g. it refused top_k), kept while the model stays open."""
+
+
+@dataclass
+class _Live:
+    snap: RemoteSnapshot = field(default_factory=RemoteSnapshot)
+    run: int = 0
+    token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+
+class RemoteTracker:
+    """Thread-safe fold of a remote run's events into `RemoteSnapshot`s; events of an older run are ignored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live = _Live()
+
+    def snapshot(self) -> RemoteSnapshot:
+        with self._lock:
+            return self._live.snap
+
+    def _set(self, **changes: object) -> None:
+        live = self._live
+        live.snap = replace(live.snap, version=live.snap.version + 1, **changes)  # type: ignore[arg-type]
+
+    def loading(self, what: str, done: int = 0, total: int = 0) -> None:
+        with self._lock:
+            self._set(state="loading", message=what, connection="connecting")
+
+    def opened(self, model: RemoteInfo, rss: int | None = None, baseline_rss: int = 0) -> None:
+        with self._lock:
+            self._live = _Live(snap=self._live.snap, run=self._live.run)
+            self._set(state="idle", model=model, message="", connection="connected", first_token_seconds=None, tokens=0)
+
+    def failed(self, message: str, *, keep_model: bool = True) -> None:
+        with self._lock:
+            model = self._live.snap.model if keep_model else None
+            self._set(state="error", message=message, model=model, connection="failed", eta=None)
+
+    def start(self, run: int, max_tokens: int) -> None:
+        with self._lock:
+            live = self._live
+            live.run = run
+            live.token_seconds.clear()
+            self._set(
+                state="running",
+                message="sending the prompt",
+                connection="connecting",
+                first_token_seconds=None,
+                tokens=0,
+                max_tokens=max_tokens,
+                tokens_per_second=None,
+                eta=None,
+            )
+
+    def feed(self, run: int, event: events.Event) -> None:
+        with self._lock:
+            if run != self._live.run:
+                return
+            if isinstance(event, RemoteStatus):
+                self._set(connection=CONNECTION.get(event.state, event.state), message=CONNECTION[event.state])
+            elif isinstance(event, events.TokenGenerated):
+                self._token(event)
+            elif isinstance(event, RemoteNotice):
+                self._set(notice=event.message)
+            elif isinstance(event, events.Done):
+                rate = event.tokens_per_second or self._live.snap.tokens_per_second
+                reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
+                message = f"{event.new_tokens} tokens · {reasons.get(event.stop_reason, event.stop_reason)}"
+                self._set(
+                    state="done",
+                    message=message,
+                    tokens=event.new_tokens,
+                    tokens_per_second=rate,
+                    connection="closed",
+                    eta=None,
+                )
+            elif isinstance(event, events.Cancelled):
+                message = f"cancelled after {event.new_tokens} tokens"
+                self._set(state="cancelled", message=message, connection="closed by us", eta=None)
+            elif isinstance(event, events.Error):
+                self._set(state="error", message=event.message, connection="failed", eta=None)
+
+    def _token(self, event: events.TokenGenerated) -> None:
+        live = self._live
+        if event.index == 0:  # time from sending the prompt: the server's queue and prefill, not a token's cost
+            self._set(tokens=1, first_token_seconds=event.seconds, message="streaming")
+            return
+        live.token_seconds.append(event.seconds)
+        mean = sum(live.token_seconds) / len(live.token_seconds)
+        rate = 1 / mean if mean > 0 else None
+        if rate is not None:
+            live.history.append(rate)
+        remaining = max(0, live.snap.max_tokens - event.index - 1)
+        self._set(
+            tokens=event.index + 1,
+            tokens_per_second=rate,
+            rate_history=tuple(live.history),
+            eta=remaining * mean,
+        )
+
+
+def tracker_for(source: str | None) -> RunTracker | RemoteTracker:
+    """The tracker matching what is being opened: a server URL gets the remote one."""
+    return RemoteTracker() if is_remote_url(source) else RunTracker()
