@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="open the terminal app (the default command)")
     app.add_argument("model", nargs="?", help=MODEL_HELP)
-    app.add_argument("--demo", action="store_true", help="open the built-in demo model (random weights)")
+    app.add_argument(
+        "--demo", action="store_true", help="open the built-in demo model (small, trained on the Python docs)"
+    )
     _model_options(app)
     add_remote_options(app)
 
@@ -131,11 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bloomtui import demo
 
-    dm = sub.add_parser("demo-model", help="write a random-weight BLOOM checkpoint (its text is noise)")
+    dm = sub.add_parser(
+        "demo-model", help="write a demo BLOOM checkpoint: random weights (noise) or the shipped trained models"
+    )
     dm.add_argument("directory", help="folder to create (must not exist or be empty)")
-    dm.add_argument("--preset", default="tiny", choices=tuple(demo.PRESETS), help="shape (default tiny)")
+    dm.add_argument(
+        "--preset",
+        default="tiny",
+        choices=demo.ALL_PRESETS,
+        help="random-weight shape, or a shipped trained model: trained, trained-draft (default tiny)",
+    )
     dm.add_argument("--layout", default="safetensors", choices=demo.LAYOUTS, help="file layout (default safetensors)")
-    dm.add_argument("--dtype", default="float16", choices=tuple(demo.DTYPES), help="weight dtype (default float16)")
+    dm.add_argument(
+        "--dtype", choices=tuple(demo.DTYPES), help="weight dtype (default float16; bfloat16 for the trained ones)"
+    )
     dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     dm.add_argument("--init-std", type=float, default=0.02, help="std of the random weights (default 0.02)")
     dm.add_argument("--untied", action="store_true", help="store a separate lm_head.weight")
@@ -431,5 +442,7 @@ def _demo_model(args: argparse.Namespace) -> int:
         overwrite=args.force,
         on_progress=progress,
     )
-    print(f"wrote {path} (preset {args.preset}, layout {args.layout}). Its weights are random: the text is noise.")
+    trained = args.preset in demo.demo_models.NAMES
+    note = "A small model trained on the Python docs." if trained else "Its weights are random: the text is noise."
+    print(f"wrote {path} (preset {args.preset}, layout {args.layout}). {note}")
     return 0

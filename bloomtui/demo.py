@@ -1,7 +1,8 @@
-"""Random-weight BLOOM checkpoints, written offline in every file layout real BLOOM checkpoints use.
+"""Demo BLOOM checkpoints, written offline in every file layout real BLOOM checkpoints use.
 
-A demo model lets users try the app and tests exercise every loader path without a download. The weights are
-random, so generated text is noise; the shapes, key names, file names and tokenizer match real BLOOM.
+Random-weight presets let tests exercise every loader path without a download: their text is noise, but the
+shapes, key names, file names and tokenizer match real BLOOM. The `trained` presets copy the small models the
+project trained on the Python documentation (bloomtui/demo_models) into any layout and dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from bloomtui import demo_models
 from bloomtui.errors import UsageError
 
 
@@ -40,6 +42,8 @@ PRESETS: dict[str, DemoShape] = {
     "560m": DemoShape(n_layer=24, hidden_size=1024, n_head=16, vocab_size=250880),  # bloom-560m shape
     "1b7": DemoShape(n_layer=24, hidden_size=2048, n_head=16, vocab_size=250880),  # bloom-1b7 shape
 }
+ALL_PRESETS = (*PRESETS, *demo_models.NAMES)
+"""Random-weight shapes, and the project's trained models (copied from the package)."""
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -380,7 +384,7 @@ def write_demo_model(
     *,
     preset: str = "tiny",
     layout: str = "safetensors",
-    dtype: str = "float16",
+    dtype: str | None = None,
     seed: int = 0,
     init_std: float = 0.02,
     untied: bool = False,
@@ -395,8 +399,9 @@ def write_demo_model(
     non-empty `directory` is refused unless `overwrite`; even then only files this module writes are
     replaced (stale weights of another layout included), and everything else in it is left alone.
     """
-    _choice("preset", preset, PRESETS)
+    _choice("preset", preset, ALL_PRESETS)
     _choice("layout", layout, LAYOUTS)
+    dtype = dtype or ("bfloat16" if preset in demo_models.NAMES else "float16")  # the trained ones are bf16
     _choice("dtype", dtype, DTYPES)
     directory = Path(directory).expanduser().resolve()  # resolve: "." has no name to stage beside
     if directory.exists() and not directory.is_dir():
@@ -404,20 +409,23 @@ def write_demo_model(
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise UsageError(f"{directory} is not empty; choose an empty or new folder, or allow overwriting")
     say = on_progress or (lambda _message: None)
-    shape = PRESETS[preset]
-    config = make_config(
-        shape, tie_word_embeddings=not untied, post_ln_residual=post_ln_residual, aliases=aliases, dtype=dtype
-    )
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()  # plain mkdir (not mkdtemp) so the final folder gets the user's usual permissions
     try:
-        say("building tokenizer")
-        save_tokenizer(shape.vocab_size, staging)
-        readme = _README.format(preset=preset, layout=layout, dtype=dtype, seed=seed)
-        (staging / "README.md").write_text(readme)
-        weights = _RandomWeights(config, seed, init_std, DTYPES[dtype])
-        save_checkpoint(weights, config, staging, layout=layout, on_progress=say)
+        if preset in demo_models.NAMES:
+            _write_trained(preset, staging, layout, dtype, say)
+        else:
+            shape = PRESETS[preset]
+            config = make_config(
+                shape, tie_word_embeddings=not untied, post_ln_residual=post_ln_residual, aliases=aliases, dtype=dtype
+            )
+            say("building tokenizer")
+            save_tokenizer(shape.vocab_size, staging)
+            readme = _README.format(preset=preset, layout=layout, dtype=dtype, seed=seed)
+            (staging / "README.md").write_text(readme)
+            weights = _RandomWeights(config, seed, init_std, DTYPES[dtype])
+            save_checkpoint(weights, config, staging, layout=layout, on_progress=say)
         if directory.is_dir() and any(directory.iterdir()):
             for old in directory.iterdir():
                 if old.is_file() and _ours(old.name):
@@ -432,5 +440,22 @@ def write_demo_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote a random-weight {preset} model ({layout}, {dtype}) to {directory}")
+    what = f"the trained {preset}" if preset in demo_models.NAMES else f"a random-weight {preset}"
+    say(f"wrote {what} model ({layout}, {dtype}) to {directory}")
     return directory
+
+
+def _write_trained(name: str, staging: Path, layout: str, dtype: str, say: Callable[[str], None]) -> None:
+    """A copy of a shipped trained model (bloomtui/demo_models) in any layout and dtype."""
+    from safetensors.torch import load_file
+
+    source = demo_models.path(name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(torch_dtype=dtype, dtype=dtype)
+    state = {
+        (key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"): t.to(DTYPES[dtype])
+        for key, t in load_file(source / "model.safetensors").items()
+    }
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md"):
+        shutil.copyfile(source / file, staging / file)
+    save_checkpoint(state, config, staging, layout=layout, on_progress=say)

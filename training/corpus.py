@@ -101,3 +101,25 @@ def split(sources: Path = DEFAULT_SOURCES) -> tuple[list[str], list[str]]:
     for relative, text in documents(sources):
         (heldout if is_heldout(relative) else train).append(text)
     return train, heldout
+
+
+SAMPLE_CHARS = 100_000
+
+
+def heldout_sample(sources: Path = DEFAULT_SOURCES) -> str:
+    """Whole held-out documents, in path order, up to ~100 kB: the fixed sample shipped for tests/benchmarks."""
+    out: list[str] = []
+    size = 0
+    for doc in split(sources)[1]:
+        if out and size + len(doc) > SAMPLE_CHARS:
+            break
+        out.append(doc)
+        size += len(doc)
+    return "\n\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m training.corpus training/heldout-sample.txt
+    Path(sys.argv[1]).write_text(heldout_sample(), encoding="utf-8")

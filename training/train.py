@@ -274,6 +274,9 @@ def export(args: argparse.Namespace) -> None:
         heldout_tokens=heldout_tokens,
     )
     (out / "README.md").write_text(card)
+    (out / "generation_config.json").unlink(missing_ok=True)  # transformers' defaults: nothing bloomtui reads
+    for file in out.iterdir():
+        file.chmod(0o644)  # safetensors writes 0600; shipped files are read by every user
     (out / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "state": state}, indent=2) + "\n")
     print(f"exported {args.model} to {out}")
 

@@ -129,7 +129,9 @@ class BloomApp(App[int]):
         if self.initial_model is not None:
             self.open_model(self.initial_model)
         else:
-            self.output.notice("No model given. Choose one, or try the built-in demo model (random weights).")
+            self.output.notice(
+                "No model given. Choose one, or try the built-in demo model (small, trained on the Python docs)."
+            )
             self.push_screen(ModelPickerScreen(self.find_models()), self._model_picked)
 
     def poll_panel(self) -> None:
@@ -212,9 +214,9 @@ class BloomApp(App[int]):
             self.output.notice(f"Connected to {info.url}, serving {info.model}. Escape closes a stream mid-run.")
         elif info.demo:
             self.output.notice(
-                "Demo model open: its weights are RANDOM, so it writes noise; it runs the real engine, half "
-                "its blocks resident and half streamed from disk. For a real model: "
-                "bloomtui download bigscience/bloom-560m"
+                "Demo model open: a 5M-parameter BLOOM the project trained on the Python documentation, so it "
+                "writes doc-like English and knows little else; it runs the real engine, half its blocks resident "
+                "and half streamed from disk. For a real model: bloomtui download bigscience/bloom-560m"
             )
         else:
             self.output.notice(f"{info.name} is open.")

@@ -52,7 +52,7 @@ def palette_commands(host: PaletteHost) -> Iterable[SystemCommand]:
     yield SystemCommand("Copy output", "Copy the last prompt and its continuation", host.action_copy_output)
     yield SystemCommand("Settings", "Tokens, sampling, seed, RAM budget", host.action_settings)
     yield SystemCommand("Open model", "A cached BLOOM, a folder, or the demo", host.action_open_model)
-    yield SystemCommand("Open demo model", "Built-in model with random weights (noise)", host.action_open_demo)
+    yield SystemCommand("Open demo model", "Built-in small model trained on the Python docs", host.action_open_demo)
     yield SystemCommand("Clear output", "Remove all runs from the output pane", host.action_clear)
     for prompt in reversed(host.history[-HISTORY_IN_PALETTE:]):
         yield SystemCommand(f"History: {_one_line(prompt, 40)}", _one_line(prompt), partial(host.insert_prompt, prompt))

@@ -1,7 +1,7 @@
 """The app's view of an engine: open a model (or the built-in demo) and describe it for the panel.
 
 The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
-Everything here runs in a worker thread: opening reads weights, and the demo model is written on first use.
+Everything here runs in a worker thread: opening reads weights.
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from typing import Protocol
 
 import psutil
 
-from bloomtui import locations
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
 from bloomtui.engine.generate import ModelPlan
 from bloomtui.engine.residency import STREAM_SLOTS, budget_for
 from bloomtui.tui.run_state import ModelInfo
 
-DEMO_PRESET = "medium"
-"""8 blocks of hidden size 256: small enough to write in a second, big enough to watch."""
-DEMO_RECIPE = "medium-untied-v2"
-"""Names the demo folder: a changed recipe gets a fresh folder instead of reusing an old one."""
-DEMO_LABEL = "demo model (random weights)"
+DEMO_MODEL = "trained"
+"""The shipped model the demo opens (bloomtui/demo_models): 8 blocks, trained on the Python docs."""
+DEMO_LABEL = "demo model (small, trained on Python docs)"
 
 StatusSink = Callable[[str], None]
 
@@ -128,27 +125,19 @@ def open_engine(
 
 
 def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:
-    """The demo checkpoint in the user cache dir, written on first use (about a second)."""
-    from bloomtui.demo import write_demo_model
+    """The demo checkpoint: shipped inside the package and opened in place, so nothing is written."""
+    from bloomtui import demo_models
 
-    folder = locations.demo_model_dir(DEMO_RECIPE)
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return folder
-    on_status("writing the demo model (random weights, first use only)")
-    try:
-        # An untied head: tied random weights make greedy decoding repeat one token (a space) forever;
-        # untied ones give varied, multilingual noise that shows text streaming in.
-        write_demo_model(folder, preset=DEMO_PRESET, untied=True, overwrite=True, on_progress=on_status)
-    except OSError:
-        # Another bloomtui wrote it at the same moment: theirs is as good as ours.
-        if not (folder / "config.json").is_file():
-            raise
-    return folder
+    on_status("opening the demo model (small, trained on the Python docs)")
+    return demo_models.path(DEMO_MODEL)
 
 
 def half_streaming_budget(path: Path, options: EngineOptions) -> int:
-    """A budget that keeps about half the blocks resident (and the head) and streams the rest, so the demo
-    shows both."""
+    """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both. The LM
+    head is streamed too when it outweighs a block (the trained demo's 8192-row head is 3.5 blocks): a plan that
+    keeps it would hold every block instead."""
     mp = ModelPlan.make(path, replace(options, ram_budget=1 << 50))
     n = mp.plan.n_blocks
-    return budget_for(mp.checkpoint, mp.dtype.itemsize, resident_blocks=max(0, min(n // 2, n - STREAM_SLOTS - 1)))
+    keep_head = mp.plan.head_bytes <= mp.plan.block_bytes
+    blocks = max(0, min(n // 2, n - STREAM_SLOTS - 1))
+    return budget_for(mp.checkpoint, mp.dtype.itemsize, resident_blocks=blocks, head_resident=keep_head)

@@ -67,6 +67,10 @@ class PanelSnapshot:
     eta_run: float | None = None
     load_done: int = 0
     load_total: int = 0
+    prefill_tokens: int = 0
+    """Rows of the running many-row pass (the prompt), 0 when none: the panel then shows a prefill bar."""
+    prefill_done: int = 0
+    prefill_total: int = 0
 
 
 @dataclass
@@ -153,6 +157,7 @@ class RunTracker:
                 block=-1,
                 blocks_done=0,
                 pass_kind="prefill",
+                prefill_tokens=0,
                 tokens=0,
                 max_tokens=max_tokens,
                 seconds_per_token=None,
@@ -169,6 +174,14 @@ class RunTracker:
                 self._phase(event)
             elif isinstance(event, events.BlockDone):
                 self._block(event)
+            elif isinstance(event, events.PrefillProgress):
+                self._set(
+                    prefill_tokens=event.tokens,
+                    prefill_done=event.done,
+                    prefill_total=event.total,
+                    eta_pass=event.eta_seconds,
+                    message=f"prefill · {event.tokens} tokens",
+                )
             elif isinstance(event, events.TokenGenerated):
                 self._token(event)
             elif isinstance(event, events.LoadProgress):
@@ -243,13 +256,14 @@ class RunTracker:
         per_token = sum(live.token_seconds) / len(live.token_seconds) if live.token_seconds else None
         remaining = max(0, live.snap.max_tokens - event.index - 1)
         self._set(
+            prefill_tokens=0,
             tokens=event.index + 1,
             seconds_per_token=per_token if per_token is not None else live.snap.seconds_per_token,
             eta_run=remaining * per_token if per_token is not None else live.snap.eta_run,
         )
 
     def _finish(self, state: State, message: str) -> None:
-        self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None)
+        self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None, prefill_tokens=0)
 
 
 def _done_message(done: events.Done) -> str:

@@ -186,7 +186,7 @@ async def test_no_model_offers_the_demo_and_how_to_download(scripted: ScriptedOp
         assert "No BLOOM model was found" in text
         assert "bloomtui download bigscience/bloom-560m" in text
         options = app.screen.query_one("#picker-options")
-        assert "RANDOM weights" in str(options.get_option_at_index(0).prompt)  # type: ignore[attr-defined]
+        assert "trained on the Python docs" in str(options.get_option_at_index(0).prompt)  # type: ignore[attr-defined]
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.handle is not None)
     assert scripted.calls[0][0] == DEMO

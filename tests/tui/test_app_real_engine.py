@@ -148,18 +148,20 @@ async def test_budget_too_small_is_reported(small_model) -> None:  # noqa: ANN00
         assert "below" in str(app.query_one("#panel-state").render())
 
 
-async def test_builtin_demo_model_opens_and_streams() -> None:
+async def test_builtin_demo_model_opens_and_streams(isolated_dirs) -> None:  # noqa: ANN001
     app = BloomApp(None, find_models=list, cursor_blink=False)
     async with app.run_test(size=(140, 45)) as pilot:
         await wait_until(pilot, lambda: app.screen.query("#picker-options"))
         await pilot.press("enter")  # the demo is the only entry
         await _opened(pilot, app)
         info = app.handle.info  # type: ignore[union-attr]
-        assert info.demo and "random weights" in info.name
+        assert info.demo and "trained on Python docs" in info.name
         assert info.streamed_blocks and info.resident_blocks  # half and half, so the panel shows both
-        assert any("RANDOM" in notice.render().plain for notice in app.output.query("Notice"))  # type: ignore[union-attr]
+        notices = [notice.render().plain for notice in app.output.query("Notice")]  # type: ignore[union-attr]
+        assert any("trained on the Python documentation" in notice for notice in notices)
         app.settings = Settings(max_new_tokens=4)
         app.insert_prompt("Hello")
         await pilot.press("ctrl+j")
         await wait_until(pilot, lambda: app.output.exchanges and not app.running)
         assert app.output.exchanges[-1].outcome == "done"
+        assert not list((isolated_dirs / "cache").glob("*demo*"))  # the shipped demo opens in place: nothing written

@@ -202,3 +202,18 @@ def test_unwritable_config_dir_does_not_stop_start_up(tmp_path: Path, monkeypatc
     assert load_settings()[0] == Settings()  # defaults, with a warning to show
     with pytest.raises(OSError):
         save_settings(Settings())
+
+
+def test_tracker_shows_prefill_progress_until_the_first_token() -> None:
+    tracker = RunTracker()
+    tracker.opened(fake_info(4), rss=900)
+    tracker.start(1, 10)
+    tracker.feed(
+        1,
+        events.PrefillProgress(1, tokens=3000, done=6000, total=12000, block=1, blocks=4, seconds=5.0, eta_seconds=5.0),
+    )
+    snap = tracker.snapshot()
+    assert (snap.prefill_tokens, snap.prefill_done, snap.prefill_total, snap.eta_pass) == (3000, 6000, 12000, 5.0)
+    assert "3000 tokens" in snap.message
+    tracker.feed(1, events.TokenGenerated(1, 0, 5, "x", -1.0, 10.0))
+    assert tracker.snapshot().prefill_tokens == 0  # decoding: the panel is back to blocks per token

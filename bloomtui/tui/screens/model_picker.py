@@ -45,7 +45,7 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
                 for model in self.cached
             ]
             options.append(
-                Option("Built-in demo model  ·  RANDOM weights: generates noise, shows the engine", id="demo")
+                Option("Built-in demo model  ·  small, trained on the Python docs: writes doc-like English", id="demo")
             )
             options.append(Option("Connect to a server  ·  vLLM, TGI or transformers serve (URL below)", id="connect"))
             yield OptionList(*options, id="picker-options")

@@ -107,6 +107,15 @@ class EnginePanel(VerticalScroll):
             bar.update(total=total, progress=min(snap.load_done, total))
             return
         n_blocks = snap.model.n_blocks if snap.model else 0
+        if snap.state == "running" and snap.prefill_tokens > 1 and snap.prefill_total:
+            # A long prompt: the bar follows (block, row) steps of the prefill pass, not just blocks.
+            pct = 100 * snap.prefill_done / snap.prefill_total
+            self._update(
+                "#panel-block",
+                f"prefill {snap.prefill_tokens} tokens · {pct:.0f}% · block {snap.block + 1} / {n_blocks}",
+            )
+            bar.update(total=snap.prefill_total, progress=snap.prefill_done)
+            return
         if snap.block >= 0:
             line = f"block {snap.block + 1} / {n_blocks} · {snap.phase or 'computing'}"
         elif snap.phase == "sampling":
