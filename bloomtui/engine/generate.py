@@ -30,6 +30,7 @@ from bloomtui.engine.events import (
 )
 from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import Prefetcher, WeightStore
+from bloomtui.engine.memory_guard import fit_budget
 from bloomtui.engine.model import KVCache, alibi_bias, block_forward, layer_norm, linear
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
@@ -66,14 +67,16 @@ class ModelPlan:
     checkpoint: Checkpoint
     dtype: torch.dtype
     plan: ResidencyPlan
+    budget_warning: str | None = None
+    """Set when the asked budget was more than the machine can hold and was lowered (memory_guard.py)."""
 
     @classmethod
     def make(cls, model: str | Path, options: EngineOptions) -> ModelPlan:
         path = resolve_model(model)
         checkpoint = Checkpoint.open(path)
         dtype = compute_dtype(checkpoint.dtype, options.dtype)
-        budget = options.ram_budget if options.ram_budget is not None else default_budget()
-        return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget))
+        budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
+        return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget), warning)
 
 
 def load_tokenizer(folder: Path):  # noqa: ANN201 - a transformers tokenizer
