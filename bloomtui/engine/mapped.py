@@ -81,7 +81,10 @@ class FileMaps:
         return self._maps[key]
 
     def can_lease(self, paths: set[Path]) -> bool:
-        return all(lease_supported(self._map(path)[0]) for path in paths)
+        try:
+            return all(lease_supported(self._map(path)[0]) for path in paths)
+        except CheckpointError:  # cannot even map it: the buffered path will report why when it reads
+            return False
 
     def hold_leases(self, paths: set[Path]) -> None:
         """Lease every file a run maps; CheckpointError (holding none) if one cannot be leased."""
