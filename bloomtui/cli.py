@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from bloomtui.sizes import format_size, parse_size
 
 COMMANDS = ("generate", "perplexity", "prepare", "info", "demo-model", "download", "app")
 MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
+_SIZE_OPTIONS = ("--ram-budget",)
 
 apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
@@ -31,8 +33,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog.split()[-1] if ' ' in self.prog else 'bloomtui'}: {message}")
 
 
-def _size(text: str) -> int:
-    return parse_size(text)
+def _join_negative_sizes(args: list[str]) -> list[str]:
+    """`--ram-budget -5GB` as `--ram-budget=-5GB`: argparse takes a value starting with `-` for an option
+    (unless it is a plain number), which would hide the budget's own error behind "expected one argument"."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] in _SIZE_OPTIONS and re.match(r"-[0-9.]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -163,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "app")
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser().parse_args(_join_negative_sizes(args_list))
         return _dispatch(args)
     except BloomtuiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -254,6 +264,10 @@ def _generate(args: argparse.Namespace) -> int:
             sys.stdout.write(event.text)
             sys.stdout.flush()
 
+    from bloomtui.engine.memory_guard import fit_budget
+
+    if options.ram_budget is not None and (warning := fit_budget(options.ram_budget)[1]):
+        print(f"warning: {warning}", file=sys.stderr)
     engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
     try:
         result = engine.generate(prompt, params, on_event=on_event, cancel=cancel)
@@ -379,7 +393,10 @@ def _info(args: argparse.Namespace) -> int:
         "resident_bytes": plan.resident_bytes,
         "buffer_bytes": plan.buffer_bytes,
         "streamed_bytes_per_token": disk_stream,
+        "budget_warning": mp.budget_warning,
     }
+    if mp.budget_warning:
+        print(f"warning: {mp.budget_warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -396,7 +413,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
     print(f"prefill     {data['prefill']}")
     print(f"per block   {format_size(ckpt.block_nbytes())} on disk, {format_size(plan.block_bytes)} in RAM")
-    print(f"RAM budget  {format_size(plan.budget)}")
+    lowered = " (lowered to what this machine can hold)" if mp.budget_warning else ""
+    print(f"RAM budget  {format_size(plan.budget)}{lowered}")
     print(
         f"resident    {len(plan.resident_blocks)}/{n} blocks, "
         f"LM head {'resident' if plan.head_resident else 'streamed'}"

@@ -1,7 +1,7 @@
 """Where bloomtui keeps its files: XDG directories through platformdirs, each created on demand.
 
 Every directory can be redirected with an environment variable (BLOOMTUI_CONFIG_DIR, BLOOMTUI_DATA_DIR,
-BLOOMTUI_CACHE_DIR), which is how tests keep a user's real settings and history out of reach.
+BLOOMTUI_CACHE_DIR, BLOOMTUI_STATE_DIR), which is how tests keep a user's real settings and history out of reach.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     """Things bloomtui can rebuild: the demo model."""
     return _directory("BLOOMTUI_CACHE_DIR", platformdirs.user_cache_dir(APP_NAME))
+
+
+def state_dir() -> Path:
+    """Logs: crash reports."""
+    return _directory("BLOOMTUI_STATE_DIR", platformdirs.user_state_dir(APP_NAME))
 
 
 def settings_file() -> Path:

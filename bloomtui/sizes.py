@@ -26,11 +26,11 @@ _UNITS = {
 
 def parse_size(text: str, option: str = "--ram-budget") -> int:
     """Parse a byte size; decimal units (MB, GB) and binary ones (MiB, GiB) are both accepted."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
         raise UsageError(f"{option}: cannot read {text!r} as a size (try 800MB, 12GiB or 1.5G)")
     value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if value <= 0:
+    if value < 1:  # also catches sizes that round down to no byte at all, such as 0.1B
         raise UsageError(f"{option}: size must be positive, got {text!r}")
     return int(value)
 

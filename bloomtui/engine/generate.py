@@ -29,6 +29,7 @@ from bloomtui.engine.events import (
 )
 from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import WeightStore
+from bloomtui.engine.memory_guard import fit_budget
 from bloomtui.engine.model import KVCache, alibi_bias
 from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
@@ -68,6 +69,8 @@ class ModelPlan:
     checkpoint: Checkpoint
     dtype: torch.dtype
     plan: ResidencyPlan
+    budget_warning: str | None = None
+    """Set when the asked budget was more than the machine can hold and was lowered (memory_guard.py)."""
 
     @classmethod
     def make(cls, model: str | Path, options: EngineOptions) -> ModelPlan:
@@ -75,8 +78,8 @@ class ModelPlan:
         checkpoint = Checkpoint.open(path)
         check_int4_layout(checkpoint)
         dtype = compute_dtype(checkpoint.dtype, options.dtype)
-        budget = options.ram_budget if options.ram_budget is not None else default_budget()
-        return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget))
+        budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
+        return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget), warning)
 
 
 def check_int4_layout(checkpoint: Checkpoint) -> None:

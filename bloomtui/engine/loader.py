@@ -4,6 +4,9 @@ The prefetcher is a thread that walks the streamed units (blocks, then LM-head c
 resident) in pass order, wrapping around to the first streamed block for the next token, filling one of
 two slots while the other is being computed on. A slot is a buffer the bytes are read into, or, when the
 checkpoint already stores the compute dtype, a file mapping faulted in place (see mapped.py).
+
+Files can change under an open model: each streamed unit's file is checked once before it is read, and a
+mapped unit's lease before compute touches it (file_guard.py), so a run ends with an error naming the file.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from bloomtui.engine.checkpoint import MATRICES, Checkpoint
 from bloomtui.engine.config import Scheme
+from bloomtui.engine.file_guard import FileGuard
 from bloomtui.engine.mapped import FileMaps, can_map
 from bloomtui.engine.matmul import QuantizedLinear, Weight
+from bloomtui.engine.memory_guard import MemoryGuard
 from bloomtui.engine.model import Weights
 from bloomtui.engine.reader import CHUNK_BYTES, TensorReader
 from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan
@@ -114,10 +120,16 @@ class WeightStore:
         self.head: Weight | None = None
         self._embedding_rows: tuple[Tensor, Tensor | None] | None = None
         self._slots: list[Slot | None] = []
+        self.guard = FileGuard(checkpoint.files)
         streamed = [ref for i in plan.streamed_blocks for ref in checkpoint.blocks[i].values()]
         streamed += [] if plan.head_resident else list(checkpoint.head_refs)
-        self.zero_copy = bool(streamed) and all(can_map(ref, ram_dtype(ref, dtype)) for ref in streamed)
+        self.streamed_files = {ref.path for ref in streamed}
         self.maps = FileMaps(drop_cache=drop_cache)
+        self.zero_copy = (
+            bool(streamed)
+            and all(can_map(ref, ram_dtype(ref, dtype)) for ref in streamed)
+            and self.maps.can_lease(self.streamed_files)
+        )
 
     def load(self, on_progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]) -> None:
         """Read the resident set into RAM, reporting (done bytes, total bytes, what)."""
@@ -129,7 +141,9 @@ class WeightStore:
             jobs.append(("LM head" if not ckpt.tied else "embeddings", head))
         total = sum(ref.nbytes for _, refs in jobs for _, ref in refs)
         done = 0
+        memory = MemoryGuard()
         for what, refs in jobs:
+            memory.check(total - done, what)  # before the system would swap, not after
             on_progress(done, total, what)
             tensors = {}
             for name, ref in refs:
@@ -158,6 +172,7 @@ class WeightStore:
             rows = matrix[index]
             return (rows if scales is None else rows.to(self.dtype) * scales[index, None]), 0
         emb, scale_ref = self.checkpoint.embeddings, self.checkpoint.embedding_scales
+        self.guard.check(emb.path)
         hidden = emb.shape[1]
         rows = torch.empty((len(ids), hidden), dtype=ram_dtype(emb, self.dtype))
         nbytes = sum(self.reader.read_range(emb, i * hidden, hidden, rows[j]) for j, i in enumerate(ids))
@@ -201,8 +216,18 @@ class Prefetcher:
         self._ready: queue.Queue[Fetched | BaseException] = queue.Queue()
         self._reader = TensorReader(drop_cache=store.drop_cache, staging_bytes=store.plan.staging_bytes or CHUNK_BYTES)
         self._thread = threading.Thread(target=self._run, name="bloomtui-prefetch", daemon=True)
+        self._files = {unit: self._unit_files(unit) for unit in self._units}
         if self._units:
+            for path in sorted(store.streamed_files):
+                store.guard.check(path)  # a model changed since the last run fails before any work
+            if store.zero_copy:
+                store.maps.hold_leases(store.streamed_files)
             self._thread.start()
+
+    def _unit_files(self, unit: Unit) -> tuple[Path, ...]:
+        ckpt = self._store.checkpoint
+        refs = ckpt.blocks[unit[1]].values() if unit[0] == "block" else ckpt.head_refs
+        return tuple(sorted({ref.path for ref in refs}))
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._cancel.is_set()
@@ -215,6 +240,8 @@ class Prefetcher:
                     return
                 slot = got[0]
                 unit = self._units[n % len(self._units)]
+                for path in self._files[unit]:
+                    self._store.guard.check(path)
                 start = time.perf_counter()
                 fetched = self._map(unit) if self._store.zero_copy else self._read(unit, slot)
                 fetched.slot = slot
@@ -290,6 +317,12 @@ class Prefetcher:
         if isinstance(item, BaseException):
             raise item
         assert item.unit == unit, f"prefetch order broken: wanted {unit}, got {item.unit}"
+        if item.mapped:
+            try:
+                self._store.maps.check_leases([ref for ref, _, _ in item.mapped])
+            except BaseException:
+                self.release(item)
+                raise
         item.wait_seconds = time.perf_counter() - start
         return item
 
@@ -303,6 +336,7 @@ class Prefetcher:
         if self._thread.is_alive():
             self._thread.join()
         self._reader.close()
+        self._store.maps.drop_leases()  # after the join: nothing touches mapped pages any more
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -5,80 +5,145 @@ copy competes with compute. When a tensor is already in the compute dtype we map
 prefetch thread asks the kernel to fault the pages in (MADV_POPULATE_READ, which reads cold pages from
 disk), compute reads them where the page cache holds them, and afterwards we unmap them again
 (MADV_DONTNEED) and, for a model that does not fit in memory, drop them from the page cache.
+
+A mapped page past the end of a truncated file raises SIGBUS when touched, which no Python code can catch.
+So pages are only ever touched after MADV_POPULATE_READ succeeded on them (it fails with EFAULT instead of
+faulting), and while a run uses them it holds read leases on their files (see file_guard.py), so no other
+program can truncate a file under compute. Without MADV_POPULATE_READ or leases, streaming reads into
+buffers instead (reader.py).
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from bloomtui.engine.file_guard import broken_lease_error, drop_lease, lease_broken, lease_supported, take_lease
 from bloomtui.engine.reader import CHUNK_BYTES
 from bloomtui.engine.tensorfile import TensorRef
-from bloomtui.errors import CancelRequested
+from bloomtui.errors import CancelRequested, CheckpointError
 
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; Python's mmap module has no name for it
 _PAGE = mmap.PAGESIZE
+_populate_ok: bool | None = None
+
+
+def populate_supported() -> bool:
+    """Whether the kernel has MADV_POPULATE_READ (probed once on an anonymous page)."""
+    global _populate_ok
+    if _populate_ok is None:
+        if not hasattr(mmap.mmap, "madvise"):
+            _populate_ok = False
+        else:
+            probe = mmap.mmap(-1, _PAGE)
+            try:
+                probe.madvise(_MADV_POPULATE_READ, 0, _PAGE)
+                _populate_ok = True
+            except OSError:
+                _populate_ok = False
+            finally:
+                probe.close()
+    return _populate_ok
 
 
 def can_map(ref: TensorRef, dtype: torch.dtype) -> bool:
-    return ref.dtype == dtype and ref.offset % ref.dtype.itemsize == 0 and hasattr(mmap.mmap, "madvise")
+    return ref.dtype == dtype and ref.offset % ref.dtype.itemsize == 0 and populate_supported()
 
 
 class FileMaps:
-    """One private read-only mapping per checkpoint file, made on first use."""
+    """One private read-only mapping per checkpoint file, made on first use, and leases on them during runs."""
 
     def __init__(self, *, drop_cache: bool) -> None:
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
         self._maps: dict[str, tuple[int, mmap.mmap]] = {}
-        self._populate_works = True
+        self._leased: dict[int, Path] = {}
 
-    def _map(self, ref: TensorRef) -> tuple[int, mmap.mmap]:
-        key = str(ref.path)
+    def _map(self, path: Path) -> tuple[int, mmap.mmap]:
+        key = str(path)
         if key not in self._maps:
-            fd = os.open(ref.path, os.O_RDONLY)
-            # Private + writable only so torch gets a writable buffer; nothing ever writes to it.
-            mm = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot open ({exc.strerror})") from None
+            try:
+                # Private + writable only so torch gets a writable buffer; nothing ever writes to it.
+                mm = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, ValueError) as exc:
+                os.close(fd)
+                raise CheckpointError(f"{path}: cannot map ({exc})") from None
             self._maps[key] = (fd, mm)
         return self._maps[key]
 
+    def can_lease(self, paths: set[Path]) -> bool:
+        try:
+            return all(lease_supported(self._map(path)[0]) for path in paths)
+        except CheckpointError:  # cannot even map it: the buffered path will report why when it reads
+            return False
+
+    def hold_leases(self, paths: set[Path]) -> None:
+        """Lease every file a run maps; CheckpointError (holding none) if one cannot be leased."""
+        try:
+            for path in sorted(paths):
+                fd = self._map(path)[0]
+                take_lease(fd, path)
+                self._leased[fd] = path
+        except BaseException:
+            self.drop_leases()
+            raise
+
+    def check_leases(self, refs: list[TensorRef]) -> None:
+        """Before compute touches these mapped pages: stop if another program waits to write their file."""
+        for path in {ref.path for ref in refs}:
+            if lease_broken(self._map(path)[0]):
+                raise broken_lease_error(path)
+
+    def drop_leases(self) -> None:
+        for fd in self._leased:
+            drop_lease(fd)
+        self._leased.clear()
+
     def view(self, ref: TensorRef, first: int = 0, count: int | None = None) -> Tensor:
         """The tensor (or elements [first, first+count) of it, flattened) as a view of the mapping."""
-        _, mm = self._map(ref)
+        _, mm = self._map(ref.path)
         n = ref.numel - first if count is None else count
+        if ref.offset + (first + n) * ref.dtype.itemsize > len(mm):
+            raise CheckpointError(f"{ref.path}: shorter than when the model was opened")
         flat = torch.frombuffer(mm, dtype=ref.dtype, count=n, offset=ref.offset + first * ref.dtype.itemsize)
         return flat.view(ref.shape) if count is None else flat
 
     def populate(self, ref: TensorRef, start: int, length: int, should_stop: Callable[[], bool]) -> None:
         """Fault in bytes [start, start+length) of ref's file, in chunks so a cancel lands mid-read."""
-        _, mm = self._map(ref)
+        _, mm = self._map(ref.path)
         end = start + length
         pos = start - start % _PAGE
         while pos < end:
             if should_stop():
                 raise CancelRequested
             n = min(CHUNK_BYTES, end - pos)
-            if self._populate_works:
-                try:
-                    mm.madvise(_MADV_POPULATE_READ, pos, n)
-                except OSError:  # older kernel: touch one byte per page instead
-                    self._populate_works = False
-            if not self._populate_works:
-                sum(memoryview(mm)[pos : pos + n : _PAGE])
+            try:
+                mm.madvise(_MADV_POPULATE_READ, pos, n)
+            except OSError as exc:
+                # EFAULT: a page lies past the end of the file (truncated); EIO and friends: the disk failed.
+                what = "truncated while streaming" if exc.errno == errno.EFAULT else f"read failed ({exc.strerror})"
+                raise CheckpointError(f"{ref.path}: {what}; reopen the model") from None
             pos += n
 
     def release(self, ref: TensorRef, start: int, length: int) -> None:
         """Unmap those pages again (RSS falls back) and, if asked, drop them from the page cache."""
-        fd, mm = self._map(ref)
+        fd, mm = self._map(ref.path)
         pos = start - start % _PAGE
         mm.madvise(mmap.MADV_DONTNEED, pos, start + length - pos)
         if self.drop_cache:
             os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
+        self.drop_leases()  # a mapping keeps its file open after close(fd), and with it the lease
         for fd, mm in self._maps.values():
             try:
                 mm.close()

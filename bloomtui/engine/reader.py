@@ -50,7 +50,10 @@ class TensorReader:
         while done < total:
             if should_stop():
                 raise CancelRequested
-            n = os.preadv(fd, [view[done : min(total, done + CHUNK_BYTES)]], offset + done)
+            try:
+                n = os.preadv(fd, [view[done : min(total, done + CHUNK_BYTES)]], offset + done)
+            except OSError as exc:  # EIO from a failing disk, ESTALE on a network mount, ...
+                raise CheckpointError(f"{path}: read failed ({exc.strerror})") from None
             if n <= 0:
                 raise CheckpointError(f"{path}: truncated (read past the end at byte {offset + done})")
             if self.drop_cache:

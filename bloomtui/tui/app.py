@@ -3,14 +3,21 @@
 Engine work runs in thread workers that never touch widgets: tokens arrive as `TokenArrived` messages,
 panel status is folded into a `RunTracker` the app polls at 8 Hz, and each run is numbered so that
 late events of a cancelled run are ignored.
+
+Faults end the app cleanly: termination signals cancel the run, save history and exit through Textual,
+which restores the terminal (signals.py); an unhandled exception leaves a crash log (crash_log.py).
+Below PANEL_SIDE_MIN_WIDTH columns the panel folds into a one-line status that f4 opens below the output.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -27,7 +34,9 @@ from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.settings import Settings, load_settings, save_settings
+from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
+from bloomtui.tui.crash_log import crash_message, write_crash_log
 from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
 from bloomtui.tui.history import load_history, remember, save_history
 from bloomtui.tui.messages import EngineFailed, EngineOpened, RunEnded, TokenArrived
@@ -41,21 +50,31 @@ from bloomtui.tui.widgets.engine_panel import EnginePanel
 from bloomtui.tui.widgets.output_view import OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
 from bloomtui.tui.widgets.remote_panel import RemotePanel
+from bloomtui.tui.widgets.status_line import StatusLine
 
 DEMO_ARG = "@demo"
 """A model argument that opens the built-in demo model directly."""
 POLL_SECONDS = 1 / 8
+PANEL_SIDE_MIN_WIDTH = 100
+"""Below this many columns the 46-column panel would squeeze the output: it folds into a status line."""
+SHORT_HEIGHT = 20
+"""Below this many rows the prompt editor shrinks so the output keeps some lines."""
+SIGNAL_EXIT_WAIT = 1.0
+"""After a termination signal, how long to wait for a cancelled run to let go of the engine."""
 
 
 class BloomApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "bloomtui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (PANEL_SIDE_MIN_WIDTH, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (SHORT_HEIGHT, "-tall")]
     BINDINGS = [
         Binding("ctrl+j,ctrl+enter", "submit", "Run", id="submit", priority=True),
         Binding("escape", "cancel", "Cancel", id="cancel"),
         Binding("f2", "settings", "Settings", id="settings"),
         Binding("ctrl+o", "open_model", "Model", id="open_model"),
         Binding("ctrl+s", "save_transcript", "Save", id="save_transcript"),
+        Binding("f4", "toggle_panel", "Panel", id="toggle_panel"),
         Binding("f3", "copy_output", "Copy", id="copy_output", show=False),
         Binding("ctrl+l", "clear", "Clear", id="clear", show=False),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
@@ -94,6 +113,11 @@ class BloomApp(App[int]):
         self._engine_lock = threading.Lock()
         """Held while a worker uses or replaces an engine: closing never races a generation."""
         self._shown_version = -1
+        self.exit_signal: int | None = None
+        """The termination signal that ended the app, if one did."""
+        self.crash_log: Path | None = None
+        self.crash: BaseException | None = None
+        self._undo_signals: Callable[[], None] | None = None
 
     # --- layout ---
 
@@ -102,6 +126,7 @@ class BloomApp(App[int]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield OutputView(id="output")
+                yield StatusLine("f4", id="status-line")
                 yield PromptEditor(self.history, id="prompt")
             yield EnginePanel(id="panel")
             yield RemotePanel(id="remote-panel")
@@ -124,6 +149,8 @@ class BloomApp(App[int]):
         self.query_one("#output").border_title = "Output"
         self.query_one("#prompt").border_title = "Prompt"
         self.set_interval(POLL_SECONDS, self.poll_panel)
+        if not self.is_headless:  # tests drive the app headless, and keep the test runner's own handlers
+            self._undo_signals = signals.install(self._exit_on_signal)
         if self._settings_warning:
             self.notify(self._settings_warning, title="Settings", severity="warning")
         if self.initial_model is not None:
@@ -142,6 +169,8 @@ class BloomApp(App[int]):
             self.query_one(EnginePanel).display = not remote
             self.query_one(RemotePanel).display = remote
             (self.query_one(RemotePanel) if remote else self.query_one(EnginePanel)).show(snapshot)  # type: ignore[arg-type]
+            if not remote:
+                self.query_one(StatusLine).show(snapshot)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -221,6 +250,9 @@ class BloomApp(App[int]):
         else:
             self.output.notice(f"{info.name} is open.")
         self.output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
+        if info.budget_warning:
+            self.output.notice(info.budget_warning, error=True)
+            self.notify(info.budget_warning, title="RAM budget", severity="warning", timeout=10)
         self.poll_panel()
 
     @on(EngineFailed)
@@ -405,6 +437,29 @@ class BloomApp(App[int]):
             return
         self.output.clear()
 
+    def action_toggle_panel(self) -> None:
+        """Wide terminals: hide or show the side panel. Narrow ones: open the panel below the output, or
+        fold it back into the status line."""
+        self.query_one("#main").toggle_class("-panel-flipped")
+
+    def _exit_on_signal(self, signum: int) -> None:
+        self.exit_signal = signum
+        self.workers.cancel_all()  # the engine stops within one block
+        self._save_history()
+        self.exit(signals.exit_status(signum))
+
+    def on_unmount(self) -> None:
+        if self._undo_signals is not None:
+            self._undo_signals()
+            self._undo_signals = None
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual's one funnel for unhandled exceptions (it then exits and restores the terminal).
+        if self.crash is None:
+            self.crash = error
+            self.crash_log = write_crash_log(error)
+        super()._handle_exception(error)
+
     async def action_quit(self) -> None:
         # Set every worker's cancel flag first: the engine then stops within one block and exit never waits
         # on a whole generation.
@@ -417,15 +472,17 @@ class BloomApp(App[int]):
         except OSError:
             pass  # history is a convenience; losing it must not interrupt a run
 
-    def close_engine(self, timeout: float = 30.0) -> None:
-        """After the app exits: wait for a cancelled run to let go, then free the engine."""
-        if self._engine_lock.acquire(timeout=timeout):
-            try:
-                if self.handle is not None:
-                    self.handle.close()
-                    self.handle = None
-            finally:
-                self._engine_lock.release()
+    def close_engine(self, timeout: float = 30.0) -> bool:
+        """After the app exits: wait for a cancelled run to let go, then free the engine; False on timeout."""
+        if not self._engine_lock.acquire(timeout=timeout):
+            return False
+        try:
+            if self.handle is not None:
+                self.handle.close()
+                self.handle = None
+        finally:
+            self._engine_lock.release()
+        return True
 
 
 def run_app(model: str | None, options: EngineOptions, remote: RemoteOptions = RemoteOptions()) -> int:  # noqa: B008
@@ -434,6 +491,19 @@ def run_app(model: str | None, options: EngineOptions, remote: RemoteOptions = R
     app = BloomApp(spec, options, remote=remote)
     try:
         code = app.run()
-    finally:
-        app.close_engine()
+    except Exception as exc:  # failed outside Textual's own handling (driver start-up, shutdown)
+        code, app.crash, app.crash_log = 1, exc, write_crash_log(exc)
+    if app.crash is not None:
+        print(crash_message(app.crash, app.crash_log), file=sys.stderr)
+    if app.exit_signal is not None:
+        # History is saved and the terminal restored. Whoever sent the signal expects us gone at once, and
+        # interpreter teardown with torch loaded takes most of a second (more if a cancelled run is still
+        # finishing one big block): free what we can in a moment, then leave; the kernel frees the rest.
+        app.close_engine(timeout=SIGNAL_EXIT_WAIT)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(signals.exit_status(app.exit_signal))
+    app.close_engine()
+    if app.crash is not None:
+        return 1
     return code if isinstance(code, int) else app.return_code or 0

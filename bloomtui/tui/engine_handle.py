@@ -77,6 +77,7 @@ class RealEngine:
             hidden_size=engine.config.hidden_size,
             n_head=engine.config.n_head,
             demo=spec.demo,
+            budget_warning=engine.model_plan.budget_warning,
         )
 
     def generate(

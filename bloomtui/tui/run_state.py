@@ -35,6 +35,8 @@ class ModelInfo:
     hidden_size: int
     n_head: int
     demo: bool = False
+    budget_warning: str | None = None
+    """Set when the RAM budget asked for was lowered to what the machine can hold."""
 
     @property
     def streamed_blocks(self) -> tuple[int, ...]:

@@ -1,0 +1,57 @@
+"""The engine panel folded into one line, for terminals too narrow to keep the panel beside the output."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from bloomtui.sizes import format_size
+from bloomtui.tui.run_state import PanelSnapshot
+from bloomtui.tui.widgets.engine_panel import STATE_ICONS, _seconds
+
+
+def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
+    """State first (it matters most when the line is cut), then progress, speed and memory."""
+    line = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
+    n_blocks = snap.model.n_blocks if snap.model else 0
+    parts: list[str] = []
+    if snap.state == "loading":
+        parts.append(snap.message)
+        if snap.load_total:
+            parts.append(f"{format_size(snap.load_done)} / {format_size(snap.load_total)}")
+    elif snap.state == "running":
+        if snap.prefill_tokens > 1 and snap.prefill_total:
+            parts.append(f"prefill {snap.prefill_tokens} tok {100 * snap.prefill_done / snap.prefill_total:.0f}%")
+        elif snap.block >= 0:
+            parts.append(f"block {snap.block + 1}/{n_blocks} {snap.phase or 'computing'}")
+        limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
+        parts.append(f"{snap.tokens}{limit} tok")
+        if snap.seconds_per_token:
+            parts.append(f"{_seconds(snap.seconds_per_token)}/tok")
+    elif snap.message:
+        parts.append(snap.message)
+    elif snap.model is not None:
+        parts.append(snap.model.name)
+    if snap.rss:
+        parts.append(f"RSS {format_size(snap.rss)}")
+    for part in parts:
+        line.append(f" · {part}")
+    line.append(f"  {toggle_key} panel", style="dim")
+    return line
+
+
+class StatusLine(Static):
+    DEFAULT_CSS = """
+    StatusLine { height: 1; text-wrap: nowrap; text-overflow: ellipsis; padding: 0 1; }
+    """
+
+    def __init__(self, toggle_key: str, **kwargs: object) -> None:
+        super().__init__(markup=False, **kwargs)  # type: ignore[arg-type]
+        self.toggle_key = toggle_key
+        self.snapshot = PanelSnapshot()
+
+    def show(self, snap: PanelSnapshot) -> None:
+        self.snapshot = snap
+        self.update(summary(snap, self.toggle_key))
+        self.set_class(snap.state == "error", "-error")
+        self.set_class(snap.state == "running", "-running")
