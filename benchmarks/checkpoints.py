@@ -5,6 +5,10 @@ Regular models come from `bloomtui.demo.write_demo_model`. Full-width BLOOM-176B
 than a read-chunk of weights in memory, so writing 15 GB of blocks needs no more RAM than a 560m model.
 The layout is the 176B safetensors conversions' (`model_000NN-of-000MM.safetensors`, bare keys, embeddings
 in shard 1, one shard per block, `ln_f` last).
+
+Compressed copies (int8/int4) are written by `bloomtui prepare` from one of the above (or from a shipped demo
+model) and cached beside them, stamped with their source's size and mtime so a re-exported source is
+prepared again.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bloomtui import demo
+from bloomtui import demo, demo_models
 
 BF16_BYTES = 2
 
@@ -33,6 +38,52 @@ class ModelSpec:
 
     def path(self, work: Path) -> Path:
         return work / self.name
+
+
+@dataclass(frozen=True)
+class PreparedSpec:
+    """A `bloomtui prepare` output of another checkpoint (a spec key of the same set, or a folder)."""
+
+    name: str
+    source: str
+    weights: str
+
+    def path(self, work: Path) -> Path:
+        return work / self.name
+
+
+STAMP = ".bench-source"
+
+
+def prepared_specs(quick: bool) -> dict[str, PreparedSpec]:
+    """int8/int4 copies of the bf16 model and of the trained demo model (the quality rows)."""
+    trained = str(demo_models.path("trained"))
+    prefix = "quick-medium" if quick else "bloom-560m-shape"
+    out = {f"bf16_{w}": PreparedSpec(f"{prefix}-{w}", "bf16", w) for w in ("int8", "int4")}
+    out |= {f"trained_{w}": PreparedSpec(f"trained-{w}", trained, w) for w in ("int8", "int4")}
+    wide = "quick-wide-3-blocks" if quick else "bloom-176b-width-3-blocks"
+    out["wide_int4"] = PreparedSpec(f"{wide}-int4", "wide", "int4")
+    return out
+
+
+def _stamp(source: Path) -> str:
+    """Size and mtime of every weight file: changes when the source is re-exported in place."""
+    files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+
+
+def ensure_prepared(spec: PreparedSpec, source: Path, work: Path, say: Callable[[str], None] = print) -> Path:
+    """The prepared folder for `spec` from `source`, (re)written when missing or its source changed."""
+    from bloomtui.engine.prepare import prepare
+
+    path = spec.path(work)
+    stamp = _stamp(source)
+    if (path / "config.json").is_file() and (path / STAMP).is_file() and (path / STAMP).read_text() == stamp:
+        return path
+    say(f"preparing {spec.name} ({spec.weights} of {source.name}) ...")
+    prepare(source, path, spec.weights, force=path.exists())
+    (path / STAMP).write_text(stamp)
+    return path
 
 
 def full_specs() -> dict[str, ModelSpec]:

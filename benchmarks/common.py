@@ -13,6 +13,8 @@ import psutil
 
 PROMPT = "The SQL command to extract all the users whose name starts with A is: "
 RESULT_TAG = "BENCH_RESULT "
+REPO = Path(__file__).resolve().parent.parent
+HELDOUT = REPO / "training" / "heldout-sample.txt"
 READ_CHUNK = 32 * 1024 * 1024  # the engine reads in 32 MiB preadv chunks; the floor uses the same
 
 
@@ -66,3 +68,14 @@ class RangeEvictor:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def long_prompt(tokenizer, tokens: int) -> str:  # noqa: ANN001 - a transformers tokenizer
+    """About `tokens` tokens of English (the held-out sample, repeated as needed), cut on a token boundary so
+    that every contender's tokenizer gives the same ids for the same text."""
+    text = HELDOUT.read_text(encoding="utf-8")
+    ids: list[int] = []
+    while len(ids) < tokens:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        text += "\n\n" + text
+    return tokenizer.decode(ids[:tokens])

@@ -1,4 +1,5 @@
-"""Seconds per token for BLOOM-176B, projected from per-block measurements at its real width.
+"""Seconds per token for BLOOM-176B, projected from per-block measurements at its real width (bf16, or a
+`bloomtui prepare` int4/int8 copy, whose bytes come from the engine's own stored-tensor shapes).
 
 B   = bytes of one block (bf16)                       E = bytes of the 250880 x 14336 embedding / LM head
 k   = blocks the engine keeps resident under the RAM budget (bloomtui's own residency plan)
@@ -45,45 +46,77 @@ class Projection:
         return self.read_s + self.compute_s
 
 
-def residency(budget: int) -> tuple[int, bool]:
+def _checkpoint(weights: str):  # noqa: ANN202 - a Checkpoint of BLOOM-176B's shape that has no files
+    from bloomtui.engine.checkpoint import SMALL_TENSORS, Checkpoint, stored_block_tensors
+    from bloomtui.engine.config import BloomConfig, Scheme
+    from bloomtui.engine.prepare import default_group_size
+    from bloomtui.engine.tensorfile import TensorRef
+
+    scheme = None
+    if weights != "bf16":
+        group = default_group_size(HIDDEN) if weights == "int4" else None
+        scheme = Scheme(weights, group, "projection" if weights == "int4" else None)
+    config = BloomConfig(hidden_size=HIDDEN, n_head=N_HEAD, n_layer=N_BLOCKS, vocab_size=VOCAB, scheme=scheme)
+    nowhere = Path("/nonexistent")
+
+    def ref(shape: tuple[int, ...], dtype: torch.dtype | None) -> TensorRef:
+        return TensorRef(nowhere, 0, dtype or torch.bfloat16, shape)
+
+    stored = stored_block_tensors(config)
+    blocks = tuple({n: ref(shape, dtype) for n, (shape, dtype) in stored.items()} for _ in range(N_BLOCKS))
+    small = {n: ref((HIDDEN,), None) for n in SMALL_TENSORS}
+    if scheme is None:
+        emb, scales = ref((VOCAB, HIDDEN), None), None
+    else:  # prepared folders store the embedding/head as int8 rows with a bf16 scale each
+        emb, scales = ref((VOCAB, HIDDEN), torch.int8), ref((VOCAB,), None)
+    return Checkpoint(nowhere, config, "projection", (), blocks, small, emb, emb, scales, scales)
+
+
+def sizes(weights: str = "bf16") -> tuple[int, int]:
+    """(bytes read per streamed block, bytes of the embedding/LM head) of BLOOM-176B stored as `weights`."""
+    ckpt = _checkpoint(weights)
+    return ckpt.block_nbytes(), sum(ref.nbytes for ref in ckpt.head_refs)
+
+
+def residency(budget: int, weights: str = "bf16") -> tuple[int, bool]:
     """(resident blocks, head resident) from bloomtui's planner for a 176B-shaped checkpoint."""
+    block_bytes, head_bytes = sizes(weights) if weights != "bf16" else (BLOCK_BYTES, HEAD_BYTES)
     try:
-        from bloomtui.engine.checkpoint import BLOCK_TENSORS, SMALL_TENSORS, Checkpoint, block_shapes
-        from bloomtui.engine.config import BloomConfig
         from bloomtui.engine.residency import plan_residency
-        from bloomtui.engine.tensorfile import TensorRef
 
-        config = BloomConfig(hidden_size=HIDDEN, n_head=N_HEAD, n_layer=N_BLOCKS, vocab_size=VOCAB)
-        shapes = block_shapes(config)
-        nowhere = Path("/nonexistent")
-
-        def ref(shape: tuple[int, ...]) -> TensorRef:
-            return TensorRef(nowhere, 0, torch.bfloat16, shape)
-
-        blocks = tuple({n: ref(shapes[n]) for n in BLOCK_TENSORS} for _ in range(N_BLOCKS))
-        small = {n: ref((HIDDEN,)) for n in SMALL_TENSORS}
-        emb = ref((VOCAB, HIDDEN))
-        ckpt = Checkpoint(nowhere, config, "projection", (), blocks, small, emb, emb)
-        plan = plan_residency(ckpt, ITEM, budget)
+        plan = plan_residency(_checkpoint(weights), ITEM, budget)
         return len(plan.resident_blocks), plan.head_resident
     except Exception:  # the planner moved or refused: fall back to its documented rule
-        room = budget - 2 * BLOCK_BYTES
+        room = budget - 2 * block_bytes
         if room < 0:
             return -1, False
-        with_head = (room - HEAD_BYTES) // BLOCK_BYTES if room >= HEAD_BYTES else -1
-        without = min(N_BLOCKS, room // BLOCK_BYTES)
-        if with_head >= 0 and HEAD_BYTES + with_head * BLOCK_BYTES >= without * BLOCK_BYTES:
+        with_head = (room - head_bytes) // block_bytes if room >= head_bytes else -1
+        without = min(N_BLOCKS, room // block_bytes)
+        if with_head >= 0 and head_bytes + with_head * block_bytes >= without * block_bytes:
             return min(N_BLOCKS, with_head), True
         return without, False
 
 
-def project(budget: int, bandwidth: float, block_compute_s: float) -> Projection | None:
-    k, head_resident = residency(budget)
+def project(budget: int, bandwidth: float, block_compute_s: float, weights: str = "bf16") -> Projection | None:
+    """`block_compute_s`: one block's 1-token compute measured in the same scheme; the head is charged at the
+    blocks' per-byte rate."""
+    k, head_resident = residency(budget, weights)
     if k < 0:
         return None
-    streamed = (N_BLOCKS - k) * BLOCK_BYTES + (0 if head_resident else HEAD_BYTES)
-    compute = N_BLOCKS * block_compute_s + HEAD_BYTES * block_compute_s / BLOCK_BYTES
+    block_bytes, head_bytes = sizes(weights) if weights != "bf16" else (BLOCK_BYTES, HEAD_BYTES)
+    streamed = (N_BLOCKS - k) * block_bytes + (0 if head_resident else head_bytes)
+    compute = N_BLOCKS * block_compute_s + head_bytes * block_compute_s / block_bytes
     return Projection(budget, k, head_resident, streamed, streamed / bandwidth, compute)
+
+
+# Prefill (many rows) is compute-bound: FLOPs = 2 * block params * T + attention (QK^T and PV over the causal
+# pairs of T tokens: 2 * 2 * hidden * T(T+1)/2 per block). The head runs for the last row only.
+BLOCK_PARAMS = 12 * HIDDEN * HIDDEN + 13 * HIDDEN
+
+
+def prefill_flops(tokens: int, n_layer: int = N_BLOCKS, hidden: int = HIDDEN) -> float:
+    params = n_layer * (12 * hidden * hidden + 13 * hidden)
+    return 2.0 * params * tokens + n_layer * 2.0 * hidden * tokens * (tokens + 1)
 
 
 def fmt_seconds(s: float) -> str:

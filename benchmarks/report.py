@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import projection as proj
+from benchmarks import report_sections as sections
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 from bloomtui.sizes import format_size
 
@@ -201,6 +202,7 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
             )
         else:
             rows.append((f"vs the seed method, {state}", "missing run", ">= 3x", None))
+    rows += sections.compressed_goals(sections.Lookup(by))
     for (_group, name), s in sorted(by.items()):
         if s.kind != "bloomtui" or not s.ok or "resident" in name:
             continue
@@ -208,7 +210,7 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
         limit = run["budget"] + run["kv_bytes"] + RSS_SLACK
         rows.append(
             (
-                f"peak RSS, {name}",
+                f"peak RSS, {name}" + (f" ({_group})" if _group in ("int8", "int4") else ""),
                 f"{_size(s.peak_rss)} (budget {_size(run['budget'])} + KV {_size(run['kv_bytes'])} + 600 MB "
                 f"= {_size(limit)})",
                 "<= budget + KV + 600 MB",
@@ -223,27 +225,40 @@ def _big_section(raw: dict, membw: float) -> list[str]:
     if not big:
         return ["## BLOOM-176B at real width", "", "Skipped (`--skip-big`).", ""]
     lines = ["## BLOOM-176B at real width: measured blocks and the projection", ""]
-    bb = big["bigblock"]
+    lines += _big_part(big, "", "bf16", membw)
+    if "bigblock_int4" in big:
+        lines += ["### int4 (`bloomtui prepare --weights int4` of the same 3 blocks)", ""]
+        lines += _big_part(big, "_int4", "int4", membw)
+    return lines
+
+
+def _big_part(big: dict, suffix: str, weights: str, membw: float) -> list[str]:
+    """Measurements of one scheme's full-width blocks, the model check, and the BLOOM-176B projection."""
+    lines: list[str] = []
+    bb = big["bigblock" + suffix]
     if not bb["runs"]:
-        return [*lines, f"The block measurement failed: {'; '.join(bb['errors'])}", ""]
+        return [f"The block measurement failed: {'; '.join(bb['errors'])}", ""]
     b = bb["runs"][0]
     block_bytes = b["block_bytes"]
     read_s = _med(b["read_s"])
     bw = block_bytes / read_s
     c = _med(b["decode_compute_s"])
+    model = big["model" + suffix]
+    what = "bf16" if weights == "bf16" else f"{weights} (group size {b.get('group_size')}), int8 embeddings"
+    kernel = "bf16" if weights == "bf16" else f"torch's fused {weights} kernel"
     lines += [
-        f"Checkpoint: `{big['model']}`: {len(b['read_s'])} blocks of hidden {b['hidden']}, "
-        f"{b['n_head']} heads, bf16, {format_size(block_bytes)} per block (BLOOM-176B's block), small vocab.",
+        f"Checkpoint: `{model}`: {len(b['read_s'])} blocks of hidden {b['hidden']}, "
+        f"{b['n_head']} heads, {what}, {format_size(block_bytes)} per block (BLOOM-176B's block), small vocab.",
         "",
         "| measurement | value |",
         "|---|---|",
         f"| cold read of one block (os.preadv, 32 MiB chunks, after POSIX_FADV_DONTNEED), median of "
         f"{len(b['read_s'])} | {_s(read_s)} s = **{bw / 1e9:.2f} GB/s** |",
-        f"| compute of one block, 1 new token, context {b['context']} (bloomtui's block_forward, bf16, "
+        f"| compute of one block, 1 new token, context {b['context']} (bloomtui's block_forward, {kernel}, "
         f"{len(b['decode_compute_s'])} runs) | **{_s(c)} s** = {block_bytes / c / 1e9:.1f} GB/s of weights |",
         f"| compute of one block, prefill of {b['context']} tokens | {_s(b['prefill_s'])} s |",
     ]
-    st = big["stream"]
+    st = big["stream" + suffix]
     c_stream = math.nan
     if st["runs"]:
         r = st["runs"][0]
@@ -266,12 +281,15 @@ def _big_section(raw: dict, membw: float) -> list[str]:
         ]
     else:
         lines.append(f"| bloomtui streaming run | {'; '.join(st['errors'])} |")
+    block_b, head_b = proj.sizes(weights)
+    head_kind = "" if weights == "bf16" else ", int8 rows + bf16 scales"
     lines += [
         "",
-        "Projection for BLOOM-176B (70 blocks, 250880 x 14336 embedding tied to the LM head, bf16):",
+        f"Projection for BLOOM-176B (70 blocks, 250880 x 14336 embedding tied to the LM head{head_kind}, {weights}):",
         "",
         "```",
-        f"B = {format_size(proj.BLOCK_BYTES)} per block, E = {format_size(proj.HEAD_BYTES)} embedding / LM head",
+        f"B = {format_size(block_b)} per block, E = {format_size(head_b)} embedding / LM head"
+        + ("" if weights == "bf16" else " (the engine's stored shapes; = prepare.output_bytes less page padding)"),
         "k = resident blocks under the RAM budget R (bloomtui's own residency planner; it keeps 2 stream",
         "    buffers of one block each, and may keep the head resident instead of blocks)",
         "S = (70 - k) * B + (E if the head is streamed else 0)      bytes read per token",
@@ -296,21 +314,22 @@ def _big_section(raw: dict, membw: float) -> list[str]:
             (3.5e9, "3.5 GB/s (PCIe 3 NVMe)"),
             (7e9, "7 GB/s (Samsung 980 PRO, the seed's disk)"),
         ):
-            p = proj.project(int(budget_gb * 1e9), disk_bw, c)
+            p = proj.project(int(budget_gb * 1e9), disk_bw, c, weights)
             if p is None:
                 lines.append(f"| {label} | below the minimum budget | | {disk} | | | | |")
                 continue
-            p2 = proj.project(int(budget_gb * 1e9), disk_bw, c_stream) if not math.isnan(c_stream) else None
+            p2 = proj.project(int(budget_gb * 1e9), disk_bw, c_stream, weights) if not math.isnan(c_stream) else None
             lines.append(
                 f"| {label} | {p.resident_blocks}{' + head' if p.head_resident else ''} | "
                 f"{format_size(p.streamed_bytes)} | {disk} | **{_s(p.overlapped_s)}** | {_s(p.serial_s)} | "
                 f"{_s(p2.overlapped_s) if p2 else 'n/a'} | {proj.SEED_SECONDS_PER_TOKEN / p.overlapped_s:.1f}x |"
             )
+    total = 70 * block_b + head_b
     lines += [
         "",
-        f"Compute floor here: C = {_s(70 * c + proj.HEAD_BYTES * c / proj.BLOCK_BYTES)} s/token "
-        f"(memory-bandwidth floor of 352 GB of weights at {membw / 1e9:.1f} GB/s copy bandwidth: "
-        f"{_s(352e9 / membw)} s).",
+        f"Compute floor here: C = {_s(70 * c + head_b * c / block_b)} s/token "
+        f"(memory-bandwidth floor of {format_size(total)} of weights at {membw / 1e9:.1f} GB/s copy bandwidth: "
+        f"{_s(total / membw)} s).",
         "",
     ]
     return lines
@@ -416,10 +435,14 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "| goal | measured | target | met |",
         "|---|---|---|---|",
     ]
-    for goal, measured, target, met in goals(by, membw):
+    get = sections.Lookup(by)
+    extra = sections.prefill_goals(get, raw) + sections.quality_goals(get)
+    if raw.get("big"):
+        extra += sections.int4_projection_goal(raw)
+    for goal, measured, target, met in goals(by, membw) + extra:
         verdict = "(info)" if goal.startswith("(not") else "n/a" if met is None else "yes" if met else "**no**"
         out.append(f"| {goal} | {measured} | {target} | {verdict} |")
-    findings = _findings(by, raw, membw)
+    findings = _findings(by, raw, membw) + sections.findings(sections.Lookup(by), raw)
     if findings:
         out += ["", "## What the numbers say", "", *findings]
     models = raw["models"]
@@ -479,6 +502,12 @@ def markdown(raw: dict, chart: Path | None) -> str:
             other = s.decode - comp - wait
             out.append(f"| {s.group}: {s.name} | {_s(s.decode)} | {_s(comp)} | {_s(wait)} | {_s(read)} | {_s(other)} |")
     out += [""]
+    if "bf16_int4" in models:
+        out += sections.compressed_section(get, raw, GEN_HEADER, _gen_row, _floor_row)
+    if any(s.group.startswith("prefill") for s in jobs):
+        out += sections.long_prompt_section(get, raw)
+    if any(s.group == "quality" for s in jobs):
+        out += sections.quality_section(get, raw)
     if not st["skip_big"]:
         out += _big_section(raw, membw)
     if chart is not None:
@@ -518,8 +547,9 @@ def markdown(raw: dict, chart: Path | None) -> str:
     for s in jobs:
         out.append(f"{s.command}  # {s.group}: {s.name}")
     if raw.get("big"):
-        for part in ("bigblock", "stream"):
-            out.append(f"{raw['big'][part]['command']}  # {raw['big'][part]['name']}")
+        for part in ("bigblock", "stream", "bigblock_int4", "stream_int4"):
+            if part in raw["big"]:
+                out.append(f"{raw['big'][part]['command']}  # {raw['big'][part]['name']}")
     out += ["```", ""]
     return "\n".join(out)
 
@@ -540,7 +570,7 @@ def chart(raw: dict, path: Path) -> Path | None:
     rows = []
     for job in raw["jobs"]:
         s = Summary(job)
-        if s.ok and s.kind != "membw":
+        if s.ok and (s.kind in GEN_KINDS or s.kind == "rawread"):
             rows.append((f"{s.group}: {s.name}", s.decode, _COLORS.get(s.kind, "#7f7f7f")))
     if not rows:
         return None

@@ -22,6 +22,7 @@ import psutil
 
 from benchmarks import checkpoints
 from benchmarks.common import RESULT_TAG, evict, weight_files
+from bloomtui import demo_models
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +73,16 @@ class Settings:
     membw_bytes: int
     skip_big: bool
     parallel: int
+    prompt_lengths: tuple[int, ...] = (1000, 3000)
+    """Long-prompt section: prompt tokens per prefill measurement."""
+    prefill_reps: tuple[int, ...] = (2, 1)
+    """In-process repeats per prompt length (a 3000-token prefill is tens of seconds on 2 cores)."""
+    cancel_tokens: int = 3000
+    cancel_after: float = 2.0
+    gemm_size: int = 3072
+    quality_context: int = 1024
+    quality_chars: int = 0
+    """Characters of the held-out sample scored (0: all of it)."""
 
 
 def full_bytes(model: Path) -> int:
@@ -91,8 +102,9 @@ def minimum_bytes(model: Path) -> int:
     return minimum_budget(ckpt, compute_dtype(ckpt.dtype, None).itemsize)
 
 
-def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list[Job], dict]:
+def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Job], dict]:
     bf16, fp32, seed = models["bf16"], models["fp32"], models["seed"]
+    offload = work / "accelerate-offload"
     quarter = max(full_bytes(bf16) // 4, minimum_bytes(bf16))
     budgets = {"quarter_bf16": quarter, "full_bf16": full_bytes(bf16), "full_fp32": full_bytes(fp32)}
     budgets["min_seed"] = minimum_bytes(seed)
@@ -138,7 +150,117 @@ def plan_jobs(models: dict[str, Path], s: Settings, offload: Path) -> tuple[list
         job("raw read all cold", "seed", ["rawread", *least, "--cold"], reads),
         job("memory bandwidth", "floor", ["membw", "--bytes", str(s.membw_bytes)], None),
     ]
+    jobs += compressed_jobs(models, s, quarter, job)
+    jobs += long_prompt_jobs(models, s, work)
+    jobs += quality_jobs(models, s)
+    budgets["min_int4"] = minimum_bytes(models["bf16_int4"])
     return jobs, budgets
+
+
+def compressed_jobs(models: dict[str, Path], s: Settings, quarter: int, job) -> list[Job]:  # noqa: ANN001
+    """int8/int4 copies of the bf16 model: resident, the bf16 model's 1/4 budget warm and cold with their raw
+    read floors, and (int4) every block streamed, as the seed comparison runs bf16. bf16's own rows are the
+    bf16 group's, from the same run."""
+    n, cold, reads = str(s.tokens), str(s.cold_tokens), str(s.read_tokens)
+    jobs = []
+    for scheme in ("int8", "int4"):
+        model = ["--model", str(models[f"bf16_{scheme}"])]
+        quart = [*model, "--budget", str(quarter)]
+        jobs += [
+            job("bloomtui resident", scheme, ["bloomtui", *model, "--budget", str(BIG_BUDGET)], n),
+            job("bloomtui stream warm", scheme, ["bloomtui", *quart], n),
+            job("bloomtui stream cold", scheme, ["bloomtui", *quart, "--cold"], cold),
+            job("raw read warm", scheme, ["rawread", *quart], reads),
+            job("raw read cold", scheme, ["rawread", *quart, "--cold"], reads),
+        ]
+    least = ["--model", str(models["bf16_int4"]), "--budget", "min"]
+    jobs += [
+        job("bloomtui all streamed warm", "int4", ["bloomtui", *least], n),
+        job("bloomtui all streamed cold", "int4", ["bloomtui", *least, "--cold"], cold),
+        job("raw read all warm", "int4", ["rawread", *least], reads),
+        job("raw read all cold", "int4", ["rawread", *least, "--cold"], reads),
+    ]
+    return jobs
+
+
+PREFILL_OTHER = {False: "upcast", True: "native"}
+
+
+def long_prompt_jobs(models: dict[str, Path], s: Settings, work: Path) -> list[Job]:
+    """Prefill of long prompts, fully resident, one job per contender and length (run once: each repeats
+    in-process), the GEMM peak, and cancel latency during a long prefill."""
+    from bloomtui.engine.cpu_profile import cpu_profile
+
+    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else dict(BLOOMTUI_ENV)
+    hf_env = dict(QUICK_ENV) if s.quick else {}
+    other = PREFILL_OTHER[cpu_profile().upcast_bf16]  # the path this machine does not choose, forced
+    old = _engine_before_chunked_prefill(work)
+    jobs = [Job("GEMM peak", "prefill", ["gemm", "--size", str(s.gemm_size)], 1, s.timeout, hf_env)]
+    for tokens, reps in zip(s.prompt_lengths, s.prefill_reps, strict=True):
+        group = f"prefill {tokens}"
+        common = ["--prompt-tokens", str(tokens), "--reps", str(reps)]
+        b16, f32 = ["--model", str(models["bf16"]), *common], ["--model", str(models["fp32"]), *common]
+        jobs += [
+            Job("bloomtui bf16, path it chooses", group, ["prefill", *b16], 1, s.timeout, env),
+            Job("bloomtui bf16, other path forced", group, ["prefill", *b16, "--path", other], 1, s.timeout, env),
+            Job("transformers bf16 forward", group, ["hfprefill", *b16, "--dtype", "bfloat16"], 1, s.timeout, hf_env),
+            Job("bloomtui fp32", group, ["prefill", *f32], 1, s.timeout, env),
+            Job("transformers fp32 forward", group, ["hfprefill", *f32, "--dtype", "float32"], 1, s.timeout, hf_env),
+        ]
+        if old is not None:
+            old_args = ["prefill", *f32, "--engine-root", str(old)]
+            jobs.append(Job("bloomtui fp32, engine before chunked prefill", group, old_args, 1, s.timeout, env))
+    cancel = ["--model", str(models["bf16"]), "--prompt-tokens", str(s.cancel_tokens), "--reps", "3"]
+    cancel += ["--after", str(s.cancel_after)]
+    jobs.append(Job("cancel during a long prefill", "prefill", ["cancel", *cancel], 1, s.timeout, env))
+    return jobs
+
+
+ENGINE_BEFORE = "e1aad3d^"  # the commit before many-row passes ran in row chunks (e1aad3d)
+
+
+def _engine_before_chunked_prefill(work: Path) -> Path | None:
+    """bloomtui's package as of ENGINE_BEFORE, extracted (git archive, read-only on the repo) into the work
+    dir: the "today" that fp32 prefill must not be slower than. None without git history."""
+    import tarfile
+    from io import BytesIO
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", ENGINE_BEFORE], cwd=REPO, capture_output=True, text=True, check=True)
+        target = work / f"engine-{rev.stdout.strip()[:12]}"
+        if not (target / "bloomtui" / "__init__.py").is_file():
+            tar = subprocess.run(
+                ["git", "archive", rev.stdout.strip(), "bloomtui"], cwd=REPO, capture_output=True, check=True
+            )
+            staging = work / f".engine-{os.getpid()}"
+            staging.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=BytesIO(tar.stdout)) as archive:
+                archive.extractall(staging, filter="data")
+            os.rename(staging, target)
+        return target
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def quality_jobs(models: dict[str, Path], s: Settings) -> list[Job]:
+    """Perplexity of the held-out sample and a greedy continuation on the trained demo model, per scheme."""
+    from benchmarks.common import HELDOUT
+
+    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else dict(BLOOMTUI_ENV)
+    args = [
+        "--text",
+        str(HELDOUT),
+        "--context",
+        str(s.quality_context),
+        "--tokens",
+        "64",
+        "--chars",
+        str(s.quality_chars),
+    ]
+    return [
+        Job(f"trained {name}", "quality", ["ppl", "--model", str(models[key]), *args], 1, s.timeout, env)
+        for name, key in (("bf16 (as shipped)", "trained"), ("int8", "trained_int8"), ("int4", "trained_int4"))
+    ]
 
 
 def run_job(job: Job) -> None:
@@ -210,28 +332,33 @@ def machine_info(work: Path) -> dict:
     }
 
 
-def big_section(model: Path, s: Settings) -> dict:
-    """Full-width blocks: cold per-block read + 1-token compute, then bloomtui streaming every block cold."""
-    out: dict = {"model": str(model)}
+def big_section(models: dict[str, Path], s: Settings) -> dict:
+    """Full-width blocks, bf16 and int4: cold per-block read + 1-token compute, then bloomtui streaming every
+    block cold."""
+    out: dict = {"model": str(models["wide"]), "model_int4": str(models.get("wide_int4", ""))}
     env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else BLOOMTUI_ENV
-    block = Job("176B-width block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2, env)
-    run_job(block)
-    out["bigblock"] = asdict(block) | {"command": block.command}
-    need = 2 * (block.runs[0]["block_bytes"] if block.runs else 0) + 2_000_000_000
-    available = psutil.virtual_memory().available
-    stream = Job(
-        "bloomtui every 176B-width block streamed, cold",
-        "big",
-        ["bloomtui", "--model", str(model), "--budget", "min", "--cold", "--tokens", str(s.big_tokens)],
-        1,
-        s.timeout * 2,
-        env,
-    )
-    if available < need:
-        stream.errors.append(f"skipped: needs ~{need / 1e9:.1f} GB free RAM, {available / 1e9:.1f} GB available")
-    else:
-        run_job(stream)
-    out["stream"] = asdict(stream) | {"command": stream.command}
+    parts = [("", models["wide"])] + ([("_int4", models["wide_int4"])] if "wide_int4" in models else [])
+    for suffix, model in parts:
+        label = "176B-width" + (" int4" if suffix else "")
+        block = Job(f"{label} block read + compute", "big", ["bigblock", "--model", str(model)], 1, s.timeout * 2, env)
+        run_job(block)
+        out["bigblock" + suffix] = asdict(block) | {"command": block.command}
+        need = 2 * (block.runs[0]["block_bytes"] if block.runs else 0) + 2_000_000_000
+        available = psutil.virtual_memory().available
+        stream = Job(
+            f"bloomtui every {label} block streamed, cold",
+            "big",
+            ["bloomtui", "--model", str(model), "--budget", "min", "--cold", "--tokens", str(s.big_tokens)],
+            1,
+            s.timeout * 2,
+            env,
+        )
+        if available < need:
+            stream.errors.append(f"skipped: needs ~{need / 1e9:.1f} GB free RAM, {available / 1e9:.1f} GB available")
+        else:
+            run_job(stream)
+        out["stream" + suffix] = asdict(stream) | {"command": stream.command}
+        evict(weight_files(model))
     return out
 
 
@@ -263,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         membw_bytes=(64 if q else 1024) << 20,
         skip_big=args.skip_big,
         parallel=args.parallel or (2 if q else 1),
+        prompt_lengths=(128, 384) if q else (1000, 3000),
+        prefill_reps=(1, 1) if q else (2, 1),
+        cancel_tokens=3000,
+        cancel_after=0.3 if q else 2.0,  # the quick model's prefill of 3000 tokens lasts about a second
+        gemm_size=512 if q else 3072,
+        quality_context=1024,
+        quality_chars=8000 if q else 0,
     )
     started = time.time()
     work = args.work.expanduser().resolve()
@@ -275,12 +409,17 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     models = {key: checkpoints.ensure(spec, work, say) for key, spec in specs.items()}
+    models["trained"] = demo_models.path("trained")
+    for key, prep in checkpoints.prepared_specs(q).items():
+        if prep.source in models or Path(prep.source).is_dir():
+            models[key] = checkpoints.ensure_prepared(prep, models.get(prep.source) or Path(prep.source), work, say)
     build_s = time.perf_counter() - t0
     machine = machine_info(work)
-    offload = work / "accelerate-offload"
-    jobs, budgets = plan_jobs(models, s, offload)
+    jobs, budgets = plan_jobs(models, s, work)
 
     def one(job: Job, rep: int) -> None:
+        if rep >= job.repeats:  # jobs that repeat in-process run once
+            return
         say(f"repeat {rep + 1}/{s.repeats}: {job.name} ({job.group})")
         errors = len(job.errors)
         run_job(job)
@@ -292,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     big_future = None
     if not s.skip_big and s.parallel > 1:  # quick mode: beside the contenders; else after them, alone
         say("BLOOM-176B-width blocks")
-        big_future = big_pool.submit(big_section, models["wide"], s)
+        big_future = big_pool.submit(big_section, models, s)
     for rep in range(s.repeats):
         if s.parallel > 1:  # quick mode only: timings there mean little, wall time matters
             with ThreadPoolExecutor(s.parallel) as pool:
@@ -304,10 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         big = big_future.result()
     elif not s.skip_big:
         say("BLOOM-176B-width blocks")
-        big = big_section(models["wide"], s)
+        big = big_section(models, s)
     big_pool.shutdown()
-    if big is not None:
-        evict(weight_files(models["wide"]))
     machine["load_end"] = os.getloadavg()
     raw = {
         "settings": asdict(s),

@@ -9,13 +9,19 @@ own peak RSS (getrusage), so numbers never mix between contenders. Kinds:
   seed        the seed article's method (benchmarks/seed.py)
   rawread     the floor: os.preadv of exactly the byte ranges bloomtui streams per token
   membw       memory bandwidth of a large torch copy
-  bigblock    per-block cold read and 1-token compute of a full-width block
+  bigblock    per-block cold read and 1-token compute of a full-width block (bf16 or a prepared int4 copy)
+  prefill     bloomtui's prefill of a long prompt, fully resident, on the path it picks or a forced one
+  hfprefill   transformers' forward of the same prompt ids (one model() call)
+  cancel      cancel latency: a long prompt's generate cancelled ~2 s in
+  ppl         Engine.perplexity of a text, plus a greedy continuation of a fixed prompt
+  gemm        torch.matmul peak of large bf16 and fp32 matrices
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -24,7 +30,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import PROMPT, READ_CHUNK, RESULT_TAG, RangeEvictor, evict, peak_rss, rss, weight_files
+from benchmarks.common import (
+    PROMPT,
+    READ_CHUNK,
+    RESULT_TAG,
+    RangeEvictor,
+    evict,
+    long_prompt,
+    peak_rss,
+    rss,
+    weight_files,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -155,8 +171,8 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
     ckpt, plan = engine.model_plan.checkpoint, engine.model_plan.plan
     block_spans = {i: _spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
     token_spans = []
-    if not plan.head_resident:
-        token_spans += _spans([ckpt.head, ckpt.embeddings])
+    if not plan.head_resident:  # the head (and int8 scales) and, when tied, the embedding rows read per token
+        token_spans += _spans([*ckpt.head_refs, ckpt.embeddings, *filter(None, [ckpt.embedding_scales])])
     evictor = RangeEvictor()
     token_s: list[float] = []
     blocks: list[dict[str, float]] = []
@@ -239,9 +255,9 @@ def run_seed(args: argparse.Namespace) -> dict:
 
 def streamed_ranges(model: Path, budget: int) -> list[tuple[Path, int, int]]:
     """The (file, offset, length) reads bloomtui's prefetcher makes per decode token under `budget`:
-    streamed blocks tensor by tensor, LM-head chunks, and the new token's embedding row."""
+    streamed blocks tensor by tensor (a prepared folder's `.qweight`/`.scales` included), LM-head chunks
+    (with their int8 scales), and the new token's embedding row (and its scale)."""
     from bloomtui.engine import EngineOptions
-    from bloomtui.engine.checkpoint import BLOCK_TENSORS
     from bloomtui.engine.generate import ModelPlan
 
     mp = ModelPlan.make(model, EngineOptions(ram_budget=budget))
@@ -249,16 +265,21 @@ def streamed_ranges(model: Path, budget: int) -> list[tuple[Path, int, int]]:
     ranges = []
     if not (plan.head_resident and ckpt.tied):
         emb = ckpt.embeddings
-        row = emb.shape[1] * emb.dtype.itemsize
-        ranges.append((emb.path, emb.offset, row))
+        ranges.append((emb.path, emb.offset, emb.shape[1] * emb.dtype.itemsize))
+        if ckpt.embedding_scales is not None:
+            sc = ckpt.embedding_scales
+            ranges.append((sc.path, sc.offset, sc.dtype.itemsize))
     for i in plan.streamed_blocks:
-        ranges += [(ckpt.blocks[i][n].path, ckpt.blocks[i][n].offset, ckpt.blocks[i][n].nbytes) for n in BLOCK_TENSORS]
-    head = ckpt.head
+        ranges += [(ref.path, ref.offset, ref.nbytes) for ref in ckpt.blocks[i].values()]
+    head, scales = ckpt.head, ckpt.head_scales
     row = head.shape[1] * head.dtype.itemsize
     for c in range(plan.head_chunks):
         r0 = c * plan.head_chunk_rows
         r1 = min(plan.head_rows, r0 + plan.head_chunk_rows)
         ranges.append((head.path, head.offset + r0 * row, (r1 - r0) * row))
+        if scales is not None:
+            item = scales.dtype.itemsize
+            ranges.append((scales.path, scales.offset + r0 * item, (r1 - r0) * item))
     return ranges
 
 
@@ -313,28 +334,33 @@ def run_membw(args: argparse.Namespace) -> dict:
 
 
 def run_bigblock(args: argparse.Namespace) -> dict:
-    """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode."""
-    from bloomtui.engine.checkpoint import BLOCK_TENSORS, Checkpoint
+    """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode.
+    Works on bf16 checkpoints and on prepared (int8/int4) folders, whose matrices run on the fused kernels."""
+    from bloomtui.engine.checkpoint import Checkpoint
+    from bloomtui.engine.generate import compute_dtype
+    from bloomtui.engine.loader import assemble, ram_dtype
     from bloomtui.engine.model import KVCache, alibi_bias, block_forward
 
     ckpt = Checkpoint.open(args.model)
     cfg = ckpt.config
-    dtype = ckpt.dtype
-    weights = {n: torch.empty(ckpt.blocks[0][n].shape, dtype=dtype) for n in BLOCK_TENSORS}
-    for t in weights.values():
+    dtype = compute_dtype(ckpt.dtype, None)
+    refs0 = ckpt.blocks[0]
+    raw = {n: torch.empty(ref.shape, dtype=ram_dtype(ref, dtype)) for n, ref in refs0.items()}
+    for t in raw.values():
         t.view(-1).view(torch.uint8).zero_()  # fault the pages in before timing reads
+    weights = assemble(raw, ckpt.scheme)
     fds: dict[Path, int] = {}
     read_s, block_bytes = [], 0
     for i in range(ckpt.n_blocks):
         refs = ckpt.blocks[i]
-        evict({refs[n].path for n in BLOCK_TENSORS})
+        evict({ref.path for ref in refs.values()})
         t0 = time.perf_counter()
         block_bytes = 0
-        for n in BLOCK_TENSORS:
-            view = memoryview(weights[n].view(-1).view(torch.uint8).numpy())
-            block_bytes += _pread_ranges([(refs[n].path, refs[n].offset, refs[n].nbytes)], view, fds)
+        for n, ref in refs.items():
+            view = memoryview(raw[n].view(-1).view(torch.uint8).numpy())
+            block_bytes += _pread_ranges([(ref.path, ref.offset, ref.nbytes)], view, fds)
         read_s.append(time.perf_counter() - t0)
-        evict({refs[n].path for n in BLOCK_TENSORS})
+        evict({ref.path for ref in refs.values()})
         _say(f"block {i}: {block_bytes / 1e9:.2f} GB read cold in {read_s[-1]:.2f} s")
     for fd in fds.values():
         os.close(fd)
@@ -362,7 +388,152 @@ def run_bigblock(args: argparse.Namespace) -> dict:
         "decode_compute_s": decode_s,
         "hidden": cfg.hidden_size,
         "n_head": cfg.n_head,
+        "weights": ckpt.scheme.weights if ckpt.scheme else "bf16",
+        "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
     }
+
+
+# --- long prompts ----------------------------------------------------------------------------------------
+
+
+def _force_path(path: str) -> None:
+    """Force how many-row passes multiply: 'upcast' (fp32 tiles) or 'native' (the dtype's own GEMM)."""
+    if path == "auto":
+        return
+    from bloomtui.engine import generate
+
+    generate.Engine.upcast = property(lambda self: path == "upcast")
+
+
+def _bloomtui_prompt(engine, tokens: int) -> tuple[str, list[int]]:  # noqa: ANN001 - an Engine
+    prompt = long_prompt(engine.tokenizer, tokens)
+    return prompt, engine.encode(prompt)
+
+
+def run_prefill(args: argparse.Namespace) -> dict:
+    """Time to first token of a long prompt, fully resident: embed, every block, ln_f, the head for one row."""
+    from bloomtui.engine import Engine, EngineOptions, SamplingParams
+
+    _force_path(args.path)
+    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    prompt, ids = _bloomtui_prompt(engine, args.prompt_tokens)
+    one = SamplingParams(max_new_tokens=1, ignore_eos=True)
+    engine.generate(long_prompt(engine.tokenizer, 64), one)  # warm-up: kernels, allocator
+    seconds = []
+    for _ in range(args.reps):
+        done = engine.generate(prompt, one)
+        seconds.append(done.prefill_seconds)
+    upcast = getattr(engine, "upcast", None)  # None: an engine from before the per-machine choice
+    engine.close()
+    try:
+        from bloomtui.engine.cpu_profile import cpu_profile
+
+        profile = cpu_profile()
+        chosen, described = profile.upcast_bf16, profile.describe()
+    except ImportError:
+        chosen, described = None, "n/a (engine before cpu_profile)"
+    return {
+        "prefill_s": statistics.median(seconds),
+        "runs_s": seconds,
+        "prompt_tokens": len(ids),
+        "upcast": upcast,
+        "path": args.path,
+        "chosen_upcast": chosen,
+        "profile": described,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "ids": ids[:8],
+    }
+
+
+def run_hfprefill(args: argparse.Namespace) -> dict:
+    """transformers' forward of the same prompt ids in one model() call; logits for the last position only
+    (logits_to_keep=1, as its generate() does for prefill and as bloomtui computes them)."""
+    from transformers import AutoTokenizer, BloomForCausalLM
+
+    model = BloomForCausalLM.from_pretrained(args.model, dtype=DTYPES[args.dtype]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    ids = tokenizer(long_prompt(tokenizer, args.prompt_tokens))["input_ids"]
+    seconds = []
+    with torch.inference_mode():
+        model(torch.tensor([ids[:64]]), logits_to_keep=1)  # warm-up
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            model(torch.tensor([ids]), logits_to_keep=1)
+            seconds.append(time.perf_counter() - t0)
+    return {"prefill_s": statistics.median(seconds), "runs_s": seconds, "prompt_tokens": len(ids), "ids": ids[:8]}
+
+
+def run_cancel(args: argparse.Namespace) -> dict:
+    """Start generate on a long prompt in a thread, set the cancel event after `--after` s, time until it returns."""
+    import threading
+
+    from bloomtui.engine import Engine, EngineOptions, SamplingParams
+    from bloomtui.engine.events import Cancelled
+
+    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    prompt, ids = _bloomtui_prompt(engine, args.prompt_tokens)
+    latencies, cancelled = [], []
+    for _ in range(args.reps):
+        cancel = threading.Event()
+        result: list = []
+        thread = threading.Thread(
+            target=lambda c=cancel, r=result: r.append(
+                engine.generate(prompt, SamplingParams(max_new_tokens=4, ignore_eos=True), cancel=c)
+            )
+        )
+        thread.start()
+        time.sleep(args.after)
+        t0 = time.perf_counter()
+        cancel.set()
+        thread.join()
+        latencies.append(time.perf_counter() - t0)
+        cancelled.append(bool(result) and isinstance(result[0], Cancelled))
+    engine.close()
+    return {"latency_s": latencies, "cancelled": cancelled, "after_s": args.after, "prompt_tokens": len(ids)}
+
+
+# --- quality ----------------------------------------------------------------------------------------------
+
+QUALITY_PROMPT = "The for statement in Python differs a bit from what you may be used to in C or Pascal."
+
+
+def run_ppl(args: argparse.Namespace) -> dict:
+    from bloomtui.engine import Engine, EngineOptions, SamplingParams
+
+    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    text = Path(args.text).read_text(encoding="utf-8")
+    text = text[: args.chars] if args.chars else text
+    scored = engine.perplexity(text, args.context)
+    done = engine.generate(QUALITY_PROMPT, SamplingParams(max_new_tokens=args.tokens, ignore_eos=True))
+    engine.close()
+    scheme = engine.model_plan.checkpoint.scheme
+    return {
+        "perplexity": scored.perplexity,
+        "nll": scored.nll,
+        "tokens": scored.tokens,
+        "windows": scored.windows,
+        "seconds": scored.seconds,
+        "ids": list(done.token_ids),
+        "text": done.text,
+        "weights": scheme.weights if scheme else "as stored",
+        "group_size": scheme.group_size if scheme else None,
+    }
+
+
+def run_gemm(args: argparse.Namespace) -> dict:
+    """GFLOPS of torch.matmul (M x K by K x N) in bf16 and fp32: the peak a prefill could approach."""
+    m = n = k = args.size
+    out = {"size": args.size}
+    for name, dtype in DTYPES.items():
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        torch.matmul(a, b)  # warm-up
+        best = math.inf
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_gflops"] = 2 * m * n * k / best / 1e9
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,6 +564,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--context", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
+    for kind in ("prefill", "hfprefill", "cancel"):
+        p = sub.add_parser(kind)
+        p.add_argument("--model", type=Path, required=True)
+        p.add_argument("--prompt-tokens", type=int, required=True)
+        p.add_argument("--reps", type=int, default=1)
+        if kind == "prefill":
+            p.add_argument("--path", choices=("auto", "native", "upcast"), default="auto")
+            p.add_argument("--engine-root", type=Path, help="import bloomtui from this folder (an older engine)")
+        if kind == "hfprefill":
+            p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
+        else:
+            p.add_argument("--threads", type=int)
+        if kind == "cancel":
+            p.add_argument("--after", type=float, default=2.0)
+    p = sub.add_parser("ppl")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--text", type=Path, required=True)
+    p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--chars", type=int, default=0, help="score only the text's first N characters (0: all)")
+    p.add_argument("--threads", type=int)
+    p = sub.add_parser("gemm")
+    p.add_argument("--size", type=int, default=3072)
+    p.add_argument("--reps", type=int, default=3)
     return parser
 
 
@@ -404,11 +599,18 @@ RUNNERS = {
     "rawread": run_rawread,
     "membw": run_membw,
     "bigblock": run_bigblock,
+    "prefill": run_prefill,
+    "hfprefill": run_hfprefill,
+    "cancel": run_cancel,
+    "ppl": run_ppl,
+    "gemm": run_gemm,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "engine_root", None):
+        sys.path.insert(0, str(args.engine_root))  # before anything imports bloomtui
     _emit(RUNNERS[args.kind](args))
     return 0
 

@@ -40,6 +40,44 @@ CONTENDER_ROWS = (
     "| bloomtui all streamed cold |",
     "| floor: raw read all warm",
     "| floor: raw read all cold",
+    # compressed weights: the scheme summary and the int8/int4 tables
+    "| int8 | ",
+    "| int4 | ",
+    "### int8, ",
+    "### int4, ",
+    # long prompts
+    "| bloomtui bf16, path it chooses |",
+    "| bloomtui bf16, other path forced |",
+    "| transformers bf16 forward |",
+    "| bloomtui fp32 |",
+    "| transformers fp32 forward |",
+    "| bloomtui fp32, engine before chunked prefill |",
+    # quality
+    "| bf16 |  | ",
+)
+SECTIONS = (
+    "## Compressed weights (`bloomtui prepare`)",
+    "## Long prompts: prefill",
+    "## Quality: perplexity and greedy agreement",
+    "### int4 (`bloomtui prepare --weights int4` of the same 3 blocks)",
+    "GEMM peak on this machine",
+    "Cancel: `generate` of a",
+)
+GOALS = (
+    "compressed, fully in RAM decode: int8",
+    "compressed, fully in RAM decode: int4",
+    "compressed, RAM budget 1/4 of the bf16 model, warm: int4",
+    "compressed, RAM budget 1/4 of the bf16 model, cold: int4",
+    "compressed int8, RAM budget 1/4 of the bf16 model, cold",
+    "compressed int4, RAM budget 1/4 of the bf16 model, warm",
+    "**compressed weights**: seed method",
+    "bloomtui s (the path bloomtui chooses)",
+    "FLOPS achieved ÷ this machine's fp32 GEMM peak",
+    "not slower than today",
+    "cancel during a 3000-token prefill",
+    "trained demo model, int8 ÷ bf16",
+    "trained demo model, int4 ÷ bf16",
+    "BLOOM-176B int4 projected s/token",
 )
 
 
@@ -86,6 +124,42 @@ def test_raw_read_floor_reads_what_the_engine_streams(tmp_path: Path) -> None:
     assert done.bytes_read == n * per_token + (done.prompt_tokens - 1) * row
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_raw_read_floor_reads_what_the_engine_streams_prepared(tmp_path: Path, weights: str) -> None:
+    """The same for a prepared folder: `.qweight`/`.scales` of streamed blocks, the int8 head's chunks and
+    scales, the embedding row and its scale."""
+    from bloomtui.engine.prepare import prepare
+
+    source = demo.write_demo_model(tmp_path / "m", preset="tiny", layout="safetensors", dtype="float32")
+    folder = prepare(source, tmp_path / weights, weights)
+    ckpt = Checkpoint.open(folder)
+    budget = minimum_budget(ckpt, 2)  # every block and the head streamed (tiny blocks are smaller than 2 slots)
+    per_token = sum(length for _, _, length in streamed_ranges(folder, budget))
+    engine = Engine.open(folder, EngineOptions(ram_budget=budget))
+    try:
+        n = 3
+        done = engine.generate(PROMPT, SamplingParams(max_new_tokens=n, ignore_eos=True))
+        plan = engine.model_plan.plan
+    finally:
+        engine.close()
+    assert plan.streamed_blocks and not plan.head_resident
+    row = ckpt.embeddings.shape[1] * ckpt.embeddings.dtype.itemsize + ckpt.embedding_scales.dtype.itemsize
+    assert done.bytes_read == n * per_token + (done.prompt_tokens - 1) * row
+
+
+def test_prepared_checkpoints_are_rebuilt_when_their_source_changes(tmp_path: Path) -> None:
+    source = demo.write_demo_model(tmp_path / "m", preset="tiny", layout="safetensors", dtype="float32")
+    spec = checkpoints.PreparedSpec("m-int8", "m", "int8")
+    said: list[str] = []
+    first = checkpoints.ensure_prepared(spec, source, tmp_path / "work", said.append)
+    assert checkpoints.ensure_prepared(spec, source, tmp_path / "work", said.append) == first
+    assert len(said) == 1  # cached
+    demo.write_demo_model(source, preset="tiny", layout="safetensors", dtype="float32", init_std=0.2, overwrite=True)
+    checkpoints.ensure_prepared(spec, source, tmp_path / "work", said.append)
+    assert len(said) == 2  # re-exported in place: prepared again
+    assert Checkpoint.open(first).scheme.weights == "int8"
+
+
 def test_wide_block_writer_gives_a_loadable_checkpoint(tmp_path: Path) -> None:
     shape = demo.DemoShape(n_layer=2, hidden_size=64, n_head=4, vocab_size=512)
     folder = checkpoints.write_wide_blocks(tmp_path / "wide", shape)
@@ -116,6 +190,12 @@ def test_quick_harness_end_to_end(tmp_path: Path) -> None:
         assert row in text, f"no row {row!r} in the report"
     assert "## Goals" in text and "## Exact commands" in text and "## Machine" in text
     assert "Projection for BLOOM-176B" in text and "T = max(S / bw, C)" in text
+    for section in SECTIONS:
+        assert section in text, f"no {section!r} in the report"
+    goal_rows = text.split("## Goals", 1)[1].split("\n## ", 1)[0]
+    for goal in GOALS:
+        assert goal in goal_rows, f"no goal {goal!r}"
+    assert "missing run" not in goal_rows
 
     raw = json.loads((tmp_path / "benchmarks" / "results" / "quick.json").read_text())
     for job in raw["jobs"]:
@@ -135,6 +215,27 @@ def test_quick_harness_end_to_end(tmp_path: Path) -> None:
             if job["args"][0] == "bloomtui" and "--budget" in job["args"]:
                 streaming = run["resident_blocks"] < run["n_blocks"] or not run["head_resident"]
                 assert streaming == (run["bytes_read"] > 0)
+            kind = job["args"][0]
+            if kind == "prefill":
+                assert run["prompt_tokens"] > 100 and run["upcast"] in (True, False, None)
+            if kind in ("prefill", "hfprefill"):
+                assert len(run["runs_s"]) >= 1 and all(t > 0 for t in run["runs_s"])
+            if kind == "cancel":
+                assert len(run["latency_s"]) == 3 and all(math.isfinite(t) for t in run["latency_s"])
+            if kind == "ppl":
+                assert math.isfinite(run["perplexity"]) and run["perplexity"] > 1 and len(run["ids"]) == 64
+            if kind == "gemm":
+                assert run["bfloat16_gflops"] > 0 and run["float32_gflops"] > 0
+    by = {(j["group"], j["name"]): j for j in raw["jobs"]}
+    forced = by[("prefill 128", "bloomtui bf16, other path forced")]["runs"][0]
+    chosen = by[("prefill 128", "bloomtui bf16, path it chooses")]["runs"][0]
+    assert forced["upcast"] != chosen["upcast"]  # both multiply paths are measured
+    hf = by[("prefill 128", "transformers bf16 forward")]["runs"][0]
+    assert hf["ids"] == chosen["ids"] and hf["prompt_tokens"] == chosen["prompt_tokens"]  # the same prompt ids
+    for scheme in ("int8", "int4"):
+        assert by[("quality", f"trained {scheme}")]["runs"][0]["weights"] == scheme
     big = raw["big"]
-    assert big["bigblock"]["runs"], big["bigblock"]["errors"]
-    assert big["stream"]["runs"] or big["stream"]["errors"][0].startswith("skipped")
+    for suffix in ("", "_int4"):
+        assert big["bigblock" + suffix]["runs"], big["bigblock" + suffix]["errors"]
+        assert big["stream" + suffix]["runs"] or big["stream" + suffix]["errors"][0].startswith("skipped")
+    assert big["bigblock_int4"]["runs"][0]["weights"] == "int4"
