@@ -523,7 +523,9 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "cached by the host: cold means cold for this guest's kernel, at whatever speed the host gives.",
         "- Raw read floor: the very byte ranges bloomtui's prefetcher reads per decode token (same budget, "
         "same plan), read with `os.preadv` in 32 MiB chunks into one preallocated buffer, in the same cache "
-        "state. Memory floor: resident weight bytes / copy bandwidth.",
+        "state. Memory floor: resident weight bytes / copy bandwidth. For prepared (int8/int4) folders the floor "
+        "and the cold eviction cover what they stream: blocks' `.qweight`/`.scales`, the int8 LM head's chunks "
+        "with their scales, embedding rows with their scales.",
         "- transformers and Accelerate: `generate(do_sample=False, eos_token_id=None)`, default DynamicCache; "
         "per-token times are stamped by a LogitsProcessor (called right after each forward pass). Accelerate: "
         "`from_pretrained(device_map='auto', max_memory={'cpu': budget}, offload_folder=...)`, page cache "

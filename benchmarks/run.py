@@ -183,17 +183,11 @@ def compressed_jobs(models: dict[str, Path], s: Settings, quarter: int, job) -> 
     return jobs
 
 
-PREFILL_OTHER = {False: "upcast", True: "native"}
-
-
 def long_prompt_jobs(models: dict[str, Path], s: Settings, work: Path) -> list[Job]:
     """Prefill of long prompts, fully resident, one job per contender and length (run once: each repeats
     in-process), the GEMM peak, and cancel latency during a long prefill."""
-    from bloomtui.engine.cpu_profile import cpu_profile
-
     env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else dict(BLOOMTUI_ENV)
     hf_env = dict(QUICK_ENV) if s.quick else {}
-    other = PREFILL_OTHER[cpu_profile().upcast_bf16]  # the path this machine does not choose, forced
     old = _engine_before_chunked_prefill(work)
     jobs = [Job("GEMM peak", "prefill", ["gemm", "--size", str(s.gemm_size)], 1, s.timeout, hf_env)]
     for tokens, reps in zip(s.prompt_lengths, s.prefill_reps, strict=True):
@@ -202,7 +196,7 @@ def long_prompt_jobs(models: dict[str, Path], s: Settings, work: Path) -> list[J
         b16, f32 = ["--model", str(models["bf16"]), *common], ["--model", str(models["fp32"]), *common]
         jobs += [
             Job("bloomtui bf16, path it chooses", group, ["prefill", *b16], 1, s.timeout, env),
-            Job("bloomtui bf16, other path forced", group, ["prefill", *b16, "--path", other], 1, s.timeout, env),
+            Job("bloomtui bf16, other path forced", group, ["prefill", *b16, "--path", "other"], 1, s.timeout, env),
             Job("transformers bf16 forward", group, ["hfprefill", *b16, "--dtype", "bfloat16"], 1, s.timeout, hf_env),
             Job("bloomtui fp32", group, ["prefill", *f32], 1, s.timeout, env),
             Job("transformers fp32 forward", group, ["hfprefill", *f32, "--dtype", "float32"], 1, s.timeout, hf_env),

@@ -397,12 +397,15 @@ def run_bigblock(args: argparse.Namespace) -> dict:
 
 
 def _force_path(path: str) -> None:
-    """Force how many-row passes multiply: 'upcast' (fp32 tiles) or 'native' (the dtype's own GEMM)."""
+    """Force how many-row passes multiply: 'upcast' (fp32 tiles), 'native' (the dtype's own GEMM), or 'other'
+    (whichever bf16 weights would not get in this process: the choice depends on the thread count)."""
     if path == "auto":
         return
     from bloomtui.engine import generate
 
-    generate.Engine.upcast = property(lambda self: path == "upcast")
+    if path == "other":
+        path = "native" if generate.multiplies_upcast(torch.bfloat16) else "upcast"
+    generate.Engine.upcast = property(lambda self, up=path == "upcast": up)
 
 
 def _bloomtui_prompt(engine, tokens: int) -> tuple[str, list[int]]:  # noqa: ANN001 - an Engine
@@ -570,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--prompt-tokens", type=int, required=True)
         p.add_argument("--reps", type=int, default=1)
         if kind == "prefill":
-            p.add_argument("--path", choices=("auto", "native", "upcast"), default="auto")
+            p.add_argument("--path", choices=("auto", "native", "upcast", "other"), default="auto")
             p.add_argument("--engine-root", type=Path, help="import bloomtui from this folder (an older engine)")
         if kind == "hfprefill":
             p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
