@@ -166,10 +166,12 @@ class BloomApp(App[int]):
         if snapshot.version != self._shown_version:
             self._shown_version = snapshot.version
             remote = isinstance(snapshot, RemoteSnapshot)
-            self.query_one(EnginePanel).display = not remote
-            self.query_one(RemotePanel).display = remote
-            (self.query_one(RemotePanel) if remote else self.query_one(EnginePanel)).show(snapshot)  # type: ignore[arg-type]
-            if not remote:
+            # A class, not inline display: the small-terminal fold (app.tcss) decides the engine panel's display.
+            self.query_one("#main").set_class(remote, "-remote")
+            if remote:
+                self.query_one(RemotePanel).show(snapshot)  # type: ignore[arg-type]
+            else:
+                self.query_one(EnginePanel).show(snapshot)
                 self.query_one(StatusLine).show(snapshot)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -250,9 +252,10 @@ class BloomApp(App[int]):
         else:
             self.output.notice(f"{info.name} is open.")
         self.output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
-        if info.budget_warning:
-            self.output.notice(info.budget_warning, error=True)
-            self.notify(info.budget_warning, title="RAM budget", severity="warning", timeout=10)
+        warning = getattr(info, "budget_warning", None)  # a server has no RAM budget
+        if warning:
+            self.output.notice(warning, error=True)
+            self.notify(warning, title="RAM budget", severity="warning", timeout=10)
         self.poll_panel()
 
     @on(EngineFailed)

@@ -44,9 +44,7 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
                 Option(f"{model.repo_id}  ·  {format_size(model.size_on_disk)}", id=f"repo:{model.repo_id}")
                 for model in self.cached
             ]
-            options.append(
-                Option("Built-in demo model  ·  small, trained on the Python docs: writes doc-like English", id="demo")
-            )
+            options.append(Option("Built-in demo model  ·  small, trained on the Python docs", id="demo"))
             options.append(Option("Connect to a server  ·  vLLM, TGI or transformers serve (URL below)", id="connect"))
             yield OptionList(*options, id="picker-options")
             yield Input(
