@@ -2,7 +2,7 @@
 
     python screenshots/make_remote_screenshot.py   # writes screenshots/app-remote.svg, and .png if rsvg-convert exists
 
-Serves a copy of the built-in demo model (random weights, so the text is noise) as `bloom-demo` on 127.0.0.1,
+Serves a copy of the built-in demo model (small, trained on the Python docs) as `bloom-demo` on 127.0.0.1,
 sampling (greedy random weights repeat themselves), opens the app on its URL and saves the screen mid-stream.
 Needs `pip install 'transformers[serving]'`. Uses throw-away config/data/cache dirs.
 """

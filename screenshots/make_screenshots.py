@@ -3,7 +3,7 @@
     python screenshots/make_screenshots.py        # writes screenshots/*.svg, and *.png if rsvg-convert exists
 
 Runs headless in throw-away config/data/cache dirs, so it neither reads nor changes a user's settings. The
-demo model has random weights, so the text is noise; the panel numbers are this machine's real ones.
+demo model is the small one trained on the Python docs; the panel numbers are this machine's real ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SIZE = (140, 45)
-PROMPT = "The SQL command to extract all the users whose name starts with A is: "
+PROMPT = "A list comprehension is"
 
 
 async def _main() -> None:
@@ -27,8 +27,8 @@ async def _main() -> None:
     from bloomtui.tui.engine_handle import DEMO
 
     app = BloomApp(DEMO, find_models=list, cursor_blink=False)
-    # Greedy with a repetition penalty: random weights otherwise settle on repeating a space.
-    app.settings = Settings(max_new_tokens=1000, repetition_penalty=1.3)
+    # Greedy with a repetition penalty: a model this small otherwise loops on its favourite phrase.
+    app.settings = Settings(max_new_tokens=1000, repetition_penalty=1.2)
     async with app.run_test(size=SIZE) as pilot:
         while app.handle is None:
             await pilot.pause(0.05)
