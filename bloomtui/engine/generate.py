@@ -331,7 +331,7 @@ class _Run:
                     h = passes.hidden(inputs, start, caches, alibi, kind, step)
                     n_passes += 1
                     rows = 1 + len(proposal)
-                    logits = passes.logits(h[-rows:])
+                    logits = passes.logits(h[-rows:], like_decode=kind == "verify")
                     self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
                     # Row i predicts the token after proposal[:i]; keep drafts while the target agrees.
                     picked: list[tuple[int, float]] = []

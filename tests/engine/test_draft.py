@@ -259,3 +259,28 @@ def test_cancel_while_the_draft_proposes(engine: Engine, drafts: dict[str, Engin
     result = engine.generate(PROMPT, GREEDY, on_event=on_event, cancel=cancel, draft=spec)
     assert isinstance(result, ev.Cancelled) and result.new_tokens == 1
     assert run(engine, PROMPT, GREEDY, spec)[0].token_ids == run(engine, PROMPT, GREEDY)[0].token_ids
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_bfloat16_verification_multiplies_like_decoding(
+    upcast: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 many-row passes may upcast to fp32 tiles (CPUs with slow bf16 GEMM); verify rows must not, or a
+    near-tie could pick another token than one-row decoding."""
+    monkeypatch.setattr(Engine, "upcast", property(lambda _self: upcast))
+    path = write_checkpoint(tmp_path / "bf16", preset="small", dtype="bfloat16").path
+    eng = Engine.open(path)
+    own = open_draft(path, EngineOptions())
+    try:
+        params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+        plain, plain_seen = run(eng, REPEAT, params)
+        expected = [e.logprob for e in plain_seen if isinstance(e, ev.TokenGenerated)]
+        for spec in (DraftSpec(own), DraftSpec(own, tokens=6), DraftSpec()):
+            drafted, seen = run(eng, REPEAT, params, spec)
+            assert drafted.token_ids == plain.token_ids
+            # Same arithmetic as decoding: identical logprobs (an fp32-upcast verify pass is ~1e-2 off here).
+            assert [e.logprob for e in seen if isinstance(e, ev.TokenGenerated)] == expected
+            assert drafted.draft_accepted > 0 or spec.model is None
+    finally:
+        own.close()
+        eng.close()
