@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bloomtui import __version__
-from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
+from bloomtui.errors import BloomtuiError, BudgetError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import add_remote_options, generate_remote, info_remote, remote_options
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this string (repeatable)")
     gen.add_argument("--ignore-eos", action="store_true", help="keep going after the end-of-text token")
     gen.add_argument("--json", action="store_true", help="print one JSON object per engine event instead of text")
+    gen.add_argument(
+        "--draft",
+        metavar="MODEL|prompt-lookup",
+        help="speculative decoding (greedy only): a small BLOOM with the same tokenizer, held fully resident "
+        "(its bytes are taken from --ram-budget), or 'prompt-lookup' (n-grams of the text so far) proposes "
+        "tokens the model verifies several per pass over its weights; the output is unchanged",
+    )
+    gen.add_argument("--draft-tokens", type=int, metavar="K", help="tokens drafted per pass (default: adaptive, 1..8)")
     _model_options(gen)
     add_remote_options(gen)
 
@@ -240,7 +249,10 @@ def _generate(args: argparse.Namespace) -> int:
     params = _sampling(args)  # validate options before any slow loading
     if args.temperature is not None and args.temperature == 0:
         raise UsageError("--temperature must be > 0 (use --greedy for argmax)")
+    draft_spec = _draft_spec(args, params)
     if is_remote_url(args.model):
+        if draft_spec is not None:
+            raise UsageError("--draft works with local models only")
         return generate_remote(args, params)
     options = _engine_options(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -248,6 +260,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("the prompt is empty")
 
     from bloomtui.engine import Engine, events
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, open_draft
     from bloomtui.progress import StatusLine
 
     status = StatusLine()
@@ -268,12 +281,27 @@ def _generate(args: argparse.Namespace) -> int:
 
     if options.ram_budget is not None and (warning := fit_budget(options.ram_budget)[1]):
         print(f"warning: {warning}", file=sys.stderr)
-    engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
+    draft_engine = None
+    if draft_spec is not None and args.draft != PROMPT_LOOKUP:
+        draft_engine = open_draft(args.draft, options)
+        draft_spec = DraftSpec(draft_engine, draft_spec.tokens)
+        options = _budget_after_draft(options, draft_engine)
     try:
-        result = engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+        try:
+            engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
+        except BudgetError as exc:
+            if draft_engine is None:
+                raise
+            used = format_size(draft_engine.model_plan.plan.total_bytes)
+            raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
+        try:
+            result = engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=draft_spec)
+        finally:
+            engine.close()
+            status.clear()
     finally:
-        engine.close()
-        status.clear()
+        if draft_engine is not None:
+            draft_engine.close()
     if args.json:
         return 130 if isinstance(result, events.Cancelled) else 0
     if result.text and not result.text.endswith("\n"):
@@ -284,10 +312,46 @@ def _generate(args: argparse.Namespace) -> int:
     print(
         f"{result.new_tokens} tokens ({result.stop_reason}), prefill {result.prefill_seconds:.2f} s, "
         f"{result.tokens_per_second:.2f} tokens/s, read {format_size(result.bytes_read)}, "
-        f"peak RSS {format_size(result.peak_rss)}",
+        f"peak RSS {format_size(result.peak_rss)}" + _draft_summary(result, draft_spec),
         file=sys.stderr,
     )
     return 0
+
+
+def _draft_spec(args: argparse.Namespace, params):  # noqa: ANN001, ANN202
+    """The draft asked for, checked before anything loads (its model is opened later)."""
+    from bloomtui.engine.drafting import DraftSpec
+
+    if args.draft is None:
+        if args.draft_tokens is not None:
+            raise UsageError("--draft-tokens needs --draft")
+        return None
+    if not params.greedy:
+        raise UsageError("--draft works with greedy decoding only (drop --temperature, or --draft)")
+    return DraftSpec(None, args.draft_tokens)
+
+
+def _budget_after_draft(options, draft):  # noqa: ANN001, ANN202
+    """The draft's resident bytes come out of --ram-budget; without one, each model gets the default."""
+    if options.ram_budget is None:
+        return options
+    used = draft.model_plan.plan.total_bytes
+    if used >= options.ram_budget:
+        raise UsageError(
+            f"--ram-budget {format_size(options.ram_budget)} does not cover the draft model "
+            f"({format_size(used)} resident) and the model"
+        )
+    return dataclasses.replace(options, ram_budget=options.ram_budget - used)
+
+
+def _draft_summary(result, spec) -> str:  # noqa: ANN001
+    if spec is None or not result.passes:
+        return ""
+    rate = f"{result.acceptance:.0%}" if result.acceptance is not None else "-"
+    return (
+        f", draft {spec.name}: {result.draft_accepted}/{result.draft_proposed} accepted ({rate}), "
+        f"{result.new_tokens / result.passes:.2f} tokens/pass"
+    )
 
 
 def read_text_file(name: str) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bloomtui import demo
 from tests.checkpoints import Written
 
 
@@ -160,3 +163,41 @@ def test_repo_id_resolves_from_the_local_hf_cache(tiny_model: Written, tmp_path:
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["path"].endswith(commit)
+
+
+def test_generate_with_a_draft_gives_the_same_output(tiny_model: Written) -> None:
+    args = ("generate", str(tiny_model.path), "ab ab ab ab ab", "--max-new-tokens", "12", "--ignore-eos", "--json")
+    plain = json.loads(bloomtui(*args).stdout.splitlines()[-1])
+    assert plain["passes"] == 12 and plain["draft_proposed"] == 0
+    for draft in (["--draft", str(tiny_model.path)], ["--draft", "prompt-lookup", "--draft-tokens", "3"]):
+        run = bloomtui(*args, *draft)
+        assert run.returncode == 0, run.stderr
+        events = [json.loads(line) for line in run.stdout.splitlines()]
+        done = events[-1]
+        assert done["token_ids"] == plain["token_ids"] and done["text"] == plain["text"]
+        assert done["passes"] == 12 - done["draft_accepted"]
+        verify = [e for e in events if e["event"] == "block" and e["kind"] == "verify"]
+        assert all(e["rows"] > 1 for e in verify) and len(verify) <= done["draft_proposed"] * 4
+    # The model as its own draft: every drafted token is kept.
+    text = bloomtui(*args[:-1], "--draft", str(tiny_model.path), "--ram-budget", "4MB")
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"draft model: (\d+)/\1 accepted \(100%\), [\d.]+ tokens/pass", text.stderr), text.stderr
+
+
+def test_draft_errors_are_one_line_exit_2(tiny_model: Written, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model.path, other)
+    demo.save_tokenizer(512, other)
+    model = str(tiny_model.path)
+    cases = [
+        (["--draft", str(other)], "tokenizer differs"),
+        (["--draft", "prompt-lookup", "--temperature", "0.7"], "greedy decoding only"),
+        (["--draft-tokens", "3"], "--draft-tokens needs --draft"),
+        (["--draft", "prompt-lookup", "--draft-tokens", "0"], "--draft-tokens must be"),
+        (["--draft", model, "--ram-budget", "2MB"], "draft model"),
+    ]
+    for extra, needle in cases:
+        run = bloomtui("generate", model, "x", *extra)
+        assert run.returncode == 2, (extra, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr

@@ -2,9 +2,11 @@
 
 engine = Engine.open("path/or/hf-id", EngineOptions(ram_budget=800_000_000), on_event=print)
 result = engine.generate("Hello", SamplingParams(max_new_tokens=20), on_event=print, cancel=event)
+result = engine.generate("Hello", draft=DraftSpec(open_draft("bloom-560m", EngineOptions())))  # drafting.py
 """
 
+from bloomtui.engine.drafting import DraftSpec
 from bloomtui.engine.generate import Engine, EngineOptions, ModelPlan
 from bloomtui.engine.sampling import SamplingParams
 
-__all__ = ["Engine", "EngineOptions", "ModelPlan", "SamplingParams"]
+__all__ = ["DraftSpec", "Engine", "EngineOptions", "ModelPlan", "SamplingParams"]

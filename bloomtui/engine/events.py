@@ -69,7 +69,7 @@ class BlockDone(Event):
     compute_seconds: float
     rss: int
     rows: int = 1
-    """Positions this pass carries: the prompt's length in prefill, 1 per decoded token."""
+    """Positions this pass carries: the prompt's length in prefill, 1 per decoded token, 1 + K verifying K drafts."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,15 @@ class Done(Event):
     peak_rss: int
     bytes_read: int
     stop_reason: str
+    passes: int = 0
+    """Passes over the target's weights (the prefill included)."""
+    draft_proposed: int = 0
+    """Tokens a draft proposed (0 without one); `draft_accepted` of them the target kept."""
+    draft_accepted: int = 0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else None
 
 
 @dataclass(frozen=True)

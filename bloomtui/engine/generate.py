@@ -17,6 +17,15 @@ import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.cpu_profile import cpu_profile
+from bloomtui.engine.drafting import (
+    AdaptiveK,
+    Drafter,
+    DraftSpec,
+    ModelDrafter,
+    PromptLookup,
+    check_same_tokenizer,
+    tokenizer_identity,
+)
 from bloomtui.engine.events import (
     Cancelled,
     Done,
@@ -113,6 +122,13 @@ class Engine:
         self.dtype = model_plan.dtype
         self._generation = 0
         self._lock = threading.Lock()
+        self._tokenizer_identity: tuple[object, object] | None = None
+
+    def tokenizer_identity(self) -> tuple[object, object]:
+        """(vocabulary, merges), computed once: a draft's tokenizer must equal the target's."""
+        if self._tokenizer_identity is None:
+            self._tokenizer_identity = tokenizer_identity(self.tokenizer)
+        return self._tokenizer_identity
 
     @property
     def upcast(self) -> bool:
@@ -182,14 +198,29 @@ class Engine:
         params: SamplingParams = SamplingParams(),  # noqa: B008 - frozen
         on_event: EventSink = ignore,
         cancel: threading.Event | None = None,
+        draft: DraftSpec | None = None,
     ) -> Done | Cancelled:
         """Generate a continuation of `prompt`. Emits events; returns the final Done or Cancelled.
 
-        Raises BloomtuiError (after emitting an Error event) for bad input; one run at a time."""
-        return self.run_locked(
-            on_event,
-            lambda generation: _Run(self, generation, params, on_event, cancel or threading.Event()).execute(prompt),
-        )
+        With `draft`, tokens are proposed by a draft and verified several per pass (greedy only; the ids
+        are those without a draft). Raises BloomtuiError (after emitting an Error event) for bad input;
+        one run at a time."""
+
+        def body(generation: int) -> Done | Cancelled:
+            run = _Run(self, generation, params, on_event, cancel or threading.Event())
+            if draft is None:
+                return run.execute(prompt, None)
+            if not params.greedy:
+                raise UsageError("a draft works with greedy decoding only (drop --temperature, or --draft)")
+            if draft.model is None:
+                return run.execute(prompt, draft)
+            if draft.model is self:
+                raise UsageError("the draft model must be a separate engine")
+            check_same_tokenizer(self, draft.model)
+            with draft.model._lock:
+                return run.execute(prompt, draft)
+
+        return self.run_locked(on_event, body)
 
     def perplexity(
         self,
@@ -218,7 +249,7 @@ def prefill_path(dtype: torch.dtype) -> str:
 
 
 class _Run:
-    """State of one generate() call."""
+    """State of one generate() call: a prefill pass, then passes of 1 row (or 1 + K drafted rows)."""
 
     def __init__(
         self, engine: Engine, generation: int, params: SamplingParams, on_event: EventSink, cancel: threading.Event
@@ -230,8 +261,33 @@ class _Run:
         self.cancel = cancel
         self.token_ids: list[int] = []
         self.text: list[str] = []
+        self.decoder = IncrementalDecoder(engine.decode)
+        self.stops = StopFilter(params.stop)
+        self.eos = None if params.ignore_eos else engine.config.eos_token_id
+        self.reason = "length"
+        self.proposed = 0
+        self.accepted = 0
 
-    def execute(self, prompt: str) -> Done | Cancelled:
+    def _emit_token(self, token: int, logprob: float, seconds: float) -> bool:
+        """Stream one token through the decoder and stop rules; True when the run ends with it."""
+        stops, decoder = self.stops, self.decoder
+        step = len(self.token_ids)
+        self.token_ids.append(token)
+        last = step == self.params.max_new_tokens - 1
+        if token == self.eos:
+            piece, hit = stops.feed(decoder.flush())
+            self.reason = "eos"
+        else:
+            piece, hit = stops.feed(decoder.push(token) + (decoder.flush() if last else ""))
+        if hit:
+            self.reason = "stop"
+        elif self.reason == "eos" or last:
+            piece += stops.flush()
+        self.text.append(piece)
+        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds))
+        return self.reason != "length" or last
+
+    def execute(self, prompt: str, draft: DraftSpec | None) -> Done | Cancelled:
         engine, params = self.engine, self.params
         prompt_ids = engine.encode(prompt)
         if not prompt_ids:
@@ -242,46 +298,65 @@ class _Run:
         caches = [KVCache.empty(cfg, capacity, dtype) for _ in range(cfg.n_layer)]
         alibi = alibi_bias(cfg.n_head, max_len, dtype)
         sampler = Sampler(params)
-        decoder = IncrementalDecoder(engine.decode)
-        stops = StopFilter(params.stop)
-        eos = None if params.ignore_eos else cfg.eos_token_id
-        seen = list(prompt_ids)
+        seq = list(prompt_ids)
         timings: list[float] = []
-        inputs, start = prompt_ids, 0
-        reason = "length"
+        n_passes = 0
         passes = None
+        drafter: Drafter | None = None
+        k = AdaptiveK(draft.tokens if draft else None)
         try:
+            # Every pass yields at least one token, so max_new_tokens passes bound the reads ahead.
             with engine.store.prefetcher(params.max_new_tokens, self.cancel) as prefetch:
                 passes = engine.passes(self.generation, self.emit, self.cancel, prefetch)
                 passes.rss()
-                for step in range(params.max_new_tokens):
+                if draft is not None:
+                    drafter = (
+                        PromptLookup()
+                        if draft.model is None
+                        else ModelDrafter(draft.model, self.generation, self.cancel, max_len, cfg.vocab_size)
+                    )
+                done = False
+                while not done:
                     t0 = time.perf_counter()
-                    kind = "prefill" if step == 0 else "decode"
-                    h = passes.hidden(inputs, start, caches, alibi, kind, step)
-                    logits = passes.logits(h[-1:])[0]
-                    self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
-                    token, logprob = sampler(logits, torch.tensor(seen))
-                    timings.append(time.perf_counter() - t0)
-                    self.token_ids.append(token)
-                    seen.append(token)
-                    last = step == params.max_new_tokens - 1
-                    if token == eos:
-                        piece, hit = stops.feed(decoder.flush())
-                        reason = "eos"
+                    step = len(self.token_ids)
+                    if step == 0:
+                        inputs, start, proposal, kind = prompt_ids, 0, [], "prefill"
                     else:
-                        piece, hit = stops.feed(decoder.push(token) + (decoder.flush() if last else ""))
-                    if hit:
-                        reason = "stop"
-                    elif reason == "eos" or last:
-                        piece += stops.flush()
-                    self.text.append(piece)
-                    self.emit(TokenGenerated(self.generation, step, token, piece, logprob, timings[-1]))
-                    if reason != "length":
-                        break
-                    start += len(inputs)
-                    inputs = [token]
+                        # The cache holds every position but the last token's, which this pass feeds.
+                        start = len(seq) - 1
+                        room = params.max_new_tokens - step - 1  # a pass never yields more than is left
+                        proposal = drafter.propose(seq, min(k.k, room)) if drafter and room > 0 else []
+                        inputs = [seq[-1], *proposal]
+                        kind = "verify" if proposal else "decode"
+                    h = passes.hidden(inputs, start, caches, alibi, kind, step)
+                    n_passes += 1
+                    rows = 1 + len(proposal)
+                    logits = passes.logits(h[-rows:], like_decode=kind == "verify")
+                    self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
+                    # Row i predicts the token after proposal[:i]; keep drafts while the target agrees.
+                    picked: list[tuple[int, float]] = []
+                    for i in range(rows):
+                        token, logprob = sampler(logits[i], torch.tensor(seq + [t for t, _ in picked]))
+                        picked.append((token, logprob))
+                        if i == len(proposal) or token != proposal[i]:
+                            break
+                    matched = len(picked) - 1
+                    self.proposed += len(proposal)
+                    self.accepted += matched
+                    k.update(len(proposal), matched)
+                    if drafter is not None:
+                        drafter.rollback(len(seq) + matched)
+                    timings.append(time.perf_counter() - t0)
+                    for token, logprob in picked:
+                        seq.append(token)
+                        done = self._emit_token(token, logprob, timings[-1] / len(picked))
+                        if done:
+                            break
         except CancelRequested:
             return Cancelled(self.generation, tuple(self.token_ids), "".join(self.text), len(self.token_ids))
+        finally:
+            if isinstance(drafter, ModelDrafter):
+                drafter.close()
         decode = sum(timings[1:])
         n = len(self.token_ids)
         return Done(
@@ -295,5 +370,8 @@ class _Run:
             tokens_per_second=(n - 1) / decode if n > 1 and decode > 0 else n / timings[0],
             peak_rss=passes.peak_rss,
             bytes_read=passes.bytes_read,
-            stop_reason=reason,
+            stop_reason=self.reason,
+            passes=n_passes,
+            draft_proposed=self.proposed,
+            draft_accepted=self.accepted,
         )

@@ -68,7 +68,8 @@ class Passes:
         """Final hidden states (after ln_f) of `ids` at positions start.., filling the caches: (T, H)."""
         store, cfg = self.store, self.config
         n, gen, rows = cfg.n_layer, self.generation, len(ids)
-        mm = self.mm_one if rows == 1 else self.mm_many
+        # Verification rows multiply as decoding does (no fp32 upcast), so greedy picks match a draft-free run.
+        mm = self.mm_one if rows == 1 or kind == "verify" else self.mm_many
         x, nbytes = store.embed_rows(ids)
         self.bytes_read += nbytes
         small = store.small
@@ -119,11 +120,11 @@ class Passes:
             self._check()
         return layer_norm(x, small["ln_f.weight"], small["ln_f.bias"], eps)
 
-    def head_chunks(self, h: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+    def head_chunks(self, h: Tensor, like_decode: bool = False) -> Iterator[tuple[int, int, Tensor]]:
         """(first vocab row, end row, fp32 logits (R, end - first)) over the whole vocabulary, in order, each
         slice small enough that R rows of it fit in SCORE_BYTES; streamed head chunks are read as they go."""
         store = self.store
-        mm = self.mm_one if h.shape[0] == 1 else self.mm_many
+        mm = self.mm_one if h.shape[0] == 1 or like_decode else self.mm_many
         width = max(1024, SCORE_BYTES // (4 * h.shape[0]))
         if store.head is not None:
             sources = [(0, store.head, None)]
@@ -142,10 +143,10 @@ class Passes:
                 self.prefetch.release(fetched)
                 self.bytes_read += fetched.nbytes
 
-    def logits(self, h: Tensor) -> Tensor:
+    def logits(self, h: Tensor, like_decode: bool = False) -> Tensor:
         """Full fp32 logits (R, vocab rows) for a few rows (sampling, draft verification)."""
         out = torch.empty((h.shape[0], self.store.plan.head_rows), dtype=torch.float32)
-        for r0, r1, chunk in self.head_chunks(h):
+        for r0, r1, chunk in self.head_chunks(h, like_decode):
             out[:, r0:r1] = chunk
         return out
 

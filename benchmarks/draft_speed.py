@@ -1,0 +1,91 @@
+"""Tokens/s with and without a draft (issue 9), greedy, the target streamed under a budget of 1/4 of its size.
+
+    python -m benchmarks.draft_speed bloomtui/demo_models/trained [--draft bloomtui/demo_models/trained-draft]
+
+Each case runs once to warm up, then `--repeats` times; the median decode tokens/s is reported with the
+passes over the target's weights and the acceptance rate, and the ids are checked against the plain run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from bloomtui.engine import Engine, EngineOptions, SamplingParams
+from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.drafting import DraftSpec, open_draft
+from bloomtui.engine.events import Done
+from bloomtui.engine.generate import compute_dtype
+from bloomtui.engine.residency import budget_for, minimum_budget
+
+PASSAGE = (
+    "The old lighthouse keeper climbed the stairs every evening, lit the lamp, and wrote one line in his "
+    "book about the sea, the wind and the ships that passed."
+)
+PROMPTS = {
+    "story": "Once upon a time, a little girl named Lily found a small red box in the garden.",
+    "repeat": f"Repeat the passage exactly.\nPassage: {PASSAGE}\nRepeated: {PASSAGE}\nRepeated again:",
+    "no-repeat": "Seventeen quiet purple elephants juggled marmalade beneath Tuesday's crooked horizon",
+}
+
+
+def quarter_budget(model: str) -> int:
+    ckpt = Checkpoint.open(model)
+    itemsize = compute_dtype(ckpt.dtype, None).itemsize
+    return max(minimum_budget(ckpt, itemsize), budget_for(ckpt, itemsize, ckpt.n_blocks) // 4)
+
+
+def measure(engine: Engine, prompt: str, params: SamplingParams, draft: DraftSpec | None, repeats: int) -> list[Done]:
+    engine.generate(prompt, params, draft=draft)
+    runs = []
+    for _ in range(repeats):
+        result = engine.generate(prompt, params, draft=draft)
+        assert isinstance(result, Done)
+        runs.append(result)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--draft", help="draft model folder (prompt lookup is always measured)")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    budget = quarter_budget(args.model)
+    engine = Engine.open(args.model, EngineOptions(ram_budget=budget))
+    plan = engine.model_plan.plan
+    print(
+        f"target {args.model}: budget {budget} B, {len(plan.streamed_blocks)}/{plan.n_blocks} blocks streamed, "
+        f"head {'resident' if plan.head_resident else 'streamed'}"
+    )
+    drafts: dict[str, DraftSpec | None] = {"plain": None, "prompt-lookup": DraftSpec()}
+    draft_engine = None
+    if args.draft:
+        draft_engine = open_draft(args.draft, EngineOptions())
+        drafts["draft-model"] = DraftSpec(draft_engine)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    print("| prompt | draft | decode tok/s | vs plain | passes | tokens | accepted/proposed | same ids |")
+    print("|---|---|---|---|---|---|---|---|")
+    t0 = time.perf_counter()
+    for label, prompt in PROMPTS.items():
+        base = None
+        for name, spec in drafts.items():
+            runs = measure(engine, prompt, params, spec, args.repeats)
+            speed = statistics.median(r.tokens_per_second for r in runs)
+            r = runs[0]
+            base = base or (speed, r.token_ids)
+            rate = f"{r.draft_accepted}/{r.draft_proposed}" if spec else "-"
+            print(
+                f"| {label} | {name} | {speed:.1f} | {speed / base[0]:.2f}x | {r.passes} | {r.new_tokens} | "
+                f"{rate} | {r.token_ids == base[1]} |"
+            )
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    engine.close()
+    if draft_engine is not None:
+        draft_engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Drafts for speculative decoding: a small resident BLOOM, or n-gram lookup in the text so far.
+
+A draft proposes K tokens; the target verifies them in one pass over its weights (K+1 rows), so a streamed
+block is read once for up to K+1 tokens. Verification is greedy and exact: a drafted token is kept only
+where it equals the target's own choice, so the output equals decoding without a draft (see generate.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from bloomtui.engine.events import ignore
+from bloomtui.engine.model import KVCache, alibi_bias
+from bloomtui.engine.residency import budget_for
+from bloomtui.errors import UsageError
+
+if TYPE_CHECKING:
+    from bloomtui.engine.generate import Engine, EngineOptions
+    from bloomtui.engine.loader import Prefetcher
+    from bloomtui.engine.passes import Passes
+
+PROMPT_LOOKUP = "prompt-lookup"
+MAX_DRAFT_TOKENS = 8
+"""Upper end of the adaptive K; a fixed --draft-tokens may go up to MAX_FIXED_TOKENS."""
+MAX_FIXED_TOKENS = 32
+_START_TOKENS = 4
+_NGRAM = 3
+"""Longest suffix n-gram prompt lookup matches (then shorter ones)."""
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """What drafts for a run: `model` (an Engine held fully resident) or prompt lookup when None."""
+
+    model: Engine | None = None
+    tokens: int | None = None
+    """Fixed K; None adapts K in 1..MAX_DRAFT_TOKENS."""
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and not 1 <= self.tokens <= MAX_FIXED_TOKENS:
+            raise UsageError(f"--draft-tokens must be in 1..{MAX_FIXED_TOKENS}, got {self.tokens}")
+
+    @property
+    def name(self) -> str:
+        return PROMPT_LOOKUP if self.model is None else self.model.model_plan.path.name
+
+
+class Drafter(Protocol):
+    def propose(self, seq: list[int], k: int) -> list[int]:
+        """Up to k tokens likely to follow `seq` (prompt and tokens so far)."""
+
+    def rollback(self, valid: int) -> None:
+        """Only the first `valid` tokens of the last proposal's sequence (plus accepted drafts) still hold."""
+
+
+class AdaptiveK:
+    """K grows on full acceptance and shrinks on a miss (fixed when asked)."""
+
+    def __init__(self, fixed: int | None) -> None:
+        self.fixed = fixed
+        self.k = fixed or _START_TOKENS
+
+    def update(self, proposed: int, accepted: int) -> None:
+        if self.fixed is not None or proposed == 0:
+            return
+        # Grow fast when the draft is right: a pass carrying more rows costs little when streaming.
+        self.k = min(MAX_DRAFT_TOKENS, self.k + 2) if accepted == proposed else max(1, self.k - 1)
+
+
+class PromptLookup:
+    """Continuations of the latest earlier occurrence of the text's last n-gram (n = 3, 2, 1)."""
+
+    def propose(self, seq: list[int], k: int) -> list[int]:
+        n_seq = len(seq)
+        for n in range(min(_NGRAM, n_seq - 1), 0, -1):
+            suffix = seq[n_seq - n :]
+            # Latest occurrence first: in a repeating passage it is the one that continues it.
+            for i in range(n_seq - n - 1, -1, -1):
+                if seq[i : i + n] == suffix:
+                    return seq[i + n : i + n + k]
+        return []
+
+    def rollback(self, valid: int) -> None:
+        pass
+
+
+class ModelDrafter:
+    """Greedy proposals from a small resident model, keeping its own KV cache across rounds."""
+
+    def __init__(
+        self, engine: Engine, generation: int, cancel: threading.Event, max_len: int, target_vocab: int
+    ) -> None:
+        cfg = engine.config
+        self.engine = engine
+        self.vocab = min(cfg.vocab_size, target_vocab)
+        self.caches = [KVCache.empty(cfg, min(max_len, 512), engine.dtype) for _ in range(cfg.n_layer)]
+        self.alibi = alibi_bias(cfg.n_head, max_len, engine.dtype)
+        self.filled = 0
+        """Positions of the draft's caches that match the sequence."""
+        self.prefetch: Prefetcher = engine.store.prefetcher(0, cancel)  # nothing streams: see open_draft
+        # Its events are not the target's: a UI counts the target's blocks. The cancel flag is shared.
+        self.passes: Passes = engine.passes(generation, ignore, cancel, self.prefetch)
+
+    def propose(self, seq: list[int], k: int) -> list[int]:
+        ids = seq[self.filled :]
+        if any(t >= self.engine.config.vocab_size for t in ids):
+            return []
+        out: list[int] = []
+        for step in range(k):
+            h = self.passes.hidden(ids, self.filled, self.caches, self.alibi, "decode", step)
+            self.filled += len(ids)
+            token = int(torch.argmax(self.passes.logits(h[-1:])[0]))
+            if token >= self.vocab:
+                break
+            out.append(token)
+            ids = [token]
+        return out
+
+    def rollback(self, valid: int) -> None:
+        self.filled = min(self.filled, valid)
+
+    def close(self) -> None:
+        self.prefetch.close()
+
+
+def tokenizer_identity(tokenizer) -> tuple[object, object]:  # noqa: ANN001 - a transformers tokenizer
+    """(vocabulary, merges) of a tokenizer: two tokenizers with equal ones split text into the same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = json.loads(backend.to_str()).get("model", {})
+        return model.get("vocab"), model.get("merges")
+    return tokenizer.get_vocab(), None
+
+
+def check_same_tokenizer(target: Engine, draft: Engine) -> None:
+    """A draft must split text into the target's ids, else its proposals mean other tokens."""
+    tv, tm = target.tokenizer_identity()
+    dv, dm = draft.tokenizer_identity()
+    if tv != dv:
+        sizes = f"{len(dv or ())} tokens vs the target's {len(tv or ())}"
+        raise UsageError(f"the draft model's tokenizer differs from the target's (vocabulary: {sizes})")
+    if tm != dm:
+        raise UsageError("the draft model's tokenizer differs from the target's (merges)")
+
+
+def open_draft(model: str | Path, options: EngineOptions) -> Engine:
+    """Open a draft model held fully resident (a draft runs K passes per target pass; it must not stream)."""
+    from bloomtui.engine.generate import Engine, EngineOptions, ModelPlan
+
+    probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
+    ckpt = probe.checkpoint
+    budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)
+    engine = Engine.open(model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads))
+    if engine.model_plan.plan.streams:
+        engine.close()
+        raise UsageError(f"the draft model {probe.path.name} does not fit in this machine's RAM")
+    return engine
