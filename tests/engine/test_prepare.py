@@ -221,3 +221,13 @@ def test_matrices_are_quantised_and_card_written(tmp_path) -> None:  # noqa: ANN
     card = (out / "README.md").read_text()
     assert "int4" in card and "group size 32" in card and str(source.path) in card
     assert (out / "tokenizer.json").read_bytes() == (source.path / "tokenizer.json").read_bytes()
+
+
+def test_int4_packed_for_another_cpu_is_refused(tmp_path) -> None:  # noqa: ANN001
+    source = write_checkpoint(tmp_path / "src", preset="tiny")
+    out = prepare(source.path, tmp_path / "out", "int4")
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"]["int4_layout"] = "torch-cpu-int4pack/rows32/" + ",".join(map(str, range(32)))
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="packed for another kind of CPU"):
+        Engine.open(out)
