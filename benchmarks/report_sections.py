@@ -363,10 +363,11 @@ def long_prompt_section(get: Lookup, raw: dict) -> list[str]:
         "(longest prompt above, bf16) |",
         "|---|---|---|---|---|---|",
     ]
+    measured = [r for _, g in _prefill_groups(raw) if (r := get.run(g, "bloomtui bf16, path it chooses"))]
+    here = measured[-1] if measured else None  # the longest prompt's rate
+    rate = proj.prefill_flops(here["prompt_tokens"], n_layer, hidden) / here["prefill_s"] if here else math.nan
     for tokens in (1000, 3000):
         flops = proj.prefill_flops(tokens)
-        here = next((r for _, g in _prefill_groups(raw) if (r := get.run(g, "bloomtui bf16, path it chooses"))), None)
-        rate = proj.prefill_flops(here["prompt_tokens"], n_layer, hidden) / here["prefill_s"] if here else math.nan
         cells = [f"{flops / g / 1e9 / 60:.0f} min" for g in DESKTOP_GFLOPS]
         out.append(
             f"| {tokens} | {flops:.3g} | {' | '.join(cells)} | {flops / rate / 3600:.1f} h ({rate / 1e9:.0f} GFLOPS) |"
