@@ -261,7 +261,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from bloomtui.engine import Engine, events
     from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, open_draft
-    from bloomtui.progress import StatusLine
+    from bloomtui.progress import StatusLine, finish_generation
 
     status = StatusLine()
     cancel = threading.Event()
@@ -302,20 +302,15 @@ def _generate(args: argparse.Namespace) -> int:
     finally:
         if draft_engine is not None:
             draft_engine.close()
-    if args.json:
-        return 130 if isinstance(result, events.Cancelled) else 0
-    if result.text and not result.text.endswith("\n"):
-        sys.stdout.write("\n")
-    if isinstance(result, events.Cancelled):
-        print(f"cancelled after {result.new_tokens} tokens", file=sys.stderr)
-        return 130
-    print(
-        f"{result.new_tokens} tokens ({result.stop_reason}), prefill {result.prefill_seconds:.2f} s, "
-        f"{result.tokens_per_second:.2f} tokens/s, read {format_size(result.bytes_read)}, "
-        f"peak RSS {format_size(result.peak_rss)}" + _draft_summary(result, draft_spec),
-        file=sys.stderr,
+    return finish_generation(
+        result,
+        args.json,
+        lambda done: (
+            f"{done.new_tokens} tokens ({done.stop_reason}), prefill {done.prefill_seconds:.2f} s, "
+            f"{done.tokens_per_second:.2f} tokens/s, read {format_size(done.bytes_read)}, "
+            f"peak RSS {format_size(done.peak_rss)}" + _draft_summary(done, draft_spec)
+        ),
     )
-    return 0
 
 
 def _draft_spec(args: argparse.Namespace, params):  # noqa: ANN001, ANN202

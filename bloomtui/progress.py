@@ -24,6 +24,23 @@ def prefill_text(event: events.PrefillProgress) -> str:
     )
 
 
+def finish_generation(
+    result: events.Done | events.Cancelled, as_json: bool, summary: Callable[[events.Done], str]
+) -> int:
+    """End a headless `generate` (local or remote): close the streamed text's line, say how it ended on
+    stderr (summary(done) for a finished run), and return the exit status: 130 when cancelled."""
+    cancelled = isinstance(result, events.Cancelled)
+    if as_json:
+        return 130 if cancelled else 0
+    if result.text and not result.text.endswith("\n"):
+        sys.stdout.write("\n")
+    if cancelled:
+        print(f"cancelled after {result.new_tokens} tokens", file=sys.stderr)
+        return 130
+    print(summary(result), file=sys.stderr)
+    return 0
+
+
 class PlainLines:
     """Progress as whole lines for a stream that is not a terminal: nothing for short work, then a line
     every few seconds (no carriage-return spam in logs)."""

@@ -45,6 +45,7 @@ def remote_options(args: argparse.Namespace, *, local_allowed: bool = False) -> 
 
 def generate_remote(args: argparse.Namespace, params: SamplingParams) -> int:
     from bloomtui.engine import events
+    from bloomtui.progress import finish_generation
     from bloomtui.remote.engine import RemoteEngine
     from bloomtui.remote.events import RemoteNotice
 
@@ -73,19 +74,14 @@ def generate_remote(args: argparse.Namespace, params: SamplingParams) -> int:
         if not args.json and shown and not shown[-1].endswith("\n"):
             sys.stdout.write("\n")  # end the partial text, so the `error:` line on stderr stands on its own
         raise
-    if args.json:
-        return 130 if isinstance(result, events.Cancelled) else 0
-    if result.text and not result.text.endswith("\n"):
-        sys.stdout.write("\n")
-    if isinstance(result, events.Cancelled):
-        print(f"cancelled after {result.new_tokens} tokens", file=sys.stderr)
-        return 130
-    print(
-        f"{result.new_tokens} tokens ({result.stop_reason}), first token {result.prefill_seconds:.2f} s, "
-        f"{result.tokens_per_second:.2f} tokens/s, {engine.model} at {engine.url}",
-        file=sys.stderr,
+    return finish_generation(
+        result,
+        args.json,
+        lambda done: (
+            f"{done.new_tokens} tokens ({done.stop_reason}), first token {done.prefill_seconds:.2f} s, "
+            f"{done.tokens_per_second:.2f} tokens/s, {engine.model} at {engine.url}"
+        ),
     )
-    return 0
 
 
 def info_remote(args: argparse.Namespace) -> int:
