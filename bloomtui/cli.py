@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft",
         metavar="MODEL|prompt-lookup",
-        help="speculative decoding (greedy only): a small BLOOM with the same tokenizer, held fully resident "
-        "(its bytes are taken from --ram-budget), or 'prompt-lookup' (n-grams of the text so far) proposes "
-        "tokens the model verifies several per pass over its weights; the output is unchanged",
+        help="speculative decoding: a small BLOOM with the same tokenizer, held fully resident (its bytes are "
+        "taken from --ram-budget), or 'prompt-lookup' (n-grams of the text so far) proposes tokens the model "
+        "verifies several per pass over its weights; greedy output is unchanged, sampled output keeps the "
+        "model's distribution (speculative sampling)",
     )
     gen.add_argument("--draft-tokens", type=int, metavar="K", help="tokens drafted per pass (default: adaptive, 1..8)")
     _model_options(gen)
@@ -249,7 +250,7 @@ def _generate(args: argparse.Namespace) -> int:
     params = _sampling(args)  # validate options before any slow loading
     if args.temperature is not None and args.temperature == 0:
         raise UsageError("--temperature must be > 0 (use --greedy for argmax)")
-    draft_spec = _draft_spec(args, params)
+    draft_spec = _draft_spec(args)
     if is_remote_url(args.model):
         if draft_spec is not None:
             raise UsageError("--draft works with local models only")
@@ -313,7 +314,7 @@ def _generate(args: argparse.Namespace) -> int:
     )
 
 
-def _draft_spec(args: argparse.Namespace, params):  # noqa: ANN001, ANN202
+def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
     """The draft asked for, checked before anything loads (its model is opened later)."""
     from bloomtui.engine.drafting import DraftSpec
 
@@ -321,8 +322,6 @@ def _draft_spec(args: argparse.Namespace, params):  # noqa: ANN001, ANN202
         if args.draft_tokens is not None:
             raise UsageError("--draft-tokens needs --draft")
         return None
-    if not params.greedy:
-        raise UsageError("--draft works with greedy decoding only (drop --temperature, or --draft)")
     return DraftSpec(None, args.draft_tokens)
 
 

@@ -1,8 +1,8 @@
 """Drafts for speculative decoding: a small resident BLOOM, or n-gram lookup in the text so far.
 
 A draft proposes K tokens; the target verifies them in one pass over its weights (K+1 rows), so a streamed
-block is read once for up to K+1 tokens. Verification is greedy and exact: a drafted token is kept only
-where it equals the target's own choice, so the output equals decoding without a draft (see generate.py).
+block is read once for up to K+1 tokens. Verification (speculative.py) keeps the output distributed as the
+target's own: greedy ids equal those without a draft; sampled ones follow the same distribution.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 from bloomtui.engine.events import ignore
 from bloomtui.engine.model import KVCache, alibi_bias
 from bloomtui.engine.residency import budget_for
+from bloomtui.engine.sampling import Sampler
+from bloomtui.engine.speculative import Proposal
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
@@ -52,8 +54,8 @@ class DraftSpec:
 
 
 class Drafter(Protocol):
-    def propose(self, seq: list[int], k: int) -> list[int]:
-        """Up to k tokens likely to follow `seq` (prompt and tokens so far)."""
+    def propose(self, seq: list[int], k: int, sampler: Sampler) -> Proposal:
+        """Up to k tokens likely to follow `seq` (prompt and tokens so far), drawn with the run's sampler."""
 
     def rollback(self, valid: int) -> None:
         """Only the first `valid` tokens of the last proposal's sequence (plus accepted drafts) still hold."""
@@ -76,29 +78,30 @@ class AdaptiveK:
 class PromptLookup:
     """Continuations of the latest earlier occurrence of the text's last n-gram (n = 3, 2, 1)."""
 
-    def propose(self, seq: list[int], k: int) -> list[int]:
+    def propose(self, seq: list[int], k: int, sampler: Sampler | None = None) -> Proposal:
         n_seq = len(seq)
         for n in range(min(_NGRAM, n_seq - 1), 0, -1):
             suffix = seq[n_seq - n :]
             # Latest occurrence first: in a repeating passage it is the one that continues it.
             for i in range(n_seq - n - 1, -1, -1):
                 if seq[i : i + n] == suffix:
-                    return seq[i + n : i + n + k]
-        return []
+                    return Proposal(seq[i + n : i + n + k])
+        return Proposal()
 
     def rollback(self, valid: int) -> None:
         pass
 
 
 class ModelDrafter:
-    """Greedy proposals from a small resident model, keeping its own KV cache across rounds."""
+    """Proposals from a small resident model, keeping its own KV cache across rounds. Greedy runs take its
+    argmax; sampled ones draw from its distribution (processed like the target's) and keep it for verify()."""
 
     def __init__(
         self, engine: Engine, generation: int, cancel: threading.Event, max_len: int, target_vocab: int
     ) -> None:
         cfg = engine.config
         self.engine = engine
-        self.vocab = min(cfg.vocab_size, target_vocab)
+        self.target_vocab = target_vocab
         self.caches = [KVCache.empty(cfg, min(max_len, 512), engine.dtype) for _ in range(cfg.n_layer)]
         self.alibi = alibi_bias(cfg.n_head, max_len, engine.dtype)
         self.filled = 0
@@ -107,20 +110,32 @@ class ModelDrafter:
         # Its events are not the target's: a UI counts the target's blocks. The cancel flag is shared.
         self.passes: Passes = engine.passes(generation, ignore, cancel, self.prefetch)
 
-    def propose(self, seq: list[int], k: int) -> list[int]:
+    def propose(self, seq: list[int], k: int, sampler: Sampler) -> Proposal:
         ids = seq[self.filled :]
         if any(t >= self.engine.config.vocab_size for t in ids):
-            return []
-        out: list[int] = []
+            return Proposal()
+        tokens: list[int] = []
+        probs: list[torch.Tensor] = []
         for step in range(k):
             h = self.passes.hidden(ids, self.filled, self.caches, self.alibi, "decode", step)
             self.filled += len(ids)
-            token = int(torch.argmax(self.passes.logits(h[-1:])[0]))
-            if token >= self.vocab:
-                break
-            out.append(token)
+            row = self._on_target_vocab(self.passes.logits(h[-1:])[0])
+            seen = torch.tensor(seq + tokens, dtype=torch.long)
+            if sampler.params.greedy:
+                token = int(torch.argmax(sampler.scores(row, seen)))
+            else:
+                probs.append(sampler.probs(row, seen))
+                token = sampler.draw(probs[-1])
+            tokens.append(token)
             ids = [token]
-        return out
+        return Proposal(tokens, probs if not sampler.params.greedy else None)
+
+    def _on_target_vocab(self, row: torch.Tensor) -> torch.Tensor:
+        """Logits over the target's ids: ids only one model has can never be proposed."""
+        n = row.shape[0]
+        if n >= self.target_vocab:
+            return row[: self.target_vocab]
+        return torch.cat([row, row.new_full((self.target_vocab - n,), -float("inf"))])
 
     def rollback(self, valid: int) -> None:
         self.filled = min(self.filled, valid)

@@ -106,6 +106,18 @@ class TokenGenerated(Event):
 
 
 @dataclass(frozen=True)
+class Drafted(Event):
+    """A draft proposed `ids` as the tokens from `index` on; the next pass verifies them. `text` is how they
+    would read if kept. TokenGenerated events follow for what the target keeps (a prefix of `ids`, then one
+    token of its own); until then they are guesses, never part of the output."""
+
+    event: ClassVar[str] = "draft"
+    index: int
+    ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
 class Done(Event):
     """Generation finished. `stop_reason` is "eos", "stop", or "length"."""
 

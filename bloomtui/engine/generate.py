@@ -29,6 +29,7 @@ from bloomtui.engine.drafting import (
 from bloomtui.engine.events import (
     Cancelled,
     Done,
+    Drafted,
     Error,
     EventSink,
     LoadProgress,
@@ -45,6 +46,7 @@ from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.scoring import Scored, score
+from bloomtui.engine.speculative import Proposal, verify
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
 from bloomtui.errors import BloomtuiError, CancelRequested, CheckpointError, UsageError
 
@@ -202,17 +204,13 @@ class Engine:
     ) -> Done | Cancelled:
         """Generate a continuation of `prompt`. Emits events; returns the final Done or Cancelled.
 
-        With `draft`, tokens are proposed by a draft and verified several per pass (greedy only; the ids
-        are those without a draft). Raises BloomtuiError (after emitting an Error event) for bad input;
-        one run at a time."""
+        With `draft`, tokens are proposed by a draft and verified several per pass (speculative.py): greedy
+        ids are those without a draft, sampled ones follow the same distribution. Raises BloomtuiError
+        (after emitting an Error event) for bad input; one run at a time."""
 
         def body(generation: int) -> Done | Cancelled:
             run = _Run(self, generation, params, on_event, cancel or threading.Event())
-            if draft is None:
-                return run.execute(prompt, None)
-            if not params.greedy:
-                raise UsageError("a draft works with greedy decoding only (drop --temperature, or --draft)")
-            if draft.model is None:
+            if draft is None or draft.model is None:
                 return run.execute(prompt, draft)
             if draft.model is self:
                 raise UsageError("the draft model must be a separate engine")
@@ -287,6 +285,14 @@ class _Run:
         self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds))
         return self.reason != "length" or last
 
+    def _emit_draft(self, step: int, tokens: list[int]) -> None:
+        """Show the guesses: their text after the last few tokens (byte-level BPE pieces join without a
+        space rule, but a character may span tokens; an unfinished one is left out)."""
+        context = self.token_ids[-4:]
+        decode = self.engine.decode
+        text = decode(context + tokens)[len(decode(context)) :].replace("\ufffd", "")
+        self.emit(Drafted(self.generation, step, tuple(tokens), text))
+
     def execute(self, prompt: str, draft: DraftSpec | None) -> Done | Cancelled:
         engine, params = self.engine, self.params
         prompt_ids = engine.encode(prompt)
@@ -319,27 +325,25 @@ class _Run:
                 while not done:
                     t0 = time.perf_counter()
                     step = len(self.token_ids)
+                    proposal = Proposal()
                     if step == 0:
-                        inputs, start, proposal, kind = prompt_ids, 0, [], "prefill"
+                        inputs, start, kind = prompt_ids, 0, "prefill"
                     else:
                         # The cache holds every position but the last token's, which this pass feeds.
                         start = len(seq) - 1
                         room = params.max_new_tokens - step - 1  # a pass never yields more than is left
-                        proposal = drafter.propose(seq, min(k.k, room)) if drafter and room > 0 else []
-                        inputs = [seq[-1], *proposal]
+                        if drafter and room > 0:
+                            proposal = drafter.propose(seq, min(k.k, room), sampler)
+                        if proposal:
+                            self._emit_draft(step, proposal.tokens)
+                        inputs = [seq[-1], *proposal.tokens]
                         kind = "verify" if proposal else "decode"
                     h = passes.hidden(inputs, start, caches, alibi, kind, step)
                     n_passes += 1
                     rows = 1 + len(proposal)
                     logits = passes.logits(h[-rows:], like_decode=kind == "verify")
                     self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
-                    # Row i predicts the token after proposal[:i]; keep drafts while the target agrees.
-                    picked: list[tuple[int, float]] = []
-                    for i in range(rows):
-                        token, logprob = sampler(logits[i], torch.tensor(seq + [t for t, _ in picked]))
-                        picked.append((token, logprob))
-                        if i == len(proposal) or token != proposal[i]:
-                            break
+                    picked = verify(sampler, logits, proposal, seq)
                     matched = len(picked) - 1
                     self.proposed += len(proposal)
                     self.accepted += matched

@@ -61,22 +61,43 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> tuple[int, float]:
         """Pick a token from fp32 logits of shape (vocab,); return (id, logprob under the raw logits)."""
+        token = self.pick(logits, seen_ids)
+        return token, logprob(logits, token)
+
+    def pick(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> int:
+        if self.params.greedy:
+            return int(torch.argmax(self.scores(logits, seen_ids)))
+        return self.draw(self.probs(logits, seen_ids))
+
+    def scores(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> torch.Tensor:
+        """Logits after the repetition penalty (what greedy takes the argmax of)."""
         p = self.params
-        scores = logits
         if p.repetition_penalty != 1.0 and seen_ids.numel():
-            scores = apply_repetition_penalty(scores, seen_ids, p.repetition_penalty)
-        if p.greedy:
-            token = int(torch.argmax(scores))
-        else:
-            scores = scores / p.temperature
-            if p.top_k:
-                scores = top_k_filter(scores, p.top_k)
-            if p.top_p < 1.0:
-                scores = top_p_filter(scores, p.top_p)
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
-        logprob = float(torch.log_softmax(logits, dim=-1)[token])
-        return token, logprob
+            return apply_repetition_penalty(logits, seen_ids, p.repetition_penalty)
+        return logits
+
+    def probs(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> torch.Tensor:
+        """The distribution a sampled token is drawn from: penalty, temperature, top-k, top-p (sampling only)."""
+        p = self.params
+        scores = self.scores(logits, seen_ids) / p.temperature
+        if p.top_k:
+            scores = top_k_filter(scores, p.top_k)
+        if p.top_p < 1.0:
+            scores = top_p_filter(scores, p.top_p)
+        return torch.softmax(scores, dim=-1)
+
+    def draw(self, weights: torch.Tensor) -> int:
+        """A token drawn with probability proportional to `weights` (need not sum to 1)."""
+        return int(torch.multinomial(weights, 1, generator=self.generator))
+
+    def uniform(self) -> float:
+        """A draw from U[0, 1), from the same generator (speculative sampling's acceptance test)."""
+        return float(torch.rand(1, generator=self.generator))
+
+
+def logprob(logits: torch.Tensor, token: int) -> float:
+    """Log-softmax of the raw logits at `token`: what TokenGenerated reports, whatever picked it."""
+    return float(torch.log_softmax(logits, dim=-1)[token])
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:

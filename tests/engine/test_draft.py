@@ -17,6 +17,7 @@ from bloomtui.engine import events as ev
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.drafting import DraftSpec, PromptLookup, open_draft
 from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.speculative import Proposal
 from bloomtui.errors import UsageError
 from tests.checkpoints import Written, oracle, reference_greedy, write_checkpoint
 
@@ -138,9 +139,9 @@ def test_prompt_lookup_on_repeating_text_saves_passes(engine: Engine) -> None:
 
 def test_prompt_lookup_proposals() -> None:
     lookup = PromptLookup()
-    assert lookup.propose([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 2) == [7, 5]  # latest occurrence of 1 2 3
-    assert lookup.propose([4, 5, 6], 3) == []
-    assert lookup.propose([4, 5, 4], 3) == [5, 4]
+    assert lookup.propose([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 2).tokens == [7, 5]  # latest 1 2 3
+    assert lookup.propose([4, 5, 6], 3).tokens == []
+    assert lookup.propose([4, 5, 4], 3) == Proposal([5, 4], None)  # deterministic: no distribution
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
@@ -216,11 +217,6 @@ def test_tokenizer_mismatch_refused(engine: Engine, target: Written, tmp_path: P
     finally:
         other.close()
     assert run(engine, PROMPT, GREEDY)[0].new_tokens == 24  # still usable
-
-
-def test_sampling_with_a_draft_refused(engine: Engine) -> None:
-    with pytest.raises(UsageError, match="greedy"):
-        engine.generate(PROMPT, SamplingParams(temperature=0.8), draft=DraftSpec())
 
 
 def test_bad_draft_tokens() -> None:
