@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -86,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--demo", action="store_true", help="open the built-in demo model (small, trained on the Python docs)"
     )
+    app.add_argument(
+        "--draft",
+        metavar="MODEL|prompt-lookup",
+        help="speculative decoding for this session (the saved setting otherwise; f2 changes it): "
+        "'prompt-lookup', the shipped 'trained-draft' (for --demo), or a small BLOOM with the same tokenizer",
+    )
     _model_options(app)
     add_remote_options(app)
 
@@ -106,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft",
         metavar="MODEL|prompt-lookup",
-        help="speculative decoding: a small BLOOM with the same tokenizer, held fully resident (its bytes are "
-        "taken from --ram-budget), or 'prompt-lookup' (n-grams of the text so far) proposes tokens the model "
+        help="speculative decoding: a small BLOOM with the same tokenizer (a folder, cached repo id, or the shipped "
+        "'trained-draft'), held fully resident (its bytes are taken from --ram-budget), or 'prompt-lookup' "
+        "(n-grams of the text so far) proposes tokens the model "
         "verifies several per pass over its weights; greedy output is unchanged, sampled output keeps the "
         "model's distribution (speculative sampling)",
     )
@@ -228,7 +234,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UsageError("give a MODEL or --demo, not both")
     # A server URL may also be typed in the model picker later, so the remote options always go along.
     remote = remote_options(args, local_allowed=not is_remote_url(args.model))
-    return run_app("@demo" if args.demo else args.model, _engine_options(args), remote)
+    return run_app("@demo" if args.demo else args.model, _engine_options(args), remote, args.draft)
 
 
 def _sampling(args: argparse.Namespace):  # noqa: ANN202
@@ -261,7 +267,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("the prompt is empty")
 
     from bloomtui.engine import Engine, events
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, open_draft
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
     from bloomtui.progress import StatusLine, finish_generation
 
     status = StatusLine()
@@ -286,7 +292,7 @@ def _generate(args: argparse.Namespace) -> int:
     if draft_spec is not None and args.draft != PROMPT_LOOKUP:
         draft_engine = open_draft(args.draft, options)
         draft_spec = DraftSpec(draft_engine, draft_spec.tokens)
-        options = _budget_after_draft(options, draft_engine)
+        options = budget_after_draft(options, draft_engine)
     try:
         try:
             engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
@@ -323,19 +329,6 @@ def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
             raise UsageError("--draft-tokens needs --draft")
         return None
     return DraftSpec(None, args.draft_tokens)
-
-
-def _budget_after_draft(options, draft):  # noqa: ANN001, ANN202
-    """The draft's resident bytes come out of --ram-budget; without one, each model gets the default."""
-    if options.ram_budget is None:
-        return options
-    used = draft.model_plan.plan.total_bytes
-    if used >= options.ram_budget:
-        raise UsageError(
-            f"--ram-budget {format_size(options.ram_budget)} does not cover the draft model "
-            f"({format_size(used)} resident) and the model"
-        )
-    return dataclasses.replace(options, ram_budget=options.ram_budget - used)
 
 
 def _draft_summary(result, spec) -> str:  # noqa: ANN001

@@ -16,6 +16,7 @@ from typing import Any
 
 from bloomtui import locations
 from bloomtui.engine import SamplingParams
+from bloomtui.engine.drafting import MAX_FIXED_TOKENS, PROMPT_LOOKUP
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size, parse_size
 
@@ -28,6 +29,8 @@ LABELS = {
     "repetition_penalty": "Repetition penalty",
     "seed": "Seed",
     "ram_budget": "RAM budget",
+    "draft": "Draft",
+    "draft_tokens": "Draft tokens",
 }
 
 
@@ -51,6 +54,11 @@ class Settings:
     """Bytes of RAM the engine may hold for weights; None picks a safe share of free memory."""
     theme: str = "textual-dark"
     """The Textual theme."""
+    draft: str = ""
+    """Speculative decoding: "" off, "prompt-lookup", or a small BLOOM (folder, cached repo id, or the shipped
+    "trained-draft") held resident beside the model, its bytes taken from the RAM budget."""
+    draft_tokens: int = 0
+    """Tokens drafted per pass; 0 adapts (1..8)."""
 
     def sampling_params(self) -> SamplingParams:
         """The engine's parameters; raises UsageError (worded for the dialog) on invalid values."""
@@ -76,7 +84,14 @@ class Settings:
             raise UsageError(f"Temperature must be > 0 when sampling, got {self.temperature}")
         if self.ram_budget is not None and self.ram_budget <= 0:
             raise UsageError(f"RAM budget must be positive, got {self.ram_budget}")
+        if not 0 <= self.draft_tokens <= MAX_FIXED_TOKENS:
+            raise UsageError(f"Draft tokens must be in 0..{MAX_FIXED_TOKENS} (0 adapts), got {self.draft_tokens}")
         return self
+
+    @property
+    def draft_model(self) -> str:
+        """The draft model to open beside the model ("" for none: prompt lookup needs no model)."""
+        return "" if self.draft in ("", PROMPT_LOOKUP) else self.draft
 
     @property
     def ram_budget_text(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +20,8 @@ from bloomtui.engine.model import KVCache, alibi_bias
 from bloomtui.engine.residency import budget_for
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal
-from bloomtui.errors import UsageError
+from bloomtui.errors import BudgetError, UsageError
+from bloomtui.sizes import format_size
 
 if TYPE_CHECKING:
     from bloomtui.engine.generate import Engine, EngineOptions
@@ -164,10 +165,20 @@ def check_same_tokenizer(target: Engine, draft: Engine) -> None:
         raise UsageError("the draft model's tokenizer differs from the target's (merges)")
 
 
+def draft_source(model: str | Path) -> str | Path:
+    """A draft argument as a model argument: the shipped `trained-draft` by name, unless a folder is so named."""
+    from bloomtui import demo_models
+
+    if str(model) in demo_models.NAMES and not Path(model).exists():
+        return demo_models.path(str(model))
+    return model
+
+
 def open_draft(model: str | Path, options: EngineOptions) -> Engine:
     """Open a draft model held fully resident (a draft runs K passes per target pass; it must not stream)."""
     from bloomtui.engine.generate import Engine, EngineOptions, ModelPlan
 
+    model = draft_source(model)
     probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
     ckpt = probe.checkpoint
     budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)
@@ -176,3 +187,16 @@ def open_draft(model: str | Path, options: EngineOptions) -> Engine:
         engine.close()
         raise UsageError(f"the draft model {probe.path.name} does not fit in this machine's RAM")
     return engine
+
+
+def budget_after_draft(options: EngineOptions, draft: Engine) -> EngineOptions:
+    """The draft's resident bytes come out of the RAM budget; without one, each model gets the default."""
+    if options.ram_budget is None:
+        return options
+    used = draft.model_plan.plan.total_bytes
+    if used >= options.ram_budget:
+        raise BudgetError(
+            f"the RAM budget {format_size(options.ram_budget)} does not cover the draft model "
+            f"({format_size(used)} resident) and the model"
+        )
+    return replace(options, ram_budget=options.ram_budget - used)

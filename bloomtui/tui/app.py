@@ -37,9 +37,9 @@ from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.crash_log import crash_message, write_crash_log
-from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
+from bloomtui.tui.engine_handle import DEMO, DraftRequest, EngineHandle, ModelSpec, Opener, open_engine
 from bloomtui.tui.history import load_history, remember, save_history
-from bloomtui.tui.messages import EngineFailed, EngineOpened, RunEnded, TokenArrived
+from bloomtui.tui.messages import DraftArrived, EngineFailed, EngineOpened, RunEnded, TokenArrived
 from bloomtui.tui.remote_handle import with_remote
 from bloomtui.tui.remote_state import RemoteInfo, RemoteSnapshot, RemoteTracker, tracker_for
 from bloomtui.tui.run_state import RunTracker
@@ -89,6 +89,7 @@ class BloomApp(App[int]):
         find_models: Callable[[], list[CachedModel]] = find_cached_blooms,
         cursor_blink: bool = True,
         remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
+        draft: str | None = None,
     ) -> None:
         super().__init__()
         self.initial_model = model
@@ -110,6 +111,8 @@ class BloomApp(App[int]):
         self.running = False
         self._cli_budget = options.ram_budget
         """--ram-budget wins over the saved setting until the user changes the budget in the dialog."""
+        self._cli_draft = draft
+        """--draft, likewise, over the saved draft."""
         self._engine_lock = threading.Lock()
         """Held while a worker uses or replaces an engine: closing never races a generation."""
         self._shown_version = -1
@@ -188,7 +191,9 @@ class BloomApp(App[int]):
     # --- models ---
 
     def open_model(self, spec: ModelSpec) -> None:
-        """Close the current engine (cancelling any run) and open `spec` in a worker."""
+        """Close the current engine (cancelling any run) and open `spec`, with the draft model the settings
+        name, in a worker."""
+        spec = replace(spec, draft=self._settings_in_effect().draft_model)
         self.workers.cancel_group(self, "generate")
         old, self.handle = self.handle, None
         self.spec = spec
@@ -199,8 +204,20 @@ class BloomApp(App[int]):
         self._open_worker(self.open_request, spec, self._engine_options(), old)
 
     def _engine_options(self) -> EngineOptions:
-        budget = self._cli_budget if self._cli_budget is not None else self.settings.ram_budget
-        return replace(self.options, ram_budget=budget)
+        return replace(self.options, ram_budget=self._settings_in_effect().ram_budget)
+
+    def _settings_in_effect(self) -> Settings:
+        """The saved settings with the command line's --ram-budget and --draft laid over them."""
+        settings = self.settings
+        if self._cli_budget is not None:
+            settings = replace(settings, ram_budget=self._cli_budget)
+        if self._cli_draft is not None:
+            settings = replace(settings, draft=self._cli_draft)
+        return settings
+
+    def _draft_request(self) -> DraftRequest | None:
+        settings = self._settings_in_effect()
+        return DraftRequest(settings.draft, settings.draft_tokens or None) if settings.draft else None
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine", description="open model")
     def _open_worker(self, request: int, spec: ModelSpec, options: EngineOptions, old: EngineHandle | None) -> None:
@@ -243,6 +260,8 @@ class BloomApp(App[int]):
         self.sub_title = info.name
         if isinstance(info, RemoteInfo):
             self.output.notice(f"Connected to {info.url}, serving {info.model}. Escape closes a stream mid-run.")
+            if self._draft_request() is not None:
+                self.output.notice("The draft setting applies to local models only; the server decodes alone.")
         elif info.demo:
             self.output.notice(
                 "Demo model open: a 5M-parameter BLOOM the project trained on the Python documentation, so it "
@@ -256,6 +275,10 @@ class BloomApp(App[int]):
         if warning:
             self.output.notice(warning, error=True)
             self.notify(warning, title="RAM budget", severity="warning", timeout=10)
+        draft_error = getattr(message.handle, "draft_error", None)
+        if draft_error:
+            self.output.notice(f"{draft_error}; the model runs without a draft model.", error=True)
+            self.notify(draft_error, title="Draft model not used", severity="warning", timeout=10)
         self.poll_panel()
 
     @on(EngineFailed)
@@ -297,20 +320,25 @@ class BloomApp(App[int]):
         self.run_number += 1
         self.running = True
         self.refresh_bindings()
-        self.tracker.start(self.run_number, params.max_new_tokens)
+        draft = self._draft_request()
+        self.tracker.start(self.run_number, params.max_new_tokens, self.handle.draft_name(draft) or "")
         self.output.start_run(self.run_number, prompt, self.handle.info.name)
         self.editor.set_prompt("")
-        self._generate(self.run_number, prompt, params, self.handle)
+        self._generate(self.run_number, prompt, params, self.handle, draft)
         self.poll_panel()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
-    def _generate(self, run: int, prompt: str, params: SamplingParams, handle: EngineHandle) -> None:
+    def _generate(
+        self, run: int, prompt: str, params: SamplingParams, handle: EngineHandle, draft: DraftRequest | None
+    ) -> None:
         worker = get_current_worker()
 
         def sink(event: events.Event) -> None:
             self.tracker.feed(run, event)
             if isinstance(event, events.TokenGenerated):
                 self.post_message(TokenArrived(run, event))
+            elif isinstance(event, events.Drafted):
+                self.post_message(DraftArrived(run, event))
 
         with self._engine_lock:
             if worker.is_cancelled:  # cancelled (or the model replaced) before it started
@@ -319,7 +347,7 @@ class BloomApp(App[int]):
                 self.post_message(RunEnded(run, result))
                 return
             try:
-                result = handle.generate(prompt, params, sink, worker.cancelled_event)
+                result = handle.generate(prompt, params, sink, worker.cancelled_event, draft)
             except BloomtuiError as exc:
                 self.post_message(RunEnded(run, None, exc.message, exc.title))
                 return
@@ -335,6 +363,11 @@ class BloomApp(App[int]):
         # Tokens are posted before their RunEnded, so anything for another or an ended run is stale.
         if message.run == self.run_number and self.running:
             self.output.append(message.run, message.token.text)
+
+    @on(DraftArrived)
+    def _draft_arrived(self, message: DraftArrived) -> None:
+        if message.run == self.run_number and self.running:
+            self.output.show_guess(message.run, message.draft.text)
 
     @on(RunEnded)
     def _run_ended(self, message: RunEnded) -> None:
@@ -376,17 +409,21 @@ class BloomApp(App[int]):
         self.editor.focus()
 
     def action_settings(self) -> None:
-        # The dialog shows the budget in effect, which may be --ram-budget rather than the saved one.
-        effective = self._engine_options().ram_budget
-        self.push_screen(SettingsScreen(replace(self.settings, ram_budget=effective)), self._settings_saved)
+        # The dialog shows the budget and draft in effect, which may be --ram-budget and --draft.
+        self.push_screen(SettingsScreen(self._settings_in_effect(), self.find_models()), self._settings_saved)
 
     def _settings_saved(self, new: Settings | None) -> None:
         if new is None:
             return
-        effective = self._engine_options().ram_budget
-        budget_changed = new.ram_budget != effective
+        effective = self._settings_in_effect()
+        budget_changed = new.ram_budget != effective.ram_budget
+        draft_model_changed = new.draft_model != effective.draft_model
         if not budget_changed:  # do not save a --ram-budget the user merely left alone
             new = replace(new, ram_budget=self.settings.ram_budget)
+        if new.draft == effective.draft:  # nor a --draft
+            new = replace(new, draft=self.settings.draft)
+        else:
+            self._cli_draft = None
         self.settings = replace(new, theme=self.theme)
         try:
             path = save_settings(self.settings)
@@ -396,8 +433,8 @@ class BloomApp(App[int]):
             self.notify(f"Saved to {path}", title="Settings")
         if budget_changed:
             self._cli_budget = None
-            if self.spec is not None:
-                self.open_model(self.spec)
+        if (budget_changed or draft_model_changed) and self.spec is not None:
+            self.open_model(self.spec)
 
     def _theme_changed(self, theme: Theme) -> None:
         if theme.name != self.settings.theme:
@@ -488,10 +525,16 @@ class BloomApp(App[int]):
         return True
 
 
-def run_app(model: str | None, options: EngineOptions, remote: RemoteOptions = RemoteOptions()) -> int:  # noqa: B008
-    """Run the app on `model` (a folder, a cached repo id, a server URL, DEMO_ARG, or None to choose)."""
+def run_app(
+    model: str | None,
+    options: EngineOptions,
+    remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
+    draft: str | None = None,
+) -> int:
+    """Run the app on `model` (a folder, a cached repo id, a server URL, DEMO_ARG, or None to choose); `draft`
+    overrides the saved draft setting for this session."""
     spec = None if model is None else DEMO if model == DEMO_ARG else ModelSpec(model)
-    app = BloomApp(spec, options, remote=remote)
+    app = BloomApp(spec, options, remote=remote, draft=draft)
     try:
         code = app.run()
     except Exception as exc:  # failed outside Textual's own handling (driver start-up, shutdown)

@@ -14,9 +14,11 @@ from typing import Protocol
 
 import psutil
 
-from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
+from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams, events
+from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, check_same_tokenizer, open_draft
 from bloomtui.engine.generate import ModelPlan
 from bloomtui.engine.residency import STREAM_SLOTS, budget_for
+from bloomtui.errors import BloomtuiError
 from bloomtui.tui.run_state import ModelInfo
 
 DEMO_MODEL = "trained"
@@ -28,10 +30,13 @@ StatusSink = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to open: a folder or cached repo id, or the built-in demo."""
+    """What to open: a folder or cached repo id, or the built-in demo; and a draft model to open beside it."""
 
     source: str | None = None
     demo: bool = False
+    draft: str = ""
+    """A draft model (folder, cached repo id, or the shipped "trained-draft") held resident for speculative
+    decoding; "" for none. Prompt lookup needs no model, so it is not part of what is opened."""
 
     @property
     def label(self) -> str:
@@ -41,14 +46,31 @@ class ModelSpec:
 DEMO = ModelSpec(demo=True)
 
 
+@dataclass(frozen=True)
+class DraftRequest:
+    """How a run drafts: PROMPT_LOOKUP, or the draft model the handle opened (`ModelSpec.draft`)."""
+
+    source: str
+    tokens: int | None = None
+    """Fixed K; None adapts."""
+
+
 class EngineHandle(Protocol):
     info: ModelInfo
     baseline_rss: int
     """Process RSS just before the model loaded: the runtime the RAM budget does not cover."""
 
     def generate(
-        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+        self,
+        prompt: str,
+        params: SamplingParams,
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
     ) -> events.Done | events.Cancelled: ...
+
+    def draft_name(self, draft: DraftRequest | None) -> str | None:
+        """What drafts a run asked to draft with `draft`, for the panel; None when nothing will."""
 
     def rss(self) -> int: ...
 
@@ -61,9 +83,20 @@ Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threa
 class RealEngine:
     """An open `Engine` plus what the panel shows about it."""
 
-    def __init__(self, engine: Engine, spec: ModelSpec, baseline_rss: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        spec: ModelSpec,
+        baseline_rss: int,
+        draft: Engine | None = None,
+        draft_error: str | None = None,
+    ) -> None:
         self.engine = engine
         self.baseline_rss = baseline_rss
+        self.draft = draft
+        """The resident draft model opened for `spec.draft`, if any."""
+        self.draft_error = draft_error
+        """Why spec.draft could not be used (the model opened without it)."""
         plan, ckpt = engine.model_plan.plan, engine.model_plan.checkpoint
         self.info = ModelInfo(
             name=DEMO_LABEL if spec.demo else _short_name(spec.source or str(ckpt.folder)),
@@ -78,18 +111,40 @@ class RealEngine:
             n_head=engine.config.n_head,
             demo=spec.demo,
             budget_warning=engine.model_plan.budget_warning,
+            draft=_short_name(spec.draft) if draft is not None else "",
+            draft_bytes=draft.model_plan.plan.total_bytes if draft is not None else 0,
         )
 
     def generate(
-        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+        self,
+        prompt: str,
+        params: SamplingParams,
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
     ) -> events.Done | events.Cancelled:
-        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=self._draft_spec(draft))
+
+    def _draft_spec(self, draft: DraftRequest | None) -> DraftSpec | None:
+        if draft is None:
+            return None
+        if draft.source == PROMPT_LOOKUP:
+            return DraftSpec(None, draft.tokens)
+        return DraftSpec(self.draft, draft.tokens) if self.draft is not None else None
+
+    def draft_name(self, draft: DraftRequest | None) -> str | None:
+        spec = self._draft_spec(draft)
+        if spec is None:
+            return None
+        return "prompt lookup" if spec.model is None else _short_name(draft.source if draft else spec.name)
 
     def rss(self) -> int:
         return psutil.Process().memory_info().rss
 
     def close(self) -> None:
         self.engine.close()
+        if self.draft is not None:
+            self.draft.close()
 
 
 def warm_imports() -> None:
@@ -111,20 +166,43 @@ def open_engine(
     on_status: StatusSink,
     cancel: threading.Event,
 ) -> EngineHandle:
-    """Open `spec` (writing the demo model first if needed). Raises BloomtuiError on bad input."""
+    """Open `spec` and its draft model, if any. Raises BloomtuiError when the model cannot open; a draft that
+    cannot be used leaves the model open without it (`draft_error` says why)."""
     if spec.demo:
         path = ensure_demo_model(on_status)
         # Trained in fp32 and this small, the demo loses ~6% perplexity to bf16 activations; fp32 costs nothing.
         options = replace(options, dtype=options.dtype or "float32")
-        if options.ram_budget is None:
-            options = replace(options, ram_budget=half_streaming_budget(path, options))
     else:
         path = Path(spec.source or ".")
         on_status(f"opening {spec.label}")
     warm_imports()
     baseline = psutil.Process().memory_info().rss
-    engine = Engine.open(spec.source if not spec.demo else path, options, on_event=on_event, cancel=cancel)
-    return RealEngine(engine, spec, baseline)
+    draft, draft_error = None, None
+    if spec.draft:
+        on_status(f"opening the draft model {_short_name(spec.draft)}")
+        try:
+            draft = open_draft(spec.draft, options)
+            options = budget_after_draft(options, draft)  # the draft's bytes count against a given budget
+        except BloomtuiError as exc:
+            draft, draft_error = _close(draft), f"draft {spec.draft}: {exc.message}"
+    if spec.demo and options.ram_budget is None:
+        options = replace(options, ram_budget=half_streaming_budget(path, options))
+    try:
+        engine = Engine.open(spec.source if not spec.demo else path, options, on_event=on_event, cancel=cancel)
+    except BaseException:
+        _close(draft)
+        raise
+    if draft is not None:
+        try:
+            check_same_tokenizer(engine, draft)
+        except BloomtuiError as exc:
+            draft, draft_error = _close(draft), f"draft {spec.draft}: {exc.message}"
+    return RealEngine(engine, spec, baseline, draft, draft_error)
+
+
+def _close(engine: Engine | None) -> None:
+    if engine is not None:
+        engine.close()
 
 
 def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:

@@ -23,6 +23,14 @@ class TokenArrived(Message):
 
 
 @dataclass
+class DraftArrived(Message):
+    """A draft's proposal for run `run`, shown until the model has verified it."""
+
+    run: int
+    draft: events.Drafted
+
+
+@dataclass
 class RunEnded(Message):
     """Run `run` finished, was cancelled, or failed (`error` set, `result` None)."""
 

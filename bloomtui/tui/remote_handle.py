@@ -15,7 +15,7 @@ from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.remote.engine import RemoteEngine
-from bloomtui.tui.engine_handle import EngineHandle, ModelSpec, Opener, StatusSink
+from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener, StatusSink
 from bloomtui.tui.remote_state import RemoteInfo
 
 
@@ -27,9 +27,18 @@ class RemoteHandle:
         self.info = RemoteInfo(name=f"{engine.model} @ {host}", url=engine.url, model=engine.model)
 
     def generate(
-        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+        self,
+        prompt: str,
+        params: SamplingParams,
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
     ) -> events.Done | events.Cancelled:
+        # A server decodes on its own: drafting is local only (the app says so when it connects).
         return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+
+    def draft_name(self, draft: DraftRequest | None) -> str | None:
+        return None
 
     def rss(self) -> int:
         return psutil.Process().memory_info().rss

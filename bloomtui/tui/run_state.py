@@ -37,6 +37,14 @@ class ModelInfo:
     demo: bool = False
     budget_warning: str | None = None
     """Set when the RAM budget asked for was lowered to what the machine can hold."""
+    draft: str = ""
+    """The draft model held resident beside it ("" when none); its bytes count against the budget."""
+    draft_bytes: int = 0
+
+    @property
+    def total_budget(self) -> int:
+        """The RAM budget the user set: the model's plan plus the draft."""
+        return self.budget + self.draft_bytes
 
     @property
     def streamed_blocks(self) -> tuple[int, ...]:
@@ -73,6 +81,20 @@ class PanelSnapshot:
     """Rows of the running many-row pass (the prompt), 0 when none: the panel then shows a prefill bar."""
     prefill_done: int = 0
     prefill_total: int = 0
+    draft_name: str = ""
+    """What drafts this run ("" when nothing does): the panel then shows acceptance and tokens per pass."""
+    draft_proposed: int = 0
+    draft_accepted: int = 0
+    passes: int = 0
+    """Passes over the model's weights in this run (the prefill included)."""
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else None
+
+    @property
+    def tokens_per_pass(self) -> float | None:
+        return self.tokens / self.passes if self.passes else None
 
 
 @dataclass
@@ -93,6 +115,9 @@ class _Live:
     block_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
     token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
     history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    drafted: tuple[int, tuple[int, ...]] = (0, ())
+    """The latest proposal (first token index, ids) and, as tokens arrive, how far they kept it."""
+    draft_kept: int = 0
 
 
 class RunTracker:
@@ -145,13 +170,14 @@ class RunTracker:
 
     # --- runs ---
 
-    def start(self, run: int, max_tokens: int) -> None:
+    def start(self, run: int, max_tokens: int, draft_name: str = "") -> None:
         """A new run: later events of older runs are dropped from now on."""
         with self._lock:
             live = self._live
             live.run = run
             live.current = _Pass()
             live.token_seconds.clear()
+            live.drafted, live.draft_kept = (0, ()), 0
             self._set(
                 state="running",
                 message="prefill",
@@ -166,6 +192,10 @@ class RunTracker:
                 eta_pass=None,
                 eta_run=None,
                 peak_rss=0,
+                draft_name=draft_name,
+                draft_proposed=0,
+                draft_accepted=0,
+                passes=0,
             )
 
     def feed(self, run: int, event: events.Event) -> None:
@@ -186,6 +216,10 @@ class RunTracker:
                 )
             elif isinstance(event, events.TokenGenerated):
                 self._token(event)
+            elif isinstance(event, events.Drafted):
+                live = self._live
+                live.drafted, live.draft_kept = (event.index, event.ids), 0
+                self._set(draft_proposed=live.snap.draft_proposed + len(event.ids))
             elif isinstance(event, events.LoadProgress):
                 self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
             elif isinstance(event, events.Done):
@@ -193,6 +227,10 @@ class RunTracker:
                 # and the output's status line agree.
                 if event.tokens_per_second > 0:
                     self._set(seconds_per_token=1 / event.tokens_per_second)
+                if event.passes:  # the engine's own counts settle what the events added up to
+                    self._set(
+                        passes=event.passes, draft_proposed=event.draft_proposed, draft_accepted=event.draft_accepted
+                    )
                 self._finish("done", _done_message(event))
             elif isinstance(event, events.Cancelled):
                 self._finish("cancelled", f"cancelled after {event.new_tokens} tokens")
@@ -233,6 +271,7 @@ class RunTracker:
             eta_pass=eta_pass,
             eta_run=eta_pass + remaining_tokens * per_token if per_token is not None else None,
             message=f"{event.kind} · token {event.token_index + 1}",
+            passes=snap.passes + (event.index == 0),
             **changes,
         )
 
@@ -257,7 +296,14 @@ class RunTracker:
             live.token_seconds.append(event.seconds)
         per_token = sum(live.token_seconds) / len(live.token_seconds) if live.token_seconds else None
         remaining = max(0, live.snap.max_tokens - event.index - 1)
+        first, ids = live.drafted
+        position = event.index - first
+        # A drafted token is kept while every one before it in the proposal was (verify's own rule).
+        kept = 0 <= position < len(ids) and position == live.draft_kept and ids[position] == event.id
+        if kept:
+            live.draft_kept += 1
         self._set(
+            draft_accepted=live.snap.draft_accepted + kept,
             prefill_tokens=0,
             tokens=event.index + 1,
             seconds_per_token=per_token if per_token is not None else live.snap.seconds_per_token,

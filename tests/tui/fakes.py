@@ -83,8 +83,16 @@ class ScriptedEngine:
             cancel.wait(0.01)
         self.holding.clear()
 
+    def draft_name(self, draft: object) -> str | None:
+        return None
+
     def generate(
-        self, prompt: str, params: SamplingParams, on_event: events.EventSink, cancel: threading.Event
+        self,
+        prompt: str,
+        params: SamplingParams,
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: object = None,
     ) -> events.Done | events.Cancelled:
         self.runs += 1
         gen, n = self.runs, self.info.n_blocks

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from bloomtui import locations
 from bloomtui.cached_models import CachedModel
@@ -118,6 +118,32 @@ async def test_settings_dialog_saves_and_persists(fake_app: BloomApp) -> None:
     assert (settings.temperature, settings.repetition_penalty) == (0.7, 1.2)
     params = settings.sampling_params()
     assert (params.max_new_tokens, params.temperature, params.seed) == (7, 0.7, 42)
+
+
+async def _save_draft(pilot, app: BloomApp, value: str) -> None:  # noqa: ANN001
+    await pilot.press("f2")
+    await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+    app.screen.query_one("#draft", Select).value = value
+    await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+
+
+async def test_draft_setting_persists_and_a_draft_model_reopens_the_model(
+    scripted: ScriptedOpener, isolated_dirs: Path
+) -> None:
+    cached = [CachedModel("bigscience/bloom-560m", isolated_dirs, 1_100_000_000)]
+    app = BloomApp(ModelSpec("bigscience/bloom-1b7"), opener=scripted, find_models=lambda: cached, cursor_blink=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.handle is not None)
+        assert scripted.calls[-1][0].draft == ""
+        await _save_draft(pilot, app, "prompt-lookup")  # no model to load: the open model stays
+        assert len(scripted.calls) == 1 and load_settings()[0].draft == "prompt-lookup"
+        # Offered because it is cached and small (a Select refuses a value it does not list); opened beside the
+        # model, so saving it reopens the model.
+        await _save_draft(pilot, app, "bigscience/bloom-560m")
+        await wait_until(pilot, lambda: len(scripted.calls) == 2 and app.handle is not None)
+        assert scripted.calls[-1][0] == ModelSpec("bigscience/bloom-1b7", draft="bigscience/bloom-560m")
+        assert load_settings()[0].draft == "bigscience/bloom-560m"
 
 
 async def test_settings_dialog_refuses_invalid_values(fake_app: BloomApp) -> None:

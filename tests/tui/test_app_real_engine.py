@@ -8,7 +8,7 @@ from dataclasses import replace
 from bloomtui.engine import EngineOptions, events
 from bloomtui.settings import Settings
 from bloomtui.tui.app import BloomApp
-from bloomtui.tui.engine_handle import ModelSpec, RealEngine
+from bloomtui.tui.engine_handle import DEMO, ModelSpec, RealEngine
 from bloomtui.tui.widgets.engine_panel import EnginePanel
 from tests.tui.helpers import wait_for_panel, wait_until
 
@@ -52,7 +52,10 @@ class _Gated:
         self.holding = threading.Event()
         self.blocks_after_cancel = 0
 
-    def generate(self, prompt, params, on_event, cancel: threading.Event):  # noqa: ANN001, ANN201
+    def draft_name(self, draft):  # noqa: ANN001, ANN201
+        return self.inner.draft_name(draft)
+
+    def generate(self, prompt, params, on_event, cancel: threading.Event, draft=None):  # noqa: ANN001, ANN201
         def sink(event: events.Event) -> None:
             if isinstance(event, events.BlockDone):
                 if cancel.is_set():
@@ -62,7 +65,7 @@ class _Gated:
                     cancel.wait(20)
             on_event(event)
 
-        return self.inner.generate(prompt, params, sink, cancel)
+        return self.inner.generate(prompt, params, sink, cancel, draft)
 
     def rss(self) -> int:
         return self.inner.rss()
@@ -165,3 +168,48 @@ async def test_builtin_demo_model_opens_and_streams(isolated_dirs) -> None:  # n
         await wait_until(pilot, lambda: app.output.exchanges and not app.running)
         assert app.output.exchanges[-1].outcome == "done"
         assert not list((isolated_dirs / "cache").glob("*demo*"))  # the shipped demo opens in place: nothing written
+
+
+async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(isolated_dirs) -> None:  # noqa: ANN001
+    """The shipped draft proposes, the demo model verifies: guesses are shown dimmed while a pass checks them,
+    the panel counts what was kept, and the output (and so transcript and copy) holds only verified text,
+    the very text of a run without a draft."""
+    app = BloomApp(DEMO, find_models=list, cursor_blink=False, draft="trained-draft")
+    guesses: list[str] = []
+    async with app.run_test(size=(140, 45)) as pilot:
+        await _opened(pilot, app)
+        info = app.handle.info  # type: ignore[union-attr]
+        assert info.draft == "trained-draft" and 0 < info.draft_bytes < info.total_budget
+        shown = app.output.show_guess
+        app.output.show_guess = lambda run, text: (guesses.append(text), shown(run, text))  # type: ignore[method-assign]
+        app.settings = Settings(max_new_tokens=40, repetition_penalty=1.2)
+        prompt = "A list comprehension is"
+        app.insert_prompt(prompt)
+        await pilot.press("ctrl+j")
+        await wait_until(pilot, lambda: app.output.exchanges and not app.running, what="the drafted run")
+        exchange = app.output.exchanges[-1]
+        plain = app.handle.engine.generate(prompt, app.settings.sampling_params())  # type: ignore[union-attr]
+        assert exchange.outcome == "done" and exchange.text == plain.text
+        assert any(guesses)
+        assert app.output.runs[app.run_number].guess == ""  # nothing unverified left on screen
+        await wait_for_panel(pilot)
+        snap = app.query_one(EnginePanel).snapshot
+        assert snap.draft_name == "trained-draft" and 0 < snap.draft_accepted < snap.draft_proposed
+        assert snap.passes < snap.tokens == 40
+        line = str(app.query_one("#panel-draft").render())
+        assert "trained-draft" in line and "kept" in line and "tok/pass" in line
+
+
+async def test_a_draft_with_another_tokenizer_is_reported_and_the_model_runs_without_it(small_model) -> None:  # noqa: ANN001
+    app = BloomApp(ModelSpec(str(small_model)), find_models=list, cursor_blink=False, draft="trained-draft")
+    async with app.run_test(size=(140, 45)) as pilot:
+        await _opened(pilot, app)
+        notices = [notice.render().plain for notice in app.output.query("Notice")]  # type: ignore[union-attr]
+        assert any("tokenizer differs" in n and "without a draft model" in n for n in notices), notices
+        assert app.handle.info.draft == ""  # type: ignore[union-attr]
+        app.settings = Settings(max_new_tokens=3)
+        app.insert_prompt("Still works")
+        await pilot.press("ctrl+j")
+        await wait_until(pilot, lambda: app.output.exchanges and not app.running)
+        assert app.output.exchanges[-1].outcome == "done"
+        assert not app.query_one("#panel-draft").display

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from bloomtui import locations
-from bloomtui.cached_models import find_cached_blooms
+from bloomtui.cached_models import CachedModel, find_cached_blooms
 from bloomtui.engine import events
 from bloomtui.errors import UsageError
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.history import LIMIT, load_history, remember, save_history
 from bloomtui.tui.run_state import RunTracker
-from bloomtui.tui.screens.settings import parse_form
+from bloomtui.tui.screens.settings import draft_choices, parse_form
 from bloomtui.tui.transcript import to_markdown
 from bloomtui.tui.widgets.run_output import Exchange, printable
 from tests.tui.fakes import fake_info
@@ -67,9 +67,15 @@ def test_settings_form_parsing() -> None:
         "repetition_penalty": "1.1",
         "seed": "",
         "ram_budget": "2GiB",
+        "draft_tokens": "",
     }
     parsed = parse_form(values, True, Settings(theme="nord"))
     assert parsed == Settings(12, True, 0.9, 0, 1.0, 1.1, None, 2 * 1024**3, "nord")
+    drafted = parse_form({**values, "draft_tokens": "3"}, True, Settings(draft="trained-draft"), "prompt-lookup")
+    assert (drafted.draft, drafted.draft_tokens, drafted.draft_model) == ("prompt-lookup", 3, "")
+    assert parse_form(values, True, Settings(draft="trained-draft")).draft_model == "trained-draft"
+    with pytest.raises(UsageError, match="Draft tokens must be in 0..32"):
+        parse_form({**values, "draft_tokens": "40"}, False, Settings())
     assert parse_form({**values, "ram_budget": "auto"}, False, Settings()).ram_budget is None
     with pytest.raises(UsageError, match="Max new tokens: 'x' is not a whole number"):
         parse_form({**values, "max_new_tokens": "x"}, False, Settings())
@@ -217,3 +223,36 @@ def test_tracker_shows_prefill_progress_until_the_first_token() -> None:
     assert "3000 tokens" in snap.message
     tracker.feed(1, events.TokenGenerated(1, 0, 5, "x", -1.0, 10.0))
     assert tracker.snapshot().prefill_tokens == 0  # decoding: the panel is back to blocks per token
+
+
+def test_draft_choices_offer_small_cached_blooms_and_keep_a_custom_value(tmp_path: Path) -> None:
+    cached = [
+        CachedModel("bigscience/bloom-560m", tmp_path, 1_100_000_000),
+        CachedModel("bigscience/bloom", tmp_path, 360_000_000_000),  # far too big to draft
+    ]
+    values = [value for _label, value in draft_choices(cached, "")]
+    assert values == ["", "prompt-lookup", "trained-draft", "bigscience/bloom-560m"]
+    assert draft_choices(cached, "/models/my-draft")[-1] == ("/models/my-draft", "/models/my-draft")
+    assert len(draft_choices([], "trained-draft")) == 3  # already offered: not repeated
+
+
+def test_tracker_counts_drafted_tokens_kept_and_tokens_per_pass() -> None:
+    tracker = RunTracker()
+    tracker.opened(fake_info(4), rss=900)
+    tracker.start(1, 10, draft_name="trained-draft")
+
+    def block(kind: str, token: int, rows: int) -> events.BlockDone:
+        return events.BlockDone(1, 0, 4, kind, token, True, 0, 0.0, 0.0, 0.01, 900, rows)  # type: ignore[arg-type]
+
+    tracker.feed(1, block("prefill", 0, 5))
+    tracker.feed(1, events.TokenGenerated(1, 0, 4, "a", -1.0, 0.1))
+    tracker.feed(1, events.Drafted(1, 1, (7, 8, 9), " b c d"))
+    tracker.feed(1, block("verify", 1, 4))
+    for index, token in ((1, 7), (2, 8), (3, 5)):  # two guesses kept, the third replaced by the model's own
+        tracker.feed(1, events.TokenGenerated(1, index, token, "x", -1.0, 0.1))
+    snap = tracker.snapshot()
+    assert (snap.draft_name, snap.draft_proposed, snap.draft_accepted, snap.passes) == ("trained-draft", 3, 2, 2)
+    assert snap.tokens_per_pass == 2.0 and snap.acceptance == 2 / 3
+    tracker.feed(1, events.Drafted(1, 4, (8,), " e"))
+    tracker.feed(1, events.TokenGenerated(1, 4, 9, "y", -1.0, 0.1))  # a miss on the first guess
+    assert tracker.snapshot().draft_accepted == 2 and tracker.snapshot().draft_proposed == 4

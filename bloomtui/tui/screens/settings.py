@@ -1,4 +1,4 @@
-"""The settings dialog: generation settings and the RAM budget, checked before they are saved."""
+"""The settings dialog: generation settings, the RAM budget and the draft, checked before they are saved."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, Switch
+from textual.widgets import Button, Input, Label, Select, Static, Switch
 
+from bloomtui.cached_models import CachedModel
+from bloomtui.engine.drafting import PROMPT_LOOKUP
 from bloomtui.errors import UsageError
 from bloomtui.settings import LABELS, Settings
-from bloomtui.sizes import parse_size
+from bloomtui.sizes import format_size, parse_size
 
 # field -> (input type, hint shown as the placeholder)
 FIELDS: dict[str, tuple[str, str]] = {
@@ -24,7 +26,28 @@ FIELDS: dict[str, tuple[str, str]] = {
     "repetition_penalty": ("number", "1 = off, e.g. 1.2"),
     "seed": ("integer", "blank = random each run"),
     "ram_budget": ("text", "auto, or e.g. 800MB, 12GiB"),
+    "draft_tokens": ("integer", "0 = adaptive (1..8)"),
 }
+SMALL_DRAFT_BYTES = 8 * 1024**3
+"""Cached BLOOMs up to this size on disk are offered as drafts (bloom-560m to bloom-3b)."""
+
+
+def draft_choices(cached: list[CachedModel], current: str) -> list[tuple[str, str]]:
+    """(label, setting value) for the draft picker: off, prompt lookup, the shipped draft, small cached BLOOMs,
+    and the current value when it is none of those (a folder given with --draft or in settings.json)."""
+    choices = [
+        ("Off", ""),
+        ("Prompt lookup · n-grams of the text so far", PROMPT_LOOKUP),
+        ("trained-draft · shipped, drafts for the demo model", "trained-draft"),
+    ]
+    choices += [
+        (f"{model.repo_id} · {format_size(model.size_on_disk)}", model.repo_id)
+        for model in cached
+        if model.size_on_disk <= SMALL_DRAFT_BYTES
+    ]
+    if current not in {value for _label, value in choices}:
+        choices.append((current, current))
+    return choices
 
 
 def _text(settings: Settings, name: str) -> str:
@@ -34,14 +57,16 @@ def _text(settings: Settings, name: str) -> str:
     return "" if value is None else str(value)
 
 
-def parse_form(values: dict[str, str], sample: bool, base: Settings) -> Settings:
+def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str | None = None) -> Settings:
     """Settings from the dialog's texts; UsageError names the first field that is wrong."""
-    parsed: dict[str, object] = {"sample": sample}
+    parsed: dict[str, object] = {"sample": sample, "draft": base.draft if draft is None else draft}
     for name, (kind, _hint) in FIELDS.items():
         text = values[name].strip()
         label = LABELS[name]
         if name == "seed" and not text:
             parsed[name] = None
+        elif name == "draft_tokens" and not text:
+            parsed[name] = 0
         elif name == "ram_budget":
             parsed[name] = None if text.lower() in ("", "auto") else parse_size(text, label)
         elif kind == "integer":
@@ -63,9 +88,10 @@ class SettingsScreen(ModalScreen[Settings | None]):
         Binding("ctrl+s", "save", "Save"),
     ]
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cached: list[CachedModel] | None = None) -> None:
         super().__init__()
         self.settings = settings
+        self.cached = cached or []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="settings-dialog"):
@@ -76,11 +102,22 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Switch(self.settings.sample, id="sample")
                     yield Label("sampling" if self.settings.sample else "greedy", id="sample-label")
                 for name, (kind, hint) in FIELDS.items():
+                    if name == "draft_tokens":
+                        yield Label(LABELS["draft"])
+                        yield Select(
+                            draft_choices(self.cached, self.settings.draft),
+                            value=self.settings.draft,
+                            allow_blank=False,
+                            compact=True,
+                            id="draft",
+                        )
                     yield Label(LABELS[name])
-                    yield Input(_text(self.settings, name), placeholder=hint, type=kind, id=name)  # type: ignore[arg-type]
+                    yield Input(_text(self.settings, name), placeholder=hint, type=kind, compact=True, id=name)  # type: ignore[arg-type]
             yield Static("", id="settings-error", markup=False)
             yield Static(
-                "Temperature, top-k and top-p apply when sampling. Changing the RAM budget reopens the model.",
+                "Temperature, top-k and top-p apply when sampling. A draft proposes tokens the model checks "
+                "several per pass over its weights; the output keeps the model's own distribution. Changing the "
+                "RAM budget or the draft model reopens the model.",
                 id="settings-help",
                 markup=False,
             )
@@ -106,7 +143,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
     @on(Input.Submitted)
     def action_save(self) -> None:
         try:
-            settings = parse_form(self._values(), self.query_one("#sample", Switch).value, self.settings)
+            draft = str(self.query_one("#draft", Select).value)
+            settings = parse_form(self._values(), self.query_one("#sample", Switch).value, self.settings, draft)
         except UsageError as exc:
             self.query_one("#settings-error", Static).update(exc.message)
             self.app.bell()

@@ -62,6 +62,7 @@ class EnginePanel(VerticalScroll):
         yield Static(id="panel-memory", markup=False)
         yield ProgressBar(total=1, show_eta=False, id="memory-bar")
         yield Static(id="panel-tokens", markup=False)
+        yield Static(id="panel-draft", markup=False)
         yield Static(id="panel-eta", markup=False)
         yield Static("Blocks", classes="panel-heading", markup=False)
         yield BlockMap(id="block-map")
@@ -79,8 +80,9 @@ class EnginePanel(VerticalScroll):
             self._update(
                 "#panel-model",
                 f"{model.name}\n{model.n_blocks} blocks · hidden {model.hidden_size} · {model.dtype}\n"
-                f"budget {format_size(model.budget)} · {len(model.resident_blocks)} resident · "
-                f"{len(model.streamed_blocks)} streamed",
+                f"budget {format_size(model.total_budget)} · {len(model.resident_blocks)} resident · "
+                f"{len(model.streamed_blocks)} streamed"
+                + (f"\ndraft model {model.draft} · {format_size(model.draft_bytes)}" if model.draft else ""),
             )
         state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
         if snap.message:
@@ -132,7 +134,7 @@ class EnginePanel(VerticalScroll):
 
     def _show_memory(self, snap: PanelSnapshot) -> None:
         bar = self.query_one("#memory-bar", ProgressBar)
-        budget = snap.model.budget if snap.model else 0
+        budget = snap.model.total_budget if snap.model else 0
         if snap.rss is None or not budget:
             self._update("#panel-memory", "RSS    —\n")
             bar.update(total=1, progress=0)
@@ -153,3 +155,12 @@ class EnginePanel(VerticalScroll):
         limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
         self._update("#panel-tokens", f"tokens {snap.tokens}{limit} · {_seconds(snap.seconds_per_token)}/tok{rate}")
         self._update("#panel-eta", f"ETA    pass {_seconds(snap.eta_pass)} · run {_seconds(snap.eta_run)}")
+        draft = self.query_one("#panel-draft", Static)
+        draft.display = bool(snap.draft_name)
+        if snap.draft_name:
+            kept = f"{snap.acceptance:.0%}" if snap.acceptance is not None else "—"
+            per_pass = f"{snap.tokens_per_pass:.2f}" if snap.tokens_per_pass else "—"
+            draft.update(
+                f"draft  {snap.draft_name}\n       {kept} kept ({snap.draft_accepted}/{snap.draft_proposed}) · "
+                f"{per_pass} tok/pass"
+            )

@@ -60,6 +60,15 @@ class OutputView(VerticalScroll):
         if follow:
             self.call_after_refresh(self.scroll_end, animate=False)
 
+    def show_guess(self, run: int, text: str) -> None:
+        """A draft's unverified tokens, dimmed after the run's text until the model checks them."""
+        output = self.runs.get(run)
+        if output is not None:
+            follow = self._follow()
+            output.show_guess(text)
+            if follow:
+                self.call_after_refresh(self.scroll_end, animate=False)
+
     def finish(self, run: int, outcome: str, status: str) -> None:
         output = self.runs.get(run)
         if output is not None:

@@ -33,7 +33,11 @@ class Exchange:
 
 
 class RunOutput(Widget):
+    """`guess` is a draft's proposal not yet verified: shown dimmed after the text, never part of the exchange.
+    Verified pieces consume it while they agree with it; the first that differs ends it."""
+
     COMPONENT_CLASSES = {
+        "run-output--guess",
         "run-output--header",
         "run-output--prompt",
         "run-output--text",
@@ -47,6 +51,7 @@ class RunOutput(Widget):
     RunOutput > .run-output--header { color: $text-muted; }
     RunOutput > .run-output--prompt { color: $text-accent; text-style: bold; }
     RunOutput > .run-output--text { color: $text; }
+    RunOutput > .run-output--guess { color: $text-disabled; text-style: italic; }
     RunOutput > .run-output--running { color: $text-muted; text-style: italic; }
     RunOutput > .run-output--done { color: $text-success; }
     RunOutput > .run-output--cancelled { color: $text-warning; text-style: bold; }
@@ -57,15 +62,22 @@ class RunOutput(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.run = run
         self.exchange = exchange
+        self.guess = ""
 
     def append(self, piece: str) -> None:
         if piece:
             self.exchange.pieces.append(piece)
+            self.guess = self.guess[len(piece) :] if self.guess.startswith(piece) else ""
             # Rendering happens at most once per frame however many pieces arrive before it.
             self.refresh(layout=True)
 
+    def show_guess(self, text: str) -> None:
+        self.guess = text
+        self.refresh(layout=True)
+
     def finish(self, outcome: str, status: str) -> None:
         self.exchange.outcome, self.exchange.status = outcome, status
+        self.guess = ""
         self.refresh(layout=True)
 
     def render(self) -> Text:
@@ -74,6 +86,8 @@ class RunOutput(Widget):
         text.append(f"#{self.run} · {self.exchange.model}\n", style("run-output--header"))
         text.append(printable(self.exchange.prompt), style("run-output--prompt"))
         text.append(printable(self.exchange.text), style("run-output--text"))
+        if self.guess:
+            text.append(printable(self.guess), style("run-output--guess"))
         if self.exchange.outcome == "running":
             text.append(" ▍", style("run-output--running"))
         else:

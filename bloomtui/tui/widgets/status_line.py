@@ -28,6 +28,8 @@ def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
         parts.append(f"{snap.tokens}{limit} tok")
         if snap.seconds_per_token:
             parts.append(f"{_seconds(snap.seconds_per_token)}/tok")
+        if snap.draft_name and snap.acceptance is not None:
+            parts.append(f"draft {snap.acceptance:.0%} kept")
     elif snap.message:
         parts.append(snap.message)
     elif snap.model is not None:
