@@ -12,6 +12,17 @@ from pathlib import Path
 import psutil
 
 PROMPT = "The SQL command to extract all the users whose name starts with A is: "
+PASSAGE = (
+    "The old lighthouse keeper climbed the stairs every evening, lit the lamp, and wrote one line in his "
+    "book about the sea, the wind and the ships that passed."
+)
+DRAFT_PROMPTS = {
+    "story": "Once upon a time, a little girl named Lily found a small red box in the garden.",
+    "repeat": f"Repeat the passage exactly.\nPassage: {PASSAGE}\nRepeated: {PASSAGE}\nRepeated again:",
+    "no-repeat": "Seventeen quiet purple elephants juggled marmalade beneath Tuesday's crooked horizon",
+}
+"""Speculative decoding (issue 9): ordinary text, a prompt that asks to copy a passage (prompt lookup's case),
+and one where nothing repeats (prompt lookup must not lose)."""
 RESULT_TAG = "BENCH_RESULT "
 REPO = Path(__file__).resolve().parent.parent
 HELDOUT = REPO / "training" / "heldout-sample.txt"

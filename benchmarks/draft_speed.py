@@ -12,22 +12,13 @@ import argparse
 import statistics
 import time
 
+from benchmarks.common import DRAFT_PROMPTS as PROMPTS
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.drafting import DraftSpec, open_draft
 from bloomtui.engine.events import Done
 from bloomtui.engine.generate import compute_dtype
 from bloomtui.engine.residency import budget_for, minimum_budget
-
-PASSAGE = (
-    "The old lighthouse keeper climbed the stairs every evening, lit the lamp, and wrote one line in his "
-    "book about the sea, the wind and the ships that passed."
-)
-PROMPTS = {
-    "story": "Once upon a time, a little girl named Lily found a small red box in the garden.",
-    "repeat": f"Repeat the passage exactly.\nPassage: {PASSAGE}\nRepeated: {PASSAGE}\nRepeated again:",
-    "no-repeat": "Seventeen quiet purple elephants juggled marmalade beneath Tuesday's crooked horizon",
-}
 
 
 def quarter_budget(model: str) -> int:

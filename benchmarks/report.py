@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks import projection as proj
+from benchmarks import report_drafting as drafting
 from benchmarks import report_sections as sections
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 from bloomtui.sizes import format_size
@@ -436,7 +437,7 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "|---|---|---|---|",
     ]
     get = sections.Lookup(by)
-    extra = sections.prefill_goals(get, raw) + sections.quality_goals(get)
+    extra = sections.prefill_goals(get, raw) + sections.quality_goals(get) + drafting.draft_goals(get)
     if raw.get("big"):
         extra += sections.int4_projection_goal(raw)
     for goal, measured, target, met in goals(by, membw) + extra:
@@ -497,7 +498,7 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in jobs:
-        if s.kind == "bloomtui" and s.ok:
+        if s.kind == "bloomtui" and s.ok and s.group != "draft":  # drafted passes yield several tokens each
             comp, wait, read = s.phase("compute"), s.phase("wait"), s.phase("read")
             other = s.decode - comp - wait
             out.append(f"| {s.group}: {s.name} | {_s(s.decode)} | {_s(comp)} | {_s(wait)} | {_s(read)} | {_s(other)} |")
@@ -508,6 +509,8 @@ def markdown(raw: dict, chart: Path | None) -> str:
         out += sections.long_prompt_section(get, raw)
     if any(s.group == "quality" for s in jobs):
         out += sections.quality_section(get, raw)
+    if any(s.group == "draft" for s in jobs):
+        out += drafting.draft_section(get, raw)
     if not st["skip_big"]:
         out += _big_section(raw, membw)
     if chart is not None:

@@ -83,6 +83,10 @@ class Settings:
     quality_context: int = 1024
     quality_chars: int = 0
     """Characters of the held-out sample scored (0: all of it)."""
+    draft_tokens: int = 96
+    """New tokens per speculative-decoding run (several passes' worth at up to 9 tokens a pass)."""
+    verify_reps: int = 5
+    """In-process pairs of 1-row and 5-row passes per verify-cost run."""
 
 
 def full_bytes(model: Path) -> int:
@@ -113,7 +117,7 @@ def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Jo
     def job(name: str, group: str, args: list[str], tokens: str | None = n, env: dict | None = None) -> Job:
         argv = [*args, *(["--tokens", tokens] if tokens else [])]
         if env is None:  # bloomtui runs as its CLI and app run it (see BLOOMTUI_ENV)
-            env = BLOOMTUI_ENV if args[0] in ("bloomtui", "bigblock") else {}
+            env = BLOOMTUI_ENV if args[0] in ("bloomtui", "bigblock", "verify") else {}
         return Job(name, group, argv, s.repeats, s.timeout, {**env, **QUICK_ENV} if s.quick else dict(env))
 
     b16 = ["--model", str(bf16)]
@@ -154,6 +158,8 @@ def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Jo
     jobs += long_prompt_jobs(models, s, work)
     jobs += quality_jobs(models, s)
     budgets["min_int4"] = minimum_bytes(models["bf16_int4"])
+    budgets["quarter_trained"] = max(full_bytes(models["trained"]) // 4, minimum_bytes(models["trained"]))
+    jobs += draft_jobs(models, s, budgets, job)
     return jobs, budgets
 
 
@@ -234,6 +240,38 @@ def _engine_before_chunked_prefill(work: Path) -> Path | None:
         return target
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+DRAFT_CASES = (
+    ("story", ("plain", "trained-draft", "prompt-lookup"), ("plain", "trained-draft")),
+    ("repeat", ("plain", "trained-draft", "prompt-lookup"), ("plain", "prompt-lookup")),
+    ("no-repeat", ("plain", "prompt-lookup"), ("plain", "prompt-lookup")),
+)
+"""(prompt, drafts run warm, drafts run cold): the trained demo streamed under 1/4 of its size (issue 9)."""
+
+
+def draft_jobs(models: dict[str, Path], s: Settings, budgets: dict, job) -> list[Job]:  # noqa: ANN001
+    """Speculative decoding on the trained demo at a 1/4 budget, warm and cold, with its shipped draft and with
+    prompt lookup; and the price of verifying: one pass of 5 rows vs 1 row, bloom-560m shape at 1/4 budget."""
+    from bloomtui import demo_models
+
+    tokens = str(s.draft_tokens)
+    target = ["--model", str(models["trained"]), "--budget", str(budgets["quarter_trained"])]
+    jobs = []
+    for prompt, warm, cold in DRAFT_CASES:
+        for state, drafts in (("warm", warm), ("cold", cold)):
+            for draft in drafts:
+                source = str(demo_models.path(draft)) if draft == "trained-draft" else draft
+                extra = [] if draft == "plain" else ["--draft", source]
+                extra += ["--cold"] if state == "cold" else []
+                argv = ["bloomtui", *target, "--prompt", prompt, *extra]
+                jobs.append(job(f"{prompt} {state} {draft}", "draft", argv, tokens))
+    quart = ["--model", str(models["bf16"]), "--budget", str(budgets["quarter_bf16"]), "--reps", str(s.verify_reps)]
+    jobs += [
+        job("verify 5 rows warm", "draft", ["verify", *quart], None),
+        job("verify 5 rows cold", "draft", ["verify", *quart, "--cold"], None),
+    ]
+    return jobs
 
 
 def quality_jobs(models: dict[str, Path], s: Settings) -> list[Job]:
@@ -391,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         gemm_size=512 if q else 3072,
         quality_context=1024,
         quality_chars=8000 if q else 0,
+        draft_tokens=24 if q else 96,
+        verify_reps=2 if q else 5,
     )
     started = time.time()
     work = args.work.expanduser().resolve()

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    DRAFT_PROMPTS,
     PROMPT,
     READ_CHUNK,
     RESULT_TAG,
@@ -157,8 +158,9 @@ def _budget(text: str, model: Path) -> int:
 def run_bloomtui(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer  # noqa: F401 - imported before timing, as the hf worker's is
 
-    from bloomtui.engine import Engine, EngineOptions, SamplingParams
+    from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams
     from bloomtui.engine import events as ev
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, open_draft
 
     baseline = rss()
     budget = _budget(args.budget, args.model)
@@ -167,6 +169,9 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
         evict(files)
     t0 = time.perf_counter()
     engine = Engine.open(args.model, EngineOptions(ram_budget=budget, threads=args.threads))
+    # A draft model is held resident beside the target's plan (which stays the plain run's, to compare).
+    draft_engine = open_draft(args.draft, EngineOptions()) if args.draft not in (None, PROMPT_LOOKUP) else None
+    draft = None if args.draft is None else DraftSpec(draft_engine, args.draft_tokens)
     load_s = time.perf_counter() - t0
     ckpt, plan = engine.model_plan.checkpoint, engine.model_plan.plan
     block_spans = {i: _spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
@@ -203,8 +208,11 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
     if args.cold:
         evict(files)
     params = SamplingParams(max_new_tokens=args.tokens, ignore_eos=True)
-    result = engine.generate(PROMPT, params, on_event=sink)
+    prompt = DRAFT_PROMPTS[args.prompt] if args.prompt else PROMPT
+    result = engine.generate(prompt, params, on_event=sink, draft=draft)
     engine.close()
+    if draft_engine is not None:
+        draft_engine.close()
     evictor.close()
     cfg = engine.config
     prompt_tokens = done[0].prompt_tokens if done else 0
@@ -224,6 +232,9 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
         plan_bytes=plan.total_bytes,
         blocks=blocks,
         prompt_tokens=prompt_tokens,
+        passes=result.passes,
+        draft_proposed=result.draft_proposed,
+        draft_accepted=result.draft_accepted,
     )
 
 
@@ -366,7 +377,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
         os.close(fd)
     ctx = args.context
     cache = KVCache.empty(cfg, ctx + 1, dtype)
-    alibi = alibi_bias(cfg.n_head, ctx + 1, dtype)
+    alibi = alibi_bias(cfg.n_head, ctx + max(ROWS) + 1, dtype)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
     with torch.inference_mode():
@@ -379,17 +390,86 @@ def run_bigblock(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             block_forward(x1, weights, cache, ctx, alibi, cfg)
             decode_s.append(time.perf_counter() - t0)
-    _say(f"decode compute per block: {sorted(decode_s)}")
+        # A verify pass of K drafted tokens: K + 1 rows, multiplied as decoding multiplies (no fp32 tiles).
+        rows_s: dict[str, list[float]] = {}
+        for rows in ROWS:
+            rows_s[str(rows)] = []
+            for _ in range(args.reps):
+                t0 = time.perf_counter()
+                block_forward(x[:rows], weights, cache, ctx, alibi, cfg)
+                rows_s[str(rows)].append(time.perf_counter() - t0)
+    _say(f"decode compute per block: {sorted(decode_s)}; rows: {rows_s}")
     return {
         "block_bytes": block_bytes,
         "read_s": read_s,
         "context": ctx,
         "prefill_s": prefill_s,
         "decode_compute_s": decode_s,
+        "rows_compute_s": rows_s,
         "hidden": cfg.hidden_size,
         "n_head": cfg.n_head,
         "weights": ckpt.scheme.weights if ckpt.scheme else "bf16",
         "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
+    }
+
+
+ROWS = (5, 9)
+"""Rows of the verify passes bigblock times (4 and 8 drafted tokens)."""
+
+
+def run_verify(args: argparse.Namespace) -> dict:
+    """Speculative decoding's price: one pass over the weights with 1 row, and with `--rows` rows (a verify
+    pass of rows - 1 drafted tokens), alternating, after a prefill of the prompt. Cold: each streamed block's
+    bytes (and a streamed head's) are evicted after use, as in the bloomtui runs."""
+    import threading
+
+    from bloomtui.engine import Engine, EngineOptions
+    from bloomtui.engine import events as ev
+    from bloomtui.engine.model import KVCache, alibi_bias
+
+    budget = _budget(args.budget, args.model)
+    engine = Engine.open(args.model, EngineOptions(ram_budget=budget, threads=args.threads))
+    ckpt, plan, cfg = engine.model_plan.checkpoint, engine.model_plan.plan, engine.config
+    block_spans = {i: _spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
+    head_spans = [] if plan.head_resident else _spans([*ckpt.head_refs, ckpt.embeddings])
+    evictor = RangeEvictor()
+
+    def sink(event: ev.Event) -> None:
+        if args.cold and isinstance(event, ev.BlockDone) and not event.resident:
+            for span in block_spans[event.index]:
+                evictor(*span)
+
+    prompt = engine.encode(PROMPT)
+    start = len(prompt)
+    caches = [KVCache.empty(cfg, start + args.rows, engine.dtype) for _ in range(cfg.n_layer)]
+    alibi = alibi_bias(cfg.n_head, start + args.rows, engine.dtype)
+    times: dict[int, list[float]] = {1: [], args.rows: []}
+    if args.cold:
+        evict(weight_files(args.model))
+    cancel = threading.Event()
+    with torch.inference_mode(), engine.store.prefetcher(1 + 2 * args.reps, cancel) as prefetch:
+        passes = engine.passes(1, sink, cancel, prefetch)
+        passes.logits(passes.hidden(prompt, 0, caches, alibi, "prefill", 0)[-1:])  # the head streams after blocks
+        for rep in range(args.reps):
+            for rows in (1, args.rows):
+                for span in head_spans if args.cold else ():
+                    evictor(*span)
+                before = evictor.seconds
+                t0 = time.perf_counter()
+                h = passes.hidden(prompt[-1:] * rows, start, caches, alibi, "decode" if rows == 1 else "verify", rep)
+                passes.logits(h, like_decode=True)
+                times[rows].append(time.perf_counter() - t0 - (evictor.seconds - before))
+    engine.close()
+    evictor.close()
+    _say(f"1 row: {sorted(times[1])}; {args.rows} rows: {sorted(times[args.rows])}")
+    return {
+        "one_row_s": times[1],
+        "rows_s": times[args.rows],
+        "rows": args.rows,
+        "budget": budget,
+        "streamed_blocks": len(plan.streamed_blocks),
+        "n_blocks": plan.n_blocks,
+        "head_resident": plan.head_resident,
     }
 
 
@@ -551,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cold", action="store_true")
         if kind == "bloomtui":
             p.add_argument("--threads", type=int, help="torch threads (EngineOptions.threads)")
+            p.add_argument("--draft", help="a draft model folder, or prompt-lookup")
+            p.add_argument("--draft-tokens", type=int, help="fixed K (default adaptive)")
+            p.add_argument("--prompt", choices=tuple(DRAFT_PROMPTS), help="a drafting prompt (default: the SQL one)")
         if kind in ("bloomtui", "accelerate"):
             p.add_argument("--budget", required=True, help="bytes, or 'min' for the engine's minimum")
         if kind == "accelerate":
@@ -560,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True)
     p.add_argument("--tokens", type=int, required=True)
     p.add_argument("--cold", action="store_true")
+    p = sub.add_parser("verify")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--budget", required=True)
+    p.add_argument("--rows", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--cold", action="store_true")
+    p.add_argument("--threads", type=int)
     p = sub.add_parser("membw")
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--reps", type=int, default=7)
@@ -602,6 +692,7 @@ RUNNERS = {
     "rawread": run_rawread,
     "membw": run_membw,
     "bigblock": run_bigblock,
+    "verify": run_verify,
     "prefill": run_prefill,
     "hfprefill": run_hfprefill,
     "cancel": run_cancel,

@@ -54,6 +54,13 @@ CONTENDER_ROWS = (
     "| bloomtui fp32, engine before chunked prefill |",
     # quality
     "| bf16 |  | ",
+    # speculative decoding
+    "| story | warm | trained-draft |",
+    "| story | cold | trained-draft |",
+    "| repeat | warm | prompt-lookup |",
+    "| no-repeat | cold | prompt-lookup |",
+    "| bf16 | 7 GB/s |",
+    "| int4 | 7 GB/s |",
 )
 SECTIONS = (
     "## Compressed weights (`bloomtui prepare`)",
@@ -62,6 +69,8 @@ SECTIONS = (
     "### int4 (`bloomtui prepare --weights int4` of the same 3 blocks)",
     "GEMM peak on this machine",
     "Cancel: `generate` of a",
+    "## Speculative decoding (`--draft`)",
+    "### BLOOM-176B with bloom-560m drafting, projected",
 )
 GOALS = (
     "compressed, fully in RAM decode: int8",
@@ -78,6 +87,10 @@ GOALS = (
     "trained demo model, int8 ÷ bf16",
     "trained demo model, int4 ÷ bf16",
     "BLOOM-176B int4 projected s/token",
+    "trained demo at 1/4 budget, trained-draft drafting (warm)",
+    "prompt lookup, a prompt asking to repeat a passage (cold)",
+    "prompt lookup, a prompt where nothing repeats (warm)",
+    "verify cost, bloom-560m shape at 1/4 budget (cold)",
 )
 
 
@@ -239,3 +252,15 @@ def test_quick_harness_end_to_end(tmp_path: Path) -> None:
         assert big["bigblock" + suffix]["runs"], big["bigblock" + suffix]["errors"]
         assert big["stream" + suffix]["runs"] or big["stream" + suffix]["errors"][0].startswith("skipped")
     assert big["bigblock_int4"]["runs"][0]["weights"] == "int4"
+
+
+def test_draft_projection_arithmetic() -> None:
+    from benchmarks.report_drafting import best_k, tokens_per_pass
+
+    assert tokens_per_pass(0.0, 4) == 1 and tokens_per_pass(1.0, 4) == 5
+    assert tokens_per_pass(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    # Reads dominate (a pass costs 10 s whatever its rows) and drafting is free: the longest draft wins.
+    k, seconds = best_k(lambda rows: 10.0, 0.0, 0.9)
+    assert k == 8 and seconds == pytest.approx(10 / tokens_per_pass(0.9, 8))
+    # A draft as slow as the pass is never worth more than one token.
+    assert best_k(lambda rows: 1.0, 1.0, 0.5)[0] == 1

@@ -91,7 +91,12 @@ class Passes:
                 # Rows in order: a chunk's keys and values are in the cache before the next chunk attends.
                 x[r0:r1] = block_forward(x[r0:r1], weights, caches[i], start + r0, alibi, cfg, mm)
                 now = time.perf_counter()
-                if rows > 1 and (now - last_report > _PROGRESS_SECONDS or (i == n - 1 and r1 == rows)):
+                # Long passes report progress; a verify pass is a decode step with a few extra rows.
+                if (
+                    kind != "verify"
+                    and rows > 1
+                    and (now - last_report > _PROGRESS_SECONDS or (i == n - 1 and r1 == rows))
+                ):
                     last_report = now
                     done = i * rows + r1
                     eta = (now - started) / done * (n * rows - done)
