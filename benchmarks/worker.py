@@ -182,23 +182,34 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
     token_s: list[float] = []
     blocks: list[dict[str, float]] = []
     done: list[ev.Done] = []
-    in_token = {"evict": 0.0, "bytes": 0, "read": 0.0, "wait": 0.0, "compute": 0.0}
+    in_pass = {"evict": 0.0, "bytes": 0, "read": 0.0, "wait": 0.0, "compute": 0.0}
+    pass_tokens: list[float] = []
+
+    def end_pass() -> None:
+        """A pass's tokens (several when drafting) share its time: each gets 1/n of its sums, and of the
+        harness's eviction time, which is taken out (it is not the engine's)."""
+        n = len(pass_tokens)
+        for seconds in pass_tokens:
+            token_s.append(seconds - in_pass["evict"] / n)
+            blocks.append({k: v / n for k, v in in_pass.items()})
+        pass_tokens.clear()
+        in_pass.update(evict=0.0, bytes=0, read=0.0, wait=0.0, compute=0.0)
 
     def sink(event: ev.Event) -> None:
         if isinstance(event, ev.BlockDone):
-            in_token["bytes"] += event.bytes
-            in_token["read"] += event.read_seconds
-            in_token["wait"] += event.wait_seconds
-            in_token["compute"] += event.compute_seconds
+            if event.index == 0 and pass_tokens:
+                end_pass()
+            in_pass["bytes"] += event.bytes
+            in_pass["read"] += event.read_seconds
+            in_pass["wait"] += event.wait_seconds
+            in_pass["compute"] += event.compute_seconds
             if args.cold and not event.resident:
                 before = evictor.seconds
                 for span in block_spans[event.index]:
                     evictor(*span)
-                in_token["evict"] += evictor.seconds - before
+                in_pass["evict"] += evictor.seconds - before
         elif isinstance(event, ev.TokenGenerated):
-            token_s.append(event.seconds - in_token["evict"])  # eviction is the harness's, not the engine's
-            blocks.append({k: v for k, v in in_token.items()})
-            in_token.update(evict=0.0, bytes=0, read=0.0, wait=0.0, compute=0.0)
+            pass_tokens.append(event.seconds)  # the pass's time / its tokens (generate.py)
             if args.cold:  # outside any token's timing: the engine stamps a token before emitting it
                 for span in token_spans:
                     evictor(*span)
@@ -210,6 +221,7 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
     params = SamplingParams(max_new_tokens=args.tokens, ignore_eos=True)
     prompt = DRAFT_PROMPTS[args.prompt] if args.prompt else PROMPT
     result = engine.generate(prompt, params, on_event=sink, draft=draft)
+    end_pass()
     engine.close()
     if draft_engine is not None:
         draft_engine.close()

@@ -1,4 +1,5 @@
-"""Regenerate the screenshots: the real app on the built-in demo model, mid-generation and after cancel.
+"""Regenerate the screenshots: the real app on the built-in demo model, mid-generation, after cancel, and
+drafting with the shipped trained-draft (caught mid verify pass, its guesses dimmed).
 
     python screenshots/make_screenshots.py        # writes screenshots/*.svg, and *.png if rsvg-convert exists
 
@@ -14,11 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SIZE = (140, 45)
 PROMPT = "A list comprehension is"
+DRAFT_PROMPT = "The os.path module"
 
 
 async def _main() -> None:
@@ -47,16 +50,80 @@ async def _main() -> None:
         app.save_screenshot("app-after-cancel.svg", str(HERE))
 
 
+class _PauseMidVerify:
+    """Wraps the real engine handle: the first verify pass after `after` tokens waits at block 4 until
+    released, so the screenshot shows a draft's guesses on screen and the engine mid-pass (as they are for
+    most of a real run's time), not a race with a fast demo model."""
+
+    def __init__(self, inner, after: int) -> None:  # noqa: ANN001 - a RealEngine
+        self.inner, self.info, self.baseline_rss = inner, inner.info, inner.baseline_rss
+        self.after = after
+        self.paused, self.release = threading.Event(), threading.Event()
+
+    def generate(self, prompt, params, on_event, cancel, draft=None):  # noqa: ANN001, ANN201
+        def sink(event) -> None:  # noqa: ANN001
+            on_event(event)
+            if (
+                getattr(event, "kind", None) == "verify"
+                and event.index == 3
+                and event.token_index >= self.after
+                and not self.release.is_set()
+            ):
+                self.paused.set()
+                self.release.wait(30)
+
+        return self.inner.generate(prompt, params, sink, cancel, draft)
+
+    def draft_name(self, draft):  # noqa: ANN001, ANN201
+        return self.inner.draft_name(draft)
+
+    def rss(self) -> int:
+        return self.inner.rss()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def _drafting() -> None:
+    from bloomtui.settings import Settings
+    from bloomtui.tui.app import BloomApp
+    from bloomtui.tui.engine_handle import DEMO
+
+    app = BloomApp(DEMO, find_models=list, cursor_blink=False, draft="trained-draft")
+    app.settings = Settings(max_new_tokens=1000, repetition_penalty=1.2)
+    opener, paused = app.opener, []
+
+    def pausing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        paused.append(_PauseMidVerify(opener(*args, **kwargs), after=60))
+        return paused[-1]
+
+    app.opener = pausing
+    async with app.run_test(size=SIZE) as pilot:
+        while app.handle is None:
+            await pilot.pause(0.05)
+        app.insert_prompt(DRAFT_PROMPT)
+        await pilot.press("ctrl+j")
+        while not paused[0].paused.is_set():
+            await pilot.pause(0.02)
+        await pilot.pause(0.4)  # the guesses' message and a panel poll (8 Hz) arrive
+        app.save_screenshot("app-drafting.svg", str(HERE))
+        paused[0].release.set()
+        await pilot.press("escape")
+        while app.running:
+            await pilot.pause(0.02)
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("CONFIG", "DATA", "CACHE"):
             os.environ[f"BLOOMTUI_{name}_DIR"] = str(Path(tmp) / name.lower())
         asyncio.run(_main())
+        asyncio.run(_drafting())
     converter = shutil.which("rsvg-convert")
     if converter is None:
         print("rsvg-convert not found (apt-get install librsvg2-bin): SVGs only", file=sys.stderr)
         return 0
-    for svg in ("app-mid-generation.svg", "app-after-cancel.svg"):
+    for svg in ("app-mid-generation.svg", "app-after-cancel.svg", "app-drafting.svg"):
         subprocess.run([converter, str(HERE / svg), "-o", str(HERE / svg.replace(".svg", ".png"))], check=True)
     return 0
 
