@@ -1,9 +1,12 @@
-"""Which way this machine multiplies many bf16 rows fastest, measured once and cached per machine.
+"""Which way this machine multiplies bf16 fastest, measured once and cached per machine.
 
-CPUs without native bf16 arithmetic (x86 before AVX512-BF16/AMX) run torch's bf16 GEMM several times slower
-than fp32 (measured on this project's Xeon: 54 vs 191 GFLOPS), so prefill upcasts weight tiles to fp32 there.
-With native bf16 the bf16 GEMM wins and tiles stay in bf16. A 0.1 s measurement decides; its result is kept
-in the cache dir under the CPU's name, torch's version and the thread count.
+- Many rows: CPUs without native bf16 arithmetic (x86 before AVX512-BF16/AMX) run torch's bf16 GEMM several
+  times slower than fp32 (measured on this project's Xeon: 54 vs 191 GFLOPS), so prefill upcasts weight
+  tiles to fp32 there. With native bf16 the bf16 GEMM wins and tiles stay in bf16.
+- One row (decoding): torch's bf16 gemv (addmv) beat its GEMM path by ~1.4x on that Xeon; on an AVX512-BF16
+  EPYC the GEMM path (F.linear) is ~1.8x faster than addmv.
+A 0.1 s measurement decides both; its result is kept in the cache dir under the CPU's name, torch's version
+and the thread count.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 _ROWS, _IN, _OUT = 256, 1024, 2048
+_ONE_ROW_REPS = 20
 
 
 @dataclass(frozen=True)
@@ -25,14 +30,27 @@ class CpuProfile:
     bf16_gflops: float
     fp32_gflops: float
     """Including the upcast of the weight tile, as prefill pays it."""
+    gemv_us: float
+    """One bf16 row through a 2048 x 1024 bf16 matrix with addmv, microseconds ..."""
+    linear_us: float
+    """... and with F.linear (the GEMM path)."""
 
     @property
     def upcast_bf16(self) -> bool:
         return self.fp32_gflops > self.bf16_gflops * 1.1
 
+    @property
+    def one_row_linear(self) -> bool:
+        """Whether a decoded bf16 row multiplies faster through F.linear than through addmv."""
+        return self.gemv_us > self.linear_us * 1.1
+
     def describe(self) -> str:
         way = "fp32 tiles (weights upcast a tile at a time)" if self.upcast_bf16 else "bf16 GEMM"
-        return f"{way}: bf16 GEMM {self.bf16_gflops:.0f} GFLOPS, fp32 {self.fp32_gflops:.0f} GFLOPS here"
+        one = "F.linear" if self.one_row_linear else "addmv"
+        return (
+            f"{way}: bf16 GEMM {self.bf16_gflops:.0f} GFLOPS, fp32 {self.fp32_gflops:.0f} GFLOPS here; "
+            f"one bf16 row by {one} (addmv {self.gemv_us:.0f} us, F.linear {self.linear_us:.0f} us per 2048 x 1024)"
+        )
 
 
 def _cpu_name() -> str:
@@ -58,11 +76,20 @@ def _best_seconds(fn, repeats: int = 5) -> float:  # noqa: ANN001
 def measure() -> CpuProfile:
     x = torch.randn(_ROWS, _IN).to(torch.bfloat16)
     w = torch.randn(_OUT, _IN).to(torch.bfloat16)
+    b = torch.randn(_OUT).to(torch.bfloat16)
     x32 = x.float()
     flop = 2 * _ROWS * _IN * _OUT
     bf16 = _best_seconds(lambda: torch.matmul(x, w.T))
     fp32 = _best_seconds(lambda: torch.matmul(x32, w.float().T))
-    return CpuProfile(bf16_gflops=flop / bf16 / 1e9, fp32_gflops=flop / fp32 / 1e9)
+    row = x[:1]
+    gemv = _best_seconds(lambda: [torch.addmv(b, w, row[0]) for _ in range(_ONE_ROW_REPS)])
+    linear = _best_seconds(lambda: [F.linear(row, w, b) for _ in range(_ONE_ROW_REPS)])
+    return CpuProfile(
+        bf16_gflops=flop / bf16 / 1e9,
+        fp32_gflops=flop / fp32 / 1e9,
+        gemv_us=gemv / _ONE_ROW_REPS * 1e6,
+        linear_us=linear / _ONE_ROW_REPS * 1e6,
+    )
 
 
 @cache

@@ -138,7 +138,8 @@ class Engine:
         return multiplies_upcast(self.dtype)
 
     def passes(self, generation: int, on_event: EventSink, cancel: threading.Event, prefetch) -> Passes:  # noqa: ANN001
-        return Passes(self.store, self.config, generation, on_event, cancel, prefetch, self.upcast)
+        one_row_linear = self.dtype == torch.bfloat16 and cpu_profile().one_row_linear
+        return Passes(self.store, self.config, generation, on_event, cancel, prefetch, self.upcast, one_row_linear)
 
     def run_locked(self, on_event: EventSink, body):  # noqa: ANN001, ANN201
         """Run body(generation) as this engine's one run at a time, in inference mode; errors become an

@@ -1,7 +1,8 @@
 """How a pass multiplies activations by weight matrices: the one place that knows the CPU's fast paths.
 
-- One row (decoding) is memory-bound: bf16/fp32 weights use gemv (addmv), int8/int4 weights torch's fused
-  weight-only kernels, which read the compressed bytes and never build a dequantised matrix.
+- One row (decoding) is memory-bound: bf16/fp32 weights use gemv (addmv), or F.linear where this CPU runs a
+  bf16 row faster through it (cpu_profile.py), int8/int4 weights torch's fused weight-only kernels, which
+  read the compressed bytes and never build a dequantised matrix.
 - Many rows (prefill, perplexity windows, draft verification) are compute-bound. Where this CPU's bf16 GEMM
   is slower than its fp32 one (x86 without AVX512-BF16/AMX: about 4x), weight tiles of a few hundred MB are
   upcast (or dequantised) to fp32 and multiplied there; a block is never copied whole in fp32. Which path
@@ -80,10 +81,16 @@ class Matmul:
     """Multiplies for one pass: `mm(x, w, b)` = x @ w.T + b, on the path this machine runs fastest."""
 
     def __init__(
-        self, upcast: bool = False, check: Callable[[], None] | None = None, tile_bytes: int = TILE_BYTES
+        self,
+        upcast: bool = False,
+        check: Callable[[], None] | None = None,
+        tile_bytes: int = TILE_BYTES,
+        one_row_linear: bool = False,
     ) -> None:
         self.upcast = upcast
         """Multiply many-row bf16/fp16 (and quantised) inputs in fp32 tiles."""
+        self.one_row_linear = one_row_linear
+        """Multiply one bf16 row with F.linear rather than addmv."""
         self.check = check or (lambda: None)
         """Raises to stop the pass (cancel); called between tiles."""
         self.tile_bytes = tile_bytes
@@ -95,8 +102,8 @@ class Matmul:
                 y = w.matmul(x)
                 return y if b is None else y.add_(b)
             return self._tiled(x, w, b)
-        if rows == 1:
-            # addmv: CPU bf16 gemv runs ~1.4x faster than addmm's path for one row.
+        if rows == 1 and not (self.one_row_linear and w.dtype == torch.bfloat16):
+            # addmv: on CPUs without native bf16, bf16 gemv runs ~1.4x faster than the GEMM path for one row.
             out = torch.mv(w, x[0]) if b is None else torch.addmv(b, w, x[0])
             return out.unsqueeze(0)
         if self.upcast and w.dtype != torch.float32:

@@ -44,14 +44,15 @@ class Passes:
         cancel: threading.Event,
         prefetch: Prefetcher,
         upcast: bool,
+        one_row_linear: bool = False,
     ) -> None:
         self.store, self.config, self.generation = store, config, generation
         self.emit, self.cancel, self.prefetch = emit, cancel, prefetch
         self.bytes_read = 0
         self.peak_rss = 0
         self._process = psutil.Process()
-        self.mm_one = Matmul(check=self._check)
-        self.mm_many = Matmul(upcast=upcast, check=self._check)
+        self.mm_one = Matmul(check=self._check, one_row_linear=one_row_linear)
+        self.mm_many = Matmul(upcast=upcast, check=self._check, one_row_linear=one_row_linear)
 
     def _check(self) -> None:
         if self.cancel.is_set():
