@@ -134,9 +134,9 @@ class RealEngine:
 
     def draft_name(self, draft: DraftRequest | None) -> str | None:
         spec = self._draft_spec(draft)
-        if spec is None:
+        if spec is None or draft is None:
             return None
-        return "prompt lookup" if spec.model is None else _short_name(draft.source if draft else spec.name)
+        return "prompt lookup" if spec.model is None else _short_name(draft.source)
 
     def rss(self) -> int:
         return psutil.Process().memory_info().rss
