@@ -90,3 +90,24 @@ async def test_output_keeps_its_width_and_f4_toggles(scripted: ScriptedOpener, w
         await pilot.press("f4")
         await pilot.pause()
         assert panel.display == panel_side
+
+
+@pytest.mark.parametrize("size", list(SIZES.values()), ids=list(SIZES))
+async def test_settings_dialog_scrolls_to_every_field_on_a_short_terminal(
+    scripted: ScriptedOpener, size: tuple[int, int]
+) -> None:
+    """Ten settings do not fit 24 rows: the dialog scrolls, and moving focus brings each field into view."""
+    from textual.widgets import Button
+
+    app = _app(scripted)
+    async with app.run_test(size=size) as pilot:
+        await _opened(pilot)
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: app.screen.query("#settings-dialog"))
+        dialog = app.screen.query_one("#settings-dialog")
+        assert dialog.max_scroll_y > 0
+        save = app.screen.query_one("#save", Button)
+        save.focus()  # scrolls it into view (animated)
+        await wait_until(pilot, lambda: dialog.scrollable_content_region.contains_region(save.region), timeout=3)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not app.screen.query("#settings-dialog"))

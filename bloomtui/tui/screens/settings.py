@@ -7,7 +7,7 @@ from dataclasses import replace
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
@@ -94,7 +94,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.cached = cached or []
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="settings-dialog"):
+        with VerticalScroll(id="settings-dialog"):  # scrolls on short terminals; focus scrolls to the field
             yield Static("Settings", id="settings-title")
             with Grid(id="settings-grid"):
                 yield Label("Greedy / sample")
