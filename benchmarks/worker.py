@@ -362,7 +362,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
     from bloomtui.engine.checkpoint import Checkpoint
     from bloomtui.engine.generate import compute_dtype
     from bloomtui.engine.loader import assemble, ram_dtype
-    from bloomtui.engine.model import KVCache, alibi_bias, block_forward
+    from bloomtui.engine.model import Alibi, KVCache, block_forward
 
     ckpt = Checkpoint.open(args.model)
     cfg = ckpt.config
@@ -389,7 +389,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
         os.close(fd)
     ctx = args.context
     cache = KVCache.empty(cfg, ctx + 1, dtype)
-    alibi = alibi_bias(cfg.n_head, ctx + max(ROWS) + 1, dtype)
+    alibi = Alibi(cfg.n_head, dtype, ctx + max(ROWS) + 1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
     with torch.inference_mode():
@@ -437,7 +437,7 @@ def run_verify(args: argparse.Namespace) -> dict:
 
     from bloomtui.engine import Engine, EngineOptions
     from bloomtui.engine import events as ev
-    from bloomtui.engine.model import KVCache, alibi_bias
+    from bloomtui.engine.model import Alibi, KVCache
 
     budget = _budget(args.budget, args.model)
     engine = Engine.open(args.model, EngineOptions(ram_budget=budget, threads=args.threads))
@@ -454,7 +454,7 @@ def run_verify(args: argparse.Namespace) -> dict:
     prompt = engine.encode(PROMPT)
     start = len(prompt)
     caches = [KVCache.empty(cfg, start + args.rows, engine.dtype) for _ in range(cfg.n_layer)]
-    alibi = alibi_bias(cfg.n_head, start + args.rows, engine.dtype)
+    alibi = Alibi(cfg.n_head, engine.dtype, start + args.rows)
     times: dict[int, list[float]] = {1: [], args.rows: []}
     if args.cold:
         evict(weight_files(args.model))

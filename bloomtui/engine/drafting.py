@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from bloomtui.engine.events import ignore
-from bloomtui.engine.model import KVCache, alibi_bias
+from bloomtui.engine.model import Alibi, KVCache
 from bloomtui.engine.residency import budget_for
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal
@@ -104,7 +104,7 @@ class ModelDrafter:
         self.engine = engine
         self.target_vocab = target_vocab
         self.caches = [KVCache.empty(cfg, min(max_len, 512), engine.dtype) for _ in range(cfg.n_layer)]
-        self.alibi = alibi_bias(cfg.n_head, max_len, engine.dtype)
+        self.alibi = Alibi(cfg.n_head, engine.dtype)
         self.filled = 0
         """Positions of the draft's caches that match the sequence."""
         self.prefetch: Prefetcher = engine.store.prefetcher(0, cancel)  # nothing streams: see open_draft

@@ -41,6 +41,22 @@ def alibi_bias(n_head: int, max_len: int, dtype: torch.dtype) -> Tensor:
     return (alibi_slopes(n_head)[:, None, None] * positions[None, None, :]).to(dtype)
 
 
+class Alibi:
+    """The ALiBi bias for as many key positions as a run has reached. It grows by doubling, like the KV cache,
+    so a huge max-new-tokens allocates nothing up front; each entry is computed elementwise, so a grown bias
+    equals one made at full length."""
+
+    def __init__(self, n_head: int, dtype: torch.dtype, capacity: int = 256) -> None:
+        self.n_head, self.dtype = n_head, dtype
+        self._bias = alibi_bias(n_head, capacity, dtype)
+
+    def upto(self, end: int) -> Tensor:
+        """(nh, 1, end): the bias of key positions 0..end-1."""
+        if end > self._bias.shape[-1]:
+            self._bias = alibi_bias(self.n_head, max(end, 2 * self._bias.shape[-1]), self.dtype)
+        return self._bias[:, :, :end]
+
+
 @dataclass
 class KVCache:
     """Keys and values of one block for every position so far. It grows by doubling, so a long
@@ -80,7 +96,7 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def attention(
-    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig, mm: Matmul = DEFAULT
+    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Alibi, config: BloomConfig, mm: Matmul = DEFAULT
 ) -> Tensor:
     """Self-attention of T new positions starting at `start`; fills the cache. Returns (T, H), no bias add."""
     t = x.shape[0]
@@ -96,7 +112,7 @@ def attention(
     q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
     keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
     values = cache.v[:, :end].to(work)  # (nh, L, hd)
-    bias = alibi[:, :, :end].to(work)  # (nh, 1, L)
+    bias = alibi.upto(end).to(work)  # (nh, 1, L)
     inv_norm = 1.0 / math.sqrt(hd)
     out = torch.empty((nh, t, hd), dtype=work)
     chunk = max(1, SCORE_BYTES // (4 * nh * end))
@@ -116,7 +132,7 @@ def attention(
 
 
 def block_forward(
-    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Tensor, config: BloomConfig, mm: Matmul = DEFAULT
+    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Alibi, config: BloomConfig, mm: Matmul = DEFAULT
 ) -> Tensor:
     """One transformer block on hidden states x (T, H)."""
     eps = config.layer_norm_epsilon

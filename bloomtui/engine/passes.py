@@ -21,7 +21,7 @@ from torch import Tensor
 from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
 from bloomtui.engine.loader import Prefetcher, WeightStore
 from bloomtui.engine.matmul import Matmul, row_slice
-from bloomtui.engine.model import SCORE_BYTES, KVCache, block_forward, layer_norm
+from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, block_forward, layer_norm
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Passes:
         return rss
 
     def hidden(
-        self, ids: list[int], start: int, caches: list[KVCache], alibi: Tensor, kind: PassKind, token_index: int
+        self, ids: list[int], start: int, caches: list[KVCache], alibi: Alibi, kind: PassKind, token_index: int
     ) -> Tensor:
         """Final hidden states (after ln_f) of `ids` at positions start.., filling the caches: (T, H)."""
         store, cfg = self.store, self.config

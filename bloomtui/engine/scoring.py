@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from bloomtui.engine.events import Event, EventSink
-from bloomtui.engine.model import KVCache, alibi_bias
+from bloomtui.engine.model import Alibi, KVCache
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def score(
     if not windows:
         raise UsageError("the text has fewer than 2 tokens: nothing to predict")
     cfg, dtype = engine.config, engine.dtype
-    alibi = alibi_bias(cfg.n_head, max(len(w) for w in windows), dtype)
+    alibi = Alibi(cfg.n_head, dtype, max(len(w) for w in windows))
     started = time.perf_counter()
     total_nll, total_tokens = 0.0, 0
     with engine.store.prefetcher(len(windows), cancel) as prefetch:

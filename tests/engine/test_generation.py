@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
 from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.model import Alibi, alibi_bias
 from bloomtui.engine.residency import minimum_budget
 from bloomtui.engine.sampling import Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
@@ -80,6 +81,29 @@ def test_cancel_mid_pass_then_reuse(streaming_engine: Engine) -> None:
     again = streaming_engine.generate(PROMPT, SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert isinstance(again, ev.Done)
     assert again.token_ids[:2] == result.token_ids
+
+
+def test_memory_grows_with_the_tokens_generated_not_max_new_tokens(streaming_engine: Engine) -> None:
+    """A huge max-new-tokens ("until it stops") allocates nothing up front: a 10^10-position ALiBi bias alone
+    would be 40 GB per head."""
+    import psutil
+
+    cancel = threading.Event()
+
+    def on_event(event: ev.Event) -> None:
+        if isinstance(event, ev.TokenGenerated) and event.index == 300:
+            cancel.set()  # past the KV cache's and the bias's first capacity (256), so both have grown
+
+    before = psutil.Process().memory_info().rss
+    params = SamplingParams(max_new_tokens=10**10, ignore_eos=True)
+    result = streaming_engine.generate(PROMPT, params, on_event=on_event, cancel=cancel)
+    assert isinstance(result, ev.Cancelled) and result.new_tokens == 301
+    assert psutil.Process().memory_info().rss - before < 200 * 1024**2
+    again = streaming_engine.generate(PROMPT, SamplingParams(max_new_tokens=301, ignore_eos=True))
+    assert again.token_ids == result.token_ids
+    grown = Alibi(6, torch.bfloat16, capacity=4)
+    grown.upto(3)
+    assert torch.equal(grown.upto(1000), alibi_bias(6, 1000, torch.bfloat16))  # grown = made at full length
 
 
 def test_cancel_before_start(engine: Engine) -> None:
