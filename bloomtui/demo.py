@@ -456,6 +456,7 @@ def _write_trained(name: str, staging: Path, layout: str, dtype: str, say: Calla
         (key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"): t.to(DTYPES[dtype])
         for key, t in load_file(source / "model.safetensors").items()
     }
-    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md"):
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         shutil.copyfile(source / file, staging / file)
+    shutil.copyfile(source / "README.md", staging / "README.md")
     save_checkpoint(state, config, staging, layout=layout, on_progress=say)

@@ -25,6 +25,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BloomConfig, BloomForCausalLM
 
+from bloomtui import demo_models
 from bloomtui.demo import save_tokenizer_files, train_byte_bpe
 from training.corpus import DEFAULT_SOURCES, HELDOUT_PERCENT, split
 
@@ -274,7 +275,8 @@ def export(args: argparse.Namespace) -> None:
         heldout_tokens=heldout_tokens,
     )
     (out / "README.md").write_text(card)
-    (out / "generation_config.json").unlink(missing_ok=True)  # transformers' defaults: nothing bloomtui reads
+    # bloomtui reads generation_config.json as decoding defaults: ship the recommended ones, not transformers'.
+    (out / "generation_config.json").write_text(json.dumps(demo_models.GENERATION_CONFIG, indent=2) + "\n")
     for file in out.iterdir():
         file.chmod(0o644)  # safetensors writes 0600; shipped files are read by every user
     (out / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "state": state}, indent=2) + "\n")

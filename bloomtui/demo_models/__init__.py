@@ -10,6 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 NAMES = ("trained", "trained-draft")
+GENERATION_CONFIG = {
+    "_comment": "bloomtui's recommended decoding for this small demo model: greedy with a repetition penalty "
+    "(without one it loops), and no more new tokens than its 256-token training context handles well",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 3,
+    "do_sample": False,
+    "repetition_penalty": 1.2,
+    "max_new_tokens": 128,
+}
+"""Each shipped model's generation_config.json (training/train.py writes it): defaults for what the user
+leaves unset, in the app and the CLI (bloomtui/engine/generation_config.py)."""
 
 
 def path(name: str) -> Path:

@@ -37,10 +37,11 @@ from bloomtui.engine.events import (
     TokenGenerated,
     ignore,
 )
+from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import WeightStore
 from bloomtui.engine.memory_guard import fit_budget
-from bloomtui.engine.model import KVCache, alibi_bias
+from bloomtui.engine.model import Alibi, KVCache
 from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
@@ -82,6 +83,8 @@ class ModelPlan:
     plan: ResidencyPlan
     budget_warning: str | None = None
     """Set when the asked budget was more than the machine can hold and was lowered (memory_guard.py)."""
+    generation: GenerationDefaults = GenerationDefaults()
+    """The model's recommended decoding settings (generation_config.json), for what the user leaves unset."""
 
     @classmethod
     def make(cls, model: str | Path, options: EngineOptions) -> ModelPlan:
@@ -90,7 +93,8 @@ class ModelPlan:
         check_int4_layout(checkpoint)
         dtype = compute_dtype(checkpoint.dtype, options.dtype)
         budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
-        return cls(path, checkpoint, dtype, plan_residency(checkpoint, dtype.itemsize, budget), warning)
+        plan = plan_residency(checkpoint, dtype.itemsize, budget)
+        return cls(path, checkpoint, dtype, plan, warning, GenerationDefaults.read(path))
 
 
 def check_int4_layout(checkpoint: Checkpoint) -> None:
@@ -303,7 +307,7 @@ class _Run:
         max_len = len(prompt_ids) + params.max_new_tokens
         capacity = len(prompt_ids) + min(params.max_new_tokens, 256)  # grows as needed
         caches = [KVCache.empty(cfg, capacity, dtype) for _ in range(cfg.n_layer)]
-        alibi = alibi_bias(cfg.n_head, max_len, dtype)
+        alibi = Alibi(cfg.n_head, dtype, capacity)
         sampler = Sampler(params)
         seq = list(prompt_ids)
         timings: list[float] = []

@@ -39,7 +39,8 @@ from bloomtui.errors import CancelRequested, UsageError
 
 PAGE = 4096
 INDEX_NAME = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+"""Copied into OUT as they are: the tokenizer, and the model's recommended decoding settings."""
 _SAFETENSORS_DTYPES = {
     torch.bfloat16: "BF16",
     torch.float16: "F16",
@@ -242,7 +243,7 @@ def prepare(
         (partial / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
         (partial / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        for name in TOKENIZER_FILES:
+        for name in COPIED_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, partial / name)
         (partial / "README.md").write_text(_card(source, scheme, checkpoint, block_bytes, embed_bytes))
