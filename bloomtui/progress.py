@@ -3,6 +3,7 @@ long work only (a prefill or a perplexity run that lasts more than a couple of s
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -58,12 +59,27 @@ class PlainLines:
         self.stream.flush()
 
 
-class StatusLine:
-    """Renders engine events as a single status line, at most ~10 redraws a second."""
+def same_terminal(a: TextIO, b: TextIO) -> bool:
+    """Whether two streams write to one terminal (stdout and stderr both on the user's screen)."""
+    try:
+        return a.isatty() and b.isatty() and os.fstat(a.fileno()).st_rdev == os.fstat(b.fileno()).st_rdev
+    except (OSError, ValueError):  # closed, or a stream without a file descriptor
+        return False
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+
+class StatusLine:
+    """Renders engine events as a single status line, at most ~10 redraws a second.
+
+    The line is redrawn in place with carriage returns, so it must never share a screen line with the text
+    a command streams: once text follows on the same terminal (`text_follows`), the line is no longer drawn
+    and the streamed text is the progress. Loading and a long prompt's prefill come before any text and still
+    show; with stdout redirected or on another terminal the line shows throughout."""
+
+    def __init__(self, stream: TextIO = sys.stderr, text_stream: TextIO | None = None) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
+        self._shares_screen = text_stream is not None and same_terminal(stream, text_stream)
+        self._quiet = False
         self._plain = PlainLines(stream)
         self._last_draw = 0.0
         self._width = 0
@@ -72,6 +88,8 @@ class StatusLine:
         self._tokens = 0
 
     def __call__(self, event: events.Event) -> None:
+        if self._quiet:
+            return
         if isinstance(event, events.PrefillProgress) and event.tokens > 1:
             if self.enabled:
                 self._draw(prefill_text(event), force=event.done == event.total)
@@ -93,6 +111,13 @@ class StatusLine:
             )
         elif isinstance(event, events.TokenGenerated):
             self._tokens += 1
+
+    def text_follows(self) -> None:
+        """Text is about to be written to the text stream: clear the line, and stop drawing it if that text
+        lands on the same screen."""
+        self.clear()
+        if self._shares_screen:
+            self._quiet = True
 
     def _draw(self, text: str, force: bool = False) -> None:
         now = time.monotonic()

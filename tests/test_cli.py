@@ -207,3 +207,23 @@ def test_draft_errors_are_one_line_exit_2(tiny_model: Written, tmp_path: Path) -
         assert run.returncode == 2, (extra, run.stderr)
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr
+
+
+def _token_ids(*args: str) -> list[int]:
+    run = bloomtui("generate", *args, "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])["token_ids"]
+
+
+def test_generate_takes_the_models_generation_config_for_unset_options() -> None:
+    from bloomtui import demo_models
+
+    model, prompt = str(demo_models.path("trained")), "A dictionary maps keys to"
+    default = _token_ids(model, prompt, "--ignore-eos")
+    assert len(default) == 128  # the shipped generation_config.json's max_new_tokens
+    explicit = _token_ids(model, prompt, "--ignore-eos", "--repetition-penalty", "1.2", "--max-new-tokens", "128")
+    assert default == explicit
+    plain = _token_ids(model, prompt, "--ignore-eos", "--repetition-penalty", "1", "--max-new-tokens", "128")
+    assert plain != default  # the user's 1 (off) wins over the model's 1.2
+    info = bloomtui("info", model)
+    assert "repetition-penalty 1.2" in info.stdout and "max-new-tokens 128" in info.stdout

@@ -1,0 +1,17 @@
+"""The engine options every local command takes (--ram-budget, --dtype, --threads)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bloomtui.errors import UsageError
+from bloomtui.sizes import parse_size
+
+
+def engine_options(args: argparse.Namespace):  # noqa: ANN201 - an EngineOptions (imports torch)
+    from bloomtui.engine import EngineOptions
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    budget = parse_size(args.ram_budget) if args.ram_budget is not None else None
+    return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads)

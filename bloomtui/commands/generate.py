@@ -1,0 +1,149 @@
+"""`bloomtui generate MODEL PROMPT`: the continuation on stdout, progress and a summary on stderr.
+
+Options the user leaves out take the model's generation_config.json values where it has them, then
+bloomtui's defaults (SamplingParams). A server (a URL) decodes with its own defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from bloomtui.commands.engine_options import engine_options
+from bloomtui.errors import BudgetError, UsageError
+from bloomtui.remote import is_remote_url
+from bloomtui.remote.cli import generate_remote
+from bloomtui.sizes import format_size
+
+SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")
+"""Options whose default may come from the model (argparse default None = not given)."""
+
+
+def add_sampling_options(gen: argparse.ArgumentParser) -> None:
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="tokens to generate (default: the model's generation_config.json, else 64)",
+    )
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
+    mode.add_argument("--temperature", type=float, metavar="T", help="sample with this temperature (> 0)")
+    gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass, in (0, 1] (1 = off)")
+    gen.add_argument(
+        "--repetition-penalty",
+        type=float,
+        metavar="R",
+        help="transformers-style, 1 = off (default: the model's generation_config.json, else 1)",
+    )
+    gen.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible sampling")
+    gen.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this string (repeatable)")
+    gen.add_argument("--ignore-eos", action="store_true", help="keep going after the end-of-text token")
+
+
+def given_options(args: argparse.Namespace) -> frozenset[str]:
+    """The sampling options the user set on the command line (--greedy sets the temperature, to 0)."""
+    given = {name for name in SAMPLING_OPTIONS if getattr(args, name) is not None}
+    return frozenset(given | ({"temperature"} if args.greedy else set()))
+
+
+def sampling_params(args: argparse.Namespace):  # noqa: ANN201 - a SamplingParams (imports torch)
+    """The options as SamplingParams, bloomtui's defaults where not given; raises UsageError on bad values."""
+    from bloomtui.engine import SamplingParams
+
+    if args.temperature is not None and not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0 (use --greedy for argmax), got {args.temperature:g}")
+    values = {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name) is not None}
+    return SamplingParams(seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **values)
+
+
+def generate(args: argparse.Namespace) -> int:
+    params = sampling_params(args)  # validate options before any slow loading
+    draft_spec = _draft_spec(args)
+    if is_remote_url(args.model):
+        if draft_spec is not None:
+            raise UsageError("--draft works with local models only")
+        return generate_remote(args, params)
+    options = engine_options(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise UsageError("the prompt is empty")
+
+    from bloomtui.engine import Engine, events
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
+    from bloomtui.progress import StatusLine, finish_generation
+
+    status = StatusLine(text_stream=sys.stdout)
+    cancel = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: cancel.set())
+
+    def on_event(event: events.Event) -> None:
+        if args.json:
+            print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
+            return
+        status(event)
+        if isinstance(event, events.TokenGenerated) and event.text:
+            status.text_follows()
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+    from bloomtui.engine.memory_guard import fit_budget
+
+    if options.ram_budget is not None and (warning := fit_budget(options.ram_budget)[1]):
+        print(f"warning: {warning}", file=sys.stderr)
+    draft_engine = None
+    if draft_spec is not None and args.draft != PROMPT_LOOKUP:
+        draft_engine = open_draft(args.draft, options)
+        draft_spec = DraftSpec(draft_engine, draft_spec.tokens)
+        options = budget_after_draft(options, draft_engine)
+    try:
+        try:
+            engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)
+        except BudgetError as exc:
+            if draft_engine is None:
+                raise
+            used = format_size(draft_engine.model_plan.plan.total_bytes)
+            raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
+        params = engine.model_plan.generation.apply(params, given_options(args))
+        try:
+            result = engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=draft_spec)
+        finally:
+            engine.close()
+            status.clear()
+    finally:
+        if draft_engine is not None:
+            draft_engine.close()
+    return finish_generation(
+        result,
+        args.json,
+        lambda done: (
+            f"{done.new_tokens} tokens ({done.stop_reason}), prefill {done.prefill_seconds:.2f} s, "
+            f"{done.tokens_per_second:.2f} tokens/s, read {format_size(done.bytes_read)}, "
+            f"peak RSS {format_size(done.peak_rss)}" + _draft_summary(done, draft_spec)
+        ),
+    )
+
+
+def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
+    """The draft asked for, checked before anything loads (its model is opened later)."""
+    from bloomtui.engine.drafting import DraftSpec
+
+    if args.draft is None:
+        if args.draft_tokens is not None:
+            raise UsageError("--draft-tokens needs --draft")
+        return None
+    return DraftSpec(None, args.draft_tokens)
+
+
+def _draft_summary(result, spec) -> str:  # noqa: ANN001
+    if spec is None or not result.passes:
+        return ""
+    rate = f"{result.acceptance:.0%}" if result.acceptance is not None else "-"
+    return (
+        f", draft {spec.name}: {result.draft_accepted}/{result.draft_proposed} accepted ({rate}), "
+        f"{result.new_tokens / result.passes:.2f} tokens/pass"
+    )

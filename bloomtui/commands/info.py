@@ -1,0 +1,102 @@
+"""`bloomtui info MODEL`: what opening a model would do, without loading its weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from bloomtui.commands.engine_options import engine_options
+from bloomtui.remote import is_remote_url
+from bloomtui.remote.cli import info_remote
+from bloomtui.sizes import format_size
+
+
+def info(args: argparse.Namespace) -> int:
+    """`bloomtui info MODEL`: the config, layout, sizes, the plan for a budget and the model's generation defaults."""
+    if is_remote_url(args.model):
+        return info_remote(args)
+    from bloomtui.engine.generate import ModelPlan, prefill_path
+
+    mp = ModelPlan.make(args.model, engine_options(args))
+    ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
+    disk_stream = sum(ckpt.block_nbytes(i) for i in plan.streamed_blocks)
+    if not plan.head_resident:
+        disk_stream += sum(ref.nbytes for ref in ckpt.head_refs)
+    data = {
+        "path": str(mp.path),
+        "layout": ckpt.layout,
+        "files": len(ckpt.files),
+        "file_bytes": ckpt.total_file_bytes,
+        "hidden_size": cfg.hidden_size,
+        "n_head": cfg.n_head,
+        "n_layer": cfg.n_layer,
+        "vocab_size": cfg.vocab_size,
+        "post_ln_residual": cfg.apply_residual_connection_post_layernorm,
+        "tied_head": ckpt.tied,
+        "stored_dtype": str(ckpt.dtype).removeprefix("torch."),
+        "compute_dtype": str(mp.dtype).removeprefix("torch."),
+        "weights": ckpt.scheme.weights if ckpt.scheme else "original",
+        "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
+        "block_bytes": ckpt.block_nbytes(),
+        "bytes_per_token_all_streamed": sum(ckpt.block_nbytes(i) for i in range(ckpt.n_blocks))
+        + sum(ref.nbytes for ref in ckpt.head_refs),
+        "prefill": prefill_path(mp.dtype),
+        "ram_budget": plan.budget,
+        "resident_blocks": sorted(plan.resident_blocks),
+        "streamed_blocks": list(plan.streamed_blocks),
+        "head_resident": plan.head_resident,
+        "resident_bytes": plan.resident_bytes,
+        "buffer_bytes": plan.buffer_bytes,
+        "streamed_bytes_per_token": disk_stream,
+        "budget_warning": mp.budget_warning,
+        "generation_defaults": mp.generation.set_fields(),
+    }
+    if mp.budget_warning:
+        print(f"warning: {mp.budget_warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    n = cfg.n_layer
+    print(f"model       {mp.path}")
+    print(f"layout      {ckpt.layout}, {len(ckpt.files)} file(s), {format_size(ckpt.total_file_bytes)}")
+    print(
+        f"shape       {n} blocks, hidden {cfg.hidden_size}, {cfg.n_head} heads, vocab {cfg.vocab_size}, "
+        f"{'tied' if ckpt.tied else 'untied'} head{', post-LN residual' if data['post_ln_residual'] else ''}"
+    )
+    print(f"dtype       stored {data['stored_dtype']}, computed in {data['compute_dtype']}")
+    if ckpt.scheme:
+        group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
+        print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
+    print(f"prefill     {data['prefill']}")
+    defaults = data["generation_defaults"]
+    if defaults:
+        listed = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in defaults.items())
+        print(f"defaults    {listed} (the model's generation_config.json; options override them)")
+    print(f"per block   {format_size(ckpt.block_nbytes())} on disk, {format_size(plan.block_bytes)} in RAM")
+    lowered = " (lowered to what this machine can hold)" if mp.budget_warning else ""
+    print(f"RAM budget  {format_size(plan.budget)}{lowered}")
+    print(
+        f"resident    {len(plan.resident_blocks)}/{n} blocks, "
+        f"LM head {'resident' if plan.head_resident else 'streamed'}"
+        f" ({format_size(plan.resident_bytes)} + {format_size(plan.buffer_bytes)} stream buffers)"
+    )
+    streamed = plan.streamed_blocks
+    print(f"streamed    {len(streamed)} blocks{': ' + _ranges(streamed) if streamed else ''}")
+    print(
+        f"disk/token  {format_size(disk_stream)} read per generated token with this budget; "
+        f"{format_size(data['bytes_per_token_all_streamed'])} with every block streamed"
+    )
+    return 0
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
