@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import signal
@@ -31,6 +32,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog.split()[-1] if ' ' in self.prog else 'bloomtui'}: {message}")
+
+
+def _refuse_mistyped_command(args: list[str]) -> None:
+    """`bloomtui generat DIR hi` would open the app on a model named "generat": name the command instead."""
+    if args[0] != "app" or len(args) < 2 or args[1].startswith("-") or args[1] in COMMANDS:
+        return
+    word = args[1]
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.75)
+    if close and not os.path.exists(os.path.expanduser(word)) and not is_remote_url(word):
+        raise UsageError(f"unknown command {word!r}; did you mean {close[0]!r}? (commands: {', '.join(COMMANDS)})")
 
 
 def _join_negative_sizes(args: list[str]) -> list[str]:
@@ -180,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "app")
     try:
+        _refuse_mistyped_command(args_list)
         args = build_parser().parse_args(_join_negative_sizes(args_list))
         return _dispatch(args)
     except BloomtuiError as exc:
@@ -216,12 +228,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(download_model(args.repo_id))
         return 0
-    from bloomtui.tui.app import run_app
-
     if args.demo and args.model:
         raise UsageError("give a MODEL or --demo, not both")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Textual would draw into the pipe and spin on a stdin that never answers.
+        raise UsageError(
+            "the app needs a terminal (standard input and output are not one); "
+            "from a script, use: bloomtui generate MODEL PROMPT"
+        )
     # A server URL may also be typed in the model picker later, so the remote options always go along.
     remote = remote_options(args, local_allowed=not is_remote_url(args.model))
+    from bloomtui.tui.app import run_app
+
     return run_app("@demo" if args.demo else args.model, engine_options(args), remote, args.draft)
 
 

@@ -409,9 +409,12 @@ def write_demo_model(
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise UsageError(f"{directory} is not empty; choose an empty or new folder, or allow overwriting")
     say = on_progress or (lambda _message: None)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()  # plain mkdir (not mkdtemp) so the final folder gets the user's usual permissions
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # plain mkdir (not mkdtemp) so the final folder gets the user's usual permissions
+    except OSError as exc:
+        raise UsageError(f"cannot create {directory}: {exc.strerror or exc}") from None
     try:
         if preset in demo_models.NAMES:
             _write_trained(preset, staging, layout, dtype, say)
@@ -426,6 +429,7 @@ def write_demo_model(
             (staging / "README.md").write_text(readme)
             weights = _RandomWeights(config, seed, init_std, DTYPES[dtype])
             save_checkpoint(weights, config, staging, layout=layout, on_progress=say)
+        _usual_permissions(staging)
         if directory.is_dir() and any(directory.iterdir()):
             for old in directory.iterdir():
                 if old.is_file() and _ours(old.name):
@@ -437,12 +441,25 @@ def write_demo_model(
             if directory.is_dir():
                 directory.rmdir()
             os.rename(staging, directory)
+    except OSError as exc:  # disk full, a folder we may not write: say so, leave nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UsageError(f"cannot write {directory}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    what = f"the trained {preset}" if preset in demo_models.NAMES else f"a random-weight {preset}"
+    what = f"the shipped {preset}" if preset in demo_models.NAMES else f"a random-weight {preset}"
     say(f"wrote {what} model ({layout}, {dtype}) to {directory}")
     return directory
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Files as the user's umask makes them: safetensors writes its files 0600, which other users (and a
+    model shared from this folder) cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in folder.iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
 
 
 def _write_trained(name: str, staging: Path, layout: str, dtype: str, say: Callable[[str], None]) -> None:

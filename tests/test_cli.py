@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,25 @@ def test_demo_model_then_generate(tmp_path: Path) -> None:
     assert gen.returncode == 0, gen.stderr
     again = bloomtui("demo-model", str(tmp_path / "demo"))
     assert again.returncode == 2 and "not empty" in again.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "demo").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # as the user's other files (safetensors writes 0600)
+
+
+def test_download_fails_at_once_when_the_hub_cannot_be_reached() -> None:
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "bloomtui", "download", "bigscience/bloom-560m"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 2 and run.stderr.startswith("error: cannot reach 127.0.0.1:9"), run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 20  # huggingface_hub alone retries for ~26 s
 
 
 def test_perplexity_json_and_text(tiny_model: Written, tmp_path: Path) -> None:
@@ -114,7 +136,12 @@ def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, n
         (["perplexity", "{model}", "{model}/config.json", "--context", "1"], "--context must be at least 2"),
         (["generate", "{model}", "x", "--max-new-tokens", "-3"], "--max-new-tokens"),
         (["generate", "{model}", "x", "--max-new-tokens", "abc"], "--max-new-tokens"),
-        (["generate", "{model}", "x", "--temperature", "-1"], "--temperature"),
+        (["generate", "{model}", "x", "--temperature", "-1"], "--temperature must be > 0"),
+        (["generate", "{model}", "x", "--temperature", "0"], "--temperature must be > 0 (use --greedy"),
+        (["generat", "{model}", "hi"], "unknown command 'generat'; did you mean 'generate'?"),
+        (["demo-model", "/proc/x"], "cannot create /proc/x"),
+        (["info", "tests/no-such-model"], "tests/no-such-model: no such folder"),
+        (["--demo"], "the app needs a terminal"),
         (["generate", "{model}", "x", "--top-p", "1.5"], "--top-p"),
         (["generate", "{model}", "x", "--ram-budget", "lots"], "--ram-budget"),
         (["generate", "{model}", "x", "--ram-budget", "10kB"], "RAM budget 10 kB is below"),
@@ -127,7 +154,7 @@ def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, n
     ],
 )
 def test_errors_are_one_line_exit_2(tiny_model: Written, args: list[str], needle: str) -> None:
-    run = bloomtui(*[a.format(model=tiny_model.path) for a in args])
+    run = bloomtui(*[a.format(model=tiny_model.path) for a in args], stdin="")  # stdin: a pipe, not a terminal
     assert run.returncode == 2
     assert run.stdout == ""
     lines = run.stderr.strip().splitlines()

@@ -48,7 +48,7 @@ class CpuProfile:
         way = "fp32 tiles (weights upcast a tile at a time)" if self.upcast_bf16 else "bf16 GEMM"
         one = "F.linear" if self.one_row_linear else "addmv"
         return (
-            f"{way}: bf16 GEMM {self.bf16_gflops:.0f} GFLOPS, fp32 {self.fp32_gflops:.0f} GFLOPS here; "
+            f"{way} (measured here: bf16 {self.bf16_gflops:.0f} GFLOPS, fp32 {self.fp32_gflops:.0f} GFLOPS); "
             f"one bf16 row by {one} (addmv {self.gemv_us:.0f} us, F.linear {self.linear_us:.0f} us per 2048 x 1024)"
         )
 

@@ -22,6 +22,9 @@ def resolve_model(model: str | Path) -> Path:
     path = Path(text).expanduser()
     if path.exists() or not looks_like_repo_id(text):
         return path
+    if path.parent.is_dir() and path.parent != Path("."):
+        # `models/nope` where ./models exists is a mistyped folder far more often than a repo id.
+        raise CheckpointError(f"{text}: no such folder ({_nearby(path)})")
     from huggingface_hub import snapshot_download
 
     try:
@@ -33,10 +36,40 @@ def resolve_model(model: str | Path) -> Path:
         ) from None
 
 
+def _nearby(path: Path) -> str:
+    names = sorted(p.name for p in path.parent.iterdir() if p.is_dir())
+    if not names:
+        return f"{path.parent} holds no folders"
+    return f"{path.parent} holds: " + ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+
+REACH_TIMEOUT = 5.0
+"""Seconds to wait for the hub to accept a connection before saying it cannot be reached."""
+
+
+def check_reachable(endpoint: str) -> None:
+    """Fail at once, with one clear line, when the hub cannot be reached: huggingface_hub retries a failed
+    connection with back-off for half a minute before it gives up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host, port = url.hostname or endpoint, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CheckpointError(
+            f"cannot reach {host}:{port} ({reason}): check the network connection "
+            "(HF_ENDPOINT sets another hub or mirror)"
+        ) from None
+
+
 def download_model(repo_id: str) -> Path:
     """Download a BLOOM repo's config, tokenizer and one weight format (safetensors when offered)."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
+    check_reachable(constants.ENDPOINT)
     try:
         files = HfApi().list_repo_files(repo_id)
     except Exception as exc:
@@ -44,5 +77,5 @@ def download_model(repo_id: str) -> Path:
     weights = ["*.safetensors", "*.safetensors.index.json"]
     if not any(f.endswith(".safetensors") for f in files):
         weights = ["*.bin", "*.bin.index.json"]
-    patterns = ["config.json", "tokenizer*", "special_tokens_map.json", *weights]
+    patterns = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", *weights]
     return Path(snapshot_download(repo_id, allow_patterns=patterns))

@@ -23,23 +23,40 @@ def test_missing_or_malformed_files_are_no_defaults(tmp_path: Path) -> None:
     (tmp_path / "generation_config.json").write_text("{not json")
     assert GenerationDefaults.read(tmp_path) == GenerationDefaults()
     assert GenerationDefaults.read(write(tmp_path, [1, 2])) == GenerationDefaults()
-    bad = {"max_new_tokens": 0, "temperature": -1, "top_p": 2, "top_k": 1.5, "repetition_penalty": "high",
-           "do_sample": "yes"}
+    bad = {
+        "max_new_tokens": 0,
+        "temperature": -1,
+        "top_p": 2,
+        "top_k": 1.5,
+        "repetition_penalty": "high",
+        "do_sample": "yes",
+    }
     assert GenerationDefaults.read(write(tmp_path, bad)) == GenerationDefaults()
 
 
 def test_a_real_blooms_file_sets_nothing(tmp_path: Path) -> None:
     # bigscience/bloom-560m's generation_config.json, as published: token ids only
-    real = {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
-            "transformers_version": "4.26.0.dev0"}
+    real = {
+        "_from_model_config": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 3,
+        "transformers_version": "4.26.0.dev0",
+    }
     defaults = GenerationDefaults.read(write(tmp_path, real))
     assert defaults.set_fields() == {}
     assert defaults.apply(SamplingParams(), frozenset()) == SamplingParams()
 
 
 def test_unset_fields_take_the_models_values_and_the_users_win(tmp_path: Path) -> None:
-    data = {"do_sample": True, "temperature": 0.7, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.3,
-            "max_new_tokens": 99}
+    data = {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_k": 40,
+        "top_p": 0.9,
+        "repetition_penalty": 1.3,
+        "max_new_tokens": 99,
+    }
     defaults = GenerationDefaults.read(write(tmp_path, data))
     got = defaults.apply(SamplingParams(), frozenset())
     assert got == SamplingParams(max_new_tokens=99, temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3)
