@@ -27,7 +27,10 @@ from bloomtui.engine.speculative import Proposal, residual, verify
 
 PROMPT = "Repeat after me: the list is sorted in place. Repeat after me: the list is"
 TOKENS = 4
-SAMPLES = 2000
+SAMPLES = 1000
+"""The fewest seeds that still fail a biased verifier with a margin (measured): at 1000 the classic slip
+(redrawing from p, not max(0, p - q)) scores 186 against a threshold of 80 and the right sampler 47-67; the slip
+goes unnoticed below ~600. A chance failure of a right sampler is the threshold's 5e-4."""
 # Narrow enough (top-3) that the 81 possible sequences can be counted; the penalty makes each token's
 # distribution depend on the tokens before it, drafted or not.
 PARAMS = SamplingParams(max_new_tokens=TOKENS, temperature=1.0, top_k=3, repetition_penalty=1.1, ignore_eos=True)
