@@ -45,20 +45,29 @@ def add_sampling_options(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--ignore-eos", action="store_true", help="keep going after the end-of-text token")
 
 
-def given_options(args: argparse.Namespace) -> frozenset[str]:
-    """The sampling options the user set on the command line (--greedy sets the temperature, to 0)."""
-    given = {name for name in SAMPLING_OPTIONS if getattr(args, name) is not None}
-    return frozenset(given | ({"temperature"} if args.greedy else set()))
+CLI_FALLBACK = {
+    "max_new_tokens": 64,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+}
+"""What an option neither the user nor the model sets comes to: greedy, 64 tokens, no filters or penalty."""
 
 
-def sampling_params(args: argparse.Namespace):  # noqa: ANN201 - a SamplingParams (imports torch)
-    """The options as SamplingParams, bloomtui's defaults where not given; raises UsageError on bad values."""
-    from bloomtui.engine import SamplingParams
+def sampling_params(args: argparse.Namespace, defaults=None):  # noqa: ANN001, ANN201 - GenerationDefaults in, SamplingParams out
+    """The options as SamplingParams, the model's `defaults` (generation_config.json) and then bloomtui's filling
+    in what was not given; raises UsageError on bad values (call it without `defaults` before loading)."""
+    from bloomtui.engine.generation_config import GenerationDefaults
 
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0 (use --greedy for argmax), got {args.temperature:g}")
-    values = {name: getattr(args, name) for name in SAMPLING_OPTIONS if getattr(args, name) is not None}
-    return SamplingParams(seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **values)
+    chosen = {name: getattr(args, name) for name in SAMPLING_OPTIONS}
+    chosen["do_sample"] = False if args.greedy else True if args.temperature is not None else None
+    return (defaults or GenerationDefaults()).resolve(
+        chosen, CLI_FALLBACK, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos
+    )
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -108,7 +117,7 @@ def generate(args: argparse.Namespace) -> int:
                 raise
             used = format_size(draft_engine.model_plan.plan.total_bytes)
             raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
-        params = engine.model_plan.generation.apply(params, given_options(args))
+        params = sampling_params(args, engine.model_plan.generation)
         try:
             result = engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=draft_spec)
         finally:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from bloomtui.engine.sampling import SamplingParams
@@ -48,24 +49,25 @@ class GenerationDefaults:
         """The fields the file sets, for `info` and the app's settings dialog."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def apply(self, params: SamplingParams, given: frozenset[str]) -> SamplingParams:
-        """`params` with the model's values for every field not in `given` (the fields the user set). Sampling
-        follows the file's do_sample unless the user chose greedy or a temperature; as in transformers,
-        temperature, top-k and top-p only matter when sampling."""
-        changes: dict[str, object] = {}
-        if "max_new_tokens" not in given and self.max_new_tokens is not None:
-            changes["max_new_tokens"] = self.max_new_tokens
-        if "repetition_penalty" not in given and self.repetition_penalty is not None:
-            changes["repetition_penalty"] = self.repetition_penalty
-        sample = params.temperature > 0 if "temperature" in given else bool(self.do_sample)
-        if sample:
-            if "temperature" not in given:
-                changes["temperature"] = self.temperature if self.temperature is not None else 1.0
-            if "top_k" not in given and self.top_k is not None:
-                changes["top_k"] = self.top_k
-            if "top_p" not in given and self.top_p is not None:
-                changes["top_p"] = self.top_p
-        return replace(params, **changes) if changes else params
+    def resolve(
+        self, chosen: Mapping[str, object | None], fallback: Mapping[str, object], **fixed: object
+    ) -> SamplingParams:
+        """SamplingParams from the user's `chosen` values (None: not set), else this model's, else `fallback`
+        (every field of GenerationDefaults). As in transformers, temperature, top-k and top-p only matter when
+        sampling (`do_sample`); `fixed` (seed, stop, ...) passes through. Raises UsageError on bad values."""
+
+        def pick(name: str) -> object:
+            for value in (chosen.get(name), getattr(self, name)):
+                if value is not None:
+                    return value
+            return fallback[name]
+
+        values = {"max_new_tokens": pick("max_new_tokens"), "repetition_penalty": pick("repetition_penalty")}
+        if pick("do_sample"):
+            values |= {"temperature": pick("temperature"), "top_k": pick("top_k"), "top_p": pick("top_p")}
+        else:  # greedy ignores the filters, but a bad value the user gave is still an error
+            values |= {name: chosen[name] for name in ("top_k", "top_p") if chosen.get(name) is not None}
+        return SamplingParams(**values, **fixed)
 
 
 def _number(value: object, kind: type, valid) -> int | float | None:  # noqa: ANN001

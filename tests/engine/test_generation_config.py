@@ -34,6 +34,17 @@ def test_missing_or_malformed_files_are_no_defaults(tmp_path: Path) -> None:
     assert GenerationDefaults.read(write(tmp_path, bad)) == GenerationDefaults()
 
 
+FALLBACK = {
+    "max_new_tokens": 64,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+}
+UNSET = dict.fromkeys(FALLBACK)
+
+
 def test_a_real_blooms_file_sets_nothing(tmp_path: Path) -> None:
     # bigscience/bloom-560m's generation_config.json, as published: token ids only
     real = {
@@ -45,7 +56,7 @@ def test_a_real_blooms_file_sets_nothing(tmp_path: Path) -> None:
     }
     defaults = GenerationDefaults.read(write(tmp_path, real))
     assert defaults.set_fields() == {}
-    assert defaults.apply(SamplingParams(), frozenset()) == SamplingParams()
+    assert defaults.resolve(UNSET, FALLBACK) == SamplingParams()
 
 
 def test_unset_fields_take_the_models_values_and_the_users_win(tmp_path: Path) -> None:
@@ -58,20 +69,23 @@ def test_unset_fields_take_the_models_values_and_the_users_win(tmp_path: Path) -
         "max_new_tokens": 99,
     }
     defaults = GenerationDefaults.read(write(tmp_path, data))
-    got = defaults.apply(SamplingParams(), frozenset())
-    assert got == SamplingParams(max_new_tokens=99, temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3)
-    # The user chose greedy (temperature given as 0) and a length: sampling values no longer apply.
-    mine = SamplingParams(max_new_tokens=5, repetition_penalty=1.0)
-    got = defaults.apply(mine, frozenset({"temperature", "max_new_tokens", "repetition_penalty"}))
-    assert got == mine
-    # A temperature the user gave keeps the model's top-k/top-p.
-    got = defaults.apply(SamplingParams(temperature=1.5), frozenset({"temperature"}))
+    got = defaults.resolve(UNSET, FALLBACK, seed=3)
+    assert got == SamplingParams(
+        max_new_tokens=99, temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3, seed=3
+    )
+    # The user chose greedy and a length: the model's sampling values no longer apply.
+    mine = UNSET | {"do_sample": False, "max_new_tokens": 5, "repetition_penalty": 1.0}
+    assert defaults.resolve(mine, FALLBACK) == SamplingParams(max_new_tokens=5)
+    # A temperature the user gave keeps the model's top-k and top-p.
+    got = defaults.resolve(UNSET | {"temperature": 1.5}, FALLBACK)
     assert (got.temperature, got.top_k, got.top_p) == (1.5, 40, 0.9)
 
 
-def test_greedy_models_do_not_sample(tmp_path: Path) -> None:
+def test_greedy_models_do_not_sample_and_fallbacks_fill_the_rest(tmp_path: Path) -> None:
     defaults = GenerationDefaults.read(write(tmp_path, {"do_sample": False, "temperature": 0.7, "top_k": 5}))
-    assert defaults.apply(SamplingParams(), frozenset()).greedy
+    assert defaults.resolve(UNSET, FALLBACK).greedy
+    sampled = defaults.resolve(UNSET | {"do_sample": True}, FALLBACK | {"top_p": 0.95})
+    assert (sampled.temperature, sampled.top_k, sampled.top_p) == (0.7, 5, 0.95)
 
 
 @pytest.mark.parametrize("name", demo_models.NAMES)
