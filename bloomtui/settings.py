@@ -10,13 +10,14 @@ import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from bloomtui import locations
 from bloomtui.engine import SamplingParams
 from bloomtui.engine.drafting import MAX_FIXED_TOKENS, PROMPT_LOOKUP
+from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size, parse_size
 
@@ -34,20 +35,38 @@ LABELS = {
 }
 
 
+APP_FALLBACK = {
+    "max_new_tokens": 64,
+    "do_sample": False,
+    "temperature": 0.8,
+    "top_k": 50,
+    "top_p": 0.95,
+    "repetition_penalty": 1.0,
+}
+"""What a decoding setting left blank comes to when the model's generation_config.json does not set it."""
+LEGACY_DEFAULTS = {**{k: v for k, v in APP_FALLBACK.items() if k != "do_sample"}, "sample": False}
+"""Before version 2, settings.json held these defaults as values (every save wrote them): read them as unset,
+so a model's recommendations apply to users who never changed them."""
+VERSION = 2
+
+
 @dataclass(frozen=True)
 class Settings:
-    max_new_tokens: int = 64
-    """How many tokens one run may add to the prompt."""
-    sample: bool = False
-    """False: greedy decoding (always the most likely token). True: sample with the values below."""
-    temperature: float = 0.8
-    """Sampling temperature (> 0); only used when `sample` is on."""
-    top_k: int = 50
-    """Keep only the k most likely tokens before sampling; 0 turns it off."""
-    top_p: float = 0.95
-    """Keep the smallest set of tokens whose probability adds up to p (nucleus sampling); 1 turns it off."""
-    repetition_penalty: float = 1.0
-    """Divide the scores of tokens already seen by this (1 = off); applies to greedy decoding too."""
+    max_new_tokens: int | None = None
+    """How many tokens one run may add to the prompt; None: the model's default, else 64."""
+    sample: bool | None = None
+    """False: greedy decoding (always the most likely token). True: sample with the values below. None: as the
+    model's generation_config.json says (do_sample), else greedy."""
+    temperature: float | None = None
+    """Sampling temperature (> 0); only used when sampling. None: the model's, else 0.8."""
+    top_k: int | None = None
+    """Keep only the k most likely tokens before sampling; 0 turns it off. None: the model's, else 50."""
+    top_p: float | None = None
+    """Keep the smallest set of tokens whose probability adds up to p (nucleus sampling); 1 turns it off.
+    None: the model's, else 0.95."""
+    repetition_penalty: float | None = None
+    """Divide the scores of tokens already seen by this (1 = off); applies to greedy decoding too. None: the
+    model's, else 1."""
     seed: int | None = None
     """Random seed for sampling; None draws a fresh one each run."""
     ram_budget: int | None = None
@@ -60,17 +79,19 @@ class Settings:
     draft_tokens: int = 0
     """Tokens drafted per pass; 0 adapts (1..8)."""
 
-    def sampling_params(self) -> SamplingParams:
-        """The engine's parameters; raises UsageError (worded for the dialog) on invalid values."""
+    def sampling_params(self, defaults: GenerationDefaults | None = None) -> SamplingParams:
+        """The engine's parameters: these settings, the model's `defaults` (generation_config.json) where they are
+        blank, then APP_FALLBACK. Raises UsageError (worded for the dialog) on invalid values."""
+        chosen = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.sample,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
         try:
-            return SamplingParams(
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature if self.sample else 0.0,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                repetition_penalty=self.repetition_penalty,
-                seed=self.seed,
-            )
+            return (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, seed=self.seed)
         except UsageError as exc:
             message = exc.message
             for name, label in LABELS.items():
@@ -80,7 +101,10 @@ class Settings:
     def validated(self) -> Settings:
         """Self, or UsageError naming the first invalid field."""
         self.sampling_params()
-        if self.sample and not self.temperature > 0:
+        if any(getattr(self, name) is not None for name in ("temperature", "top_k", "top_p")):
+            # Checked while greedy too: they apply as soon as sampling is switched on (temperature just below).
+            replace(self, sample=True, temperature=self.temperature or 1.0).sampling_params()
+        if self.sample and self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"Temperature must be > 0 when sampling, got {self.temperature}")
         if self.ram_budget is not None and self.ram_budget <= 0:
             raise UsageError(f"RAM budget must be positive, got {self.ram_budget}")
@@ -98,13 +122,15 @@ class Settings:
         return "auto" if self.ram_budget is None else format_size(self.ram_budget)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"version": VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         """Build from JSON data; unknown keys are ignored (older or newer versions), bad types refused."""
         if not isinstance(data, dict):
             raise UsageError("settings must be a JSON object")
+        if "version" not in data:
+            data = {k: v for k, v in data.items() if not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])}
         values: dict[str, Any] = {}
         for field in fields(cls):
             if field.name in data:
@@ -112,12 +138,31 @@ class Settings:
         return cls(**values).validated()
 
 
+KINDS: dict[str, type] = {
+    "max_new_tokens": int,
+    "sample": bool,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "repetition_penalty": float,
+    "seed": int,
+    "ram_budget": int,
+    "theme": str,
+    "draft": str,
+    "draft_tokens": int,
+}
+NULLABLE = frozenset({"max_new_tokens", "sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"})
+
+
 def _coerce(name: str, value: Any) -> Any:
     label = LABELS.get(name, name)
-    kind = type(getattr(Settings, name)) if getattr(Settings, name) is not None else int
-    if name == "ram_budget" and isinstance(value, str):
-        return None if value.strip().lower() in ("", "auto") else parse_size(value, label)
-    if value is None and name in ("seed", "ram_budget"):
+    kind = KINDS[name]
+    if name == "ram_budget":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return None
+        if isinstance(value, str):
+            return parse_size(value, label)
+    if value is None and name in NULLABLE:
         return None
     if kind is bool:
         if isinstance(value, bool):

@@ -1,51 +1,57 @@
 """The Textual app: bindings, and the coordination between widgets and the engine workers.
 
-Engine work runs in thread workers that never touch widgets: tokens arrive as `TokenArrived` messages,
-panel status is folded into a `RunTracker` the app polls at 8 Hz, and each run is numbered so that
-late events of a cancelled run are ignored.
+Engine work runs in thread workers that never touch widgets: opening a model is opening.py's, runs are
+runs.py's. A tick at TICK_SECONDS moves pending text into the output pane in one append and, every PANEL_EVERY
+ticks while a run goes, redraws the panel from the tracker's snapshot: the UI thread's work does not grow with
+the engine's speed.
 
 Faults end the app cleanly: termination signals cancel the run, save history and exit through Textual,
-which restores the terminal (signals.py); an unhandled exception leaves a crash log (crash_log.py).
-Below PANEL_SIDE_MIN_WIDTH columns the panel folds into a one-line status that f4 opens below the output.
+which restores the terminal, with a watchdog behind in case Textual cannot (signals.py); an unhandled
+exception leaves a crash log (crash_log.py). Below PANEL_SIDE_MIN_WIDTH columns the panel folds into a
+one-line status that f4 opens below the output.
+
+ctrl+c is the reflex for "stop": it cancels a running generation (like escape) and, while idle, quits on a
+second press within QUIT_PRESS_SECONDS. A selection (in the editor, a dialog's field, or the output) is
+copied instead, as the editor's own ctrl+c does, but only while nothing runs.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
-from textual.widgets import Footer, Header
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.widgets import Header, Input, TextArea
 
 from bloomtui import locations
 from bloomtui.cached_models import CachedModel, find_cached_blooms
-from bloomtui.engine import EngineOptions, SamplingParams, events
-from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
+from bloomtui.engine import EngineOptions
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.crash_log import crash_message, write_crash_log
-from bloomtui.tui.engine_handle import DEMO, DraftRequest, EngineHandle, ModelSpec, Opener, open_engine
-from bloomtui.tui.history import load_history, remember, save_history
-from bloomtui.tui.messages import DraftArrived, EngineFailed, EngineOpened, RunEnded, TokenArrived
+from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
+from bloomtui.tui.history import load_history, save_history
+from bloomtui.tui.opening import KeptModel, ModelOpening
+from bloomtui.tui.pending_text import PendingText
 from bloomtui.tui.remote_handle import with_remote
-from bloomtui.tui.remote_state import RemoteInfo, RemoteSnapshot, RemoteTracker, tracker_for
+from bloomtui.tui.remote_state import RemoteSnapshot, RemoteTracker
 from bloomtui.tui.run_state import RunTracker
+from bloomtui.tui.runs import RunControl
 from bloomtui.tui.screens.model_picker import ModelPickerScreen
 from bloomtui.tui.screens.settings import SettingsScreen
 from bloomtui.tui.transcript import save_transcript
+from bloomtui.tui.widgets.app_footer import AppFooter
 from bloomtui.tui.widgets.engine_panel import EnginePanel
 from bloomtui.tui.widgets.output_view import OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
@@ -54,16 +60,25 @@ from bloomtui.tui.widgets.status_line import StatusLine
 
 DEMO_ARG = "@demo"
 """A model argument that opens the built-in demo model directly."""
-POLL_SECONDS = 1 / 8
+TICK_SECONDS = 0.15
+"""How often pending text reaches the output pane: at most this often, however fast the engine goes. Each
+redraw of a streaming pane costs the UI thread 5-15 ms of a 2-core machine the engine needs too (a redraw per
+token ran the demo at 0.4x the CLI's speed). UI-thread CPU over a 300-token demo run (about 3 s): 1.0 s
+at 10 Hz, 0.8 s at 8 Hz, 0.65 s at 6.7 Hz."""
+PANEL_EVERY = 3
+"""While a run goes, the panel (a dozen widgets to render) redraws every this many ticks (about twice a
+second); the text redraws on every tick."""
 PANEL_SIDE_MIN_WIDTH = 100
 """Below this many columns the 46-column panel would squeeze the output: it folds into a status line."""
 SHORT_HEIGHT = 20
 """Below this many rows the prompt editor shrinks so the output keeps some lines."""
 SIGNAL_EXIT_WAIT = 1.0
 """After a termination signal, how long to wait for a cancelled run to let go of the engine."""
+QUIT_PRESS_SECONDS = 2.0
+"""Idle, a second ctrl+c within this many seconds quits."""
 
 
-class BloomApp(App[int]):
+class BloomApp(ModelOpening, RunControl, App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "bloomtui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (PANEL_SIDE_MIN_WIDTH, "-wide")]
@@ -78,6 +93,7 @@ class BloomApp(App[int]):
         Binding("f3", "copy_output", "Copy", id="copy_output", show=False),
         Binding("ctrl+l", "clear", "Clear", id="clear", show=False),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+        Binding("ctrl+c", "interrupt", "Cancel or quit", id="interrupt", show=False, priority=True),
     ]
 
     def __init__(
@@ -116,6 +132,15 @@ class BloomApp(App[int]):
         self._engine_lock = threading.Lock()
         """Held while a worker uses or replaces an engine: closing never races a generation."""
         self._shown_version = -1
+        self._ticks = 0
+        self._kept: KeptModel | None = None
+        """The model in use while another opens (opening.py)."""
+        self.pending = PendingText()
+        """Text the engine made that the output pane has not shown yet (runs.py)."""
+        self._interrupted_at = -QUIT_PRESS_SECONDS
+        """When ctrl+c last asked to quit (monotonic seconds)."""
+        self._terminal_modes = signals.terminal_modes()
+        """The terminal's modes before Textual makes it raw, for the exit watchdog."""
         self.exit_signal: int | None = None
         """The termination signal that ended the app, if one did."""
         self.crash_log: Path | None = None
@@ -133,7 +158,7 @@ class BloomApp(App[int]):
                 yield PromptEditor(self.history, id="prompt")
             yield EnginePanel(id="panel")
             yield RemotePanel(id="remote-panel")
-        yield Footer()
+        yield AppFooter()
 
     @property
     def output(self) -> OutputView:
@@ -151,9 +176,9 @@ class BloomApp(App[int]):
         self.editor.focus()
         self.query_one("#output").border_title = "Output"
         self.query_one("#prompt").border_title = "Prompt"
-        self.set_interval(POLL_SECONDS, self.poll_panel)
+        self.set_interval(TICK_SECONDS, self._tick)
         if not self.is_headless:  # tests drive the app headless, and keep the test runner's own handlers
-            self._undo_signals = signals.install(self._exit_on_signal)
+            self._undo_signals = signals.install(self._exit_on_signal, self._terminal_modes)
         if self._settings_warning:
             self.notify(self._settings_warning, title="Settings", severity="warning")
         if self.initial_model is not None:
@@ -163,6 +188,12 @@ class BloomApp(App[int]):
                 "No model given. Choose one, or try the built-in demo model (small, trained on the Python docs)."
             )
             self.push_screen(ModelPickerScreen(self.find_models()), self._model_picked)
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        self.show_pending()
+        if not self.running or self._ticks % PANEL_EVERY == 0:
+            self.poll_panel()
 
     def poll_panel(self) -> None:
         snapshot = self.tracker.snapshot()
@@ -181,226 +212,33 @@ class BloomApp(App[int]):
         yield from super().get_system_commands(screen)
         yield from palette_commands(self)
 
+    @property
+    def demo_open(self) -> bool:
+        """Whether the model open (or opening) is the demo: the palette offers prompts that fit it."""
+        if self.handle is not None:
+            return bool(getattr(self.handle.info, "demo", False))
+        return self.spec is not None and self.spec.demo
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("submit", "cancel") and isinstance(self.screen, ModalScreen):
             return False  # let the dialog have its keys
         if action == "cancel":
             return True if self.running else None  # shown dimmed while idle; escape passes through
+        if action == "interrupt" and not self.running and self._selection():
+            return False  # ctrl+c goes on to copy the selection
         return True
 
-    # --- models ---
-
-    def open_model(self, spec: ModelSpec) -> None:
-        """Close the current engine (cancelling any run) and open `spec`, with the draft model the settings
-        name, in a worker."""
-        spec = replace(spec, draft=self._settings_in_effect().draft_model)
-        self.workers.cancel_group(self, "generate")
-        old, self.handle = self.handle, None
-        self.spec = spec
-        self.tracker, self._shown_version = tracker_for(spec.source), -1
-        self.open_request += 1
-        self.sub_title = spec.label
-        self.tracker.loading(f"opening {spec.label}")
-        self._open_worker(self.open_request, spec, self._engine_options(), old)
-
-    def _engine_options(self) -> EngineOptions:
-        return replace(self.options, ram_budget=self._settings_in_effect().ram_budget)
-
-    def _settings_in_effect(self) -> Settings:
-        """The saved settings with the command line's --ram-budget and --draft laid over them."""
-        settings = self.settings
-        if self._cli_budget is not None:
-            settings = replace(settings, ram_budget=self._cli_budget)
-        if self._cli_draft is not None:
-            settings = replace(settings, draft=self._cli_draft)
-        return settings
-
-    def _draft_request(self) -> DraftRequest | None:
-        settings = self._settings_in_effect()
-        return DraftRequest(settings.draft, settings.draft_tokens or None) if settings.draft else None
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine", description="open model")
-    def _open_worker(self, request: int, spec: ModelSpec, options: EngineOptions, old: EngineHandle | None) -> None:
-        worker = get_current_worker()
-
-        def on_event(event: events.Event) -> None:
-            if isinstance(event, events.LoadProgress):
-                self.tracker.loading(f"loading {event.what}", event.done_bytes, event.total_bytes)
-
-        with self._engine_lock:  # waits for a cancelled run to let go of the old engine
-            if old is not None:
-                old.close()
-                del old
-                gc.collect()
-            if worker.is_cancelled:
-                return
-            try:
-                handle = self.opener(spec, options, on_event, self.tracker.loading, worker.cancelled_event)
-            except CancelRequested:
-                return
-            except BloomtuiError as exc:
-                self.post_message(EngineFailed(request, spec, exc.title, exc.message))
-                return
-            except Exception as exc:  # the app must stay usable whatever a checkpoint does to the loader
-                self.post_message(EngineFailed(request, spec, "Cannot open model", f"{type(exc).__name__}: {exc}"))
-                return
-        if worker.is_cancelled:
-            handle.close()
-            return
-        self.post_message(EngineOpened(request, spec, handle, handle.rss()))
-
-    @on(EngineOpened)
-    def _engine_opened(self, message: EngineOpened) -> None:
-        if message.request != self.open_request:
-            message.handle.close()  # superseded while it loaded
-            return
-        self.handle = message.handle
-        info = message.handle.info
-        self.tracker.opened(info, message.rss, message.handle.baseline_rss)
-        self.sub_title = info.name
-        if isinstance(info, RemoteInfo):
-            self.output.notice(f"Connected to {info.url}, serving {info.model}. Escape closes a stream mid-run.")
-            if self._draft_request() is not None:
-                self.output.notice("The draft setting applies to local models only; the server decodes alone.")
-        elif info.demo:
-            self.output.notice(
-                "Demo model open: a 5M-parameter BLOOM the project trained on the Python documentation, so it "
-                "writes doc-like English and knows little else; it runs the real engine, half its blocks resident "
-                "and half streamed from disk. For a real model: bloomtui download bigscience/bloom-560m"
-            )
-        else:
-            self.output.notice(f"{info.name} is open.")
-        self.output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
-        warning = getattr(info, "budget_warning", None)  # a server has no RAM budget
-        if warning:
-            self.output.notice(warning, error=True)
-            self.notify(warning, title="RAM budget", severity="warning", timeout=10)
-        draft_error = getattr(message.handle, "draft_error", None)
-        if draft_error:
-            self.output.notice(f"{draft_error}; the model runs without a draft model.", error=True)
-            self.notify(draft_error, title="Draft model not used", severity="warning", timeout=10)
-        self.poll_panel()
-
-    @on(EngineFailed)
-    def _engine_failed(self, message: EngineFailed) -> None:
-        if message.request != self.open_request:
-            return
-        self.tracker.failed(message.message, keep_model=False)
-        self.sub_title = f"{message.spec.label} (not open)"
-        self.output.notice(f"{message.title}: {message.message}", error=True)
-        self.notify(message.message, title=message.title, severity="error", timeout=10)
-        self.poll_panel()
+    def _selection(self) -> str:
+        focused = self.focused
+        if isinstance(focused, (TextArea, Input)) and focused.selected_text:
+            return focused.selected_text
+        return self.screen.get_selected_text() or ""
 
     def _model_picked(self, spec: ModelSpec | None) -> None:
         if spec is not None:
             self.open_model(spec)
         elif self.handle is None:
             self.output.notice("No model open. ctrl+o opens one; the demo model works offline.")
-
-    # --- runs ---
-
-    def action_submit(self) -> None:
-        prompt = self.editor.text
-        if self.running:
-            self.notify("A run is in progress: escape cancels it.", severity="warning")
-            return
-        if not prompt.strip():
-            self.notify("Type a prompt first.", severity="warning")
-            return
-        if self.handle is None:
-            self.notify("No model is open: ctrl+o opens one (the demo model works offline).", severity="warning")
-            return
-        try:
-            params = self.settings.sampling_params()
-        except UsageError as exc:
-            self.notify(exc.message, title="Settings", severity="error")
-            return
-        remember(self.history, prompt)
-        self._save_history()
-        self.run_number += 1
-        self.running = True
-        self.refresh_bindings()
-        draft = self._draft_request()
-        self.tracker.start(self.run_number, params.max_new_tokens, self.handle.draft_name(draft) or "")
-        self.output.start_run(self.run_number, prompt, self.handle.info.name)
-        self.editor.set_prompt("")
-        self._generate(self.run_number, prompt, params, self.handle, draft)
-        self.poll_panel()
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
-    def _generate(
-        self, run: int, prompt: str, params: SamplingParams, handle: EngineHandle, draft: DraftRequest | None
-    ) -> None:
-        worker = get_current_worker()
-
-        def sink(event: events.Event) -> None:
-            self.tracker.feed(run, event)
-            if isinstance(event, events.TokenGenerated):
-                self.post_message(TokenArrived(run, event))
-            elif isinstance(event, events.Drafted):
-                self.post_message(DraftArrived(run, event))
-
-        with self._engine_lock:
-            if worker.is_cancelled:  # cancelled (or the model replaced) before it started
-                result: events.Done | events.Cancelled = events.Cancelled(0, (), "", 0)
-                sink(result)
-                self.post_message(RunEnded(run, result))
-                return
-            try:
-                result = handle.generate(prompt, params, sink, worker.cancelled_event, draft)
-            except BloomtuiError as exc:
-                self.post_message(RunEnded(run, None, exc.message, exc.title))
-                return
-            except Exception as exc:  # a bug or a broken shard mid-run: report it, keep the app alive
-                message = f"{type(exc).__name__}: {exc}"
-                self.tracker.feed(run, events.Error(0, message))
-                self.post_message(RunEnded(run, None, message, "Engine failure"))
-                return
-        self.post_message(RunEnded(run, result))
-
-    @on(TokenArrived)
-    def _token_arrived(self, message: TokenArrived) -> None:
-        # Tokens are posted before their RunEnded, so anything for another or an ended run is stale.
-        if message.run == self.run_number and self.running:
-            self.output.append(message.run, message.token.text)
-
-    @on(DraftArrived)
-    def _draft_arrived(self, message: DraftArrived) -> None:
-        if message.run == self.run_number and self.running:
-            self.output.show_guess(message.run, message.draft.text)
-
-    @on(RunEnded)
-    def _run_ended(self, message: RunEnded) -> None:
-        if message.run != self.run_number:
-            return  # a run the user already moved on from
-        self.running = False
-        self.refresh_bindings()
-        result = message.result
-        if isinstance(result, events.Done):
-            rate = f" · {result.tokens_per_second:.1f} tok/s" if result.tokens_per_second else ""
-            self.output.finish(message.run, "done", f"done · {self.tracker.snapshot().message}{rate}")
-        elif isinstance(result, events.Cancelled):
-            self.output.finish(message.run, "cancelled", f"cancelled after {result.new_tokens} tokens")
-        else:
-            self.output.finish(message.run, "error", f"error: {message.error}")
-            self.notify(message.error or "unknown error", title=message.title, severity="error", timeout=10)
-        self.poll_panel()
-
-    def action_cancel(self) -> None:
-        if self.running:
-            self.workers.cancel_group(self, "generate")
-            remote = isinstance(self.tracker, RemoteTracker)
-            what = "closing the stream" if remote else "the engine stops after the current block"
-            self.notify(f"Cancelling: {what}.", timeout=2)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # Workers report their own failures as messages; this catches anything that escaped them.
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            self.notify(f"{type(error).__name__}: {error}", title="Internal error", severity="error")
-            if event.worker.group == "generate" and self.running:
-                self.running = False
-                self.output.finish(self.run_number, "error", f"error: {error}")
 
     # --- other actions ---
 
@@ -410,7 +248,9 @@ class BloomApp(App[int]):
 
     def action_settings(self) -> None:
         # The dialog shows the budget and draft in effect, which may be --ram-budget and --draft.
-        self.push_screen(SettingsScreen(self._settings_in_effect(), self.find_models()), self._settings_saved)
+        defaults = getattr(self.handle, "generation_defaults", None)  # a server decodes with its own
+        screen = SettingsScreen(self._settings_in_effect(), self.find_models(), defaults)
+        self.push_screen(screen, self._settings_saved)
 
     def _settings_saved(self, new: Settings | None) -> None:
         if new is None:
@@ -482,6 +322,18 @@ class BloomApp(App[int]):
         fold it back into the status line."""
         self.query_one("#main").toggle_class("-panel-flipped")
 
+    async def action_interrupt(self) -> None:
+        if self.running:
+            self._interrupted_at = -QUIT_PRESS_SECONDS
+            self.action_cancel()
+            return
+        now = time.monotonic()
+        if now - self._interrupted_at <= QUIT_PRESS_SECONDS:
+            await self.action_quit()
+            return
+        self._interrupted_at = now
+        self.notify("Press ctrl+c again to quit (or ctrl+q).", timeout=QUIT_PRESS_SECONDS)
+
     def _exit_on_signal(self, signum: int) -> None:
         self.exit_signal = signum
         self.workers.cancel_all()  # the engine stops within one block
@@ -511,18 +363,6 @@ class BloomApp(App[int]):
             save_history(locations.history_file(), self.history)
         except OSError:
             pass  # history is a convenience; losing it must not interrupt a run
-
-    def close_engine(self, timeout: float = 30.0) -> bool:
-        """After the app exits: wait for a cancelled run to let go, then free the engine; False on timeout."""
-        if not self._engine_lock.acquire(timeout=timeout):
-            return False
-        try:
-            if self.handle is not None:
-                self.handle.close()
-                self.handle = None
-        finally:
-            self._engine_lock.release()
-        return True
 
 
 def run_app(

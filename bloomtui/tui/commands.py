@@ -1,4 +1,8 @@
-"""Command palette entries for the rarer actions: example prompts, history, transcript, clipboard."""
+"""Command palette entries for the rarer actions: example prompts, history, transcript, clipboard.
+
+The example prompts fit the model that is open: the seed article's for a real BLOOM, doc-like openings for the
+demo model, which was trained on the Python documentation and knows little else.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from typing import Protocol
 
 from textual.app import SystemCommand
 
-EXAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
+Examples = tuple[tuple[str, str], ...]
+BLOOM_PROMPTS: Examples = (
     # The three prompts of the seed article, verbatim (trailing spaces included: BLOOM continues after them).
     ("SQL", "The SQL command to extract all the users whose name starts with A is: "),
     ("Spanish", "The Spanish translation of thank you for your help is: "),
@@ -18,11 +23,24 @@ EXAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
         "What is John's age? Let's think step by step. ",
     ),
 )
+DEMO_PROMPTS: Examples = (
+    ("lists", "The most important thing to remember about lists is that"),
+    ("files", "If the file does not exist, the function"),
+    ("dictionaries", "A dictionary maps keys to"),
+)
 HISTORY_IN_PALETTE = 20
+
+
+def example_prompts(demo: bool) -> Examples:
+    return DEMO_PROMPTS if demo else BLOOM_PROMPTS
 
 
 class PaletteHost(Protocol):
     history: list[str]
+
+    @property
+    def demo_open(self) -> bool:
+        """Whether the model open (or opening) is the demo model."""
 
     def insert_prompt(self, text: str) -> None: ...
 
@@ -45,7 +63,7 @@ def _one_line(text: str, width: int = 60) -> str:
 
 
 def palette_commands(host: PaletteHost) -> Iterable[SystemCommand]:
-    for label, prompt in EXAMPLE_PROMPTS:
+    for label, prompt in example_prompts(host.demo_open):
         insert: Callable[[], None] = partial(host.insert_prompt, prompt)
         yield SystemCommand(f"Example prompt: {label}", _one_line(prompt), insert)
     yield SystemCommand("Save transcript", "Write this session as Markdown and show where", host.action_save_transcript)

@@ -2,6 +2,10 @@
 
 The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
 Everything here runs in a worker thread: opening reads weights.
+
+An opener first checks what it can without reading weights (the folder or cached repo, its config and layout, a
+budget the model can stream under) and only then calls `release`: there the app closes the model in use, whose
+memory the new one needs. So a mistyped folder fails while the working model is still open, and stays open.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
 import psutil
+import torch
 
 from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams, events
 from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, check_same_tokenizer, open_draft
@@ -24,6 +30,11 @@ from bloomtui.tui.run_state import ModelInfo
 DEMO_MODEL = "trained"
 """The shipped model the demo opens (bloomtui/demo_models): 8 blocks, trained on the Python docs."""
 DEMO_LABEL = "demo model (small, trained on Python docs)"
+DEMO_THREADS = 1
+"""torch threads for the demo in the app when --threads is not given. Its matrices (hidden 192) are too small to
+gain from a second thread (CLI, 300 tokens: 119-134 tok/s on one, 109-130 on two), and on a 2-core machine the
+second core is the UI thread's: beside it, two torch threads stall at every parallel region whenever the UI
+runs (app: 71-87 tok/s with two threads, 87-112 with one)."""
 
 StatusSink = Callable[[str], None]
 
@@ -77,7 +88,9 @@ class EngineHandle(Protocol):
     def close(self) -> None: ...
 
 
-Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threading.Event], EngineHandle]
+Release = Callable[[], None]
+"""Called by an opener once `spec` passed the checks that need no weights, before it loads any."""
+Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threading.Event, Release], EngineHandle]
 
 
 class RealEngine:
@@ -97,6 +110,8 @@ class RealEngine:
         """The resident draft model opened for `spec.draft`, if any."""
         self.draft_error = draft_error
         """Why spec.draft could not be used (the model opened without it)."""
+        self.generation_defaults = engine.model_plan.generation
+        """The model's recommended decoding (generation_config.json), for settings left blank."""
         plan, ckpt = engine.model_plan.plan, engine.model_plan.checkpoint
         self.info = ModelInfo(
             name=DEMO_LABEL if spec.demo else _short_name(spec.source or str(ckpt.folder)),
@@ -165,9 +180,13 @@ def open_engine(
     on_event: events.EventSink,
     on_status: StatusSink,
     cancel: threading.Event,
+    release: Release = lambda: None,
 ) -> EngineHandle:
-    """Open `spec` and its draft model, if any. Raises BloomtuiError when the model cannot open; a draft that
-    cannot be used leaves the model open without it (`draft_error` says why)."""
+    """Open `spec` and its draft model, if any. Raises BloomtuiError when the model cannot open (before
+    `release` where the checks without weights find why); a draft that cannot be used leaves the model open
+    without it (`draft_error` says why)."""
+    if options.threads is None:  # torch's threads are the process's: set them for every model, not only the demo
+        options = replace(options, threads=DEMO_THREADS if spec.demo else torch_default_threads())
     if spec.demo:
         path = ensure_demo_model(on_status)
         # Trained in fp32 and this small, the demo loses ~6% perplexity to bf16 activations; fp32 costs nothing.
@@ -175,6 +194,8 @@ def open_engine(
     else:
         path = Path(spec.source or ".")
         on_status(f"opening {spec.label}")
+        check_openable(spec.source or ".", options)
+    release()
     warm_imports()
     baseline = psutil.Process().memory_info().rss
     draft, draft_error = None, None
@@ -198,6 +219,20 @@ def open_engine(
         except BloomtuiError as exc:
             draft, draft_error = _close(draft), f"draft {spec.draft}: {exc.message}"
     return RealEngine(engine, spec, baseline, draft, draft_error)
+
+
+@cache
+def torch_default_threads() -> int:
+    """torch's own thread count, read before the app first changes it."""
+    return torch.get_num_threads()
+
+
+def check_openable(source: str, options: EngineOptions) -> None:
+    """Raise what opening `source` would raise before reading weights: no such folder or cached repo, a broken
+    config or layout, a RAM budget it cannot stream under. The automatic budget is checked as the most this
+    machine can hold: it is measured against the memory available after the model in use is closed."""
+    budget = options.ram_budget if options.ram_budget is not None else 1 << 50
+    ModelPlan.make(source, replace(options, ram_budget=budget))
 
 
 def _close(engine: Engine | None) -> None:

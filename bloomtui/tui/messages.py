@@ -1,7 +1,8 @@
 """Messages the engine workers post to the app (past-tense events, one line each).
 
-Panel status is not sent as messages: it is folded into a `RunTracker` snapshot the app polls, so a
-fast engine cannot flood the queue. Tokens are messages and are never dropped or replaced.
+Neither panel status nor tokens are sent as messages, so a fast engine cannot flood the queue: status is folded
+into a `RunTracker` snapshot, text into `PendingText`, and the app takes both a few times a second. Text is
+never dropped or replaced; a run's last pieces are in `PendingText` before its `RunEnded` is posted.
 """
 
 from __future__ import annotations
@@ -12,22 +13,6 @@ from textual.message import Message
 
 from bloomtui.engine import events
 from bloomtui.tui.engine_handle import EngineHandle, ModelSpec
-
-
-@dataclass
-class TokenArrived(Message):
-    """A piece of generated text for run `run`."""
-
-    run: int
-    token: events.TokenGenerated
-
-
-@dataclass
-class DraftArrived(Message):
-    """A draft's proposal for run `run`, shown until the model has verified it."""
-
-    run: int
-    draft: events.Drafted
 
 
 @dataclass
@@ -52,9 +37,10 @@ class EngineOpened(Message):
 
 @dataclass
 class EngineFailed(Message):
-    """Open request `request` failed; the app stays usable without a model."""
+    """Open request `request` failed: before the model in use was released (it stays open), or after."""
 
     request: int
     spec: ModelSpec
     title: str
     message: str
+    released: bool = False

@@ -15,7 +15,7 @@ from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.remote.engine import RemoteEngine
-from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener, StatusSink
+from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener, Release, StatusSink
 from bloomtui.tui.remote_state import RemoteInfo
 
 
@@ -56,10 +56,13 @@ def with_remote(opener: Opener, options: RemoteOptions) -> Opener:
         on_event: events.EventSink,
         on_status: StatusSink,
         cancel: threading.Event,
+        release: Release,
     ) -> EngineHandle:
         if not is_remote_url(spec.source):
-            return opener(spec, engine_options, on_event, on_status, cancel)
+            return opener(spec, engine_options, on_event, on_status, cancel, release)
         on_status("connecting to the server")
-        return RemoteHandle(RemoteEngine.open(spec.source or "", options))  # type: ignore[return-value]
+        handle = RemoteHandle(RemoteEngine.open(spec.source or "", options))
+        release()  # connected: a server costs this process no memory, so the model in use could stay till now
+        return handle  # type: ignore[return-value]
 
     return open_any

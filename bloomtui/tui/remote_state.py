@@ -125,7 +125,7 @@ class RemoteTracker:
                     eta=None,
                 )
             elif isinstance(event, events.Cancelled):
-                message = f"cancelled after {event.new_tokens} tokens"
+                message = f"after {event.new_tokens} tokens"  # shown after "cancelled"
                 self._set(state="cancelled", message=message, connection="closed by us", eta=None)
             elif isinstance(event, events.Error):
                 self._set(state="error", message=event.message, connection="failed", eta=None)

@@ -17,6 +17,10 @@ from bloomtui.engine import events
 State = Literal["empty", "loading", "idle", "running", "done", "cancelled", "error"]
 HISTORY = 40
 """Streamed-block read speeds kept for the sparkline."""
+RUN_ALLOWANCE = 32 * 1000**2
+"""RSS a run adds beyond its KV cache: torch's allocator pools, the worker thread's malloc arena, activations and
+Python objects (about 20 MB measured on the demo model; on a real model, lost in the rounding of its budget)."""
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class ModelInfo:
     def streamed_blocks(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.n_blocks) if i not in self.resident_blocks)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of every block for one position, in the compute dtype."""
+        return 2 * self.n_blocks * self.hidden_size * ITEMSIZE.get(self.dtype, 4)
+
 
 @dataclass(frozen=True)
 class PanelSnapshot:
@@ -72,6 +81,10 @@ class PanelSnapshot:
     peak_rss: int = 0
     baseline_rss: int = 0
     """RSS measured just before the model loaded: Python, torch and the UI, not the model."""
+    open_rss: int = 0
+    """RSS right after the model opened: the runtime, the resident weights, and what opening added (the tokenizer)."""
+    prompt_tokens: int = 0
+    """The run's prompt length, once known (a long prompt's prefill reports it; the end of the run does)."""
     seconds_per_token: float | None = None
     eta_pass: float | None = None
     eta_run: float | None = None
@@ -150,6 +163,7 @@ class RunTracker:
                 message="",
                 rss=rss,
                 baseline_rss=baseline_rss,
+                open_rss=rss or 0,
                 phase="",
                 block=-1,
                 blocks_done=0,
@@ -186,6 +200,7 @@ class RunTracker:
                 blocks_done=0,
                 pass_kind="prefill",
                 prefill_tokens=0,
+                prompt_tokens=0,
                 tokens=0,
                 max_tokens=max_tokens,
                 seconds_per_token=None,
@@ -209,6 +224,7 @@ class RunTracker:
             elif isinstance(event, events.PrefillProgress):
                 self._set(
                     prefill_tokens=event.tokens,
+                    prompt_tokens=max(self._live.snap.prompt_tokens, event.tokens),
                     prefill_done=event.done,
                     prefill_total=event.total,
                     eta_pass=event.eta_seconds,
@@ -231,9 +247,10 @@ class RunTracker:
                     self._set(
                         passes=event.passes, draft_proposed=event.draft_proposed, draft_accepted=event.draft_accepted
                     )
-                self._finish("done", _done_message(event))
+                self._set(prompt_tokens=event.prompt_tokens)
+                self._finish("done", done_message(event))
             elif isinstance(event, events.Cancelled):
-                self._finish("cancelled", f"cancelled after {event.new_tokens} tokens")
+                self._finish("cancelled", f"after {event.new_tokens} tokens")  # shown after "cancelled"
             elif isinstance(event, events.Error):
                 self._finish("error", event.message)
 
@@ -314,6 +331,35 @@ class RunTracker:
         self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None, prefill_tokens=0)
 
 
-def _done_message(done: events.Done) -> str:
+def done_message(done: events.Done) -> str:
     reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
     return f"{done.new_tokens} tokens · {reasons.get(done.stop_reason, done.stop_reason)}"
+
+
+@dataclass(frozen=True)
+class MemoryCeiling:
+    """The RSS the process can be expected to reach, in the three parts the panel names."""
+
+    runtime: int
+    """What is not the model: RSS before the load, or more where opening added more than the budget covers."""
+    budget: int
+    run: int
+    """A run's KV cache (up to twice what its tokens need: it grows by doubling) and RUN_ALLOWANCE."""
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.budget + self.run
+
+
+def memory_ceiling(snap: PanelSnapshot) -> MemoryCeiling | None:
+    """None until a model with a budget is open. While nothing runs the ceiling is never below the RSS: an idle
+    process holds what it was expected to hold, so only a running one can be over."""
+    model = snap.model
+    if model is None or not model.total_budget:
+        return None
+    budget = model.total_budget
+    run = RUN_ALLOWANCE + 2 * model.kv_bytes_per_token * (snap.prompt_tokens + snap.max_tokens)
+    ceiling = MemoryCeiling(max(snap.baseline_rss, snap.open_rss - budget), budget, run)
+    if snap.state != "running" and snap.rss is not None and snap.rss > ceiling.total:
+        ceiling = replace(ceiling, runtime=snap.rss - budget - run)
+    return ceiling

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import BudgetError
-from bloomtui.tui.engine_handle import ModelSpec, StatusSink
+from bloomtui.tui.engine_handle import ModelSpec, Release, StatusSink
 from bloomtui.tui.run_state import ModelInfo
 
 N_BLOCKS = 24
@@ -57,13 +57,16 @@ def fake_info(n_blocks: int = N_BLOCKS) -> ModelInfo:
 
 @dataclass
 class ScriptedEngine:
-    """Emits a deterministic pass per token; holds at (`hold_token`, `hold_block`) until released or cancelled."""
+    """Emits a deterministic pass per token; holds at (`hold_token`, `hold_block`), and at each of `hold_tokens`,
+    until released or cancelled (each hold takes its own release)."""
 
     info: ModelInfo = field(default_factory=fake_info)
     baseline_rss: int = 250_000_000
+    rss_bytes: int = 2_000_000_000
     pieces: tuple[str, ...] = PIECES
     hold_token: int | None = None
     hold_block: int = 0
+    hold_tokens: tuple[int, ...] = ()
     holding: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     cancel_seen: threading.Event = field(default_factory=threading.Event)
@@ -72,7 +75,7 @@ class ScriptedEngine:
     blocks_after_cancel: int = 0
 
     def rss(self) -> int:
-        return 2_000_000_000
+        return self.rss_bytes
 
     def close(self) -> None:
         self.closed = True
@@ -82,6 +85,8 @@ class ScriptedEngine:
         while not (cancel.is_set() or self.release.is_set()):
             cancel.wait(0.01)
         self.holding.clear()
+        if self.hold_tokens:
+            self.release.clear()
 
     def draft_name(self, draft: object) -> str | None:
         return None
@@ -102,7 +107,7 @@ class ScriptedEngine:
         for step in range(count):
             kind = "prefill" if step == 0 else "decode"
             for i in range(n):
-                if step == self.hold_token and i == self.hold_block:
+                if (step == self.hold_token or step in self.hold_tokens) and i == self.hold_block:
                     self._hold(cancel)
                 resident = i in self.info.resident_blocks
                 if not resident:
@@ -138,7 +143,8 @@ class ScriptedEngine:
 
 @dataclass
 class ScriptedOpener:
-    """An `Opener` that hands out one ScriptedEngine (or raises `error`), recording what it was asked."""
+    """An `Opener` that hands out one ScriptedEngine (or raises `error`), recording what it was asked. Like the
+    real one it finds errors (`error`, a budget below 1000 B) before it calls `release`."""
 
     engine: ScriptedEngine = field(default_factory=ScriptedEngine)
     error: Exception | None = None
@@ -151,12 +157,14 @@ class ScriptedOpener:
         on_event: events.EventSink,
         on_status: StatusSink,
         cancel: threading.Event,
+        release: Release = lambda: None,
     ) -> ScriptedEngine:
         self.calls.append((spec, options))
-        on_event(events.LoadProgress(0, 0, 100, "small tensors"))
-        on_event(events.LoadProgress(0, 100, 100, "done"))
         if self.error is not None:
             raise self.error
         if options.ram_budget is not None and options.ram_budget < 1000:
             raise BudgetError(f"--ram-budget {options.ram_budget} B is below the 101 MB this model needs to stream")
+        release()
+        on_event(events.LoadProgress(0, 0, 100, "small tensors"))
+        on_event(events.LoadProgress(0, 100, 100, "done"))
         return self.engine

@@ -14,12 +14,12 @@ from bloomtui.engine import EngineOptions
 from bloomtui.errors import CheckpointError
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.app import BloomApp
-from bloomtui.tui.commands import EXAMPLE_PROMPTS
+from bloomtui.tui.commands import BLOOM_PROMPTS
 from bloomtui.tui.engine_handle import DEMO, ModelSpec
-from bloomtui.tui.messages import TokenArrived
 from bloomtui.tui.screens.model_picker import ModelPickerScreen
 from bloomtui.tui.screens.settings import SettingsScreen
 from bloomtui.tui.widgets.engine_panel import EnginePanel
+from bloomtui.tui.widgets.status_line import summary
 from tests.tui.fakes import PIECES, ScriptedEngine, ScriptedOpener, fake_info
 from tests.tui.helpers import wait_for_panel, wait_until
 
@@ -68,23 +68,17 @@ async def test_escape_cancels_keeps_partial_text_then_next_prompt_runs(
         assert panel.snapshot.state == "cancelled"
         assert "cancelled" in str(app.query_one("#panel-state", Static).render())
 
-        # A token of the cancelled run arriving late changes nothing.
-        app.post_message(TokenArrived(1, _token("late")))
+        # Text of the cancelled run arriving late changes nothing.
+        app.pending.add(1, "late")
         scripted.engine.hold_token = None
         app.settings = Settings(max_new_tokens=3)
         app.insert_prompt("Next prompt")
         await pilot.press("ctrl+j")
-        app.post_message(TokenArrived(1, _token("later")))
+        app.pending.add(1, "later")
         await wait_until(pilot, lambda: len(app.output.exchanges) == 2 and not app.running)
         assert app.output.exchanges[0].text == "".join(PIECES[:5])
         assert app.output.exchanges[1].text == "".join(PIECES[:3])
         assert app.output.exchanges[1].outcome == "done"
-
-
-def _token(text: str):  # noqa: ANN202
-    from bloomtui.engine import events
-
-    return events.TokenGenerated(1, 99, 1, text, -1.0, 0.1)
 
 
 async def test_quit_mid_generation(fake_app: BloomApp, scripted: ScriptedOpener) -> None:
@@ -171,20 +165,20 @@ async def test_changing_ram_budget_reopens_the_engine(fake_app: BloomApp, script
     app = fake_app
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.handle is not None)
-        for budget, expect_open in (("500", False), ("2GB", True)):
-            calls = len(scripted.calls)
+        for budget, refused in (("500", True), ("2GB", False)):
+            calls, seen = len(scripted.calls), len(app.output.query("Notice"))
             await pilot.press("f2")
             await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
             app.screen.query_one("#ram_budget", Input).value = budget
             await pilot.click("#save")
             await wait_until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
             await wait_until(pilot, lambda n=calls + 1: len(scripted.calls) == n, what="a reopen")
-            await wait_until(pilot, lambda: app.tracker.snapshot().state in ("idle", "error"))
+            await wait_until(pilot, lambda: app.handle is not None, what="a model open")
             await wait_for_panel(pilot)
-            assert (app.handle is not None) == expect_open
-            if not expect_open:
-                assert app.tracker.snapshot().state == "error"
-                assert "below the 101 MB" in app.output.query("Notice").last().render().plain  # type: ignore[union-attr]
+            new = [notice.render().plain for notice in list(app.output.query("Notice"))[seen:]]  # type: ignore[union-attr]
+            # Too small: refused before the model in use was closed, so it stays open.
+            assert any("below the 101 MB" in notice for notice in new) == refused, new
+            assert app.tracker.snapshot().state == "idle"
     assert [options.ram_budget for _spec, options in scripted.calls] == [None, 500, 2_000_000_000]
 
 
@@ -280,7 +274,7 @@ async def test_palette_inserts_example_prompt(fake_app: BloomApp) -> None:
 
         await wait_until(pilot, one_match, what="the palette to find the command")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.editor.text == EXAMPLE_PROMPTS[2][1], what="the example prompt")
+        await wait_until(pilot, lambda: app.editor.text == BLOOM_PROMPTS[2][1], what="the example prompt")
 
 
 async def test_save_transcript_and_copy_output(fake_app: BloomApp) -> None:
@@ -367,3 +361,119 @@ async def test_every_token_arrives_in_order_at_a_high_event_rate() -> None:
         assert app.output.exchanges[-1].text == "".join(pieces)
         await wait_for_panel(pilot)
         assert app.query_one(EnginePanel).snapshot.tokens == len(pieces)
+
+
+async def test_blank_seed_is_valid_in_the_settings_dialog(fake_app: BloomApp) -> None:
+    app = fake_app
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        for name in ("seed", "draft_tokens"):  # blank is documented: no seed, adaptive draft length
+            field = app.screen.query_one(f"#{name}", Input)
+            field.focus()
+            field.value = "7"
+            await pilot.pause()
+            field.value = ""
+            await pilot.press("tab")  # validated on change and on blur
+            await pilot.pause()
+            assert not field.has_class("-invalid"), name
+        seed = app.screen.query_one("#seed", Input)
+        seed.value = "x"
+        await pilot.pause()
+        assert seed.has_class("-invalid")  # not a number still is
+
+
+async def test_cancelled_is_said_once(fake_app: BloomApp, scripted: ScriptedOpener) -> None:
+    app = fake_app
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _start_held_run(pilot, app, scripted)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.running, what="the cancel to land")
+        await wait_for_panel(pilot)
+        texts = [
+            app.output.runs[app.run_number].render().plain,
+            str(app.query_one("#panel-state", Static).render()),
+            summary(app.tracker.snapshot(), "f4").plain,  # the folded panel's line (hidden at this width)
+        ]
+        for text in texts:
+            assert text.lower().count("cancelled") == 1, text
+        assert "cancelled after 5 tokens" in texts[0]
+
+
+async def _palette_prompts(pilot, app: BloomApp) -> list[str]:  # noqa: ANN001
+    await pilot.press("ctrl+p")
+    await pilot.press(*"Example prompt")
+    await wait_until(
+        pilot, lambda: isinstance(app.screen, CommandPalette) and app.screen.query_one(CommandList).option_count
+    )
+    await pilot.pause(0.3)
+    commands = app.screen.query_one(CommandList)
+    prompts = [str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)]
+    await pilot.press("escape")
+    await wait_until(pilot, lambda: not isinstance(app.screen, CommandPalette))
+    return prompts
+
+
+async def test_example_prompts_fit_the_open_model(scripted: ScriptedOpener) -> None:
+    from dataclasses import replace
+
+    app = BloomApp(DEMO, opener=scripted, find_models=list, cursor_blink=False)
+    scripted.engine.info = replace(scripted.engine.info, demo=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.handle is not None)
+        demo = " ".join(await _palette_prompts(pilot, app))
+        assert "lists" in demo and "SQL" not in demo and "Spanish" not in demo
+        scripted.engine.info = replace(scripted.engine.info, demo=False)
+        app.open_model(ModelSpec("bigscience/bloom-560m"))
+        await wait_until(pilot, lambda: app.handle is not None and app.spec == ModelSpec("bigscience/bloom-560m"))
+        bloom = " ".join(await _palette_prompts(pilot, app))
+        assert "SQL" in bloom and "Spanish" in bloom and "lists" not in bloom
+
+
+async def test_idle_memory_is_not_shown_over_its_ceiling(scripted: ScriptedOpener) -> None:
+    # RSS after the open above runtime + budget (the tokenizer, torch's allocator: not in the budget).
+    scripted.engine.rss_bytes = scripted.engine.baseline_rss + scripted.engine.info.total_budget + 30_000_000
+    app = BloomApp(ModelSpec("x"), opener=scripted, find_models=list, cursor_blink=False)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.handle is not None)
+        await wait_for_panel(pilot)
+        panel = app.query_one(EnginePanel)
+        assert not panel.has_class("-over-budget")
+        line = str(app.query_one("#panel-memory", Static).render())
+        assert "RSS    2.08 GB of ~" in line, line
+        bar = app.query_one("#memory-bar")
+        assert bar.progress < bar.total  # type: ignore[attr-defined]
+
+
+async def test_tokens_reach_the_screen_in_batches_not_one_redraw_each() -> None:
+    """A small model makes hundreds of tokens a second: the pane asks for a redraw a few times a second, not
+    once per token (that cost the engine half its speed on a 2-core machine)."""
+    import time
+
+    from bloomtui.tui.widgets.run_output import RunOutput
+
+    pieces = tuple(f"{i} " for i in range(1500))
+    engine = ScriptedEngine(info=fake_info(2), pieces=pieces)
+    app = BloomApp(ModelSpec("x"), opener=ScriptedOpener(engine), find_models=list, cursor_blink=False)
+    app.settings = Settings(max_new_tokens=len(pieces))
+    redraws = 0
+    refresh = RunOutput.refresh
+
+    def counting(self: RunOutput, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        nonlocal redraws
+        redraws += 1
+        return refresh(self, *args, **kwargs)
+
+    RunOutput.refresh = counting  # type: ignore[method-assign]
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: app.handle is not None)
+            app.insert_prompt("count: ")
+            start = time.monotonic()
+            await pilot.press("ctrl+j")
+            await wait_until(pilot, lambda: not app.running, timeout=60)
+            seconds = time.monotonic() - start
+            assert app.output.exchanges[-1].text == "".join(pieces)
+    finally:
+        RunOutput.refresh = refresh  # type: ignore[method-assign]
+    assert redraws <= 15 * seconds + 10, (redraws, seconds)

@@ -180,8 +180,14 @@ async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(is
         await _opened(pilot, app)
         info = app.handle.info  # type: ignore[union-attr]
         assert info.draft == "trained-draft" and 0 < info.draft_bytes < info.total_budget
-        shown = app.output.show_guess
-        app.output.show_guess = lambda run, text: (guesses.append(text), shown(run, text))  # type: ignore[method-assign]
+        show = app.output.show
+
+        def watched(run, pieces):  # noqa: ANN001, ANN202
+            pieces = list(pieces)
+            guesses.extend(piece.text for piece in pieces if piece.guess)
+            return show(run, pieces)
+
+        app.output.show = watched  # type: ignore[method-assign]
         app.settings = Settings(max_new_tokens=40, repetition_penalty=1.2)
         prompt = "A list comprehension is"
         app.insert_prompt(prompt)

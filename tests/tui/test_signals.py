@@ -157,3 +157,37 @@ def test_crash_restores_terminal_and_names_its_log(endless_model: tuple[Path, in
         )
     finally:
         app.close()
+
+
+def test_the_app_ends_when_its_terminal_goes_away(tmp_path: Path) -> None:
+    """A terminal window closed mid-generation (seen with tmux kill-session): the pty's master is gone, every
+    write to the terminal fails, and the hangup signal comes after. Textual's writer thread then stops taking
+    output and the UI thread blocks on its full queue, where no event-loop signal handler can run: the app was
+    left running on a deleted pty. It must be gone within the limit."""
+    env = _env(tmp_path)
+    history = tmp_path / "data" / "history.json"
+    # The demo model: a few hundred tokens a second keep the screen (and the writer to the terminal) busy.
+    app = PtyApp([sys.executable, "-m", "bloomtui", "--demo"], env)
+    try:
+        _wait(lambda: not app.cooked(), 60, "raw mode", app)
+        deadline = time.monotonic() + 60
+        while not history.exists() and time.monotonic() < deadline and app.proc.poll() is None:
+            app.write(b"Hello\n")
+            time.sleep(1.0)
+        assert history.exists(), "the run never started"
+        time.sleep(1.0)
+        assert app.proc.poll() is None
+        os.close(app.master)  # the window goes away ...
+        app.master = os.open(os.devnull, os.O_RDWR)  # (so close() has something to close)
+        time.sleep(1.0)  # ... output keeps coming and fails ...
+        start = time.monotonic()
+        os.kill(app.proc.pid, signal.SIGHUP)  # ... then the hangup
+        try:
+            app.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the app outlived its terminal") from None
+        elapsed = time.monotonic() - start
+        assert app.proc.returncode == 128 + signal.SIGHUP
+        assert elapsed < EXIT_LIMIT, f"took {elapsed:.2f} s to exit"
+    finally:
+        app.close()

@@ -256,3 +256,44 @@ def test_tracker_counts_drafted_tokens_kept_and_tokens_per_pass() -> None:
     tracker.feed(1, events.Drafted(1, 4, (8,), " e"))
     tracker.feed(1, events.TokenGenerated(1, 4, 9, "y", -1.0, 0.1))  # a miss on the first guess
     assert tracker.snapshot().draft_accepted == 2 and tracker.snapshot().draft_proposed == 4
+
+
+def test_memory_ceiling_counts_what_opening_and_a_run_add_and_is_never_below_idle_rss() -> None:
+    from bloomtui.tui.run_state import RUN_ALLOWANCE, memory_ceiling
+
+    info = fake_info(4)  # budget 1.8 GB, float32, hidden 1024
+    tracker = RunTracker()
+    assert memory_ceiling(tracker.snapshot()) is None  # no model
+    # The demo's case: RSS right after the open is above what ran before plus the budget (the tokenizer, torch).
+    baseline, opened = 250_000_000, 250_000_000 + info.total_budget + 20_000_000
+    tracker.opened(info, rss=opened, baseline_rss=baseline)
+    idle = memory_ceiling(tracker.snapshot())
+    assert idle is not None and idle.total >= opened and idle.run == RUN_ALLOWANCE
+    assert (idle.runtime, idle.budget) == (opened - info.total_budget, info.total_budget)
+    tracker.start(1, 300)
+    running = memory_ceiling(tracker.snapshot())
+    kv = 2 * 4 * 1024 * 4  # keys and values, 4 blocks, hidden 1024, float32: per token
+    assert running is not None and running.run == RUN_ALLOWANCE + 2 * kv * 300
+    # Over it while running is over; the same RSS once idle is what the process holds.
+    over = running.total + 1
+    tracker.feed(1, events.BlockDone(1, 0, 4, "decode", 0, True, 0, 0.0, 0.0, 0.01, over))  # type: ignore[arg-type]
+    assert memory_ceiling(tracker.snapshot()).total < over  # type: ignore[union-attr]
+    tracker.feed(1, events.Cancelled(1, (), "", 0))
+    assert memory_ceiling(tracker.snapshot()).total == over  # type: ignore[union-attr]
+
+
+def test_pending_text_keeps_order_and_guesses_are_consumed_by_the_pieces_that_match() -> None:
+    from bloomtui.tui.pending_text import PendingText
+    from bloomtui.tui.widgets.run_output import RunOutput
+
+    pending = PendingText()
+    pending.add(1, "A")
+    pending.add(1, " list is", guess=True)
+    pending.add(1, " list")  # agrees with the guess: the rest stays shown
+    pieces = pending.take()
+    assert [p.text for p in pieces] == ["A", " list is", " list"] and pending.take() == []
+    output = RunOutput(1, Exchange("p", "m"))
+    output.extend(pieces)
+    assert (output.exchange.text, output.guess) == ("A list", " is")
+    output.extend([pieces[0].__class__(1, " was")])  # differs: the guess is gone
+    assert (output.exchange.text, output.guess) == ("A list was", "")

@@ -13,6 +13,7 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from bloomtui.cached_models import CachedModel
 from bloomtui.engine.drafting import PROMPT_LOOKUP
+from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.settings import LABELS, Settings
 from bloomtui.sizes import format_size, parse_size
@@ -28,6 +29,16 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ram_budget": ("text", "auto, or e.g. 800MB, 12GiB"),
     "draft_tokens": ("integer", "0 = adaptive (1..8)"),
 }
+
+
+def blank_is_a_value(name: str) -> bool:
+    """Whether a blank field is a documented value rather than a mistake (so it must not show red): draft
+    tokens (0, adaptive), and every setting whose unset value is None (no seed, the automatic budget, and
+    whatever else `Settings` leaves to a default)."""
+    field = Settings.__dataclass_fields__.get(name)
+    return name == "draft_tokens" or (field is not None and field.default is None)
+
+
 SMALL_DRAFT_BYTES = 8 * 1024**3
 """Cached BLOOMs up to this size on disk are offered as drafts (bloom-560m to bloom-3b)."""
 
@@ -59,16 +70,18 @@ def _text(settings: Settings, name: str) -> str:
 
 def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str | None = None) -> Settings:
     """Settings from the dialog's texts; UsageError names the first field that is wrong."""
+    if base.sample is None and sample == bool(base.sample):
+        sample = None  # type: ignore[assignment]  # the switch left alone: still the default's to decide
     parsed: dict[str, object] = {"sample": sample, "draft": base.draft if draft is None else draft}
     for name, (kind, _hint) in FIELDS.items():
         text = values[name].strip()
         label = LABELS[name]
-        if name == "seed" and not text:
-            parsed[name] = None
-        elif name == "draft_tokens" and not text:
+        if name == "draft_tokens" and not text:
             parsed[name] = 0
         elif name == "ram_budget":
             parsed[name] = None if text.lower() in ("", "auto") else parse_size(text, label)
+        elif not text and blank_is_a_value(name):
+            parsed[name] = None
         elif kind == "integer":
             try:
                 parsed[name] = int(text)
@@ -88,10 +101,18 @@ class SettingsScreen(ModalScreen[Settings | None]):
         Binding("ctrl+s", "save", "Save"),
     ]
 
-    def __init__(self, settings: Settings, cached: list[CachedModel] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, cached: list[CachedModel] | None = None, defaults: GenerationDefaults | None = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.cached = cached or []
+        self.defaults = defaults
+        """The open model's recommended decoding (generation_config.json): a blank field's value where it sets one."""
+
+    def _hint(self, name: str, hint: str) -> str:
+        value = getattr(self.defaults, name, None) if self.defaults is not None else None
+        return hint if value is None or not blank_is_a_value(name) else f"blank = the model's {value}"
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-dialog"):  # scrolls on short terminals; focus scrolls to the field
@@ -99,7 +120,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
             with Grid(id="settings-grid"):
                 yield Label("Greedy / sample")
                 with Horizontal(classes="switch-row"):
-                    yield Switch(self.settings.sample, id="sample")
+                    yield Switch(bool(self.settings.sample), id="sample")
                     yield Label("sampling" if self.settings.sample else "greedy", id="sample-label")
                 for name, (kind, hint) in FIELDS.items():
                     if name == "draft_tokens":
@@ -112,7 +133,14 @@ class SettingsScreen(ModalScreen[Settings | None]):
                             id="draft",
                         )
                     yield Label(LABELS[name])
-                    yield Input(_text(self.settings, name), placeholder=hint, type=kind, compact=True, id=name)  # type: ignore[arg-type]
+                    yield Input(
+                        _text(self.settings, name),
+                        placeholder=self._hint(name, hint),
+                        type=kind,  # type: ignore[arg-type]
+                        valid_empty=blank_is_a_value(name),
+                        compact=True,
+                        id=name,
+                    )
             yield Static("", id="settings-error", markup=False)
             yield Static(
                 "Temperature, top-k and top-p apply when sampling. A draft proposes tokens the model checks "

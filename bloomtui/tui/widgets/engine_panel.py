@@ -1,6 +1,8 @@
 """The live engine panel: which block runs, read speed, memory, tokens, timing and the block map.
 
-It shows `PanelSnapshot`s and holds no state of its own beyond the last one shown.
+It shows `PanelSnapshot`s and holds no state of its own beyond the last one shown. It redraws a few times a
+second while the engine runs flat out beside it, so a redraw is cheap: only lines whose text changed are
+updated, without a new layout where their height cannot change, and a hidden panel draws when it is shown.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import ProgressBar, Sparkline, Static
 
 from bloomtui.sizes import format_size
-from bloomtui.tui.run_state import PanelSnapshot
+from bloomtui.tui.run_state import PanelSnapshot, memory_ceiling
 from bloomtui.tui.widgets.block_map import BlockMap
 
 STATE_ICONS = {
@@ -51,6 +53,10 @@ class EnginePanel(VerticalScroll):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.snapshot = PanelSnapshot()
+        self._shown: dict[str, str | Text] = {}
+        """What each line shows now, so an unchanged line is not updated."""
+        self._drawn = False
+        """Whether `snapshot` is on screen (False while the panel is hidden)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="panel-model", markup=False)
@@ -69,10 +75,21 @@ class EnginePanel(VerticalScroll):
 
     def on_mount(self) -> None:
         self.border_title = "Engine"
-        self.show(self.snapshot)
+        self._draw()
+
+    def on_show(self) -> None:
+        if not self._drawn:
+            self._draw()
 
     def show(self, snap: PanelSnapshot) -> None:
         self.snapshot = snap
+        self._drawn = False
+        if self.display:
+            self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = True
+        snap = self.snapshot
         model = snap.model
         if model is None:
             self._update("#panel-model", "No model open\nctrl+o opens one, or the demo")
@@ -87,7 +104,7 @@ class EnginePanel(VerticalScroll):
         state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
         if snap.message:
             state.append(f" · {snap.message}")
-        self.query_one("#panel-state", Static).update(state)
+        self._update("#panel-state", state)
         self.set_class(snap.state == "error", "-error")
         self.set_class(snap.state == "cancelled", "-cancelled")
         self.set_class(snap.state == "running", "-running")
@@ -98,8 +115,16 @@ class EnginePanel(VerticalScroll):
         n_blocks = model.n_blocks if model else 0
         self.query_one(BlockMap).show(n_blocks, model.resident_blocks if model else frozenset(), snap.block)
 
-    def _update(self, selector: str, text: str) -> None:
-        self.query_one(selector, Static).update(text)
+    def _update(self, selector: str, text: str | Text) -> None:
+        if self._shown.get(selector) == text:
+            return
+        old = self._shown.get(selector)
+        self._shown[selector] = text
+        # A new layout only where the line's height may change: a line more or less, or one that may wrap.
+        width = self.scrollable_content_region.width or 1
+        plain = [str(t) for t in (text, old or "")]
+        layout = plain[0].count("\n") != plain[1].count("\n") or max(map(len, plain[0].split("\n"))) >= width
+        self.query_one(selector, Static).update(text, layout=layout)
 
     def _show_pass(self, snap: PanelSnapshot) -> None:
         bar = self.query_one("#pass-progress", ProgressBar)
@@ -130,25 +155,27 @@ class EnginePanel(VerticalScroll):
 
     def _show_read(self, snap: PanelSnapshot) -> None:
         self._update("#panel-read", f"read   {_rate(snap.read_mbps)}  (streamed blocks)")
-        self.query_one("#read-spark", Sparkline).data = list(snap.read_history)
+        spark = self.query_one("#read-spark", Sparkline)
+        if tuple(spark.data or ()) != snap.read_history:
+            spark.data = list(snap.read_history)
 
     def _show_memory(self, snap: PanelSnapshot) -> None:
         bar = self.query_one("#memory-bar", ProgressBar)
-        budget = snap.model.total_budget if snap.model else 0
-        if snap.rss is None or not budget:
-            self._update("#panel-memory", "RSS    —\n")
+        ceiling = memory_ceiling(snap)
+        if snap.rss is None or ceiling is None:
+            self._update("#panel-memory", "RSS    —\n\n")
             bar.update(total=1, progress=0)
             return
-        # The budget covers weights and stream buffers; Python, torch and the UI come on top. So RSS is set
-        # against the runtime measured before loading plus the budget: what the process should stay under.
-        ceiling = snap.baseline_rss + budget
+        # The budget covers weights and stream buffers; Python, torch and the UI come on top, and a run adds its
+        # KV cache and working memory: together, what the process should stay under.
         self._update(
             "#panel-memory",
-            f"RSS    {format_size(snap.rss)} of ~{format_size(ceiling)}\n"
-            f"(runtime {format_size(snap.baseline_rss)} + budget {format_size(budget)})",
+            f"RSS    {format_size(snap.rss)} of ~{format_size(ceiling.total)}\n"
+            f"       runtime {format_size(ceiling.runtime)} + budget {format_size(ceiling.budget)}\n"
+            f"       + run {format_size(ceiling.run)} (KV cache, work)",
         )
-        bar.update(total=ceiling, progress=min(snap.rss, ceiling))
-        self.set_class(snap.rss > ceiling, "-over-budget")
+        bar.update(total=ceiling.total, progress=min(snap.rss, ceiling.total))
+        self.set_class(snap.rss > ceiling.total, "-over-budget")
 
     def _show_tokens(self, snap: PanelSnapshot) -> None:
         rate = f" · {1 / snap.seconds_per_token:.1f} tok/s" if snap.seconds_per_token else ""

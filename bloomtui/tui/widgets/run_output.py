@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rich.text import Text
+from textual.geometry import Size
+from textual.visual import visualize
 from textual.widget import Widget
+
+from bloomtui.tui.pending_text import Piece
 
 # C0 controls other than newline and tab would reach the terminal raw (a random model emits them): show
 # them as their Unicode control pictures instead (U+2400 + code), so they are visible and harmless.
@@ -47,7 +52,7 @@ class RunOutput(Widget):
         "run-output--error",
     }
     DEFAULT_CSS = """
-    RunOutput { height: auto; padding: 0 1 1 1; }
+    RunOutput { height: auto; padding: 0 1; }
     RunOutput > .run-output--header { color: $text-muted; }
     RunOutput > .run-output--prompt { color: $text-accent; text-style: bold; }
     RunOutput > .run-output--text { color: $text; }
@@ -63,17 +68,43 @@ class RunOutput(Widget):
         self.run = run
         self.exchange = exchange
         self.guess = ""
+        self._laid_out: tuple[int, int] = (0, 0)
+        """(width, height) of the text when a layout was last asked for."""
 
-    def append(self, piece: str) -> None:
-        if piece:
-            self.exchange.pieces.append(piece)
-            self.guess = self.guess[len(piece) :] if self.guess.startswith(piece) else ""
-            # Rendering happens at most once per frame however many pieces arrive before it.
+    def extend(self, pieces: Iterable[Piece]) -> None:
+        """Verified pieces and guesses in the order they came, then one redraw."""
+        changed = False
+        for piece in pieces:
+            if piece.guess:
+                self.guess = piece.text
+            elif piece.text:
+                self.exchange.pieces.append(piece.text)
+                self.guess = self.guess[len(piece.text) :] if self.guess.startswith(piece.text) else ""
+            else:
+                continue
+            changed = True
+        if changed:
+            self._refresh_text()
+
+    def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
+        # Textual asks for another layout of the whole screen when a widget's size changed in the one just done:
+        # a container may have to arrange its children again, but this one has none, and each line a fast run
+        # adds would cost a second frame.
+        return super()._size_updated(size, virtual_size, container_size, layout=False)
+
+    def _refresh_text(self) -> None:
+        """A new layout (a full one of the screen in Textual) only when the text wrapped onto more lines; most
+        appends of a fast run fill the line they are on, and a repaint of this widget is all they need."""
+        width = self.content_size.width
+        if width <= 0:
             self.refresh(layout=True)
-
-    def show_guess(self, text: str) -> None:
-        self.guess = text
-        self.refresh(layout=True)
+            return
+        size = (width, visualize(self, self.render()).get_height(self.styles, width))
+        if size == self._laid_out:
+            self.refresh()
+        else:
+            self._laid_out = size
+            self.refresh(layout=True)
 
     def finish(self, outcome: str, status: str) -> None:
         self.exchange.outcome, self.exchange.status = outcome, status

@@ -51,9 +51,22 @@ class StatusLine(Static):
         super().__init__(markup=False, **kwargs)  # type: ignore[arg-type]
         self.toggle_key = toggle_key
         self.snapshot = PanelSnapshot()
+        self._drawn = False
 
     def show(self, snap: PanelSnapshot) -> None:
+        """Drawn now if the line is displayed, else when it is shown (it is hidden beside a side panel)."""
         self.snapshot = snap
-        self.update(summary(snap, self.toggle_key))
+        self._drawn = False
+        if self.display:
+            self._draw()
+
+    def on_show(self) -> None:
+        if not self._drawn:
+            self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = True
+        snap = self.snapshot
+        self.update(summary(snap, self.toggle_key), layout=False)  # always one line
         self.set_class(snap.state == "error", "-error")
         self.set_class(snap.state == "running", "-running")
