@@ -3,7 +3,8 @@
     python screenshots/make_remote_screenshot.py   # writes screenshots/app-remote.svg, and .png if rsvg-convert exists
 
 Serves a copy of the built-in demo model (small, trained on the Python docs) as `bloom-demo` on 127.0.0.1,
-sampling (greedy random weights repeat themselves), opens the app on its URL and saves the screen mid-stream.
+greedy with the model's own repetition penalty (its generation_config.json, which the server honours), opens the
+app on its URL and saves the screen mid-stream.
 Needs `pip install 'transformers[serving]'`. Uses throw-away config/data/cache dirs.
 """
 
@@ -23,7 +24,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 SIZE = (140, 45)
-PROMPT = "The SQL command to extract all the users whose name starts with A is: "
+PROMPT = "The most important thing to remember about lists is that"
 
 
 def _free_port() -> int:
@@ -38,15 +39,15 @@ async def _shoot(url: str) -> None:
     from bloomtui.tui.engine_handle import ModelSpec
 
     app = BloomApp(ModelSpec(url), find_models=list, cursor_blink=False)
-    app.settings = Settings(max_new_tokens=1000, sample=True, temperature=0.9, seed=7)
+    app.settings = Settings(max_new_tokens=1000, sample=False)
     async with app.run_test(size=SIZE) as pilot:
         while app.handle is None:
             await pilot.pause(0.05)
         app.insert_prompt(PROMPT)
         await pilot.press("ctrl+j")
-        while app.tracker.snapshot().tokens < 120:
+        while app.running and app.tracker.snapshot().tokens < 100:
             await pilot.pause(0.01)
-        await pilot.pause(0.2)  # one more panel poll, so the panel matches the text
+        await pilot.pause(0.6)  # one more panel redraw, so the panel matches the text
         app.save_screenshot("app-remote.svg", str(HERE))
         await pilot.press("escape")
         while app.running:
@@ -61,8 +62,6 @@ def main() -> int:
             os.environ[f"BLOOMTUI_{name}_DIR"] = str(Path(tmp) / name.lower())
         served = Path(tmp) / "bloom-demo"  # the server names the model by the path it was given
         shutil.copytree(ensure_demo_model(), served)
-        # transformers serve samples only where the model's generation config says so
-        (served / "generation_config.json").write_text('{"do_sample": true}')
         port = _free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
         command = [sys.executable, "-m", "transformers.cli.transformers", "serve", served.name]

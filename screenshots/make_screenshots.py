@@ -39,7 +39,7 @@ async def _main() -> None:
         await pilot.press("ctrl+j")
         while app.tracker.snapshot().tokens < 60:
             await pilot.pause(0.01)
-        await pilot.pause(0.2)  # one more panel poll (8 Hz), so the panel matches the text
+        await pilot.pause(0.6)  # one more panel redraw (every ~0.45 s while a run goes), so it matches the text
         app.save_screenshot("app-mid-generation.svg", str(HERE))
         await pilot.press("escape")
         while app.running:
@@ -105,7 +105,7 @@ async def _drafting() -> None:
         await pilot.press("ctrl+j")
         while not paused[0].paused.is_set():
             await pilot.pause(0.02)
-        await pilot.pause(0.4)  # the guesses' message and a panel poll (8 Hz) arrive
+        await pilot.pause(0.8)  # the guesses and a panel redraw arrive
         app.save_screenshot("app-drafting.svg", str(HERE))
         paused[0].release.set()
         await pilot.press("escape")
