@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import update_section
 from bloomtui import demo_models
 
 PROMPT = "The most important thing to remember about lists is that"
@@ -121,25 +122,6 @@ def section(cli: list[float], app: list[float], args: argparse.Namespace) -> str
     )
 
 
-def kept_section(markdown: str) -> str:
-    """This benchmark's section of an older report ("" if it has none)."""
-    if BEGIN not in markdown or END not in markdown:
-        return ""
-    return BEGIN + markdown.split(BEGIN, 1)[1].split(END, 1)[0] + END
-
-
-def update(path: Path, text: str) -> None:
-    if not text:
-        return
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old.split(BEGIN)[0] + text + old.split(END, 1)[1]
-    else:
-        marker = "\n## Method notes"
-        new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -161,7 +143,7 @@ def main() -> None:
     text = section(cli, app, args)
     print(text)
     if args.update:
-        update(args.update, text)
+        update_section(args.update, text, BEGIN, END)
 
 
 if __name__ == "__main__":

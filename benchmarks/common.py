@@ -90,3 +90,24 @@ def long_prompt(tokenizer, tokens: int) -> str:  # noqa: ANN001 - a transformers
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         text += "\n\n" + text
     return tokenizer.decode(ids[:tokens])
+
+
+def kept_section(markdown: str, begin: str, end: str) -> str:
+    """A section between its markers in an older report ("" if it has none)."""
+    if begin not in markdown or end not in markdown:
+        return ""
+    return begin + markdown.split(begin, 1)[1].split(end, 1)[0] + end
+
+
+def update_section(path: Path, text: str, begin: str, end: str) -> None:
+    """Put `text` (which starts with `begin` and ends with `end`) in place of that section of `path`, or before
+    its method notes when it has none yet."""
+    if not text:
+        return
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        new = old.split(begin)[0] + text + old.split(end, 1)[1]
+    else:
+        marker = "\n## Method notes"
+        new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
+    path.write_text(new)

@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
-    from benchmarks import app_speed, report
+    from benchmarks import app_speed, reads, report
+    from benchmarks.common import kept_section, update_section
 
     artifacts = out.parent / "benchmarks" / "results"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -508,8 +509,9 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     chart = report.chart(raw, artifacts / f"{stem}.png") if draw else None
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
-    if old_text:  # a section measured by its own command (benchmarks/app_speed.py) keeps its place and stamp
-        app_speed.update(out, app_speed.kept_section(old_text))
+    # Sections measured by their own commands (benchmarks/app_speed.py, reads.py) keep their place and stamp.
+    for begin, end in ((app_speed.BEGIN, app_speed.END), (reads.BEGIN, reads.END)):
+        update_section(out, kept_section(old_text, begin, end), begin, end)
     return 0
 
 

@@ -70,6 +70,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         help="compute dtype (default: the checkpoint's; fp16 runs in float32)",
     )
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--reads",
+        choices=("auto", "direct", "cached"),
+        help="how streamed blocks are read: direct (O_DIRECT, past the page cache: no CPU copies, nothing "
+        "cached) or cached (through the page cache: fast when the model fits in free memory); "
+        "default auto: direct when the model does not fit in free memory",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The engine options every local command takes (--ram-budget, --dtype, --threads)."""
+"""The engine options every local command takes (--ram-budget, --dtype, --threads, --reads)."""
 
 from __future__ import annotations
 
@@ -14,4 +14,4 @@ def engine_options(args: argparse.Namespace):  # noqa: ANN201 - an EngineOptions
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     budget = parse_size(args.ram_budget) if args.ram_budget is not None else None
-    return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads)
+    return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads, reads=getattr(args, "reads", None))

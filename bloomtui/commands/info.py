@@ -50,6 +50,9 @@ def info(args: argparse.Namespace) -> int:
         "resident_bytes": plan.resident_bytes,
         "buffer_bytes": plan.buffer_bytes,
         "streamed_bytes_per_token": disk_stream,
+        "reads": mp.reads.path or None,
+        "reads_reason": mp.reads.reason,
+        "reads_refused_direct": [str(path) for path in mp.reads.refused],
         "budget_warning": mp.budget_warning,
         "generation_defaults": mp.generation.set_fields(),
     }
@@ -88,6 +91,8 @@ def info(args: argparse.Namespace) -> int:
         f"disk/token  {format_size(disk_stream)} read per generated token with this budget; "
         f"{format_size(data['bytes_per_token_all_streamed'])} with every block streamed"
     )
+    if mp.reads.path:
+        print(f"reads       {mp.reads.describe()}")
     return 0
 
 

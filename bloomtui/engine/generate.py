@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
@@ -44,6 +43,7 @@ from bloomtui.engine.memory_guard import fit_budget
 from bloomtui.engine.model import Alibi, KVCache
 from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
+from bloomtui.engine.read_choice import ReadChoice, choose_reads
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.scoring import Scored, score
@@ -62,6 +62,8 @@ class EngineOptions:
     """Compute dtype, "float32" or "bfloat16"; None follows the checkpoint (fp16 is computed in fp32)."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default."""
+    reads: str | None = None
+    """How streamed weights are read: "direct", "cached", or None/"auto" to decide per model (read_choice.py)."""
 
 
 def compute_dtype(stored: torch.dtype, requested: str | None) -> torch.dtype:
@@ -85,6 +87,8 @@ class ModelPlan:
     """Set when the asked budget was more than the machine can hold and was lowered (memory_guard.py)."""
     generation: GenerationDefaults = GenerationDefaults()
     """The model's recommended decoding settings (generation_config.json), for what the user leaves unset."""
+    reads: ReadChoice = ReadChoice("", False, "not planned")
+    """How streamed weights are read (direct I/O or the page cache), and why."""
 
     @classmethod
     def make(cls, model: str | Path, options: EngineOptions) -> ModelPlan:
@@ -94,7 +98,8 @@ class ModelPlan:
         dtype = compute_dtype(checkpoint.dtype, options.dtype)
         budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
         plan = plan_residency(checkpoint, dtype.itemsize, budget)
-        return cls(path, checkpoint, dtype, plan, warning, GenerationDefaults.read(path))
+        reads = choose_reads(checkpoint, plan, dtype, options.reads)
+        return cls(path, checkpoint, dtype, plan, warning, GenerationDefaults.read(path), reads)
 
 
 def check_int4_layout(checkpoint: Checkpoint) -> None:
@@ -178,10 +183,7 @@ class Engine:
             torch.set_num_threads(options.threads)
         model_plan = ModelPlan.make(model, options)
         tokenizer = load_tokenizer(model_plan.path)
-        ckpt, plan = model_plan.checkpoint, model_plan.plan
-        # Keep streamed bytes out of the page cache unless the whole model fits beside our own memory.
-        drop_cache = ckpt.total_file_bytes + plan.total_bytes > psutil.virtual_memory().available
-        store = WeightStore(ckpt, plan, model_plan.dtype, drop_cache)
+        store = WeightStore(model_plan.checkpoint, model_plan.plan, model_plan.dtype, model_plan.reads)
         stop = cancel.is_set if cancel is not None else (lambda: False)
         try:
             store.load(lambda done, total, what: on_event(LoadProgress(0, done, total, what)), stop)

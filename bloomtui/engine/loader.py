@@ -2,8 +2,9 @@
 
 The prefetcher is a thread that walks the streamed units (blocks, then LM-head chunks when the head is not
 resident) in pass order, wrapping around to the first streamed block for the next token, filling one of
-two slots while the other is being computed on. A slot is a buffer the bytes are read into, or, when the
-checkpoint already stores the compute dtype, a file mapping faulted in place (see mapped.py).
+two slots while the other is being computed on. How a slot is filled is chosen per model (read_choice.py):
+direct I/O into an aligned buffer mirroring the unit's file spans (direct.py), a file mapping faulted in
+place (mapped.py), or pread into a buffer shaped as a block's tensors.
 
 Files can change under an open model: each streamed unit's file is checked once before it is read, and a
 mapped unit's lease before compute touches it (file_guard.py), so a run ends with an error naming the file.
@@ -24,13 +25,15 @@ from torch import Tensor
 
 from bloomtui.engine.checkpoint import MATRICES, Checkpoint
 from bloomtui.engine.config import Scheme
+from bloomtui.engine.direct import DirectReader, Piece, SpanLayout, aligned_buffer, span_layout
 from bloomtui.engine.file_guard import FileGuard
-from bloomtui.engine.mapped import FileMaps, can_map
+from bloomtui.engine.mapped import FileMaps
 from bloomtui.engine.matmul import QuantizedLinear, Weight
 from bloomtui.engine.memory_guard import MemoryGuard
 from bloomtui.engine.model import Weights
+from bloomtui.engine.read_choice import ReadChoice
 from bloomtui.engine.reader import CHUNK_BYTES, TensorReader
-from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan
+from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan, ram_dtype, streamed_refs
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 
@@ -40,11 +43,6 @@ _POLL_SECONDS = 0.05
 
 
 _ALIGN = 64
-
-
-def ram_dtype(ref: TensorRef, compute: torch.dtype) -> torch.dtype:
-    """Floats are held in the compute dtype; quantised integers as stored."""
-    return compute if ref.dtype.is_floating_point else ref.dtype
 
 
 def assemble(raw: dict[str, Tensor], scheme: Scheme | None) -> Weights:
@@ -99,8 +97,8 @@ class Fetched:
     """The head chunk, for ("head", c) units."""
     nbytes: int
     read_seconds: float
-    slot: Slot | None
-    """The buffer read into; None for a mapped unit."""
+    slot: Slot | Tensor | None
+    """The buffer read into (a span buffer for direct I/O in place); None for a mapped unit."""
     mapped: list[tuple[TensorRef, int, int]]
     """(ref, file offset, bytes) faulted in for a mapped unit, released after use."""
     wait_seconds: float = 0.0
@@ -109,27 +107,41 @@ class Fetched:
 class WeightStore:
     """Resident weights of one model in the compute dtype, plus what streaming needs."""
 
-    def __init__(self, checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, drop_cache: bool) -> None:
+    def __init__(self, checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, reads: ReadChoice) -> None:
         self.checkpoint = checkpoint
         self.plan = plan
         self.dtype = dtype
-        self.drop_cache = drop_cache
-        self.reader = TensorReader(drop_cache=drop_cache, staging_bytes=plan.staging_bytes or CHUNK_BYTES)
+        self.reads = reads
+        self.drop_cache = reads.drop_cache
         self.small: dict[str, Tensor] = {}
         self.blocks: dict[int, Weights] = {}
         self.head: Weight | None = None
         self._embedding_rows: tuple[Tensor, Tensor | None] | None = None
-        self._slots: list[Slot | None] = []
+        self._slots: list[Slot | Tensor | None] = []
         self.guard = FileGuard(checkpoint.files)
-        streamed = [ref for i in plan.streamed_blocks for ref in checkpoint.blocks[i].values()]
-        streamed += [] if plan.head_resident else list(checkpoint.head_refs)
-        self.streamed_files = {ref.path for ref in streamed}
-        self.maps = FileMaps(drop_cache=drop_cache)
-        self.zero_copy = (
-            bool(streamed)
-            and all(can_map(ref, ram_dtype(ref, dtype)) for ref in streamed)
-            and self.maps.can_lease(self.streamed_files)
+        self.streamed_files = {ref.path for ref in streamed_refs(checkpoint, plan)}
+        self.direct_files = reads.direct_files(self.streamed_files)
+        self.reader = self.new_reader()
+        self.maps = FileMaps(drop_cache=self.drop_cache)
+        self.zero_copy = reads.path == "mapped"
+        """Streamed units are used from file mappings (mapped.py)."""
+        self.layouts: dict[Unit, SpanLayout] = (
+            {unit: span_layout(self._pieces(unit)) for unit in self.pass_units()} if reads.path == "direct" else {}
         )
+        """Direct I/O in place: each streamed unit's file spans, read into an aligned slot (direct.py)."""
+
+    def new_reader(self) -> TensorReader:
+        staging = self.plan.staging_bytes or CHUNK_BYTES
+        return TensorReader(drop_cache=self.drop_cache, staging_bytes=staging, direct_files=self.direct_files)
+
+    def _pieces(self, unit: Unit) -> list[Piece]:
+        ckpt = self.checkpoint
+        if unit[0] == "block":
+            return [Piece(name, ref) for name, ref in ckpt.blocks[unit[1]].items()]
+        r0, r1 = self.head_chunk_range(unit[1])
+        row = ckpt.head.shape[1]
+        pieces = [Piece("head", ckpt.head, r0 * row, (r1 - r0) * row)]
+        return pieces + ([Piece("scales", ckpt.head_scales, r0, r1 - r0)] if ckpt.head_scales else [])
 
     def load(self, on_progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]) -> None:
         """Read the resident set into RAM, reporting (done bytes, total bytes, what)."""
@@ -160,9 +172,14 @@ class WeightStore:
         on_progress(done, total, "done")
         if plan.streams:
             # Mapped units need no buffer: the slots then only bound how many are faulted in at once.
-            self._slots = [
-                None if self.zero_copy else Slot(ckpt, plan.slot_bytes, self.dtype) for _ in range(STREAM_SLOTS)
-            ]
+            self._slots = [self._new_slot() for _ in range(STREAM_SLOTS)]
+
+    def _new_slot(self) -> Slot | Tensor | None:
+        if self.zero_copy:
+            return None
+        if self.layouts:  # sized for the largest unit's spans: a block, or a head chunk with its padding
+            return aligned_buffer(max(layout.nbytes for layout in self.layouts.values()))
+        return Slot(self.checkpoint, self.plan.slot_bytes, self.dtype)
 
     def embed_rows(self, ids: list[int]) -> tuple[Tensor, int]:
         """Embedding rows for ids (T, H) in the compute dtype, and bytes read from disk for them."""
@@ -210,11 +227,14 @@ class Prefetcher:
         self._passes = passes
         self._cancel = cancel
         self._stop = threading.Event()
-        self._free: queue.Queue[Slot | None] = queue.Queue()
+        self._free: queue.Queue[Slot | Tensor | None] = queue.Queue()
         for slot in store._slots:
             self._free.put(slot)
         self._ready: queue.Queue[Fetched | BaseException] = queue.Queue()
-        self._reader = TensorReader(drop_cache=store.drop_cache, staging_bytes=store.plan.staging_bytes or CHUNK_BYTES)
+        self._reader = store.new_reader()
+        self._direct = (
+            DirectReader(store.direct_files, drop_cache=store.drop_cache) if store.layouts and self._units else None
+        )
         self._thread = threading.Thread(target=self._run, name="bloomtui-prefetch", daemon=True)
         self._files = {unit: self._unit_files(unit) for unit in self._units}
         if self._units:
@@ -243,14 +263,19 @@ class Prefetcher:
                 for path in self._files[unit]:
                     self._store.guard.check(path)
                 start = time.perf_counter()
-                fetched = self._map(unit) if self._store.zero_copy else self._read(unit, slot)
+                if self._store.zero_copy:
+                    fetched = self._map(unit)
+                elif self._direct is not None:
+                    fetched = self._read_spans(unit, slot)
+                else:
+                    fetched = self._read(unit, slot)
                 fetched.slot = slot
                 fetched.read_seconds = time.perf_counter() - start
                 self._ready.put(fetched)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._ready.put(exc)
 
-    def _wait_free(self) -> tuple[Slot | None] | None:
+    def _wait_free(self) -> tuple[Slot | Tensor | None] | None:
         """Take a free slot (wrapped, as a mapped run's slots are None), or None when the run stops."""
         while not self._stopping():
             try:
@@ -274,6 +299,17 @@ class Prefetcher:
         if scales is not None:
             nbytes += self._reader.read_range(ckpt.head_scales, r0, r1 - r0, scales, self._stopping)
         return Fetched(unit, None, int8_rows(chunk, scales), nbytes, 0.0, slot, [])
+
+    def _read_spans(self, unit: Unit, buffer: Tensor) -> Fetched:
+        assert self._direct is not None
+        layout = self._store.layouts[unit]
+        nbytes = self._direct.read_spans(layout.spans, buffer, self._stopping)
+        views = layout.views(buffer)
+        if unit[0] == "block":
+            return Fetched(unit, assemble(views, self._store.checkpoint.scheme), None, nbytes, 0.0, buffer, [])
+        r0, r1 = self._store.head_chunk_range(unit[1])
+        matrix = views["head"].view(r1 - r0, -1)
+        return Fetched(unit, None, int8_rows(matrix, views.get("scales")), nbytes, 0.0, buffer, [])
 
     def _map(self, unit: Unit) -> Fetched:
         kind, index = unit
@@ -336,6 +372,8 @@ class Prefetcher:
         if self._thread.is_alive():
             self._thread.join()
         self._reader.close()
+        if self._direct is not None:
+            self._direct.close()
         self._store.maps.drop_leases()  # after the join: nothing touches mapped pages any more
 
     def __enter__(self) -> Prefetcher:

@@ -2,7 +2,9 @@
 
 `pread` into the destination (or a small staging buffer when the dtype must change), in chunks so a
 cancel lands mid-read, optionally dropping what was read from the OS page cache: a model bigger than RAM
-streamed through the page cache would only push the user's other programs out of memory.
+streamed through the page cache would only push the user's other programs out of memory. Files marked for
+direct I/O are read with O_DIRECT through an aligned staging buffer instead (direct.py), which fills no
+page cache at all: the path for streamed tensors that must change dtype on the way in.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bloomtui.engine.direct import ALIGN, aligned_buffer, viewable
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
@@ -28,20 +31,24 @@ def _byte_view(t: Tensor) -> memoryview:
 class TensorReader:
     """Owns open file descriptors and a staging buffer: give each thread its own reader."""
 
-    def __init__(self, *, drop_cache: bool, staging_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self, *, drop_cache: bool, staging_bytes: int = CHUNK_BYTES, direct_files: dict[Path, bool] | None = None
+    ) -> None:
         self.drop_cache = drop_cache and _HAS_FADVISE
-        self._fds: dict[Path, int] = {}
+        self._fds: dict[tuple[Path, bool], int] = {}
         self._staging: Tensor | None = None
         self._staging_bytes = staging_bytes
+        self._direct_files = direct_files or {}
+        """Files read with O_DIRECT (probed by direct.probe_direct)."""
 
-    def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
+    def _fd(self, path: Path, direct: bool = False) -> int:
+        fd = self._fds.get((path, direct))
         if fd is None:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
             except OSError as exc:
                 raise CheckpointError(f"{path}: cannot open ({exc.strerror})") from None
-            self._fds[path] = fd
+            self._fds[(path, direct)] = fd
         return fd
 
     def _pread_into(self, path: Path, offset: int, view: memoryview, should_stop: Callable[[], bool]) -> None:
@@ -71,6 +78,8 @@ class TensorReader:
         assert dest.is_contiguous() and dest.numel() == count
         item = ref.dtype.itemsize
         offset = ref.offset + first * item
+        if self._direct_files.get(ref.path) and viewable(ref):
+            return self._read_direct(ref, offset, count, dest, should_stop)
         if dest.dtype == ref.dtype:
             self._pread_into(ref.path, offset, _byte_view(dest), should_stop)
             return count * item
@@ -84,9 +93,42 @@ class TensorReader:
             flat[e0:e1].copy_(raw.view(ref.dtype))
         return count * item
 
-    def _staging_buffer(self) -> Tensor:
-        if self._staging is None:
-            self._staging = torch.empty(self._staging_bytes, dtype=torch.uint8)
+    def _read_direct(
+        self, ref: TensorRef, offset: int, count: int, dest: Tensor, should_stop: Callable[[], bool]
+    ) -> int:
+        """O_DIRECT reads of the aligned span around each chunk into the aligned staging buffer, then one
+        copy (converting the dtype if it must) into `dest`."""
+        staging = self._staging_buffer(aligned=True)
+        item, flat = ref.dtype.itemsize, dest.view(-1)
+        per_chunk = max(1, (len(staging) - 2 * ALIGN) // item)
+        fd = self._fd(ref.path, direct=True)
+        for e0 in range(0, count, per_chunk):
+            e1 = min(count, e0 + per_chunk)
+            start, end = offset + e0 * item, offset + e1 * item
+            lead = start % ALIGN
+            length = -(-(lead + end - start) // ALIGN) * ALIGN
+            if should_stop():
+                raise CancelRequested
+            view = _byte_view(staging[:length])
+            done = 0
+            while done < length:
+                try:
+                    n = os.preadv(fd, [view[done:]], start - lead + done)
+                except OSError as exc:
+                    raise CheckpointError(f"{ref.path}: read failed ({exc.strerror})") from None
+                if n <= 0:
+                    break
+                done += n
+            if done < lead + end - start:
+                raise CheckpointError(f"{ref.path}: truncated (read past the end at byte {start - lead + done})")
+            flat[e0:e1].copy_(staging[lead : lead + end - start].view(ref.dtype))
+        return count * item
+
+    def _staging_buffer(self, aligned: bool = False) -> Tensor:
+        if self._staging is None or (aligned and self._staging.data_ptr() % ALIGN):
+            # Room for a chunk and the alignment around it when direct reads use it.
+            nbytes = self._staging_bytes + (2 * ALIGN if aligned else 0)
+            self._staging = aligned_buffer(nbytes) if aligned else torch.empty(nbytes, dtype=torch.uint8)
         return self._staging
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import psutil
+import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.reader import CHUNK_BYTES
@@ -77,6 +78,17 @@ class ResidencyPlan:
     @property
     def total_bytes(self) -> int:
         return self.resident_bytes + self.buffer_bytes
+
+
+def ram_dtype(ref: TensorRef, compute: torch.dtype) -> torch.dtype:
+    """Floats are held in the compute dtype; quantised integers as stored."""
+    return compute if ref.dtype.is_floating_point else ref.dtype
+
+
+def streamed_refs(checkpoint: Checkpoint, plan: ResidencyPlan) -> list[TensorRef]:
+    """Every stored tensor a pass reads from disk under the plan: streamed blocks, then the head if streamed."""
+    refs = [ref for i in plan.streamed_blocks for ref in checkpoint.blocks[i].values()]
+    return refs + ([] if plan.head_resident else list(checkpoint.head_refs))
 
 
 def ram_bytes(ref: TensorRef, itemsize: int) -> int:

@@ -1,7 +1,8 @@
 """Model files changing under an open model: the run ends with an error naming the file, never a crash.
 
-Two streaming paths are covered: float32 checkpoints computed in float32 are streamed from a file mapping
-(where a truncated file would raise SIGBUS on touch), float16 ones are read with pread into buffers.
+Three streaming paths are covered: float32 checkpoints computed in float32 are streamed from a file mapping
+(where a truncated file would raise SIGBUS on touch), float16 ones are read with pread into buffers, and
+float32 ones again with direct I/O into aligned buffers (`--reads direct`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from bloomtui.engine.residency import budget_for
 from bloomtui.errors import CheckpointError
 from tests.checkpoints import write_checkpoint
 
-PATHS = ("mapped", "read")
+PATHS = ("mapped", "read", "direct")
+READS = {"mapped": "cached", "read": "cached", "direct": "direct"}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "mapped": write_checkpoint(root / "f32", preset="small", dtype="float32").path,
         "read": write_checkpoint(root / "f16", preset="small", dtype="float16").path,
+        "direct": write_checkpoint(root / "f32-direct", preset="small", dtype="float32").path,
     }
 
 
@@ -78,7 +81,9 @@ def test_cli_run_survives_file_fault(originals: dict[str, Path], tmp_path: Path,
     budget = str(_streaming_budget(model))
     cmd = [sys.executable, "-m", "bloomtui", "generate", str(model), "Hello", "--max-new-tokens", "100000"]
     child = subprocess.Popen(
-        [*cmd, "--ignore-eos", "--ram-budget", budget, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*cmd, "--ignore-eos", "--ram-budget", budget, "--reads", READS[path], "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         lines = []
@@ -108,7 +113,8 @@ def engine_on(originals: dict[str, Path], tmp_path: Path):  # noqa: ANN201
 
     def open_copy(path: str) -> tuple[Engine, Path]:
         model = _copy(originals, path, tmp_path)
-        engine = Engine.open(model, EngineOptions(ram_budget=_streaming_budget(model)))
+        engine = Engine.open(model, EngineOptions(ram_budget=_streaming_budget(model), reads=READS[path]))
+        assert engine.store.reads.direct == (path == "direct")
         opened.append(engine)
         return engine, model
 
@@ -134,7 +140,7 @@ def test_file_changed_between_runs_then_reopen(engine_on, path: str, fault: str)
     assert isinstance(seen[-1], events.Error) and str(_weights(model)) in seen[-1].message
     engine.close()
     _weights(model).write_bytes(original)  # the download finished: reopening works again
-    again = Engine.open(model, EngineOptions(ram_budget=_streaming_budget(model)))
+    again = Engine.open(model, EngineOptions(ram_budget=_streaming_budget(model), reads=READS[path]))
     try:
         assert again.generate("Hello", PARAMS).token_ids == first.token_ids
     finally:
@@ -181,13 +187,14 @@ def test_writer_during_mapped_run_waits_for_the_block_then_the_run_stops(engine_
     assert writer_done.wait(10)
 
 
-def test_read_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    engine, model = engine_on("read")
+@pytest.mark.parametrize(("path", "module"), [("read", "reader"), ("direct", "direct")])
+def test_read_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch, path: str, module: str) -> None:  # noqa: ANN001
+    engine, model = engine_on(path)
 
     def failing_preadv(*_args: object) -> int:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr("bloomtui.engine.reader.os.preadv", failing_preadv)
+    monkeypatch.setattr(f"bloomtui.engine.{module}.os.preadv", failing_preadv)
     with pytest.raises(CheckpointError, match=rf"{_weights(model)}: read failed \(Input/output error\)"):
         engine.generate("Hello", PARAMS)
 

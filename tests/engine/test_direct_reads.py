@@ -1,0 +1,250 @@
+"""Direct I/O for streamed weights: exact results in every layout, nothing left in (or taken from) the page
+cache, files whose filesystem refuses O_DIRECT read the ordinary way, and the per-model choice."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bloomtui.engine import Engine, EngineOptions, SamplingParams
+from bloomtui.engine import direct as direct_io
+from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.direct import ALIGN, DirectReader, Piece, span_layout
+from bloomtui.engine.read_choice import choose_reads
+from bloomtui.engine.residency import minimum_budget, plan_residency, streamed_refs
+from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.errors import UsageError
+from tests.checkpoints import write_checkpoint
+from tests.engine.test_parity import PROMPT, assert_parity
+from tests.pagecache import cached_pages, evict, on_tmpfs
+
+PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True)
+
+
+def _all_streamed(path: Path, reads: str, itemsize: int = 4) -> EngineOptions:
+    return EngineOptions(ram_budget=minimum_budget(Checkpoint.open(path), itemsize), reads=reads)
+
+
+def test_spans_mirror_the_file_and_views_hold_the_tensors(tmp_path: Path) -> None:
+    written = write_checkpoint(tmp_path / "m", preset="small", dtype="float32")
+    ckpt = Checkpoint.open(written.path)
+    stored = load_file(str(written.path / "model.safetensors"))
+    pieces = [Piece(name, ref) for name, ref in ckpt.blocks[1].items()]
+    head = ckpt.head
+    pieces.append(Piece("rows", head, 5 * head.shape[1], 3 * head.shape[1]))  # rows 5..7 of the head
+    layout = span_layout(pieces)
+    assert all(s.start % ALIGN == 0 and s.length % ALIGN == 0 and s.at % ALIGN == 0 for s in layout.spans)
+    assert layout.nbytes >= layout.payload
+    buffer = direct_io.aligned_buffer(layout.nbytes)
+    assert buffer.data_ptr() % ALIGN == 0
+    reader = DirectReader({written.path / "model.safetensors": True}, drop_cache=False)
+    try:
+        got = reader.read_spans(layout.spans, buffer, lambda: False)
+    finally:
+        reader.close()
+    assert got >= layout.payload
+    views = layout.views(buffer)
+    for name in ckpt.blocks[1]:
+        key = next(k for k in stored if k.endswith(name) and ".1." in k)
+        assert torch.equal(views[name], stored[key]), name
+    head_key = next(k for k in stored if k.endswith("lm_head.weight"))
+    assert torch.equal(views["rows"].view(3, -1), stored[head_key][5:8])
+
+
+def test_tensors_at_odd_offsets_get_aligned_spans(tmp_path: Path) -> None:
+    data = os.urandom(3 * ALIGN + 100)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    pieces = [
+        Piece("a", TensorRef(path, 10, torch.uint8, (50,))),
+        Piece("b", TensorRef(path, 2 * ALIGN + 7, torch.uint8, (90,))),
+    ]
+    layout = span_layout(pieces)
+    assert len(layout.spans) == 1  # near enough to read as one span
+    buffer = direct_io.aligned_buffer(layout.nbytes)
+    reader = DirectReader({path: True}, drop_cache=False)
+    try:
+        reader.read_spans(layout.spans, buffer, lambda: False)
+    finally:
+        reader.close()
+    views = layout.views(buffer)
+    assert bytes(views["a"].numpy()) == data[10:60]
+    assert bytes(views["b"].numpy()) == data[2 * ALIGN + 7 : 2 * ALIGN + 97]  # ends in the file's last, partial page
+
+
+@pytest.mark.parametrize(
+    ("dtype", "layout", "untied", "path"),
+    [
+        ("float32", "safetensors", True, "direct"),  # in place, head streamed in chunks
+        ("float16", "safetensors-sharded", True, "direct-staged"),  # converted to float32 on the way in
+        ("float32", "bin-sharded", True, "direct"),  # PyTorch zip files
+        ("float32", "bigscience", False, "direct"),  # tied head streamed
+    ],
+)
+def test_direct_reads_match_transformers(tmp_path: Path, dtype: str, layout: str, untied: bool, path: str) -> None:
+    written = write_checkpoint(tmp_path / "m", preset="small", dtype=dtype, layout=layout, untied=untied)
+    options = _all_streamed(written.path, "direct")
+    engine = Engine.open(written.path, options)
+    reads, plan = engine.store.reads, engine.model_plan.plan
+    engine.close()
+    assert reads.path == path and not reads.refused
+    assert len(plan.streamed_blocks) == plan.n_blocks and not plan.head_resident
+    assert_parity(written, PROMPT, n=12, options=options)
+
+
+def test_prepared_folders_stream_directly_with_the_same_ids(tmp_path: Path) -> None:
+    from bloomtui.engine.prepare import prepare
+
+    written = write_checkpoint(tmp_path / "m", preset="small", dtype="bfloat16")
+    out = tmp_path / "int8"
+    prepare(written.path, out, "int8")
+    ids = {}
+    for reads in ("cached", "direct"):
+        engine = Engine.open(out, _all_streamed(out, reads, itemsize=2))
+        try:
+            assert engine.store.reads.direct == (reads == "direct")
+            assert not engine.model_plan.plan.head_resident  # int8 head rows with their scales, in chunks
+            ids[reads] = engine.generate(PROMPT, PARAMS).token_ids
+        finally:
+            engine.close()
+    assert ids["direct"] == ids["cached"]
+
+
+@pytest.fixture
+def disk_model(tmp_path: Path) -> Path:
+    if on_tmpfs(tmp_path):
+        pytest.skip("the test folder is on tmpfs, whose files are their page cache")
+    return write_checkpoint(tmp_path / "m", preset="small", dtype="float32").path
+
+
+def _streamed_pages(engine: Engine) -> tuple[int, int]:
+    """(cached, total) pages inside the streamed tensors' byte ranges."""
+    counts = [
+        cached_pages(ref.path, ref.offset, ref.offset + ref.nbytes)
+        for ref in streamed_refs(engine.model_plan.checkpoint, engine.model_plan.plan)
+    ]
+    return sum(c for c, _ in counts), sum(n for _, n in counts)
+
+
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_direct_run_leaves_the_page_cache_as_it_found_it(disk_model: Path, start: str) -> None:
+    weights = disk_model / "model.safetensors"
+    engine = Engine.open(disk_model, _all_streamed(disk_model, "direct"))
+    try:
+        assert engine.store.reads.path == "direct"
+        evict(weights)
+        if start == "warm":
+            weights.read_bytes()
+        before, total = _streamed_pages(engine)
+        assert total > 100 and before == (0 if start == "cold" else total)
+        engine.generate(PROMPT, PARAMS)
+        assert _streamed_pages(engine) == (before, total)
+    finally:
+        engine.close()
+
+
+def test_cached_reads_fill_the_page_cache(disk_model: Path) -> None:
+    """The contrast that shows the page count above can see a run's reads."""
+    engine = Engine.open(disk_model, _all_streamed(disk_model, "cached"))
+    try:
+        assert engine.store.reads.path == "mapped" and not engine.store.drop_cache
+        evict(disk_model / "model.safetensors")
+        engine.generate(PROMPT, PARAMS)
+        cached, total = _streamed_pages(engine)
+        assert cached == total
+    finally:
+        engine.close()
+
+
+def test_a_file_that_refuses_o_direct_is_read_with_pread(disk_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = disk_model / "model.safetensors"
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):  # noqa: ANN001, ANN202 - as a FUSE or network mount answers
+        if flags & os.O_DIRECT and Path(path) == weights:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(direct_io.os, "open", refusing_open)
+    options = _all_streamed(disk_model, "direct")
+    engine = Engine.open(disk_model, options)
+    try:
+        assert engine.store.reads.refused == (weights,)
+        assert "refuse O_DIRECT" in engine.store.reads.describe()
+        got = engine.generate(PROMPT, PARAMS).token_ids
+    finally:
+        engine.close()
+    monkeypatch.undo()
+    reference = Engine.open(disk_model, _all_streamed(disk_model, "cached"))
+    try:
+        assert reference.generate(PROMPT, PARAMS).token_ids == got
+    finally:
+        reference.close()
+
+
+def test_a_model_on_tmpfs_streams_directly_or_falls_back(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    folder = shm / f"bloomtui-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        written = write_checkpoint(folder, preset="tiny", dtype="float32")
+        weights = written.path / "model.safetensors"
+        engine = Engine.open(written.path, _all_streamed(written.path, "direct"))
+        try:
+            # Kernels before 6.6 refuse O_DIRECT on tmpfs; later ones take it. Either way the run works.
+            assert (weights in engine.store.reads.refused) == (not direct_io.probe_direct(weights))
+            engine.generate(PROMPT, PARAMS)
+        finally:
+            engine.close()
+        assert_parity(written, PROMPT, n=6, options=_all_streamed(written.path, "direct"))
+    finally:
+        for child in folder.glob("*"):
+            child.unlink()
+        folder.rmdir()
+
+
+def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    ckpt = Checkpoint.open(tiny_model.path)
+    plan = plan_residency(ckpt, 4, minimum_budget(ckpt, 4))
+    assert choose_reads(ckpt, plan, torch.float32, None).path in ("mapped", "buffered")
+
+    class Scarce:
+        available = ckpt.total_file_bytes // 2
+
+    monkeypatch.setattr("bloomtui.engine.read_choice.psutil.virtual_memory", lambda: Scarce)
+    choice = choose_reads(ckpt, plan, torch.float32, "auto")
+    assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
+    forced = choose_reads(ckpt, plan, torch.float32, "cached")
+    assert not forced.direct and forced.drop_cache  # what is cached is dropped again: it cannot stay
+    resident = plan_residency(ckpt, 4, 10**10)
+    assert choose_reads(ckpt, resident, torch.float32, "direct").path == ""  # nothing to stream
+    with pytest.raises(UsageError, match="--reads must be one of"):
+        choose_reads(ckpt, plan, torch.float32, "fast")
+
+
+def test_cancel_lands_mid_direct_read(tmp_path: Path) -> None:
+    import threading
+
+    from bloomtui.engine import events as ev
+
+    written = write_checkpoint(tmp_path / "m", preset="small", dtype="float32")
+    engine = Engine.open(written.path, _all_streamed(written.path, "direct"))
+    cancel = threading.Event()
+
+    def on_event(event: ev.Event) -> None:
+        if isinstance(event, ev.BlockDone) and event.token_index == 2 and event.index == 1:
+            cancel.set()
+
+    try:
+        result = engine.generate(PROMPT, SamplingParams(max_new_tokens=50), on_event=on_event, cancel=cancel)
+        assert isinstance(result, ev.Cancelled) and result.new_tokens == 2
+        again = engine.generate(PROMPT, PARAMS)  # the slots are free again after the cancelled reads
+        assert len(again.token_ids) == PARAMS.max_new_tokens
+    finally:
+        engine.close()
