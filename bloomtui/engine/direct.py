@@ -30,8 +30,9 @@ from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
 ALIGN = max(4096, mmap.PAGESIZE)
-DIRECT_CHUNK = 8 * 1024 * 1024
-"""Bytes per read: large enough that the kernel splits it into several requests of the disk's maximum size."""
+DIRECT_CHUNK = 32 * 1024 * 1024
+"""Bytes per read: the kernel splits one into several requests of the disk's maximum size, all in flight at once;
+measured here, 8 MiB reads with 2 in flight ran 0.79-1.75 s per bloom-560m-shape pass, 32 MiB ones 0.75-0.94 s."""
 DIRECT_INFLIGHT = 2
 """Reads in flight at once: one keeps the queue full while the other completes."""
 _MERGE_GAP = 256 * 1024
@@ -165,9 +166,11 @@ class DirectReader:
         direct_files: dict[Path, bool],
         *,
         drop_cache: bool,
-        inflight: int = DIRECT_INFLIGHT,
-        chunk: int = DIRECT_CHUNK,
+        inflight: int | None = None,
+        chunk: int | None = None,
     ) -> None:
+        inflight = inflight or DIRECT_INFLIGHT
+        chunk = chunk or DIRECT_CHUNK
         self._direct = direct_files
         """Per file: whether it is read with O_DIRECT (else plain pread into the same buffers)."""
         self._drop_cache = drop_cache and hasattr(os, "posix_fadvise")

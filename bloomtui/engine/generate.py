@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from bloomtui.engine import cpu_share
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.cpu_profile import cpu_profile
+from bloomtui.engine.cpu_share import CpuShare
 from bloomtui.engine.drafting import (
     AdaptiveK,
     Drafter,
@@ -134,6 +136,13 @@ class Engine:
         self._generation = 0
         self._lock = threading.Lock()
         self._tokenizer_identity: tuple[object, object] | None = None
+        self.cpu_share: CpuShare | None = None
+        """Sizes torch's thread team to the cores other programs leave (cpu_share.py); None with --threads."""
+
+    def fit_threads(self) -> None:
+        """Before a pass: as many compute threads as the cores other programs leave free."""
+        if self.cpu_share is not None and (n := self.cpu_share.look()) != torch.get_num_threads():
+            torch.set_num_threads(n)
 
     def tokenizer_identity(self) -> tuple[object, object]:
         """(vocabulary, merges), computed once: a draft's tokenizer must equal the target's."""
@@ -190,7 +199,10 @@ class Engine:
         except BaseException:
             store.close()
             raise
-        return cls(model_plan, tokenizer, store)
+        engine = cls(model_plan, tokenizer, store)
+        if not options.threads and cpu_share.supported():
+            engine.cpu_share = CpuShare(torch.get_num_threads())
+        return engine
 
     def close(self) -> None:
         self.store.close()
@@ -330,6 +342,7 @@ class _Run:
                     )
                 done = False
                 while not done:
+                    engine.fit_threads()
                     t0 = time.perf_counter()
                     step = len(self.token_ids)
                     proposal = Proposal()

@@ -73,6 +73,7 @@ def score(
         passes = engine.passes(generation, emit, cancel, prefetch)
         passes.rss()
         for index, window in enumerate(windows):
+            engine.fit_threads()
             t0 = time.perf_counter()
             caches = [KVCache.empty(cfg, len(window), dtype) for _ in range(cfg.n_layer)]
             h = passes.hidden(window, 0, caches, alibi, "score", index)
