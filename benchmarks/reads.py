@@ -1,6 +1,6 @@
 """Streamed reads against compute: direct I/O, the page cache and the raw read floors, paired in one run.
 
-    python -m benchmarks.reads [--quick] [--tokens 6] [--skip-wide] [--work DIR] [--update BENCHMARKS.md]
+    python -m benchmarks.reads [--quick] [--tokens 6] [--repeats 2] [--skip-wide] [--work DIR] [--update FILE]
 
 For each model (bloom-560m's shape; 4 blocks of bloom-7b1's width, hidden 4096; 3 blocks of BLOOM-176B's
 width, hidden 14336; bf16, and for the first two the int8/int4 copies `bloomtui prepare` makes), with every
@@ -88,22 +88,23 @@ def _med(xs: list[float]) -> float:
 
 
 def _compute(job: Job) -> float:
-    """Median block compute of a decode pass (all blocks), seconds."""
-    if not job.runs:
-        return math.nan
-    return _med([b["compute"] for b in job.runs[0]["blocks"][1:]])
+    """Block compute of a decode pass (all blocks), seconds: the median over runs of each run's median."""
+    return _med([_med([b["compute"] for b in r["blocks"][1:]]) for r in job.runs])
 
 
 def _decode(job: Job) -> float:
-    return job.runs[0]["decode_s"] if job.runs else math.nan
+    return _med([r["decode_s"] for r in job.runs])
 
 
 def _floor(job: Job) -> tuple[float, float, int]:
-    """(seconds per pass's reads, CPU seconds of them, bytes) of a raw reader, medians."""
+    """(seconds per pass's reads, CPU seconds of them, bytes) of a raw reader, medians over runs."""
     if not job.runs:
         return math.nan, math.nan, 0
-    r = job.runs[0]
-    return _med(r["token_s"]), _med(r["cpu_s"]), r["bytes"]
+    return (
+        _med([_med(r["token_s"]) for r in job.runs]),
+        _med([_med(r["cpu_s"]) for r in job.runs]),
+        job.runs[0]["bytes"],
+    )
 
 
 def _x(value: float) -> str:
@@ -120,9 +121,10 @@ def section(results: list[tuple[Case, dict[str, Job]]], args: argparse.Namespace
         BEGIN,
         "## Streamed reads against compute: direct I/O and the page cache",
         "",
-        f"`python -m benchmarks.reads{' --quick' if args.quick else ''} --tokens {args.tokens}` (commit {commit}, "
-        f"{time.strftime('%Y-%m-%d')}): every block and the LM head streamed (the minimum budget), greedy, "
-        "decode medians; each model's rows one after another in one run. Block compute is a decode pass's "
+        f"`python -m benchmarks.reads{' --quick' if args.quick else ''} --tokens {args.tokens} --repeats "
+        f"{args.repeats}` (commit {commit}, {time.strftime('%Y-%m-%d')}): every block and the LM head streamed "
+        "(the minimum budget), greedy, decode medians over the runs; each model's jobs interleaved in one run. "
+        "Block compute is a decode pass's "
         "`BlockDone.compute_seconds` summed over its blocks; 'alone' is the same model wholly resident.",
         "",
         "| model | read/pass | resident s/token | direct s/token | compute while streaming ÷ alone: direct "
@@ -173,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small checkpoints (a test of the benchmark)")
     parser.add_argument("--tokens", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each job, interleaved (176B width: 1)")
     parser.add_argument("--skip-wide", action="store_true", help="leave out the 176B-width blocks (15 GB)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--timeout", type=float, default=900)
@@ -185,12 +188,13 @@ def main() -> None:
     results = []
     for case in models(args, say):
         jobs = jobs_for(case, 3 if case.cold_only else args.tokens, args.timeout)
-        for name, job in jobs.items():
-            if name in ("direct", "cached cold", "floor pread", "floor direct", "resident"):
-                evict(weight_files(case.model))
-            t0 = time.perf_counter()
-            run_job(job)
-            say(f"{case.label} / {name}: {time.perf_counter() - t0:.0f} s {job.errors or ''}")
+        for _ in range(1 if case.cold_only else args.repeats):  # a shared disk drifts: interleave the repeats
+            for name, job in jobs.items():
+                if name != "cached warm":
+                    evict(weight_files(case.model))
+                t0 = time.perf_counter()
+                run_job(job)
+                say(f"{case.label} / {name}: {time.perf_counter() - t0:.0f} s {job.errors or ''}")
         results.append((case, jobs))
         evict(weight_files(case.model))
     text = section(results, args)

@@ -724,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--cold", action="store_true")
     p.add_argument("--threads", type=int)
+    p.add_argument("--reads", choices=("auto", "direct", "cached"), help="EngineOptions.reads")
     p = sub.add_parser("membw")
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--reps", type=int, default=7)

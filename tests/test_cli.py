@@ -62,8 +62,14 @@ def test_info(tiny_model: Written) -> None:
     assert run.returncode == 0, run.stderr
     info = json.loads(run.stdout)
     assert info["n_layer"] == 4 and info["streamed_blocks"] and info["stored_dtype"] == "float16"
+    assert info["reads"] == "buffered" and "fit in free memory" in info["reads_reason"]  # fp16: read and converted
+    assert info["threads_follow_load"] and info["threads"] >= 1
     human = bloomtui("info", str(tiny_model.path))
-    assert "resident    4/4 blocks" in human.stdout
+    assert "resident    4/4 blocks" in human.stdout and "\nreads " not in human.stdout  # nothing streams
+    assert "fewer while other programs hold cores" in human.stdout
+    forced = bloomtui("info", str(tiny_model.path), "--ram-budget", "1.2MB", "--reads", "direct", "--threads", "1")
+    assert "reads       direct I/O (O_DIRECT through a staging buffer" in forced.stdout, forced.stdout
+    assert "--reads direct" in forced.stdout and "threads     1 (--threads)" in forced.stdout
 
 
 def test_demo_model_then_generate(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def info(args: argparse.Namespace) -> int:
         "resident_bytes": plan.resident_bytes,
         "buffer_bytes": plan.buffer_bytes,
         "streamed_bytes_per_token": disk_stream,
+        "threads": args.threads or _torch_threads(),
+        "threads_follow_load": not args.threads,
         "reads": mp.reads.path or None,
         "reads_reason": mp.reads.reason,
         "reads_refused_direct": [str(path) for path in mp.reads.refused],
@@ -73,6 +75,10 @@ def info(args: argparse.Namespace) -> int:
         group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
         print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
     print(f"prefill     {data['prefill']}")
+    if args.threads:
+        print(f"threads     {args.threads} (--threads)")
+    else:
+        print(f"threads     {data['threads']}, fewer while other programs hold cores (--threads N fixes the count)")
     defaults = data["generation_defaults"]
     if defaults:
         listed = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in defaults.items())
@@ -105,3 +111,9 @@ def _ranges(indices: Sequence[int]) -> str:
             parts.append(str(start) if start == i else f"{start}-{i}")
             start = None
     return ", ".join(parts)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 _MIN_WINDOW_S = 0.25
@@ -36,6 +37,14 @@ def read_sample() -> Sample:
     # user nice system idle iowait irq softirq steal (guest time is already inside user)
     busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + (ticks[7] if len(ticks) > 7 else 0)
     return Sample(time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time())
+
+
+@cache
+def default_threads() -> int:
+    """torch's own thread count (one per core, or OMP_NUM_THREADS), read before bloomtui first changes it."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def supported() -> bool:

@@ -63,7 +63,7 @@ class EngineOptions:
     dtype: str | None = None
     """Compute dtype, "float32" or "bfloat16"; None follows the checkpoint (fp16 is computed in fp32)."""
     threads: int | None = None
-    """torch intra-op threads; None keeps torch's default."""
+    """torch intra-op threads; None: torch's default, fewer while other programs hold cores (cpu_share.py)."""
     reads: str | None = None
     """How streamed weights are read: "direct", "cached", or None/"auto" to decide per model (read_choice.py)."""
 
@@ -188,8 +188,8 @@ class Engine:
         cancel: threading.Event | None = None,
     ) -> Engine:
         """Read the checkpoint's layout and the resident weights. Raises BloomtuiError on bad input."""
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        quiet = cpu_share.default_threads()
+        torch.set_num_threads(options.threads or quiet)  # the process's: an earlier model may have changed it
         model_plan = ModelPlan.make(model, options)
         tokenizer = load_tokenizer(model_plan.path)
         store = WeightStore(model_plan.checkpoint, model_plan.plan, model_plan.dtype, model_plan.reads)
@@ -201,7 +201,7 @@ class Engine:
             raise
         engine = cls(model_plan, tokenizer, store)
         if not options.threads and cpu_share.supported():
-            engine.cpu_share = CpuShare(torch.get_num_threads())
+            engine.cpu_share = CpuShare(quiet)
         return engine
 
     def close(self) -> None:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import Protocol
 
 import psutil
-import torch
 
 from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams, events
 from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, check_same_tokenizer, open_draft
@@ -185,8 +183,8 @@ def open_engine(
     """Open `spec` and its draft model, if any. Raises BloomtuiError when the model cannot open (before
     `release` where the checks without weights find why); a draft that cannot be used leaves the model open
     without it (`draft_error` says why)."""
-    if options.threads is None:  # torch's threads are the process's: set them for every model, not only the demo
-        options = replace(options, threads=DEMO_THREADS if spec.demo else torch_default_threads())
+    if options.threads is None and spec.demo:  # other models follow the load (the engine's cpu_share.py)
+        options = replace(options, threads=DEMO_THREADS)
     if spec.demo:
         path = ensure_demo_model(on_status)
         # Trained in fp32 and this small, the demo loses ~6% perplexity to bf16 activations; fp32 costs nothing.
@@ -219,12 +217,6 @@ def open_engine(
         except BloomtuiError as exc:
             draft, draft_error = _close(draft), f"draft {spec.draft}: {exc.message}"
     return RealEngine(engine, spec, baseline, draft, draft_error)
-
-
-@cache
-def torch_default_threads() -> int:
-    """torch's own thread count, read before the app first changes it."""
-    return torch.get_num_threads()
 
 
 def check_openable(source: str, options: EngineOptions) -> None:

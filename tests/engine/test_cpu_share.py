@@ -72,3 +72,23 @@ def test_a_busy_process_is_seen_as_a_core_taken() -> None:
         busy.wait()
     # The loop holds a core, less what the machine's other work takes from it.
     assert share.others > 0.6
+
+
+def test_an_engine_follows_the_load_unless_threads_are_given(tiny_model) -> None:  # noqa: ANN001
+    import torch
+
+    from bloomtui.engine import Engine, EngineOptions, SamplingParams
+
+    quiet = cpu_share.default_threads()
+    fixed = Engine.open(tiny_model.path, EngineOptions(threads=1))
+    try:
+        assert torch.get_num_threads() == 1 and fixed.cpu_share is None
+    finally:
+        fixed.close()
+    engine = Engine.open(tiny_model.path)  # an earlier model's count does not stick
+    try:
+        assert torch.get_num_threads() == quiet
+        assert (engine.cpu_share is not None) == cpu_share.supported()
+        engine.generate("Hello", SamplingParams(max_new_tokens=3))
+    finally:
+        engine.close()
