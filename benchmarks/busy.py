@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
-from benchmarks.common import update_section
+from benchmarks.common import cpu_summary, update_section
 from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 
 BEGIN, END = "<!-- busy:begin -->", "<!-- busy:end -->"
@@ -71,7 +71,7 @@ def main() -> None:
         "## Beside a busy program",
         "",
         f"`python -m benchmarks.busy --repeats {args.repeats} --tokens {args.tokens}` (commit {commit}, "
-        f"{time.strftime('%Y-%m-%d')}, {cores} cores): bloom-560m's shape wholly resident, greedy, decode s/token "
+        f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}): bloom-560m's shape wholly resident, greedy, decode s/token "
         "(median of the runs); busy = one other process spinning on a core.",
         "",
         "| weights | quiet | busy, team fixed at the core count | busy, team sized by the engine | sized ÷ quiet |",

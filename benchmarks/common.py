@@ -111,3 +111,25 @@ def update_section(path: Path, text: str, begin: str, end: str) -> None:
         marker = "\n## Method notes"
         new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
     path.write_text(new)
+
+
+def cpu_summary() -> str:
+    """The CPU's name, cores and widest vector extension, for a section measured on this machine alone."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        vector = "AVX512-BF16"
+    elif "avx512f" in flags:
+        vector = "AVX512 (no BF16)"
+    elif "avx2" in flags:
+        vector = "AVX2 (no AVX512)"
+    else:
+        vector = "no AVX2"
+    return f"{name}, {os.cpu_count()} cores, {vector}"

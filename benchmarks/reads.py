@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.checkpoints import ModelSpec, PreparedSpec, ensure, ensure_prepared, full_specs, quick_specs
-from benchmarks.common import evict, update_section, weight_files
+from benchmarks.common import cpu_summary, evict, update_section, weight_files
 from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from bloomtui import demo
 from bloomtui.sizes import format_size
@@ -122,7 +122,8 @@ def section(results: list[tuple[Case, dict[str, Job]]], args: argparse.Namespace
         "## Streamed reads against compute: direct I/O and the page cache",
         "",
         f"`python -m benchmarks.reads{' --quick' if args.quick else ''} --tokens {args.tokens} --repeats "
-        f"{args.repeats}` (commit {commit}, {time.strftime('%Y-%m-%d')}): every block and the LM head streamed "
+        f"{args.repeats}` (commit {commit}, {time.strftime('%Y-%m-%d')}, {cpu_summary()}): every block and the LM "
+        "head streamed "
         "(the minimum budget), greedy, decode medians over the runs; each model's jobs interleaved in one run. "
         "Block compute is a decode pass's "
         "`BlockDone.compute_seconds` summed over its blocks; 'alone' is the same model wholly resident.",
