@@ -1,6 +1,7 @@
 """Streamed reads against compute: direct I/O, the page cache and the raw read floors, paired in one run.
 
-    python -m benchmarks.reads [--quick] [--tokens 6] [--repeats 2] [--skip-wide] [--work DIR] [--update FILE]
+    python -m benchmarks.reads [--quick] [--tokens 6] [--repeats 2] [--skip-wide | --only-wide] [--work DIR]
+                               [--update FILE]
 
 For each model (bloom-560m's shape; 4 blocks of bloom-7b1's width, hidden 4096; 3 blocks of BLOOM-176B's
 width, hidden 14336; bf16, and for the first two the int8/int4 copies `bloomtui prepare` makes), with every
@@ -52,6 +53,8 @@ def models(args: argparse.Namespace, say) -> list[Case]:  # noqa: ANN001 - print
     )
     cases = []
     for label, spec in (("bloom-560m shape", specs["bf16"]), ("bloom-7b1 width, 4 blocks", width7)):
+        if args.only_wide:
+            break
         source = ensure(spec, work, say)
         cases.append(Case(f"{label}, bf16", source))
         for scheme in ("int8", "int4"):
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each job, interleaved (176B width: 1)")
     parser.add_argument("--skip-wide", action="store_true", help="leave out the 176B-width blocks (15 GB)")
+    parser.add_argument("--only-wide", action="store_true", help="only the 176B-width blocks")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")

@@ -11,15 +11,16 @@ and the thread count.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from bloomtui.engine.profile_cache import kept_or_measured
 
 _ROWS, _IN, _OUT = 256, 1024, 2048
 _ONE_ROW_REPS = 20
@@ -94,20 +95,7 @@ def measure() -> CpuProfile:
 
 @cache
 def cpu_profile() -> CpuProfile:
-    from bloomtui.locations import cache_dir
-
     key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    path = cache_dir() / "cpu-profile.json"
-    try:
-        saved = json.loads(path.read_text())
-        return CpuProfile(**saved[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        saved = {}
-    profile = measure()
-    try:
-        saved = saved if isinstance(saved, dict) else {}
-        saved[key] = asdict(profile)
-        path.write_text(json.dumps(saved, indent=2) + "\n")
-    except OSError:
-        pass  # a read-only cache only costs the measurement next time
+    profile = kept_or_measured("cpu-profile.json", key, CpuProfile, measure)
+    assert profile is not None
     return profile

@@ -2,7 +2,8 @@
 
 Where the streamed set cannot stay in the page cache (the model does not fit in free memory beside our own:
 every BLOOM-176B token), caching it only evicts what the next pass needs and the user's other programs,
-and each buffered byte costs a CPU copy: direct I/O (direct.py) reads it by DMA instead. Where it can stay,
+and each buffered byte costs a CPU copy: direct I/O (direct.py) reads it by DMA instead, unless this disk
+was measured to read clearly faster through the page cache (disk_profile.py). Where it can stay,
 the page cache serves warm passes at memory speed, and tensors already stored in the compute dtype are used
 from mapped pages with no copy at all (mapped.py); other tensors are read with pread and converted.
 """
@@ -17,6 +18,7 @@ import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.direct import probe_direct, viewable
+from bloomtui.engine.disk_profile import disk_profile
 from bloomtui.engine.mapped import FileMaps, can_map
 from bloomtui.engine.residency import ResidencyPlan, ram_dtype, streamed_refs
 from bloomtui.errors import UsageError
@@ -77,6 +79,13 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
         mode = "direct"
         reason = f"the model's files and budget ({format_size(need)}) exceed free memory ({format_size(available)})"
     files = {ref.path for ref in refs}
+    if requested in (None, "auto") and mode == "direct":
+        profile = disk_profile(max(files, key=lambda path: path.stat().st_size))
+        if profile is not None:
+            reason += f"; {profile.describe()}"
+            if not profile.prefer_direct:
+                mode = "cached"
+                reason += ", so through the page cache, dropped after use"
     if mode == "direct":
         refused = tuple(sorted(path for path in files if not probe_direct(path)))
         in_place = all(ram_dtype(ref, dtype) == ref.dtype and viewable(ref) for ref in refs)

@@ -15,6 +15,7 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import direct as direct_io
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.direct import ALIGN, DirectReader, Piece, span_layout
+from bloomtui.engine.disk_profile import DiskProfile, disk_profile
 from bloomtui.engine.read_choice import choose_reads
 from bloomtui.engine.residency import minimum_budget, plan_residency, streamed_refs
 from bloomtui.engine.tensorfile import TensorRef
@@ -218,8 +219,15 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
         available = ckpt.total_file_bytes // 2
 
     monkeypatch.setattr("bloomtui.engine.read_choice.psutil.virtual_memory", lambda: Scarce)
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)  # too small to measure
     choice = choose_reads(ckpt, plan, torch.float32, "auto")
     assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: DiskProfile(1.9, 2.0))
+    assert choose_reads(ckpt, plan, torch.float32, "auto").direct  # about as fast: direct saves the copy
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: DiskProfile(0.7, 2.0))
+    slow = choose_reads(ckpt, plan, torch.float32, "auto")
+    assert not slow.direct and slow.drop_cache and "O_DIRECT 0.70 GB/s, buffered 2.00 GB/s" in slow.reason
+    assert choose_reads(ckpt, plan, torch.float32, "direct").direct  # forcing it still forces it
     forced = choose_reads(ckpt, plan, torch.float32, "cached")
     assert not forced.direct and forced.drop_cache  # what is cached is dropped again: it cannot stay
     resident = plan_residency(ckpt, 4, 10**10)
@@ -248,3 +256,21 @@ def test_cancel_lands_mid_direct_read(tmp_path: Path) -> None:
         assert len(again.token_ids) == PARAMS.max_new_tokens
     finally:
         engine.close()
+
+
+def test_the_disk_is_measured_once_per_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bloomtui.engine import disk_profile as module
+
+    monkeypatch.setenv("BLOOMTUI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(module, "SAMPLE_BYTES", 32 * 1024 * 1024)
+    sample = tmp_path / "weights.bin"
+    sample.write_bytes(os.urandom(32 * 1024 * 1024))
+    evict(sample)  # written back and dropped: cold, as a model's files are
+    first = disk_profile(sample)
+    if first is None:
+        pytest.skip("this file system refuses O_DIRECT: there is nothing to measure")
+    assert first.direct_gbps > 0 and first.buffered_gbps > 0
+    monkeypatch.setattr(module, "measure", lambda _path: pytest.fail("measured twice"))
+    assert disk_profile(sample) == first
+    assert cached_pages(sample)[0] == 0  # the measurement leaves the sample out of the page cache
+    assert disk_profile(tmp_path / "cache" / "disk-profile.json") == first  # another file of the same file system
