@@ -170,6 +170,7 @@ class WeightStore:
                 if ckpt.tied:
                     self._embedding_rows = (tensors["head"], tensors.get("scales"))
         on_progress(done, total, "done")
+        self.reader.release_staging()  # the prefetcher has its own; embedding rows need a page or two
         if plan.streams:
             # Mapped units need no buffer: the slots then only bound how many are faulted in at once.
             self._slots = [self._new_slot() for _ in range(STREAM_SLOTS)]

@@ -98,8 +98,8 @@ class TensorReader:
     ) -> int:
         """O_DIRECT reads of the aligned span around each chunk into the aligned staging buffer, then one
         copy (converting the dtype if it must) into `dest`."""
-        staging = self._staging_buffer(aligned=True)
         item, flat = ref.dtype.itemsize, dest.view(-1)
+        staging = self._staging_buffer(aligned=True, need=count * item + 2 * ALIGN)
         per_chunk = max(1, (len(staging) - 2 * ALIGN) // item)
         fd = self._fd(ref.path, direct=True)
         for e0 in range(0, count, per_chunk):
@@ -124,12 +124,20 @@ class TensorReader:
             flat[e0:e1].copy_(staging[lead : lead + end - start].view(ref.dtype))
         return count * item
 
-    def _staging_buffer(self, aligned: bool = False) -> Tensor:
-        if self._staging is None or (aligned and self._staging.data_ptr() % ALIGN):
-            # Room for a chunk and the alignment around it when direct reads use it.
-            nbytes = self._staging_bytes + (2 * ALIGN if aligned else 0)
-            self._staging = aligned_buffer(nbytes) if aligned else torch.empty(nbytes, dtype=torch.uint8)
-        return self._staging
+    def _staging_buffer(self, aligned: bool = False, need: int | None = None) -> Tensor:
+        """The staging buffer: a read chunk (and, for direct reads, the alignment around it), or only `need`
+        bytes when a read is smaller (an embedding row needs pages, not 32 MiB)."""
+        full = self._staging_bytes + (2 * ALIGN if aligned else 0)
+        nbytes = full if need is None else min(full, need)
+        staging = self._staging
+        if staging is None or len(staging) < nbytes or (aligned and staging.data_ptr() % ALIGN):
+            staging = aligned_buffer(nbytes) if aligned else torch.empty(nbytes, dtype=torch.uint8)
+            self._staging = staging
+        return staging
+
+    def release_staging(self) -> None:
+        """Let the staging buffer go (after a model's resident set is read): the next read allocates what it needs."""
+        self._staging = None
 
     def close(self) -> None:
         for fd in self._fds.values():
