@@ -133,3 +133,15 @@ def cpu_summary() -> str:
     else:
         vector = "no AVX2"
     return f"{name}, {os.cpu_count()} cores, {vector}"
+
+
+def budget_arg(text: str, model: Path) -> int:
+    """A worker's --budget: bytes, or 'min' for the engine's minimum for `model`."""
+    if text != "min":
+        return int(text)
+    from bloomtui.engine.checkpoint import Checkpoint
+    from bloomtui.engine.generate import compute_dtype
+    from bloomtui.engine.residency import minimum_budget
+
+    ckpt = Checkpoint.open(model)
+    return minimum_budget(ckpt, compute_dtype(ckpt.dtype, None).itemsize)

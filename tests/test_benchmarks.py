@@ -13,8 +13,8 @@ import torch
 
 from benchmarks import checkpoints
 from benchmarks.common import PROMPT
+from benchmarks.floors import streamed_ranges
 from benchmarks.seed import seed_generate
-from benchmarks.worker import streamed_ranges
 from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.checkpoint import Checkpoint
