@@ -7,7 +7,6 @@ target's own: greedy ids equal those without a draft; sampled ones follow the sa
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from bloomtui.engine.events import ignore
 from bloomtui.engine.model import Alibi, KVCache
+from bloomtui.engine.open_model import EngineOptions, ModelPlan, OpenModel
 from bloomtui.engine.residency import budget_for
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal
@@ -24,7 +24,6 @@ from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
 if TYPE_CHECKING:
-    from bloomtui.engine.generate import Engine, EngineOptions
     from bloomtui.engine.loader import Prefetcher
     from bloomtui.engine.passes import Passes
 
@@ -39,9 +38,9 @@ _NGRAM = 3
 
 @dataclass(frozen=True)
 class DraftSpec:
-    """What drafts for a run: `model` (an Engine held fully resident) or prompt lookup when None."""
+    """What drafts for a run: `model` (an OpenModel held fully resident) or prompt lookup when None."""
 
-    model: Engine | None = None
+    model: OpenModel | None = None
     tokens: int | None = None
     """Fixed K; None adapts K in 1..MAX_DRAFT_TOKENS."""
 
@@ -98,7 +97,7 @@ class ModelDrafter:
     argmax; sampled ones draw from its distribution (processed like the target's) and keep it for verify()."""
 
     def __init__(
-        self, engine: Engine, generation: int, cancel: threading.Event, max_len: int, target_vocab: int
+        self, engine: OpenModel, generation: int, cancel: threading.Event, max_len: int, target_vocab: int
     ) -> None:
         cfg = engine.config
         self.engine = engine
@@ -145,16 +144,7 @@ class ModelDrafter:
         self.prefetch.close()
 
 
-def tokenizer_identity(tokenizer) -> tuple[object, object]:  # noqa: ANN001 - a transformers tokenizer
-    """(vocabulary, merges) of a tokenizer: two tokenizers with equal ones split text into the same ids."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        model = json.loads(backend.to_str()).get("model", {})
-        return model.get("vocab"), model.get("merges")
-    return tokenizer.get_vocab(), None
-
-
-def check_same_tokenizer(target: Engine, draft: Engine) -> None:
+def check_same_tokenizer(target: OpenModel, draft: OpenModel) -> None:
     """A draft must split text into the target's ids, else its proposals mean other tokens."""
     tv, tm = target.tokenizer_identity()
     dv, dm = draft.tokenizer_identity()
@@ -174,22 +164,20 @@ def draft_source(model: str | Path) -> str | Path:
     return model
 
 
-def open_draft(model: str | Path, options: EngineOptions) -> Engine:
+def open_draft(model: str | Path, options: EngineOptions) -> OpenModel:
     """Open a draft model held fully resident (a draft runs K passes per target pass; it must not stream)."""
-    from bloomtui.engine.generate import Engine, EngineOptions, ModelPlan
-
     model = draft_source(model)
     probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
     ckpt = probe.checkpoint
     budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)
-    engine = Engine.open(model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads))
+    engine = OpenModel.open(model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads))
     if engine.model_plan.plan.streams:
         engine.close()
         raise UsageError(f"the draft model {probe.path.name} does not fit in this machine's RAM")
     return engine
 
 
-def budget_after_draft(options: EngineOptions, draft: Engine) -> EngineOptions:
+def budget_after_draft(options: EngineOptions, draft: OpenModel) -> EngineOptions:
     """The draft's resident bytes come out of the RAM budget; without one, each model gets the default."""
     if options.ram_budget is None:
         return options

@@ -103,6 +103,8 @@ class TokenGenerated(Event):
     text: str
     logprob: float | None
     seconds: float
+    sequence: int = 0
+    """Which of the run's sequences (0-based) it belongs to: a run may carry several (samples, prompts)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Drafted(Event):
     index: int
     ids: tuple[int, ...]
     text: str
+    sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class Done(Event):
     draft_proposed: int = 0
     """Tokens a draft proposed (0 without one); `draft_accepted` of them the target kept."""
     draft_accepted: int = 0
+    sequence: int = 0
+    """Each sequence of a run ends with its own Done; `passes` counts the passes it took part in, while
+    `peak_rss` and `bytes_read` are the whole run's so far."""
 
     @property
     def acceptance(self) -> float | None:
@@ -151,6 +157,7 @@ class Cancelled(Event):
     token_ids: tuple[int, ...]
     text: str
     new_tokens: int
+    sequence: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Matches transformers' BloomForCausalLM op for op (same baddbmm for scores + ALiBi, fp32 softmax, tanh
 GELU with Megatron's constants), so float32 results agree to rounding. References: BLOOM (arXiv
-2211.05100) and ALiBi (Press et al., arXiv 2108.12409). Batch size is 1; shapes use
-T = new tokens, L = tokens so far, H = hidden, nh = heads, hd = head dim.
+2211.05100) and ALiBi (Press et al., arXiv 2108.12409). A pass's rows may belong to several sequences
+(spans), each with its own cache and positions; shapes use T = new rows, L = a sequence's tokens so far,
+H = hidden, nh = heads, hd = head dim.
 """
 
 from __future__ import annotations
@@ -95,20 +96,43 @@ def gelu(x: Tensor) -> Tensor:
     return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
 
 
-def attention(
-    x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Alibi, config: BloomConfig, mm: Matmul = DEFAULT
-) -> Tensor:
-    """Self-attention of T new positions starting at `start`; fills the cache. Returns (T, H), no bias add."""
-    t = x.shape[0]
+@dataclass(frozen=True)
+class Span:
+    """Rows a:b of a pass's hidden states: one sequence's new positions from `start`, attending through its
+    own KV cache, multiplied by `mm` (a pass carries several sequences; each keeps its own results)."""
+
+    a: int
+    b: int
+    cache: KVCache
+    start: int
+    mm: Matmul = DEFAULT
+
+
+def linear(x: Tensor, weight: Weight, bias: Tensor | None, spans: list[Span]) -> Tensor:
+    """x @ weight.T + bias, each run of spans with the same Matmul multiplied together (decode-like rows as a
+    decode pass multiplies them, prefill rows as a prefill does)."""
+    groups: list[list[int | Matmul]] = []
+    for s in spans:
+        if groups and groups[-1][2] is s.mm:
+            groups[-1][1] = s.b
+        else:
+            groups.append([s.a, s.b, s.mm])
+    if len(groups) == 1:
+        return spans[0].mm(x, weight, bias)
+    return torch.cat([mm(x[a:b], weight, bias) for a, b, mm in groups])  # type: ignore[operator,misc]
+
+
+def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor:
+    """Self-attention of one span's positions (qkv: (t, nh, 3, hd)); fills its cache. Returns (t, H)."""
+    t = qkv.shape[0]
     nh, hd = config.n_head, config.head_dim
-    qkv = mm(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"])
-    qkv = qkv.view(t, nh, 3, hd)  # fused layout: per head, q then k then v
+    start, cache, mm = span.start, span.cache, span.mm
     end = start + t
     cache.reserve(start, end)
     cache.k[:, start:end] = qkv[:, :, 1].transpose(0, 1)
     cache.v[:, start:end] = qkv[:, :, 2].transpose(0, 1)
     # Many rows on a CPU whose bf16 GEMM is slow: scores and context in fp32 too (see matmul.py).
-    work = torch.float32 if mm.upcast and t > 1 else x.dtype
+    work = torch.float32 if mm.upcast and t > 1 else qkv.dtype
     q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
     keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
     values = cache.v[:, :end].to(work)  # (nh, L, hd)
@@ -127,18 +151,34 @@ def attention(
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(work)
         torch.bmm(probs, values, out=out[:, q0:q1])
         mm.check()
-    ctx = out.transpose(0, 1).reshape(t, nh * hd).to(x.dtype)  # (T, H)
-    return mm(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"])
+    return out.transpose(0, 1).reshape(t, nh * hd).to(qkv.dtype)
+
+
+def attention(x: Tensor, w: Weights, spans: list[Span], alibi: Alibi, config: BloomConfig) -> Tensor:
+    """Self-attention of every span's new positions, each through its own cache. Returns (T, H), no bias add."""
+    nh, hd = config.n_head, config.head_dim
+    qkv = linear(x, w["self_attention.query_key_value.weight"], w["self_attention.query_key_value.bias"], spans)
+    qkv = qkv.view(x.shape[0], nh, 3, hd)  # fused layout: per head, q then k then v
+    if len(spans) == 1:
+        ctx = attend(qkv, spans[0], alibi, config)
+    else:
+        ctx = torch.cat([attend(qkv[s.a : s.b], s, alibi, config) for s in spans])
+    return linear(ctx, w["self_attention.dense.weight"], w["self_attention.dense.bias"], spans)
+
+
+def block_spans(x: Tensor, w: Weights, spans: list[Span], alibi: Alibi, config: BloomConfig) -> Tensor:
+    """One transformer block on hidden states x (T, H) holding the rows of `spans`, in order."""
+    eps = config.layer_norm_epsilon
+    post_ln = config.apply_residual_connection_post_layernorm
+    ln1 = layer_norm(x, w["input_layernorm.weight"], w["input_layernorm.bias"], eps)
+    h = attention(ln1, w, spans, alibi, config) + (ln1 if post_ln else x)
+    ln2 = layer_norm(h, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps)
+    up = gelu(linear(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"], spans))
+    return linear(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"], spans) + (ln2 if post_ln else h)
 
 
 def block_forward(
     x: Tensor, w: Weights, cache: KVCache, start: int, alibi: Alibi, config: BloomConfig, mm: Matmul = DEFAULT
 ) -> Tensor:
-    """One transformer block on hidden states x (T, H)."""
-    eps = config.layer_norm_epsilon
-    post_ln = config.apply_residual_connection_post_layernorm
-    ln1 = layer_norm(x, w["input_layernorm.weight"], w["input_layernorm.bias"], eps)
-    h = attention(ln1, w, cache, start, alibi, config, mm) + (ln1 if post_ln else x)
-    ln2 = layer_norm(h, w["post_attention_layernorm.weight"], w["post_attention_layernorm.bias"], eps)
-    up = gelu(mm(ln2, w["mlp.dense_h_to_4h.weight"], w["mlp.dense_h_to_4h.bias"]))
-    return mm(up, w["mlp.dense_4h_to_h.weight"], w["mlp.dense_4h_to_h.bias"]) + (ln2 if post_ln else h)
+    """One transformer block on the hidden states x (T, H) of one sequence's positions from `start`."""
+    return block_spans(x, w, [Span(0, x.shape[0], cache, start, mm)], alibi, config)

@@ -1,7 +1,9 @@
 """One pass over the weights for a run of positions: embed, every block (resident or streamed), ln_f, head.
 
 Generation, perplexity scoring and draft verification all run passes; they differ only in how many rows a
-pass carries and which logits they need. Many-row passes take their rows through each block in chunks, so
+pass carries and which logits they need. A pass may carry several sequences (segments), each with its own
+KV caches and positions: the weights are read and multiplied once for all of them.
+Many-row passes take their rows through each block in chunks, so
 memory beyond the KV cache is one chunk's activations, and the cancel flag is checked between chunks and
 between weight tiles (a long prefill stops within a second). Progress of many-row passes is reported as
 `PrefillProgress` events.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
@@ -21,7 +24,7 @@ from torch import Tensor
 from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
 from bloomtui.engine.loader import Prefetcher, WeightStore
 from bloomtui.engine.matmul import Matmul, row_slice
-from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, block_forward, layer_norm
+from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, Span, block_spans, layer_norm
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
@@ -30,6 +33,31 @@ if TYPE_CHECKING:
 PREFILL_ROWS = 1024
 """Rows taken through a block at once: large enough that upcasting a weight tile is paid over many rows."""
 _PROGRESS_SECONDS = 0.25
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Segment:
+    """One sequence's rows in a pass: `ids` at positions start.., attending through its own per-block caches."""
+
+    ids: Sequence[int]
+    start: int
+    caches: list[KVCache]
+    decode_like: bool = True
+    """Multiply as a decode pass does (prefill and scoring rows: as many-row passes do; see matmul.py)."""
+    dropped: Callable[[], bool] = _never
+    """True once the sequence was cancelled: its rows leave the pass after the current block."""
+
+
+def _row_bounds(segments: list[Segment]) -> list[tuple[int, int]]:
+    out, a = [], 0
+    for seg in segments:
+        out.append((a, a + len(seg.ids)))
+        a += len(seg.ids)
+    return out
 
 
 class Passes:
@@ -67,17 +95,33 @@ class Passes:
         self, ids: list[int], start: int, caches: list[KVCache], alibi: Alibi, kind: PassKind, token_index: int
     ) -> Tensor:
         """Final hidden states (after ln_f) of `ids` at positions start.., filling the caches: (T, H)."""
-        store, cfg = self.store, self.config
-        n, gen, rows = cfg.n_layer, self.generation, len(ids)
         # Verification rows multiply as decoding does (no fp32 upcast), so greedy picks match a draft-free run.
-        mm = self.mm_one if rows == 1 or kind == "verify" else self.mm_many
-        x, nbytes = store.embed_rows(ids)
+        segment = Segment(ids, start, caches, decode_like=len(ids) == 1 or kind == "verify")
+        out = self.hidden_rows([segment], alibi, kind, token_index)[0]
+        assert out is not None  # a segment without a drop rule stays to the end
+        return out
+
+    def hidden_rows(
+        self, segments: list[Segment], alibi: Alibi, kind: PassKind, token_index: int
+    ) -> list[Tensor | None]:
+        """One pass carrying every segment's rows; per segment its final hidden states (after ln_f), or None
+        for one that dropped out. The linears multiply all rows at once (the weights are read once), attention
+        runs per segment through its own caches."""
+        store, cfg = self.store, self.config
+        n, gen = cfg.n_layer, self.generation
+        # Prefill-like rows first, so each kind of multiply takes one contiguous run of rows.
+        order = sorted(range(len(segments)), key=lambda j: segments[j].decode_like)
+        live = [(j, segments[j]) for j in order]
+        x, nbytes = store.embed_rows([t for _, seg in live for t in seg.ids])
         self.bytes_read += nbytes
         small = store.small
         eps = cfg.layer_norm_epsilon
         x = layer_norm(x, small["word_embeddings_layernorm.weight"], small["word_embeddings_layernorm.bias"], eps)
         started = last_report = time.perf_counter()
+        reports = kind in ("prefill", "score") and x.shape[0] > 1
         for i in range(n):
+            rows = x.shape[0]
+            bounds = _row_bounds([seg for _, seg in live])
             fetched = None
             weights = store.blocks.get(i)
             if weights is None:
@@ -90,14 +134,15 @@ class Passes:
             for r0 in range(0, rows, PREFILL_ROWS):
                 r1 = min(rows, r0 + PREFILL_ROWS)
                 # Rows in order: a chunk's keys and values are in the cache before the next chunk attends.
-                x[r0:r1] = block_forward(x[r0:r1], weights, caches[i], start + r0, alibi, cfg, mm)
+                spans = [
+                    Span(max(a, r0) - r0, min(b, r1) - r0, seg.caches[i], seg.start + max(a, r0) - a, self._mm(seg))
+                    for (_, seg), (a, b) in zip(live, bounds, strict=True)
+                    if a < r1 and b > r0
+                ]
+                x[r0:r1] = block_spans(x[r0:r1], weights, spans, alibi, cfg)
                 now = time.perf_counter()
-                # Long passes report progress; a verify pass is a decode step with a few extra rows.
-                if (
-                    kind != "verify"
-                    and rows > 1
-                    and (now - last_report > _PROGRESS_SECONDS or (i == n - 1 and r1 == rows))
-                ):
+                # Long passes report progress; decode and verify passes carry a few rows only.
+                if reports and (now - last_report > _PROGRESS_SECONDS or (i == n - 1 and r1 == rows)):
                     last_report = now
                     done = i * rows + r1
                     eta = (now - started) / done * (n * rows - done)
@@ -124,7 +169,21 @@ class Passes:
                 )
             )
             self._check()
-        return layer_norm(x, small["ln_f.weight"], small["ln_f.bias"], eps)
+            if any(seg.dropped() for _, seg in live):
+                # A cancelled sequence leaves the pass at once; the others go on without its rows.
+                keep = [k for k, (_, seg) in enumerate(live) if not seg.dropped()]
+                if not keep:
+                    raise CancelRequested
+                x = torch.cat([x[bounds[k][0] : bounds[k][1]] for k in keep])
+                live = [live[k] for k in keep]
+        x = layer_norm(x, small["ln_f.weight"], small["ln_f.bias"], eps)
+        out: list[Tensor | None] = [None] * len(segments)
+        for (j, _), (a, b) in zip(live, _row_bounds([seg for _, seg in live]), strict=True):
+            out[j] = x[a:b]
+        return out
+
+    def _mm(self, segment: Segment) -> Matmul:
+        return self.mm_one if segment.decode_like else self.mm_many
 
     def head_chunks(self, h: Tensor, like_decode: bool = False) -> Iterator[tuple[int, int, Tensor]]:
         """(first vocab row, end row, fp32 logits (R, end - first)) over the whole vocabulary, in order, each

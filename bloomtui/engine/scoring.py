@@ -1,9 +1,10 @@
 """Perplexity of a text under a model, through the same passes as generation (any layout, streamed or not).
 
-The text's tokens are split into consecutive windows of `context` tokens; each window is one many-row pass
-with a fresh KV cache, scored as transformers' `BloomForCausalLM(input_ids=w, labels=w).loss` scores it: every
-token but the window's first is predicted from those before it in the window. A text shorter than `context` is
-one window, so its NLL equals transformers' loss. Perplexity = exp(total NLL / predicted tokens).
+The text's tokens are split into consecutive windows of `context` tokens; each window is scored with a fresh
+KV cache as transformers' `BloomForCausalLM(input_ids=w, labels=w).loss` scores it: every token but the
+window's first is predicted from those before it in the window. A text shorter than `context` is one window,
+so its NLL equals transformers' loss. Perplexity = exp(total NLL / predicted tokens). When blocks stream,
+several windows share each pass over the weights (`batch`): the result is the same, the reads fewer.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from bloomtui.engine.events import Event, EventSink
+from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
 from bloomtui.engine.model import Alibi, KVCache
+from bloomtui.engine.passes import Segment
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
-    from bloomtui.engine.generate import Engine
+    from bloomtui.engine.open_model import OpenModel
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Scored(Event):
     windows: int
     bytes_read: int
     peak_rss: int
+    batch: int = 1
+    """Windows scored per pass over the weights."""
 
 
 def windows_of(ids: list[int], context: int) -> list[list[int]]:
@@ -59,39 +64,75 @@ def windows_of(ids: list[int], context: int) -> list[list[int]]:
     return [w for w in out if len(w) >= 2]
 
 
+MAX_BATCH = 8
+"""Windows per pass chosen by default at most: past that a streamed pass is compute-bound anyway."""
+
+
+def window_bytes(engine: OpenModel, context: int) -> int:
+    """Memory one window of a batch holds through its pass: its KV caches and its rows' hidden states."""
+    cfg = engine.config
+    itemsize = engine.dtype.itemsize
+    return context * cfg.hidden_size * itemsize * (2 * cfg.n_layer + 2)
+
+
+def default_batch(engine: OpenModel, context: int, windows: int) -> int:
+    """Windows per pass: one when every block is resident (many-row passes are compute-bound, nothing is
+    shared); when blocks stream, as many as half the memory left free holds, up to MAX_BATCH."""
+    if not engine.model_plan.plan.streams or windows < 2:
+        return 1
+    spare = available_memory() - headroom(total_memory())
+    return max(1, min(MAX_BATCH, windows, spare // 2 // window_bytes(engine, context)))
+
+
 def score(
-    engine: Engine, ids: list[int], context: int, generation: int, emit: EventSink, cancel: threading.Event
+    engine: OpenModel,
+    ids: list[int],
+    context: int,
+    generation: int,
+    emit: EventSink,
+    cancel: threading.Event,
+    batch: int | None = None,
 ) -> Scored:
     windows = windows_of(ids, context)
     if not windows:
         raise UsageError("the text has fewer than 2 tokens: nothing to predict")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    batch = min(batch or default_batch(engine, context, len(windows)), len(windows))
     cfg, dtype = engine.config, engine.dtype
     alibi = Alibi(cfg.n_head, dtype, max(len(w) for w in windows))
     started = time.perf_counter()
     total_nll, total_tokens = 0.0, 0
-    with engine.store.prefetcher(len(windows), cancel) as prefetch:
+    groups = [windows[g : g + batch] for g in range(0, len(windows), batch)]
+    with engine.store.prefetcher(len(groups), cancel) as prefetch:
         passes = engine.passes(generation, emit, cancel, prefetch)
         passes.rss()
-        for index, window in enumerate(windows):
+        index = 0
+        for group in groups:
             engine.fit_threads()
             t0 = time.perf_counter()
-            caches = [KVCache.empty(cfg, len(window), dtype) for _ in range(cfg.n_layer)]
-            h = passes.hidden(window, 0, caches, alibi, "score", index)
-            nll = passes.nll(h[:-1], torch.tensor(window[1:]))
-            del caches
-            window_nll = float(nll.double().sum())
-            total_nll += window_nll
-            total_tokens += len(window) - 1
-            emit(
-                WindowScored(
-                    generation,
-                    index,
-                    len(windows),
-                    len(window) - 1,
-                    window_nll / (len(window) - 1),
-                    time.perf_counter() - t0,
+            # Each window its own fresh caches, all of them in one pass over the weights.
+            segments = [
+                Segment(w, 0, [KVCache.empty(cfg, len(w), dtype) for _ in range(cfg.n_layer)], decode_like=False)
+                for w in group
+            ]
+            hidden = passes.hidden_rows(segments, alibi, "score", index)
+            del segments
+            rows = torch.cat([h[:-1] for h in hidden if h is not None])
+            nll = passes.nll(rows, torch.tensor([t for w in group for t in w[1:]])).double()
+            seconds = (time.perf_counter() - t0) / len(group)
+            row = 0
+            for window in group:
+                window_nll = float(nll[row : row + len(window) - 1].sum())
+                row += len(window) - 1
+                total_nll += window_nll
+                total_tokens += len(window) - 1
+                emit(
+                    WindowScored(
+                        generation, index, len(windows), len(window) - 1, window_nll / (len(window) - 1), seconds
+                    )
                 )
-            )
+                index += 1
     mean = total_nll / total_tokens
     return Scored(
         generation,
@@ -102,4 +143,5 @@ def score(
         windows=len(windows),
         bytes_read=passes.bytes_read,
         peak_rss=passes.peak_rss,
+        batch=batch,
     )

@@ -68,6 +68,33 @@ def test_windows_resident_and_streamed(tmp_path, streamed) -> None:  # noqa: ANN
     assert abs(result.nll - want) / want <= 1e-4
 
 
+
+def test_batched_windows_score_as_one_per_pass(tmp_path) -> None:  # noqa: ANN001
+    written = write_checkpoint(tmp_path / "m", preset="small", layout="bin-sharded", untied=True)
+    engine = Engine.open(written.path, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(written.path), 4)))
+    try:
+        ids = engine.encode(TEXT)
+        passes: dict[int, int] = {}
+        results = {}
+        for batch in (1, 3, None):
+            seen: list = []
+            results[batch] = engine.perplexity(TEXT, 40, on_event=seen.append, batch=batch)
+            passes[batch] = sum(1 for e in seen if getattr(e, "event", "") == "block" and e.index == 0)
+            windows = [e for e in seen if isinstance(e, WindowScored)]
+            assert [w.index for w in windows] == list(range(results[batch].windows))
+    finally:
+        engine.close()
+    n = math.ceil(len(ids) / 40)
+    assert results[1].windows == n and n >= 4 and passes[1] == n
+    assert passes[3] == math.ceil(n / 3) and results[3].batch == 3
+    # The default streams, so it takes several windows per pass.
+    assert results[None].batch > 1 and passes[None] == math.ceil(n / results[None].batch)
+    want, _ = reference_nll(written, ids, 40)
+    for r in results.values():
+        assert abs(r.nll - results[1].nll) <= 1e-6 * results[1].nll and abs(r.nll - want) / want <= 1e-4
+        assert r.tokens == results[1].tokens
+
+
 def test_bf16_model_scores_close_to_transformers(tmp_path) -> None:  # noqa: ANN001
     written = write_checkpoint(tmp_path / "m", preset="small", dtype="bfloat16", untied=True)
     result, ids, _ = engine_score(written, context=4096)

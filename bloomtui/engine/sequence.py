@@ -1,0 +1,175 @@
+"""One sequence of a run: its prompt, KV caches, sampler, draft, stop rules and the text so far.
+
+A run carries one sequence or several (N samples of a prompt, a batch of prompts, a server's requests); each
+pass asks every running sequence for its new rows (its prompt, then its last token and any drafted tokens),
+and hands each its rows of logits back (batch.py). Nothing here depends on the others: a sequence gets the
+tokens it would get alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
+from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
+from bloomtui.engine.model import KVCache
+from bloomtui.engine.sampling import Sampler, SamplingParams
+from bloomtui.engine.speculative import Proposal, verify
+from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
+from bloomtui.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from bloomtui.engine.open_model import OpenModel
+
+_FIRST_CAPACITY = 256
+"""New positions a sequence's caches hold before they first grow (they double as needed)."""
+
+
+class SequenceRun:
+    """State of one sequence across the passes it takes part in."""
+
+    def __init__(
+        self,
+        model: OpenModel,
+        index: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        generation: int,
+        emit: EventSink,
+        drafter: Drafter | None = None,
+        draft_tokens: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        if not prompt_ids:
+            raise UsageError("the prompt is empty")
+        self.model, self.index, self.params = model, index, params
+        self.generation, self.emit = generation, emit
+        self.prompt_ids = list(prompt_ids)
+        self.seq = list(prompt_ids)
+        """The prompt and every token kept so far."""
+        self.sampler = Sampler(params)
+        self.drafter, self.k = drafter, AdaptiveK(draft_tokens)
+        self.cancel = cancel or threading.Event()
+        """Set to end this sequence alone; its rows leave the pass after the current block."""
+        self.caches: list[KVCache] | None = None
+        self.token_ids: list[int] = []
+        self.text: list[str] = []
+        self.decoder = IncrementalDecoder(model.decode)
+        self.stops = StopFilter(params.stop)
+        self.eos = None if params.ignore_eos else model.config.eos_token_id
+        self.reason = "length"
+        self.finished = False
+        self.proposal = Proposal()
+        self.proposed = self.accepted = 0
+        self.pass_seconds: list[float] = []
+
+    @property
+    def prefilled(self) -> bool:
+        return self.caches is not None
+
+    def allocate(self) -> list[KVCache]:
+        cfg = self.model.config
+        capacity = len(self.prompt_ids) + min(self.params.max_new_tokens, _FIRST_CAPACITY)
+        self.caches = [KVCache.empty(cfg, capacity, self.model.dtype) for _ in range(cfg.n_layer)]
+        return self.caches
+
+    def adopt(self, leader: SequenceRun) -> None:
+        """Start from a copy of the caches of a sequence that just prefilled the same prompt."""
+        assert leader.caches is not None
+        self.caches = [KVCache(c.k.clone(), c.v.clone()) for c in leader.caches]
+
+    def next_rows(self) -> tuple[list[int], int, PassKind]:
+        """(ids, first position, kind) this sequence feeds the next pass: its prompt, or its last token and
+        whatever its draft proposes. The caches hold every position before the first."""
+        if not self.prefilled:
+            self.allocate()
+            return self.prompt_ids, 0, "prefill"
+        step = len(self.token_ids)
+        room = self.params.max_new_tokens - step - 1  # a pass never yields more than is left
+        self.proposal = Proposal()
+        if self.drafter is not None and room > 0:
+            self.proposal = self.drafter.propose(self.seq, min(self.k.k, room), self.sampler)
+        if self.proposal:
+            self._emit_draft(step, self.proposal.tokens)
+        return [self.seq[-1], *self.proposal.tokens], len(self.seq) - 1, "verify" if self.proposal else "decode"
+
+    @property
+    def logit_rows(self) -> int:
+        """Rows of logits the pass must give back: one per drafted token, plus the next token's."""
+        return 1 + len(self.proposal)
+
+    def take(self, logits: Tensor, seconds: float) -> None:
+        """The pass's logits for this sequence's last `logit_rows` rows: keep the tokens they yield."""
+        self.pass_seconds.append(seconds)
+        picked = verify(self.sampler, logits, self.proposal, self.seq)
+        matched = len(picked) - 1
+        self.proposed += len(self.proposal)
+        self.accepted += matched
+        self.k.update(len(self.proposal), matched)
+        if self.drafter is not None:
+            self.drafter.rollback(len(self.seq) + matched)
+        for token, logprob in picked:
+            self.seq.append(token)
+            if self._emit_token(token, logprob, seconds / len(picked)):
+                self.finished = True
+                break
+
+    def _emit_token(self, token: int, logprob: float, seconds: float) -> bool:
+        """Stream one token through the decoder and stop rules; True when the sequence ends with it."""
+        stops, decoder = self.stops, self.decoder
+        step = len(self.token_ids)
+        self.token_ids.append(token)
+        last = step == self.params.max_new_tokens - 1
+        if token == self.eos:
+            piece, hit = stops.feed(decoder.flush())
+            self.reason = "eos"
+        else:
+            piece, hit = stops.feed(decoder.push(token) + (decoder.flush() if last else ""))
+        if hit:
+            self.reason = "stop"
+        elif self.reason == "eos" or last:
+            piece += stops.flush()
+        self.text.append(piece)
+        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index))
+        return self.reason != "length" or last
+
+    def _emit_draft(self, step: int, tokens: list[int]) -> None:
+        """Show the guesses: their text after the last few tokens (byte-level BPE pieces join without a
+        space rule, but a character may span tokens; an unfinished one is left out)."""
+        context = self.token_ids[-4:]
+        decode = self.model.decode
+        text = decode(context + tokens)[len(decode(context)) :].replace("\ufffd", "")
+        self.emit(Drafted(self.generation, step, tuple(tokens), text, self.index))
+
+    def done(self, peak_rss: int, bytes_read: int) -> Done:
+        timings = self.pass_seconds
+        decode = sum(timings[1:])
+        n = len(self.token_ids)
+        return Done(
+            self.generation,
+            token_ids=tuple(self.token_ids),
+            text="".join(self.text),
+            prompt_tokens=len(self.prompt_ids),
+            new_tokens=n,
+            prefill_seconds=timings[0] if timings else 0.0,
+            decode_seconds=decode,
+            tokens_per_second=(n - 1) / decode if n > 1 and decode > 0 else n / max(timings[0], 1e-9),
+            peak_rss=peak_rss,
+            bytes_read=bytes_read,
+            stop_reason=self.reason,
+            passes=len(timings),
+            draft_proposed=self.proposed,
+            draft_accepted=self.accepted,
+            sequence=self.index,
+        )
+
+    def cancelled(self) -> Cancelled:
+        return Cancelled(self.generation, tuple(self.token_ids), "".join(self.text), len(self.token_ids), self.index)
+
+    def close(self) -> None:
+        if isinstance(self.drafter, ModelDrafter):
+            self.drafter.close()
+        self.drafter = None
