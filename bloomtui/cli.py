@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  bloomtui bigscience/bloom-560m             open the app on a model in the HF cache\n"
         "  bloomtui --demo --ram-budget 20MB          the app on the built-in demo (see: bloomtui app --help)\n"
         "  bloomtui generate ./bloom-560m 'Hello' --max-new-tokens 20\n"
+        "  bloomtui generate ./bloom-560m 'Once' --samples 4 --temperature 0.8 --seed 1\n"
         "  bloomtui demo-model ./demo --preset small  write a random-weight model to try things\n"
         "  bloomtui info ./bloom-560m --ram-budget 1GB\n"
         "  bloomtui http://gpu-box:8000               the app on a served BLOOM (vLLM, TGI, transformers serve)\n"
@@ -115,7 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text headlessly; text on stdout, progress on stderr")
     gen.add_argument("model", help=MODEL_HELP)
-    gen.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    gen.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin (omit it with --prompts)")
+    gen.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="one prompt per line ('-' reads stdin; blank lines are skipped): all continue side by side, "
+        "sharing each pass over the weights; every option applies to each",
+    )
+    gen.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="N samples of the prompt (of each prompt) side by side, sharing each pass over the weights; "
+        "with --seed S, sample i uses seed S+i, as a single run with --seed S+i would (default 1)",
+    )
     add_sampling_options(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON object per engine event instead of text")
     gen.add_argument(
@@ -140,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
     ppl.add_argument("file", help="a UTF-8 text file")
     ppl.add_argument("--context", type=int, default=1024, metavar="N", help="tokens per window (default 1024)")
+    ppl.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="windows scored per pass over the weights; the same result, fewer reads when blocks stream "
+        "(default: 1 when the model is resident, else as many as the free memory holds, up to 8)",
+    )
     ppl.add_argument("--json", action="store_true", help="print one JSON object with the result")
     _model_options(ppl)
 

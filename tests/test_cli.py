@@ -157,6 +157,13 @@ def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, n
         (["generate", "{model}", ""], "prompt is empty"),
         (["info", "no-such-org/no-such-model"], "not in the local Hugging Face cache"),
         (["generate", "{model}", "x", "--dtype", "float16"], "--dtype"),
+        (["generate", "{model}"], "give a PROMPT"),
+        (["generate", "{model}", "x", "--prompts", "-"], "not both"),
+        (["generate", "{model}", "x", "--samples", "0"], "--samples must be in 1..256"),
+        (["generate", "{model}", "--prompts", "/no/such/prompts.txt"], "no such file"),
+        (["generate", "{model}", "--prompts", "-"], "no prompts (one per line)"),
+        (["generate", "http://127.0.0.1:9", "x", "--samples", "2"], "local models only"),
+        (["perplexity", "{model}", "{model}/config.json", "--batch", "0"], "--batch must be at least 1"),
     ],
 )
 def test_errors_are_one_line_exit_2(tiny_model: Written, args: list[str], needle: str) -> None:
@@ -260,3 +267,60 @@ def test_generate_takes_the_models_generation_config_for_unset_options() -> None
     assert plain != default  # the user's 1 (off) wins over the model's 1.2
     info = bloomtui("info", model)
     assert "repetition-penalty 1.2" in info.stdout and "max-new-tokens 128" in info.stdout
+
+
+def _json_events(run: subprocess.CompletedProcess[str]) -> list[dict]:
+    assert run.returncode == 0, run.stderr
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_samples_equal_single_runs_with_seed_s_plus_i(tiny_model: Written) -> None:
+    args = ("generate", str(tiny_model.path), "Hello there", "--max-new-tokens", "6", "--ignore-eos", "--json")
+    sampling = ("--temperature", "1.5", "--top-k", "50")
+    events = _json_events(bloomtui(*args, *sampling, "--samples", "3", "--seed", "5"))
+    done = {e["sequence"]: e for e in events if e["event"] == "done"}
+    assert sorted(done) == [0, 1, 2]
+    for i in range(3):
+        single = _json_events(bloomtui(*args, *sampling, "--seed", str(5 + i)))[-1]
+        assert done[i]["token_ids"] == single["token_ids"] and done[i]["passes"] == 6
+        assert [e["id"] for e in events if e["event"] == "token" and e["sequence"] == i] == single["token_ids"]
+    assert len({tuple(d["token_ids"]) for d in done.values()}) > 1
+
+
+def test_prompts_file_and_stdin_label_each_sequence(tiny_model: Written, tmp_path: Path) -> None:
+    prompts = ["Hola", "The SQL command to extract all the users whose name starts with A is:", "ab ab ab"]
+    (tmp_path / "prompts.txt").write_text("\n".join([prompts[0], "", *prompts[1:]]) + "\n")
+    args = ("--max-new-tokens", "5", "--ignore-eos")
+    run = bloomtui("generate", str(tiny_model.path), "--prompts", str(tmp_path / "prompts.txt"), *args)
+    assert run.returncode == 0, run.stderr
+    piped = bloomtui(
+        "generate", str(tiny_model.path), "--prompts", "-", *args, stdin=(tmp_path / "prompts.txt").read_text()
+    )
+    assert piped.stdout == run.stdout
+    for i, prompt in enumerate(prompts):
+        single = json.loads(bloomtui("generate", str(tiny_model.path), prompt, *args, "--json").stdout.splitlines()[-1])
+        label = f"── prompt {i + 1}/3: {prompt[:39]}"
+        assert label in run.stdout
+        after = run.stdout.split(label, 1)[1].split("\n", 1)[1]
+        assert after.startswith(single["text"])
+        assert f"prompt {i + 1}/3" in run.stderr
+    assert "3 sequences, 15 tokens" in run.stderr and "tokens/s aggregate" in run.stderr
+
+
+def test_samples_with_a_draft_model_keep_greedy_ids(tiny_model: Written) -> None:
+    args = ("generate", str(tiny_model.path), "ab ab ab ab ab", "--max-new-tokens", "8", "--ignore-eos", "--json")
+    plain = _json_events(bloomtui(*args))[-1]
+    events = _json_events(bloomtui(*args, "--samples", "2", "--draft", str(tiny_model.path)))
+    done = [e for e in events if e["event"] == "done"]
+    assert sorted(d["sequence"] for d in done) == [0, 1]
+    assert all(d["token_ids"] == plain["token_ids"] and d["draft_proposed"] > 0 for d in done)
+
+
+def test_perplexity_batch_gives_the_same_result(tiny_model: Written, tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("Python is an easy to learn, powerful programming language. " * 12)
+    base = ("perplexity", str(tiny_model.path), str(text), "--context", "32", "--json", "--ram-budget", "1.2MB")
+    one = json.loads(bloomtui(*base, "--batch", "1").stdout)
+    three = json.loads(bloomtui(*base, "--batch", "3").stdout)
+    assert one["batch"] == 1 and three["batch"] == 3 and one["windows"] >= 4
+    assert math.isclose(one["nll"], three["nll"], rel_tol=1e-6) and one["tokens"] == three["tokens"]

@@ -1,5 +1,7 @@
 """`bloomtui generate MODEL PROMPT`: the continuation on stdout, progress and a summary on stderr.
 
+With --samples N or --prompts FILE, several sequences share each pass (sequences.py).
+
 Options the user leaves out take the model's generation_config.json values where it has them, then
 bloomtui's defaults (SamplingParams). A server (a URL) decodes with its own defaults.
 """
@@ -13,6 +15,7 @@ import sys
 import threading
 
 from bloomtui.commands.engine_options import engine_options
+from bloomtui.commands.sequences import check_sequences, finish_many, print_sequence, read_sequences
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import generate_remote
@@ -73,14 +76,16 @@ def sampling_params(args: argparse.Namespace, defaults=None):  # noqa: ANN001, A
 def generate(args: argparse.Namespace) -> int:
     params = sampling_params(args)  # validate options before any slow loading
     draft_spec = _draft_spec(args)
+    check_sequences(args)
     if is_remote_url(args.model):
         if draft_spec is not None:
             raise UsageError("--draft works with local models only")
+        if args.prompts is not None or (args.samples or 1) > 1:
+            raise UsageError("--prompts and --samples work with local models only")
         return generate_remote(args, params)
     options = engine_options(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if not prompt:
-        raise UsageError("the prompt is empty")
+    sequences = read_sequences(args)
+    many = sequences.count > 1
 
     from bloomtui.engine import Engine, events
     from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
@@ -95,7 +100,11 @@ def generate(args: argparse.Namespace) -> int:
             print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
             return
         status(event)
-        if isinstance(event, events.TokenGenerated) and event.text:
+        if many:
+            if isinstance(event, events.Done | events.Cancelled):
+                status.clear()
+                print_sequence(event, sequences)
+        elif isinstance(event, events.TokenGenerated) and event.text:
             status.text_follows()
             sys.stdout.write(event.text)
             sys.stdout.flush()
@@ -118,14 +127,18 @@ def generate(args: argparse.Namespace) -> int:
             used = format_size(draft_engine.model_plan.plan.total_bytes)
             raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
         params = sampling_params(args, engine.model_plan.generation)
+        prompts, per_sequence = sequences.expand(params)
         try:
-            result = engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=draft_spec)
+            results = engine.generate_many(prompts, per_sequence, on_event=on_event, cancel=cancel, draft=draft_spec)
         finally:
             engine.close()
             status.clear()
     finally:
         if draft_engine is not None:
             draft_engine.close()
+    if many:
+        return finish_many(results, sequences, args.json)
+    result = results[0]
     return finish_generation(
         result,
         args.json,

@@ -38,6 +38,8 @@ def perplexity(args: argparse.Namespace) -> int:
     """`bloomtui perplexity MODEL FILE`."""
     if args.context < 2:
         raise UsageError(f"--context must be at least 2 tokens, got {args.context}")
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     text = read_text_file(args.file)
     options = engine_options(args)
 
@@ -51,15 +53,16 @@ def perplexity(args: argparse.Namespace) -> int:
     status.clear()
     try:
         with ScoreProgress() as progress:
-            result = engine.perplexity(text, args.context, on_event=progress, cancel=cancel)
+            result = engine.perplexity(text, args.context, on_event=progress, cancel=cancel, batch=args.batch)
     finally:
         engine.close()
     if args.json:
-        keys = ("perplexity", "tokens", "nll", "seconds", "windows")
+        keys = ("perplexity", "tokens", "nll", "seconds", "windows", "batch")
         print(json.dumps({key: getattr(result, key) for key in keys}))
         return 0
     print(f"perplexity  {result.perplexity:.4f}")
-    print(f"tokens      {result.tokens} predicted, in {result.windows} window(s) of up to {args.context}")
+    per_pass = f", {result.batch} per pass" if result.batch > 1 else ""
+    print(f"tokens      {result.tokens} predicted, in {result.windows} window(s) of up to {args.context}{per_pass}")
     print(f"mean NLL    {result.nll:.6f} nats/token")
     print(f"seconds     {result.seconds:.2f} ({result.tokens / result.seconds:.0f} tokens/s)")
     return 0
