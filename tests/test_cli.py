@@ -107,7 +107,7 @@ def test_perplexity_json_and_text(tiny_model: Written, tmp_path: Path) -> None:
     run = bloomtui("perplexity", str(tiny_model.path), str(text), "--context", "64", "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert set(result) == {"perplexity", "tokens", "nll", "seconds", "windows"}
+    assert set(result) == {"perplexity", "tokens", "nll", "seconds", "windows", "batch"}
     assert result["windows"] > 1 and result["perplexity"] == pytest.approx(math.exp(result["nll"]), rel=1e-9)
     human = bloomtui("perplexity", str(tiny_model.path), str(text), "--context", "64", "--ram-budget", "1.2MB")
     assert human.returncode == 0, human.stderr
