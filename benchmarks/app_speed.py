@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import update_section
+from benchmarks.common import commit_stamp, update_section
 from bloomtui import demo_models
 
 PROMPT = "The most important thing to remember about lists is that"
@@ -99,7 +99,6 @@ def _common(args: argparse.Namespace) -> str:
 
 def section(cli: list[float], app: list[float], args: argparse.Namespace) -> str:
     c, a = statistics.median(cli), statistics.median(app)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     runs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     return "\n".join(
         [
@@ -107,7 +106,7 @@ def section(cli: list[float], app: list[float], args: argparse.Namespace) -> str
             "## The app against the CLI, same job, real terminal",
             "",
             f"`python -m benchmarks.app_speed --repeats {args.repeats} --tokens {args.tokens} --budget {args.budget}` "
-            f"(commit {commit}, {time.strftime('%Y-%m-%d')}): the trained demo model, float32, RAM budget "
+            f"({commit_stamp()}): the trained demo model, float32, RAM budget "
             f"{args.budget} (part of it streamed), greedy with repetition penalty 1.2, up to {args.tokens} tokens, "
             f"each in tmux at {SIZE[0]}x{SIZE[1]}, alternating. Decode tokens/s as each reports it.",
             "",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
-from benchmarks.common import cpu_summary, update_section
+from benchmarks.common import commit_stamp, cpu_summary, update_section
 from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 
 BEGIN, END = "<!-- busy:begin -->", "<!-- busy:end -->"
@@ -65,13 +65,12 @@ def main() -> None:
                 seconds = _decode(model, args.tokens, fixed, setup != "quiet")
                 times.setdefault((name, setup), []).append(seconds)
                 print(f"{name} {setup}: {seconds:.3f} s/token", file=sys.stderr, flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
         BEGIN,
         "## Beside a busy program",
         "",
-        f"`python -m benchmarks.busy --repeats {args.repeats} --tokens {args.tokens}` (commit {commit}, "
-        f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}): bloom-560m's shape wholly resident, greedy, decode s/token "
+        f"`python -m benchmarks.busy --repeats {args.repeats} --tokens {args.tokens}` ({commit_stamp()}, "
+        f"{cpu_summary()}): bloom-560m's shape wholly resident, greedy, decode s/token "
         "(median of the runs); busy = one other process spinning on a core.",
         "",
         "| weights | quiet | busy, team fixed at the core count | busy, team sized by the engine | sized ÷ quiet |",

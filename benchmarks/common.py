@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -111,6 +112,13 @@ def update_section(path: Path, text: str, begin: str, end: str) -> None:
         marker = "\n## Method notes"
         new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
     path.write_text(new)
+
+
+def commit_stamp() -> str:
+    """ "commit abc1234, YYYY-MM-DD": which code a section measured, and when."""
+    here = Path(__file__).resolve().parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True).stdout
+    return f"commit {commit.strip()}, {time.strftime('%Y-%m-%d')}"
 
 
 def cpu_summary() -> str:

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.checkpoints import ModelSpec, PreparedSpec, ensure, ensure_prepared, full_specs, quick_specs
-from benchmarks.common import cpu_summary, evict, update_section, weight_files
+from benchmarks.common import commit_stamp, cpu_summary, evict, update_section, weight_files
 from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from bloomtui import demo
 from bloomtui.sizes import format_size
@@ -119,13 +118,12 @@ def _s(value: float) -> str:
 
 
 def section(results: list[tuple[Case, dict[str, Job]]], args: argparse.Namespace) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
         BEGIN,
         "## Streamed reads against compute: direct I/O and the page cache",
         "",
         f"`python -m benchmarks.reads{' --quick' if args.quick else ''} --tokens {args.tokens} --repeats "
-        f"{args.repeats}` (commit {commit}, {time.strftime('%Y-%m-%d')}, {cpu_summary()}): every block and the LM "
+        f"{args.repeats}` ({commit_stamp()}, {cpu_summary()}): every block and the LM "
         "head streamed "
         "(the minimum budget), greedy, decode medians over the runs; each model's jobs interleaved in one run. "
         "Block compute is a decode pass's "
