@@ -10,7 +10,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +28,9 @@ from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.read_choice import ReadChoice, choose_reads
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
 from bloomtui.errors import BloomtuiError, CancelRequested, CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
