@@ -1,4 +1,5 @@
-"""Command line: the app (default), and headless `generate`, `info`, `demo-model` and `download`."""
+"""Command line: the app (default), and headless `generate`, `perplexity`, `prepare`, `info`, `serve`,
+`demo-model` and `download`."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from typing import NoReturn
 from bloomtui import __version__
 from bloomtui.commands.engine_options import engine_options
 from bloomtui.commands.generate import add_sampling_options
+from bloomtui.commands.serve import add_serve_parser
 from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import add_remote_options, remote_options
 
-COMMANDS = ("generate", "perplexity", "prepare", "info", "demo-model", "download", "app")
+COMMANDS = ("generate", "perplexity", "prepare", "info", "serve", "demo-model", "download", "app")
 MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
 _SIZE_OPTIONS = ("--ram-budget",)
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  bloomtui generate ./bloom-560m 'Once' --samples 4 --temperature 0.8 --seed 1\n"
         "  bloomtui demo-model ./demo --preset small  write a random-weight model to try things\n"
         "  bloomtui info ./bloom-560m --ram-budget 1GB\n"
+        "  bloomtui serve ./bloom-560m                an OpenAI-compatible API on 127.0.0.1:8000\n"
         "  bloomtui http://gpu-box:8000               the app on a served BLOOM (vLLM, TGI, transformers serve)\n"
         "  bloomtui generate http://gpu-box:8000 'Hello' --max-new-tokens 20",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -110,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL|prompt-lookup",
         help="speculative decoding for this session (the saved setting otherwise; f2 changes it): "
         "'prompt-lookup', the shipped 'trained-draft' (for --demo), or a small BLOOM with the same tokenizer",
+    )
+    app.add_argument(
+        "--samples",
+        type=int,
+        choices=range(1, 9),  # bloomtui.settings.MAX_SAMPLES (not imported here: it imports torch)
+        metavar="N",
+        help="samples of each prompt written side by side for this session, 1..8 (the saved setting otherwise; "
+        "f2 changes it); more than one samples even where the model's default is greedy, and keys 1..N pick the one "
+        "to continue from",
     )
     _model_options(app)
     add_remote_options(app)
@@ -144,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-tokens", type=int, metavar="K", help="tokens drafted per pass (default: adaptive, 1..8)")
     _model_options(gen)
     add_remote_options(gen)
+
+    add_serve_parser(sub, _model_options)
 
     ppl = sub.add_parser(
         "perplexity",
@@ -244,6 +258,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bloomtui.commands.perplexity import perplexity
 
         return perplexity(args)
+    if args.command == "serve":
+        from bloomtui.commands.serve import serve
+
+        return serve(args)
     if args.command == "prepare":
         return _prepare(args)
     if args.command == "info":
@@ -269,7 +287,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     remote = remote_options(args, local_allowed=not is_remote_url(args.model))
     from bloomtui.tui.app import run_app
 
-    return run_app("@demo" if args.demo else args.model, engine_options(args), remote, args.draft)
+    return run_app("@demo" if args.demo else args.model, engine_options(args), remote, args.draft, args.samples)
 
 
 def _prepare(args: argparse.Namespace) -> int:

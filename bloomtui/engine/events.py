@@ -105,6 +105,9 @@ class TokenGenerated(Event):
     seconds: float
     sequence: int = 0
     """Which of the run's sequences (0-based) it belongs to: a run may carry several (samples, prompts)."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """The most likely ids at this step with their logprobs (raw logits), when the run asked for them (a server's
+    `logprobs`); empty otherwise."""
 
 
 @dataclass(frozen=True)

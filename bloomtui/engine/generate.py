@@ -106,7 +106,7 @@ class Engine(OpenModel):
                     passes.rss()
                     batch = Batch(self, passes, generation, on_event)
                     for i, (one, p) in enumerate(zip(ids, params, strict=True)):
-                        drafter = self._drafter(draft, generation, cancel, len(one) + p.max_new_tokens)
+                        drafter = self.make_drafter(draft, generation, cancel, len(one) + p.max_new_tokens)
                         own = sequence_cancels[i] if sequence_cancels else None
                         seq = SequenceRun(self, i, one, p, generation, on_event, drafter, draft and draft.tokens, own)
                         seqs.append(seq)
@@ -119,9 +119,10 @@ class Engine(OpenModel):
 
         return self.run_locked(on_event, body, emit_result=False)
 
-    def _drafter(
+    def make_drafter(
         self, draft: DraftSpec | None, generation: int, cancel: threading.Event, max_len: int
     ) -> Drafter | None:
+        """A sequence's own drafter (prompt lookup, or a draft model with its own caches), or None."""
         if draft is None:
             return None
         if draft.model is None:

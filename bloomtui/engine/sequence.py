@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+import torch
+
 from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
 from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
 from bloomtui.engine.model import KVCache
@@ -42,6 +44,7 @@ class SequenceRun:
         drafter: Drafter | None = None,
         draft_tokens: int | None = None,
         cancel: threading.Event | None = None,
+        top_logprobs: int = 0,
     ) -> None:
         if not prompt_ids:
             raise UsageError("the prompt is empty")
@@ -65,6 +68,8 @@ class SequenceRun:
         self.proposal = Proposal()
         self.proposed = self.accepted = 0
         self.pass_seconds: list[float] = []
+        self.top_logprobs = top_logprobs
+        """How many of the most likely ids each TokenGenerated lists (0: none)."""
 
     @property
     def prefilled(self) -> bool:
@@ -111,13 +116,18 @@ class SequenceRun:
         self.k.update(len(self.proposal), matched)
         if self.drafter is not None:
             self.drafter.rollback(len(self.seq) + matched)
-        for token, logprob in picked:
+        for i, (token, logprob) in enumerate(picked):
             self.seq.append(token)
-            if self._emit_token(token, logprob, seconds / len(picked)):
+            top = self._top(logits[i]) if self.top_logprobs else ()
+            if self._emit_token(token, logprob, seconds / len(picked), top):
                 self.finished = True
                 break
 
-    def _emit_token(self, token: int, logprob: float, seconds: float) -> bool:
+    def _top(self, row: Tensor) -> tuple[tuple[int, float], ...]:
+        values, ids = torch.log_softmax(row.float(), -1).topk(self.top_logprobs)
+        return tuple(zip(ids.tolist(), values.tolist(), strict=True))
+
+    def _emit_token(self, token: int, logprob: float, seconds: float, top: tuple[tuple[int, float], ...] = ()) -> bool:
         """Stream one token through the decoder and stop rules; True when the sequence ends with it."""
         stops, decoder = self.stops, self.decoder
         step = len(self.token_ids)
@@ -133,7 +143,7 @@ class SequenceRun:
         elif self.reason == "eos" or last:
             piece += stops.flush()
         self.text.append(piece)
-        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index))
+        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index, top))
         return self.reason != "length" or last
 
     def _emit_draft(self, step: int, tokens: list[int]) -> None:

@@ -1,0 +1,110 @@
+"""`bloomtui serve MODEL`: an OpenAI-compatible API over the engine, concurrent requests sharing passes.
+
+Binds 127.0.0.1 unless told otherwise. SIGINT/SIGTERM: stop accepting, end the running requests within a
+block (each stream gets its last chunk, finish_reason "abort", its usage and [DONE]), exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bloomtui.commands.engine_options import engine_options
+from bloomtui.errors import UsageError
+from bloomtui.sizes import format_size
+
+API_KEY_VARIABLE = "BLOOMTUI_API_KEY"
+DEFAULT_MAX_CONTEXT = 2048
+"""BLOOM's training context; ALiBi runs past it, but quality falls off (raise it with --max-context)."""
+
+
+def add_serve_parser(sub: argparse._SubParsersAction, model_options) -> None:  # noqa: ANN001 - cli's _model_options
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (concurrent requests share each pass)",
+        description="Serve MODEL on /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. "
+        "Concurrent requests join the running batch at the next pass over the weights (continuous batching), "
+        "so a streamed model serves several clients for little more than the price of one.",
+    )
+    serve.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences per pass at most (8)")
+    serve.add_argument(
+        "--max-queue", type=int, default=64, metavar="N", help="requests waiting beyond that; more get 503 (64)"
+    )
+    serve.add_argument(
+        "--max-context",
+        type=int,
+        default=DEFAULT_MAX_CONTEXT,
+        metavar="TOKENS",
+        help=f"prompt + completion tokens at most per sequence (default {DEFAULT_MAX_CONTEXT})",
+    )
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE} if set; never logged)",
+    )
+    serve.add_argument(
+        "--draft",
+        metavar="MODEL|prompt-lookup",
+        help="speculative decoding for every request (see generate --help); greedy output is unchanged",
+    )
+    model_options(serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    for name, low in (("port", 1), ("max_batch", 1), ("max_queue", 0), ("max_context", 2)):
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.port > 65535:
+        raise UsageError(f"--port must be at most 65535, got {args.port}")
+    key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    options = engine_options(args)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401 - checked before the model loads
+    except ImportError:
+        raise UsageError("bloomtui serve needs its extra: pip install 'bloomtui[serve]'") from None
+
+    from bloomtui.engine import Engine
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
+    from bloomtui.progress import StatusLine
+    from bloomtui.server.http import ServeOptions, build_app
+    from bloomtui.server.run import run_server
+    from bloomtui.server.scheduler import Scheduler
+
+    draft = draft_engine = None
+    if args.draft == PROMPT_LOOKUP:
+        draft = DraftSpec()
+    elif args.draft is not None:
+        draft_engine = open_draft(args.draft, options)
+        draft = DraftSpec(draft_engine)
+        options = budget_after_draft(options, draft_engine)
+    status = StatusLine()
+    try:
+        engine = Engine.open(args.model, options, on_event=status)
+        status.clear()
+        mp = engine.model_plan
+        plan = mp.plan
+        model_id = mp.path.name
+        scheduler = Scheduler(engine, args.max_batch, args.max_queue, draft)
+        app = build_app(engine, scheduler, ServeOptions(model_id, args.max_batch, args.max_context, key))
+        streamed = f"{len(plan.streamed_blocks)}/{plan.n_blocks} blocks streamed" if plan.streams else "all resident"
+        print(
+            f"bloomtui serve: {model_id} ({mp.path}), {str(mp.dtype).removeprefix('torch.')}, budget "
+            f"{format_size(plan.budget)}, {streamed}; up to {args.max_batch} sequences per pass, "
+            f"{args.max_queue} waiting, context {args.max_context}"
+            + (f", draft {draft.name}" if draft else "")
+            + ("; API key required" if key else ""),
+            file=sys.stderr,
+        )
+        try:
+            run_server(app, scheduler, args.host, args.port)
+        finally:
+            engine.close()
+    finally:
+        if draft_engine is not None:
+            draft_engine.close()
+    return 0
