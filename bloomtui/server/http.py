@@ -177,6 +177,8 @@ class Api:
                     yield sse(exc.body())
                     return
                 if isinstance(event, TokenGenerated) and (chunk := reply.chunk(k, event)) is not None:
+                    # Beyond the API: the engine's figures, which bloomtui's remote panel shows.
+                    chunk["bloomtui"] = self.scheduler.last_pass.report(self.scheduler.totals)
                     yield sse(chunk)
                 for j, c in enumerate(reply.choices):
                     if c.ended and not before[j]:

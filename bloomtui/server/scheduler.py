@@ -79,6 +79,29 @@ class Totals:
     queued: int = 0
 
 
+@dataclass
+class PassFigures:
+    """One pass over the weights: the rows it carried, its wall time, what it read from disk."""
+
+    rows: int = 0
+    started: float = 0.0
+    seconds: float = 0.0
+    bytes: int = 0
+    read_seconds: float = 0.0
+
+    def report(self, totals: Totals) -> dict[str, float | int]:
+        """What a stream chunk tells the client about the server (the `bloomtui` field)."""
+        return {
+            "pass_rows": self.rows,
+            "pass_seconds": round(self.seconds, 4),
+            "pass_read_bytes": self.bytes,
+            "read_mb_per_s": round(self.bytes / self.read_seconds / 1e6, 1) if self.read_seconds else 0.0,
+            "running": totals.running,
+            "queued": totals.queued,
+            "passes": totals.passes,
+        }
+
+
 class Scheduler:
     """Owns the engine while it serves; `submit` from any thread."""
 
@@ -96,6 +119,9 @@ class Scheduler:
         self._thread = threading.Thread(target=self._serve, name="bloomtui-scheduler", daemon=True)
         self.error: str | None = None
         """Set when the engine failed: every later request is refused with it."""
+        self._pass = PassFigures()
+        self.last_pass = PassFigures()
+        """The latest finished pass, for what a stream reports to its client (read from the HTTP thread)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -197,6 +223,12 @@ class Scheduler:
             if event.index == 0:
                 t.passes += 1
                 t.rows += event.rows
+                self._pass = PassFigures(rows=event.rows, started=time.perf_counter() - event.compute_seconds)
+            self._pass.bytes += event.bytes
+            self._pass.read_seconds += event.read_seconds
+            if event.index == event.total - 1:
+                self._pass.seconds = time.perf_counter() - self._pass.started
+                self.last_pass = self._pass
             return
         sequence = getattr(event, "sequence", None)
         if sequence is None or sequence not in self._owners:
