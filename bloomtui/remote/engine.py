@@ -22,7 +22,7 @@ from bloomtui.engine.sampling import SamplingParams
 from bloomtui.engine.textstream import StopFilter
 from bloomtui.errors import BloomtuiError
 from bloomtui.remote.connection import RemoteError, RemoteOptions, Server, message_in
-from bloomtui.remote.events import RemoteNotice, RemoteStatus
+from bloomtui.remote.events import RemoteNotice, RemoteStatus, ServerFigures
 
 CANCEL_POLL_SECONDS = 0.02
 EXTRA_FIELDS = ("top_k", "repetition_penalty", "ignore_eos")
@@ -176,6 +176,8 @@ class _RemoteRun:
                 choice = chunk["choices"][0] if chunk.get("choices") else {}
                 if isinstance(chunk.get("usage"), dict):
                     self.usage = chunk["usage"]
+                if (figures := ServerFigures.from_chunk(self.generation, chunk.get("bloomtui"))) is not None:
+                    self.emit(figures)
                 text = choice.get("text") or ""
                 if text and self._piece(text):
                     return self._done("stop")  # a stop string: leaving closes the stream, the server stops

@@ -102,11 +102,11 @@ class Api:
         prompt_tokens = sum(len(p) for p in parsed.prompts)
         reply = Reply(kind, o.model_id, len(parsed.params), prompt_tokens, parsed.logprobs, self.engine.tokenizer)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, Event, dict | None]] = asyncio.Queue()
         job = Job(
             parsed.prompts,
             parsed.params,
-            sink=lambda k, e: loop.call_soon_threadsafe(queue.put_nowait, (k, e)),
+            sink=lambda k, e, figures: loop.call_soon_threadsafe(queue.put_nowait, (k, e, figures)),
             top_logprobs=parsed.top_logprobs,
         )
         try:
@@ -126,7 +126,7 @@ class Api:
             return StreamingResponse(self._stream(request, job, reply, queue), media_type="text/event-stream")
         return await self._whole(request, job, reply, queue)
 
-    async def _next(self, request: Request, job: Job, queue: asyncio.Queue) -> tuple[int, Event] | None:
+    async def _next(self, request: Request, job: Job, queue: asyncio.Queue) -> tuple[int, Event, dict | None] | None:
         """The job's next event, or None once its client has gone (the job is then cancelled)."""
         while True:
             try:
@@ -157,7 +157,7 @@ class Api:
                 got = await self._next(request, job, queue)
                 if got is None:
                     return Response(status_code=499)  # nobody reads it
-                self._apply(reply, *got)
+                self._apply(reply, *got[:2])
         finally:
             log_request(reply, time.perf_counter() - started, job.cancel.is_set())
         return JSONResponse(reply.whole())
@@ -169,7 +169,7 @@ class Api:
                 got = await self._next(request, job, queue)
                 if got is None:
                     return
-                k, event = got
+                k, event, figures = got
                 before = [c.ended for c in reply.choices]
                 try:
                     self._apply(reply, k, event)
@@ -178,7 +178,7 @@ class Api:
                     return
                 if isinstance(event, TokenGenerated) and (chunk := reply.chunk(k, event)) is not None:
                     # Beyond the API: the engine's figures, which bloomtui's remote panel shows.
-                    chunk["bloomtui"] = self.scheduler.last_pass.report(self.scheduler.totals)
+                    chunk["bloomtui"] = figures
                     yield sse(chunk)
                 for j, c in enumerate(reply.choices):
                     if c.ended and not before[j]:

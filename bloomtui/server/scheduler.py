@@ -43,8 +43,9 @@ class Job:
     prompts: list[list[int]]
     params: list[SamplingParams]
     """One per sequence: sequence k continues prompts[k // choices] with params[k]."""
-    sink: Callable[[int, Event], None]
-    """Called from the scheduler thread with (sequence index within the job, event)."""
+    sink: Callable[[int, Event, dict | None], None]
+    """Called from the scheduler thread with (sequence index within the job, event, the engine's figures
+    at a token: PassFigures.report)."""
     top_logprobs: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -190,7 +191,7 @@ class Scheduler:
             while self._queue and self._queue[0].size <= self.max_batch - len(self._owners):
                 job = self._queue.popleft()
                 if job.cancel.is_set():
-                    job.sink(-1, Cancelled(generation, (), "", 0))
+                    job.sink(-1, Cancelled(generation, (), "", 0), None)
                     continue
                 for k, params in enumerate(job.params):
                     index = next(self._ids)
@@ -234,14 +235,17 @@ class Scheduler:
         if sequence is None or sequence not in self._owners:
             return
         job, k = self._owners[sequence]
+        figures = None
         if isinstance(event, TokenGenerated):
             self.totals.generated_tokens += 1
+            self.totals.running = len(self._owners)
+            figures = self.last_pass.report(self.totals)
         elif isinstance(event, Done | Cancelled):
             del self._owners[sequence]
             job.ended += 1
             if isinstance(event, Cancelled) and job.ended == job.size:
                 self.totals.requests_cancelled += 1
-        job.sink(k, event)
+        job.sink(k, event, figures)
 
     def _fail_all(self, message: str) -> None:
         from bloomtui.engine.events import Error
@@ -253,4 +257,4 @@ class Scheduler:
             self._queue.clear()
         for job in jobs:
             self.totals.requests_failed += 1
-            job.sink(-1, Error(0, message))
+            job.sink(-1, Error(0, message), None)

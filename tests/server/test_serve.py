@@ -361,5 +361,12 @@ def test_bloomtui_generate_against_its_own_server(server: Served, tiny_model: Wr
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    done = json.loads(run.stdout.splitlines()[-1])
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    done = events[-1]
     assert done["text"] == _decode(tiny_model, _generate_ids(tiny_model.path, PROMPT, 8, "--ignore-eos"))
+    # The server's own figures come with its tokens: the prefill pass carried the prompt's rows.
+    figures = [e for e in events if e["event"] == "server"]
+    assert 1 <= len(figures) <= 8 and figures[0]["pass_rows"] == len(
+        _ids_of(tiny_model, PROMPT)
+    )  # a chunk per piece of text
+    assert [f["passes"] for f in figures] == sorted(f["passes"] for f in figures) and figures[-1]["pass_rows"] >= 1
