@@ -15,7 +15,7 @@ import sys
 import threading
 
 from bloomtui.commands.engine_options import engine_options
-from bloomtui.commands.sequences import check_sequences, finish_many, print_sequence, read_sequences
+from bloomtui.commands.sequences import check_sequences, finish_many, kv_warning, print_sequence, read_sequences
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import generate_remote
@@ -128,6 +128,9 @@ def generate(args: argparse.Namespace) -> int:
             raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
         params = sampling_params(args, engine.model_plan.generation)
         prompts, per_sequence = sequences.expand(params)
+        if many and (warning := kv_warning(engine, prompts, params.max_new_tokens)):
+            status.clear()
+            print(f"warning: {warning}", file=sys.stderr)
         try:
             results = engine.generate_many(prompts, per_sequence, on_event=on_event, cancel=cancel, draft=draft_spec)
         finally:

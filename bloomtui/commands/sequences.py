@@ -86,6 +86,21 @@ def read_sequences(args: argparse.Namespace) -> Sequences:
     return Sequences(prompts, samples, from_file=True)
 
 
+def kv_warning(engine, prompts: list[str], max_new_tokens: int) -> str | None:  # noqa: ANN001 - an Engine
+    """Several sequences each hold a KV cache: say so when theirs, at full length, exceed the free memory."""
+    from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
+
+    need = sum(engine.kv_bytes(len(engine.encode(p)) + max_new_tokens) for p in prompts)
+    free = available_memory() - headroom(total_memory())
+    if need <= free:
+        return None
+    return (
+        f"{len(prompts)} sequences of up to {max_new_tokens} new tokens need up to {format_size(need)} of KV cache, "
+        f"more than the {format_size(max(0, free))} free; they may run out of memory before they end "
+        "(fewer --samples or prompts, or a lower --max-new-tokens)"
+    )
+
+
 def print_sequence(result: events.Done | events.Cancelled, sequences: Sequences) -> None:
     """A finished sequence's text on stdout under its label (several sequences only)."""
     sys.stdout.write(f"── {sequences.label(result.sequence)} ──\n{result.text}")

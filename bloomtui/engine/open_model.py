@@ -197,6 +197,11 @@ class OpenModel:
     def close(self) -> None:
         self.store.close()
 
+    def kv_bytes(self, positions: int) -> int:
+        """Keys and values of every block for `positions` tokens, in the compute dtype (one sequence)."""
+        cfg = self.config
+        return 2 * cfg.n_layer * cfg.hidden_size * self.dtype.itemsize * positions
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
