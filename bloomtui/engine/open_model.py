@@ -124,6 +124,9 @@ class OpenModel:
         self._generation = 0
         self._lock = threading.Lock()
         self._tokenizer_identity: tuple[object, object] | None = None
+        self._tokenizer_lock = threading.Lock()
+        """A fast tokenizer sets its truncation state on each call: a server encodes on one thread while
+        the engine decodes on another."""
         self.cpu_share: CpuShare | None = None
         """Sizes torch's thread team to the cores other programs leave (cpu_share.py); None with --threads."""
 
@@ -203,10 +206,17 @@ class OpenModel:
         return 2 * cfg.n_layer * cfg.hidden_size * self.dtype.itemsize * positions
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
-        return self.tokenizer.decode(list(ids))
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(list(ids))
+
+    def token_name(self, token: int) -> str:
+        """The vocabulary's own spelling of a token (byte-level BPE: bytes as printable characters)."""
+        with self._tokenizer_lock:
+            return str(self.tokenizer.convert_ids_to_tokens(token))
 
 
 def multiplies_upcast(dtype: torch.dtype) -> bool:

@@ -100,7 +100,7 @@ class Api:
         o = self.options
         parsed = parse(body, kind, self.engine, o.max_batch, o.max_context)
         prompt_tokens = sum(len(p) for p in parsed.prompts)
-        reply = Reply(kind, o.model_id, len(parsed.params), prompt_tokens, parsed.logprobs, self.engine.tokenizer)
+        reply = Reply(kind, o.model_id, len(parsed.params), prompt_tokens, parsed.logprobs, self.engine)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Event, dict | None]] = asyncio.Queue()
         job = Job(

@@ -30,14 +30,13 @@ class Choice:
 class Reply:
     """One request's response, built from its events; `kind` is "completion" or "chat"."""
 
-    def __init__(self, kind: str, model: str, choices: int, prompt_tokens: int, logprobs: bool, tokenizer) -> None:  # noqa: ANN001
+    def __init__(self, kind: str, model: str, choices: int, prompt_tokens: int, logprobs: bool, engine) -> None:  # noqa: ANN001
         self.kind, self.model, self.logprobs = kind, model, logprobs
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.choices = [Choice() for _ in range(choices)]
         self.prompt_tokens = prompt_tokens
-        self._decode = lambda ids: tokenizer.decode(ids)
-        self._raw = lambda token: tokenizer.convert_ids_to_tokens(token)
+        self._decode, self._raw = engine.decode, engine.token_name
         self._started = [False] * choices
 
     @property

@@ -132,11 +132,21 @@ class Scheduler:
         with self._wake:
             if self._stopping or self.error:
                 raise BloomtuiError(self.error or "the server is shutting down")
-            if len(self._queue) >= self.max_queue:
+            if self._waiting([*self._queue, job]) > self.max_queue:
                 raise QueueFull
             self._queue.append(job)
-            self.totals.queued = len(self._queue)
+            self.totals.queued = self._waiting(self._queue)
             self._wake.notify()
+
+    def _waiting(self, queue: list[Job] | deque[Job]) -> int:
+        """How many of `queue` must wait: those past the ones that join at the next pass (in order, while
+        their sequences fit beside the running ones under max_batch)."""
+        room = self.max_batch - len(self._owners)
+        for i, job in enumerate(queue):
+            if job.size > room:
+                return len(queue) - i
+            room -= job.size
+        return 0
 
     def stop(self, halt: bool = False) -> None:
         """Take no new requests; with `halt`, also end the running ones now (as cancelled)."""
@@ -212,7 +222,7 @@ class Scheduler:
                 job.first_pass = time.perf_counter()
                 self.totals.requests += 1
                 self.totals.prompt_tokens += sum(len(p) for p in job.prompts)
-            self.totals.queued = len(self._queue)
+            self.totals.queued = self._waiting(self._queue)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, BlockDone):

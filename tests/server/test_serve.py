@@ -370,3 +370,21 @@ def test_bloomtui_generate_against_its_own_server(server: Served, tiny_model: Wr
         _ids_of(tiny_model, PROMPT)
     )  # a chunk per piece of text
     assert [f["passes"] for f in figures] == sorted(f["passes"] for f in figures) and figures[-1]["pass_rows"] >= 1
+
+
+def test_requests_that_fit_the_batch_never_count_as_queued(tiny_model: Written) -> None:
+    served = start_server(tiny_model.path, "--max-batch", "4", "--max-queue", "0")
+    try:
+        client = served.client()
+        with ThreadPoolExecutor(4) as pool:
+            done = list(
+                pool.map(
+                    lambda p: client.completions.create(model=served.name, prompt=p, max_tokens=4),
+                    ["Hi", "Hello", "Hola", "Hey"],
+                )
+            )
+        assert all(d.usage.completion_tokens >= 1 for d in done)
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model=served.name, prompt="Hi", max_tokens=4, n=5)
+    finally:
+        assert stop_server(served) == 0
