@@ -32,7 +32,10 @@ LABELS = {
     "ram_budget": "RAM budget",
     "draft": "Draft",
     "draft_tokens": "Draft tokens",
+    "samples": "Samples",
 }
+MAX_SAMPLES = 8
+"""Samples of one prompt the app runs side by side: as many panes as stay readable beside each other."""
 
 
 APP_FALLBACK = {
@@ -48,6 +51,10 @@ LEGACY_DEFAULTS = {**{k: v for k, v in APP_FALLBACK.items() if k != "do_sample"}
 """Before version 2, settings.json held these defaults as values (every save wrote them): read them as unset,
 so a model's recommendations apply to users who never changed them."""
 VERSION = 2
+_GREEDY_SAMPLES = (
+    "Samples: {n} samples need sampling (greedy decoding would write one text {n} times); switch Greedy / sample "
+    "to sampling, or set Samples to 1"
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Settings:
     """How many tokens one run may add to the prompt; None: the model's default, else 64."""
     sample: bool | None = None
     """False: greedy decoding (always the most likely token). True: sample with the values below. None: as the
-    model's generation_config.json says (do_sample), else greedy."""
+    model's generation_config.json says (do_sample), else greedy; sampling whenever `samples` is above 1."""
     temperature: float | None = None
     """Sampling temperature (> 0); only used when sampling. None: the model's, else 0.8."""
     top_k: int | None = None
@@ -78,28 +85,39 @@ class Settings:
     "trained-draft") held resident beside the model, its bytes taken from the RAM budget."""
     draft_tokens: int = 0
     """Tokens drafted per pass; 0 adapts (1..8)."""
+    samples: int = 1
+    """Continuations of each prompt written side by side (1..MAX_SAMPLES), sharing every pass over the weights.
+    More than one means sampling: with `sample` left to the model they sample even where its default is greedy,
+    and greedy is refused (it would write the same text N times). Sample i uses seed S+i when a seed is set."""
 
     def sampling_params(self, defaults: GenerationDefaults | None = None) -> SamplingParams:
         """The engine's parameters: these settings, the model's `defaults` (generation_config.json) where they are
         blank, then APP_FALLBACK. Raises UsageError (worded for the dialog) on invalid values."""
+        if self.samples > 1 and self.sample is False:
+            raise UsageError(_GREEDY_SAMPLES.format(n=self.samples))
         chosen = {
             "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.sample,
+            "do_sample": True if self.samples > 1 and self.sample is None else self.sample,
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
         }
         try:
-            return (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, seed=self.seed)
+            params = (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, seed=self.seed)
         except UsageError as exc:
             message = exc.message
             for name, label in LABELS.items():
                 message = message.replace(f"--{name.replace('_', '-')}", label)
             raise UsageError(message) from None
+        if self.samples > 1 and params.greedy:  # a temperature of 0 is greedy too
+            raise UsageError(f"Samples: {self.samples} samples need a Temperature above 0 (0 is greedy)")
+        return params
 
     def validated(self) -> Settings:
         """Self, or UsageError naming the first invalid field."""
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"Samples must be in 1..{MAX_SAMPLES}, got {self.samples}")
         self.sampling_params()
         if any(getattr(self, name) is not None for name in ("temperature", "top_k", "top_p")):
             # Checked while greedy too: they apply as soon as sampling is switched on (temperature just below).
@@ -150,6 +168,7 @@ KINDS: dict[str, type] = {
     "theme": str,
     "draft": str,
     "draft_tokens": int,
+    "samples": int,
 }
 NULLABLE = frozenset({"max_new_tokens", "sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"})
 

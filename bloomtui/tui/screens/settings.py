@@ -1,4 +1,7 @@
-"""The settings dialog: generation settings, the RAM budget and the draft, checked before they are saved."""
+"""The settings dialog: generation settings, samples, the RAM budget and the draft, checked before they are saved.
+
+Samples above 1 need sampling: typing such a number turns the Greedy / sample switch on (where it was off), and
+saving it with the switch turned back to greedy is refused with the reason."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from bloomtui.cached_models import CachedModel
 from bloomtui.engine.drafting import PROMPT_LOOKUP
 from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
-from bloomtui.settings import LABELS, Settings
+from bloomtui.settings import LABELS, MAX_SAMPLES, Settings
 from bloomtui.sizes import format_size, parse_size
 
 # field -> (input type, hint shown as the placeholder)
@@ -26,6 +29,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "top_p": ("number", "(0, 1], 1 = off"),
     "repetition_penalty": ("number", "1 = off, e.g. 1.2"),
     "seed": ("integer", "blank = random each run"),
+    "samples": ("integer", f"1..{MAX_SAMPLES}"),
     "ram_budget": ("text", "auto, or e.g. 800MB, 12GiB"),
     "draft_tokens": ("integer", "0 = adaptive (1..8)"),
 }
@@ -33,10 +37,14 @@ FIELDS: dict[str, tuple[str, str]] = {
 
 def blank_is_a_value(name: str) -> bool:
     """Whether a blank field is a documented value rather than a mistake (so it must not show red): draft
-    tokens (0, adaptive), and every setting whose unset value is None (no seed, the automatic budget, and
-    whatever else `Settings` leaves to a default)."""
+    tokens (0, adaptive), samples (1), and every setting whose unset value is None (no seed, the automatic
+    budget, and whatever else `Settings` leaves to a default)."""
     field = Settings.__dataclass_fields__.get(name)
-    return name == "draft_tokens" or (field is not None and field.default is None)
+    return name in BLANK_DEFAULTS or (field is not None and field.default is None)
+
+
+BLANK_DEFAULTS = {"draft_tokens": 0, "samples": 1}
+"""Fields whose blank means their default, not None."""
 
 
 SMALL_DRAFT_BYTES = 8 * 1024**3
@@ -68,16 +76,22 @@ def _text(settings: Settings, name: str) -> str:
     return "" if value is None else str(value)
 
 
+def switch_shown(settings: Settings) -> bool:
+    """Whether the Greedy / sample switch opens on: sampling chosen, or left to the default with samples."""
+    return bool(settings.sample) or (settings.sample is None and settings.samples > 1)
+
+
 def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str | None = None) -> Settings:
     """Settings from the dialog's texts; UsageError names the first field that is wrong."""
-    if base.sample is None and sample == bool(base.sample):
-        sample = None  # type: ignore[assignment]  # the switch left alone: still the default's to decide
-    parsed: dict[str, object] = {"sample": sample, "draft": base.draft if draft is None else draft}
+    chosen: bool | None = sample
+    if base.sample is None and sample == switch_shown(base):
+        chosen = None  # the switch left alone: still the default's to decide
+    parsed: dict[str, object] = {"sample": chosen, "draft": base.draft if draft is None else draft}
     for name, (kind, _hint) in FIELDS.items():
-        text = values[name].strip()
+        text = values.get(name, "").strip()
         label = LABELS[name]
-        if name == "draft_tokens" and not text:
-            parsed[name] = 0
+        if name in BLANK_DEFAULTS and not text:
+            parsed[name] = BLANK_DEFAULTS[name]
         elif name == "ram_budget":
             parsed[name] = None if text.lower() in ("", "auto") else parse_size(text, label)
         elif not text and blank_is_a_value(name):
@@ -92,6 +106,8 @@ def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str 
                 parsed[name] = float(text)
             except ValueError:
                 raise UsageError(f"{label}: {text!r} is not a number") from None
+    if not sample and int(parsed["samples"]) > 1:  # type: ignore[call-overload]
+        parsed["sample"] = False  # judged as the dialog shows it: greedy, which samples cannot be
     return replace(base, **parsed).validated()  # type: ignore[arg-type]
 
 
@@ -109,6 +125,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.cached = cached or []
         self.defaults = defaults
         """The open model's recommended decoding (generation_config.json): a blank field's value where it sets one."""
+        self._samples_switched = settings.samples > 1
 
     def _hint(self, name: str, hint: str) -> str:
         value = getattr(self.defaults, name, None) if self.defaults is not None else None
@@ -119,10 +136,14 @@ class SettingsScreen(ModalScreen[Settings | None]):
             yield Static("Settings", id="settings-title")
             with Grid(id="settings-grid"):
                 yield Label("Greedy / sample")
-                with Horizontal(classes="switch-row"):
-                    yield Switch(bool(self.settings.sample), id="sample")
-                    yield Label("sampling" if self.settings.sample else "greedy", id="sample-label")
+                with Horizontal(classes="switch-row"):  # Samples beside it: above 1, they need sampling
+                    yield Switch(switch_shown(self.settings), id="sample")
+                    yield Label("sampling" if switch_shown(self.settings) else "greedy", id="sample-label")
+                    yield Label(LABELS["samples"], id="samples-label")
+                    yield self._input("samples", *FIELDS["samples"])
                 for name, (kind, hint) in FIELDS.items():
+                    if name == "samples":
+                        continue
                     if name == "draft_tokens":
                         yield Label(LABELS["draft"])
                         yield Select(
@@ -133,25 +154,29 @@ class SettingsScreen(ModalScreen[Settings | None]):
                             id="draft",
                         )
                     yield Label(LABELS[name])
-                    yield Input(
-                        _text(self.settings, name),
-                        placeholder=self._hint(name, hint),
-                        type=kind,  # type: ignore[arg-type]
-                        valid_empty=blank_is_a_value(name),
-                        compact=True,
-                        id=name,
-                    )
+                    yield self._input(name, kind, hint)
             yield Static("", id="settings-error", markup=False)
             yield Static(
-                "Temperature, top-k and top-p apply when sampling. A draft proposes tokens the model checks "
-                "several per pass over its weights; the output keeps the model's own distribution. Changing the "
-                "RAM budget or the draft model reopens the model.",
+                "Temperature, top-k and top-p apply when sampling; Samples above 1 write that many side by side "
+                "(sample i with seed + i). A draft proposes tokens the model checks several per pass over its "
+                "weights, keeping the model's own distribution. Changing the RAM budget or the draft model "
+                "reopens the model.",
                 id="settings-help",
                 markup=False,
             )
             with Horizontal(id="settings-buttons"):
                 yield Button("Save", variant="primary", id="save")
                 yield Button("Cancel", id="cancel")
+
+    def _input(self, name: str, kind: str, hint: str) -> Input:
+        return Input(
+            _text(self.settings, name),
+            placeholder=self._hint(name, hint),
+            type=kind,  # type: ignore[arg-type]
+            valid_empty=blank_is_a_value(name),
+            compact=True,
+            id=name,
+        )
 
     def on_mount(self) -> None:
         self._sync_sampling()
@@ -163,6 +188,17 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.query_one("#sample-label", Label).update("sampling" if sample else "greedy")
         for name in ("temperature", "top_k", "top_p"):
             self.query_one(f"#{name}", Input).disabled = not sample
+
+    @on(Input.Changed, "#samples")
+    def _samples_need_sampling(self, event: Input.Changed) -> None:
+        try:
+            many = int(event.value) > 1
+        except ValueError:
+            return
+        switch = self.query_one("#sample", Switch)
+        if many and not switch.value and not self._samples_switched:
+            self._samples_switched = True  # once: turned back to greedy, saving says why it cannot be
+            switch.value = True
 
     def _values(self) -> dict[str, str]:
         return {name: self.query_one(f"#{name}", Input).value for name in FIELDS}
