@@ -13,6 +13,9 @@ one-line status that f4 opens below the output.
 ctrl+c is the reflex for "stop": it cancels a running generation (like escape) and, while idle, quits on a
 second press within QUIT_PRESS_SECONDS. A selection (in the editor, a dialog's field, or the output) is
 copied instead, as the editor's own ctrl+c does, but only while nothing runs.
+
+The digit keys pick one of the last run's samples (runs.py) only while they would type nothing: with the
+prompt editor empty; otherwise they reach the editor as usual.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from bloomtui import locations
 from bloomtui.cached_models import CachedModel, find_cached_blooms
 from bloomtui.engine import EngineOptions
 from bloomtui.remote.connection import RemoteOptions
-from bloomtui.settings import Settings, load_settings, save_settings
+from bloomtui.settings import MAX_SAMPLES, Settings, load_settings, save_settings
 from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.crash_log import crash_message, write_crash_log
@@ -94,6 +97,10 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         Binding("ctrl+l", "clear", "Clear", id="clear", show=False),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
         Binding("ctrl+c", "interrupt", "Cancel or quit", id="interrupt", show=False, priority=True),
+        *(
+            Binding(str(n), f"pick({n})", f"Pick sample {n}", id=f"pick-{n}", show=False, priority=True)
+            for n in range(1, MAX_SAMPLES + 1)
+        ),
     ]
 
     def __init__(
@@ -106,6 +113,7 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         cursor_blink: bool = True,
         remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
         draft: str | None = None,
+        samples: int | None = None,
     ) -> None:
         super().__init__()
         self.initial_model = model
@@ -129,6 +137,9 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         """--ram-budget wins over the saved setting until the user changes the budget in the dialog."""
         self._cli_draft = draft
         """--draft, likewise, over the saved draft."""
+        self._cli_samples = samples
+        """--samples, likewise, over the saved Samples."""
+        self._told_one_sample: object = None
         self._engine_lock = threading.Lock()
         """Held while a worker uses or replaces an engine: closing never races a generation."""
         self._shown_version = -1
@@ -173,6 +184,7 @@ class BloomApp(ModelOpening, RunControl, App[int]):
             self.theme = self.settings.theme
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.editor.cursor_blink = self.cursor_blink
+        self.editor.lets_through = lambda character: character.isdigit() and self.can_pick(int(character))
         self.editor.focus()
         self.query_one("#output").border_title = "Output"
         self.query_one("#prompt").border_title = "Prompt"
@@ -226,6 +238,8 @@ class BloomApp(ModelOpening, RunControl, App[int]):
             return True if self.running else None  # shown dimmed while idle; escape passes through
         if action == "interrupt" and not self.running and self._selection():
             return False  # ctrl+c goes on to copy the selection
+        if action == "pick":
+            return not isinstance(self.screen, ModalScreen) and self.can_pick(int(str(parameters[0])))
         return True
 
     def _selection(self) -> str:
@@ -264,6 +278,10 @@ class BloomApp(ModelOpening, RunControl, App[int]):
             new = replace(new, draft=self.settings.draft)
         else:
             self._cli_draft = None
+        if new.samples == effective.samples:  # nor a --samples
+            new = replace(new, samples=self.settings.samples)
+        else:
+            self._cli_samples = None
         self.settings = replace(new, theme=self.theme)
         try:
             path = save_settings(self.settings)
@@ -303,11 +321,15 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         self.notify(str(path), title="Transcript saved")
 
     def action_copy_output(self) -> None:
-        exchanges = self.output.exchanges
-        if not exchanges:
-            self.notify("Nothing to copy yet.", severity="warning")
+        exchange = self.output.latest
+        if exchange is None:
+            samples = self.output.latest_samples
+            if samples is None:
+                self.notify("Nothing to copy yet.", severity="warning")
+            else:
+                self.notify(f"Pick a sample first (1-{samples.samples.count}, or click one).", severity="warning")
             return
-        text = exchanges[-1].prompt + exchanges[-1].text
+        text = exchange.prompt + exchange.text
         self.copy_to_clipboard(text)
         self.notify(f"Copied {len(text)} characters (prompt and continuation).")
 
@@ -370,11 +392,12 @@ def run_app(
     options: EngineOptions,
     remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
     draft: str | None = None,
+    samples: int | None = None,
 ) -> int:
     """Run the app on `model` (a folder, a cached repo id, a server URL, DEMO_ARG, or None to choose); `draft`
-    overrides the saved draft setting for this session."""
+    and `samples` override the saved Draft and Samples settings for this session."""
     spec = None if model is None else DEMO if model == DEMO_ARG else ModelSpec(model)
-    app = BloomApp(spec, options, remote=remote, draft=draft)
+    app = BloomApp(spec, options, remote=remote, draft=draft, samples=samples)
     try:
         code = app.run()
     except Exception as exc:  # failed outside Textual's own handling (driver start-up, shutdown)

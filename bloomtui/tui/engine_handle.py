@@ -68,6 +68,9 @@ class EngineHandle(Protocol):
     info: ModelInfo
     baseline_rss: int
     """Process RSS just before the model loaded: the runtime the RAM budget does not cover."""
+    multi_sequence: bool
+    """Whether one run may carry several sequences (samples side by side); a server runs one. A handle without
+    the attribute (a wrapper in a test) counts as False."""
 
     def generate(
         self,
@@ -77,6 +80,16 @@ class EngineHandle(Protocol):
         cancel: threading.Event,
         draft: DraftRequest | None = None,
     ) -> events.Done | events.Cancelled: ...
+
+    def generate_many(
+        self,
+        prompts: list[str],
+        params: list[SamplingParams],
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
+    ) -> list[events.Done | events.Cancelled]:
+        """prompts[i] with params[i], side by side in shared passes; events carry `sequence=i`."""
 
     def draft_name(self, draft: DraftRequest | None) -> str | None:
         """What drafts a run asked to draft with `draft`, for the panel; None when nothing will."""
@@ -93,6 +106,8 @@ Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threa
 
 class RealEngine:
     """An open `Engine` plus what the panel shows about it."""
+
+    multi_sequence = True
 
     def __init__(
         self,
@@ -137,6 +152,16 @@ class RealEngine:
         draft: DraftRequest | None = None,
     ) -> events.Done | events.Cancelled:
         return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=self._draft_spec(draft))
+
+    def generate_many(
+        self,
+        prompts: list[str],
+        params: list[SamplingParams],
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
+    ) -> list[events.Done | events.Cancelled]:
+        return self.engine.generate_many(prompts, params, on_event, cancel, self._draft_spec(draft))
 
     def _draft_spec(self, draft: DraftRequest | None) -> DraftSpec | None:
         if draft is None:

@@ -17,10 +17,10 @@ from bloomtui.tui.engine_handle import EngineHandle, ModelSpec
 
 @dataclass
 class RunEnded(Message):
-    """Run `run` finished, was cancelled, or failed (`error` set, `result` None)."""
+    """Run `run` finished or was cancelled (a result per sample, in order), or failed (`error` set, `results` None)."""
 
     run: int
-    result: events.Done | events.Cancelled | None
+    results: list[events.Done | events.Cancelled] | None
     error: str | None = None
     title: str = "Generation failed"
 

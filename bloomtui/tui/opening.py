@@ -49,6 +49,8 @@ class ModelOpening:
     workers: object
     _cli_budget: int | None
     _cli_draft: str | None
+    _cli_samples: int | None
+    _told_one_sample: object
     _engine_lock: threading.Lock
     _shown_version: int
     _kept: KeptModel | None
@@ -73,12 +75,14 @@ class ModelOpening:
         return replace(self.options, ram_budget=self._settings_in_effect().ram_budget)
 
     def _settings_in_effect(self) -> Settings:
-        """The saved settings with the command line's --ram-budget and --draft laid over them."""
+        """The saved settings with the command line's --ram-budget, --draft and --samples laid over them."""
         settings = self.settings
         if self._cli_budget is not None:
             settings = replace(settings, ram_budget=self._cli_budget)
         if self._cli_draft is not None:
             settings = replace(settings, draft=self._cli_draft)
+        if self._cli_samples is not None:
+            settings = replace(settings, samples=self._cli_samples)
         return settings
 
     def _draft_request(self) -> DraftRequest | None:
@@ -145,6 +149,10 @@ class ModelOpening:
             output.notice(f"Connected to {info.url}, serving {info.model}. Escape closes a stream mid-run.")
             if self._draft_request() is not None:
                 output.notice("The draft setting applies to local models only; the server decodes alone.")
+            samples = self._settings_in_effect().samples
+            if samples > 1:
+                output.notice(f"Samples ({samples}) apply to local models only; the server writes one continuation.")
+                self._told_one_sample = message.handle
         elif info.demo:
             output.notice(
                 "Demo model open: a 5M-parameter BLOOM the project trained on the Python documentation, so it "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from bloomtui.engine import events
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -20,6 +22,10 @@ class Piece:
     run: int
     text: str
     guess: bool = False
+    sequence: int = 0
+    """Which of the run's samples it belongs to (0-based)."""
+    ended: events.Done | events.Cancelled | None = None
+    """Set (with no text) where a sample of a run with several ended: its pane shows how, while the rest go on."""
 
 
 class PendingText:
@@ -27,10 +33,15 @@ class PendingText:
         self._lock = threading.Lock()
         self._pieces: list[Piece] = []
 
-    def add(self, run: int, text: str, guess: bool = False) -> None:
+    def add(self, run: int, text: str, guess: bool = False, sequence: int = 0) -> None:
         """From the engine thread."""
         with self._lock:
-            self._pieces.append(Piece(run, text, guess))
+            self._pieces.append(Piece(run, text, guess, sequence))
+
+    def end(self, run: int, result: events.Done | events.Cancelled) -> None:
+        """From the engine thread: sample `result.sequence` ended, after every piece of it added so far."""
+        with self._lock:
+            self._pieces.append(Piece(run, "", sequence=result.sequence, ended=result))
 
     def take(self) -> list[Piece]:
         """Everything added since the last take, oldest first."""

@@ -12,6 +12,7 @@ import httpx
 import psutil
 
 from bloomtui.engine import EngineOptions, SamplingParams, events
+from bloomtui.errors import UsageError
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.remote.engine import RemoteEngine
@@ -20,6 +21,9 @@ from bloomtui.tui.remote_state import RemoteInfo
 
 
 class RemoteHandle:
+    multi_sequence = False
+    """A server streams one sequence per request: the app runs one sample (and says so)."""
+
     def __init__(self, engine: RemoteEngine) -> None:
         self.engine = engine
         self.baseline_rss = 0
@@ -36,6 +40,18 @@ class RemoteHandle:
     ) -> events.Done | events.Cancelled:
         # A server decodes on its own: drafting is local only (the app says so when it connects).
         return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
+
+    def generate_many(
+        self,
+        prompts: list[str],
+        params: list[SamplingParams],
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: DraftRequest | None = None,
+    ) -> list[events.Done | events.Cancelled]:
+        if len(prompts) != 1:
+            raise UsageError("a server runs one sequence at a time (samples work with local models only)")
+        return [self.generate(prompts[0], params[0], on_event, cancel)]
 
     def draft_name(self, draft: DraftRequest | None) -> str | None:
         return None

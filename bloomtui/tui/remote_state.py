@@ -85,8 +85,9 @@ class RemoteTracker:
             model = self._live.snap.model if keep_model else None
             self._set(state="error", message=message, model=model, connection="failed", eta=None)
 
-    def start(self, run: int, max_tokens: int, draft_name: str = "") -> None:
-        """A new run (a server decodes alone: `draft_name` is accepted for the tracker interface and unused)."""
+    def start(self, run: int, max_tokens: int, draft_name: str = "", sequences: int = 1) -> None:
+        """A new run (a server decodes alone, one sequence at a time: `draft_name` and `sequences` are accepted for
+        the tracker interface and unused)."""
         with self._lock:
             live = self._live
             live.run = run

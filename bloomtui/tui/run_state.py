@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bloomtui.engine import events
+from bloomtui.tui.sample_rates import SampleRates
 
 State = Literal["empty", "loading", "idle", "running", "done", "cancelled", "error"]
 HISTORY = 40
@@ -100,6 +101,14 @@ class PanelSnapshot:
     draft_accepted: int = 0
     passes: int = 0
     """Passes over the model's weights in this run (the prefill included)."""
+    sequences: int = 1
+    """Samples the run writes side by side; `tokens` and `seconds_per_token` are then those of one sample."""
+    sample_tokens: tuple[int, ...] = ()
+    sample_rates: tuple[float | None, ...] = ()
+    """Each sample's tokens/s: over its recent tokens while it runs, over its whole run once done."""
+    samples_running: int = 0
+    aggregate_rate: float | None = None
+    """Tokens/s of all samples together (they share each pass)."""
 
     @property
     def acceptance(self) -> float | None:
@@ -128,9 +137,11 @@ class _Live:
     block_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
     token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
     history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
-    drafted: tuple[int, tuple[int, ...]] = (0, ())
-    """The latest proposal (first token index, ids) and, as tokens arrive, how far they kept it."""
-    draft_kept: int = 0
+    drafted: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    """Each sample's latest proposal (first token index, ids) and, as tokens arrive, how far they kept it."""
+    draft_kept: dict[int, int] = field(default_factory=dict)
+    samples: SampleRates | None = None
+    """The samples' speeds, for a run of several."""
 
 
 class RunTracker:
@@ -184,14 +195,15 @@ class RunTracker:
 
     # --- runs ---
 
-    def start(self, run: int, max_tokens: int, draft_name: str = "") -> None:
-        """A new run: later events of older runs are dropped from now on."""
+    def start(self, run: int, max_tokens: int, draft_name: str = "", sequences: int = 1) -> None:
+        """A new run of `sequences` samples: later events of older runs are dropped from now on."""
         with self._lock:
             live = self._live
             live.run = run
             live.current = _Pass()
             live.token_seconds.clear()
-            live.drafted, live.draft_kept = (0, ()), 0
+            live.drafted, live.draft_kept = {}, {}
+            live.samples = SampleRates(sequences) if sequences > 1 else None
             self._set(
                 state="running",
                 message="prefill",
@@ -211,6 +223,11 @@ class RunTracker:
                 draft_proposed=0,
                 draft_accepted=0,
                 passes=0,
+                sequences=sequences,
+                sample_tokens=(0,) * sequences if sequences > 1 else (),
+                sample_rates=(None,) * sequences if sequences > 1 else (),
+                samples_running=sequences,
+                aggregate_rate=None,
             )
 
     def feed(self, run: int, event: events.Event) -> None:
@@ -234,10 +251,12 @@ class RunTracker:
                 self._token(event)
             elif isinstance(event, events.Drafted):
                 live = self._live
-                live.drafted, live.draft_kept = (event.index, event.ids), 0
+                live.drafted[event.sequence], live.draft_kept[event.sequence] = (event.index, event.ids), 0
                 self._set(draft_proposed=live.snap.draft_proposed + len(event.ids))
             elif isinstance(event, events.LoadProgress):
                 self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
+            elif isinstance(event, events.Done | events.Cancelled) and self._live.samples is not None:
+                self._sample_ended(self._live.samples, event)
             elif isinstance(event, events.Done):
                 # The run's own rate (decode passes only) replaces the recent-token average, so the panel
                 # and the output's status line agree.
@@ -313,19 +332,53 @@ class RunTracker:
             live.token_seconds.append(event.seconds)
         per_token = sum(live.token_seconds) / len(live.token_seconds) if live.token_seconds else None
         remaining = max(0, live.snap.max_tokens - event.index - 1)
-        first, ids = live.drafted
+        first, ids = live.drafted.get(event.sequence, (0, ()))
         position = event.index - first
         # A drafted token is kept while every one before it in the proposal was (verify's own rule).
-        kept = 0 <= position < len(ids) and position == live.draft_kept and ids[position] == event.id
+        kept = 0 <= position < len(ids) and position == live.draft_kept[event.sequence] and ids[position] == event.id
         if kept:
-            live.draft_kept += 1
+            live.draft_kept[event.sequence] += 1
+        samples: dict[str, object] = {}
+        if live.samples is not None:
+            live.samples.token(event)
+            samples = {"sample_tokens": tuple(live.samples.tokens), "sample_rates": live.samples.rates()}
+            samples["aggregate_rate"] = live.samples.aggregate()
         self._set(
             draft_accepted=live.snap.draft_accepted + kept,
             prefill_tokens=0,
-            tokens=event.index + 1,
+            tokens=max(live.snap.tokens, event.index + 1),
             seconds_per_token=per_token if per_token is not None else live.snap.seconds_per_token,
             eta_run=remaining * per_token if per_token is not None else live.snap.eta_run,
+            **samples,
         )
+
+    def _sample_ended(self, samples: SampleRates, result: events.Done | events.Cancelled) -> None:
+        """One sample of several ended; the run ends with the last."""
+        samples.end(result)
+        running = sum(ended is None for ended in samples.ended)
+        rates = samples.rates()
+        self._set(
+            sample_tokens=tuple(samples.tokens),
+            sample_rates=rates,
+            samples_running=running,
+            aggregate_rate=samples.aggregate(),
+        )
+        if running:
+            return
+        ended = [r for r in samples.ended if r is not None]
+        done = [r for r in ended if isinstance(r, events.Done)]
+        if len(done) < len(ended):
+            self._finish("cancelled", f"after {sum(r.new_tokens for r in ended)} tokens in {len(ended)} samples")
+            return
+        known = [rate for rate in rates if rate]
+        self._set(
+            passes=max(r.passes for r in done),
+            draft_proposed=sum(r.draft_proposed for r in done),
+            draft_accepted=sum(r.draft_accepted for r in done),
+            prompt_tokens=done[0].prompt_tokens,
+            seconds_per_token=len(known) / sum(known) if known else self._live.snap.seconds_per_token,
+        )
+        self._finish("done", samples_message(done))
 
     def _finish(self, state: State, message: str) -> None:
         self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None, prefill_tokens=0)
@@ -336,6 +389,18 @@ def done_message(done: events.Done) -> str:
     return f"{done.new_tokens} tokens · {reasons.get(done.stop_reason, done.stop_reason)}"
 
 
+def samples_message(done: list[events.Done]) -> str:
+    return f"{len(done)} samples · {sum(r.new_tokens for r in done)} tokens"
+
+
+def run_status(result: events.Done | events.Cancelled) -> tuple[str, str]:
+    """(outcome, status line) of a run, or of one sample of a run, as the output shows it when it ends."""
+    if isinstance(result, events.Done):
+        rate = f" · {result.tokens_per_second:.1f} tok/s" if result.tokens_per_second else ""
+        return "done", f"done · {done_message(result)}{rate}"
+    return "cancelled", f"cancelled after {result.new_tokens} tokens"
+
+
 @dataclass(frozen=True)
 class MemoryCeiling:
     """The RSS the process can be expected to reach, in the three parts the panel names."""
@@ -344,7 +409,8 @@ class MemoryCeiling:
     """What is not the model: RSS before the load, or more where opening added more than the budget covers."""
     budget: int
     run: int
-    """A run's KV cache (up to twice what its tokens need: it grows by doubling) and RUN_ALLOWANCE."""
+    """A run's KV caches (one per sample, each up to twice what its tokens need: they grow by doubling) and
+    RUN_ALLOWANCE."""
 
     @property
     def total(self) -> int:
@@ -358,7 +424,8 @@ def memory_ceiling(snap: PanelSnapshot) -> MemoryCeiling | None:
     if model is None or not model.total_budget:
         return None
     budget = model.total_budget
-    run = RUN_ALLOWANCE + 2 * model.kv_bytes_per_token * (snap.prompt_tokens + snap.max_tokens)
+    # Each sample has its own caches (a shared prompt is prefilled once, then copied).
+    run = RUN_ALLOWANCE + 2 * model.kv_bytes_per_token * (snap.prompt_tokens + snap.max_tokens) * snap.sequences
     ceiling = MemoryCeiling(max(snap.baseline_rss, snap.open_rss - budget), budget, run)
     if snap.state != "running" and snap.rss is not None and snap.rss > ceiling.total:
         ceiling = replace(ceiling, runtime=snap.rss - budget - run)

@@ -3,17 +3,25 @@
 The worker never touches a widget: panel status goes into the run's tracker, text into `PendingText`, and the
 app's tick (`show_pending`) moves the text to the output pane a few times a second in one append. Each run is
 numbered, so that late events of a cancelled run are ignored.
+
+With the Samples setting above 1, a run writes that many samples of the prompt side by side in shared passes
+(`generate_many`; seed S+i for sample i). Once it has ended, keys 1..N (while the prompt editor is empty) or a
+click pick one: the prompt and that sample go into the editor, so the next run continues it. A server writes one
+continuation per request: there the run has one sample, and the app says why once.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from textual import work
+from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from bloomtui.engine import SamplingParams, events
+from bloomtui.engine.generate import sample_params
 from bloomtui.errors import BloomtuiError, UsageError
 from bloomtui.settings import Settings
 from bloomtui.tui.engine_handle import DraftRequest, EngineHandle
@@ -21,9 +29,11 @@ from bloomtui.tui.history import remember
 from bloomtui.tui.messages import RunEnded
 from bloomtui.tui.pending_text import PendingText
 from bloomtui.tui.remote_state import RemoteTracker
-from bloomtui.tui.run_state import RunTracker, done_message
+from bloomtui.tui.run_state import RunTracker, run_status
+from bloomtui.tui.sample_rates import aggregate_rate
 from bloomtui.tui.widgets.output_view import OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
+from bloomtui.tui.widgets.samples_view import SamplesView
 
 
 class RunControl:
@@ -41,6 +51,9 @@ class RunControl:
     poll_panel: Callable[[], None]
     _save_history: Callable[[], None]
     _draft_request: Callable[[], DraftRequest | None]
+    _settings_in_effect: Callable[[], Settings]
+    _told_one_sample: object
+    """The handle the app last said runs one sample (a server), so it says so once per connection."""
 
     def action_submit(self) -> None:
         prompt = self.editor.text
@@ -57,8 +70,14 @@ class RunControl:
             else:
                 notify("No model is open: ctrl+o opens one (the demo model works offline).", severity="warning")
             return
+        settings = self._settings_in_effect()
+        if settings.samples > 1 and not getattr(self.handle, "multi_sequence", False):
+            if self._told_one_sample is not self.handle:
+                self._told_one_sample = self.handle
+                notify(f"Samples ({settings.samples}) apply to local models: a server writes one continuation.")
+            settings = replace(settings, samples=1)
         try:
-            params = self.settings.sampling_params(getattr(self.handle, "generation_defaults", None))
+            params = settings.sampling_params(getattr(self.handle, "generation_defaults", None))
         except UsageError as exc:
             notify(exc.message, title="Settings", severity="error")
             return
@@ -68,10 +87,14 @@ class RunControl:
         self.running = True
         self.refresh_bindings()  # type: ignore[attr-defined]
         draft = self._draft_request()
-        self.tracker.start(self.run_number, params.max_new_tokens, self.handle.draft_name(draft) or "")
-        self.output.start_run(self.run_number, prompt, self.handle.info.name)
+        n = settings.samples
+        self.tracker.start(self.run_number, params.max_new_tokens, self.handle.draft_name(draft) or "", n)
+        if n > 1:
+            self.output.start_samples(self.run_number, prompt, self.handle.info.name, n)
+        else:
+            self.output.start_run(self.run_number, prompt, self.handle.info.name)
         self.editor.set_prompt("")
-        self._generate(self.run_number, prompt, params, self.handle, draft, self.tracker)
+        self._generate(self.run_number, prompt, sample_params(params, n), self.handle, draft, self.tracker)
         self.poll_panel()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
@@ -79,31 +102,41 @@ class RunControl:
         self,
         run: int,
         prompt: str,
-        params: SamplingParams,
+        params: list[SamplingParams],
         handle: EngineHandle,
         draft: DraftRequest | None,
         tracker: RunTracker | RemoteTracker,
     ) -> None:
+        """`prompt` once per entry of `params` (samples side by side when there are several)."""
         worker: Worker[None] = get_current_worker()
         pending = self.pending
+        many = len(params) > 1
 
         def sink(event: events.Event) -> None:
             tracker.feed(run, event)
             if isinstance(event, events.TokenGenerated):
                 if event.text:
-                    pending.add(run, event.text)
+                    pending.add(run, event.text, sequence=event.sequence)
             elif isinstance(event, events.Drafted):
-                pending.add(run, event.text, guess=True)
+                pending.add(run, event.text, guess=True, sequence=event.sequence)
+            elif many and isinstance(event, events.Done | events.Cancelled):
+                pending.end(run, event)  # its pane says so while the other samples go on
 
         post = self.post_message  # type: ignore[attr-defined]
         with self._engine_lock:
             if worker.is_cancelled:  # cancelled (or the model replaced) before it started
-                result: events.Done | events.Cancelled = events.Cancelled(0, (), "", 0)
-                sink(result)
-                post(RunEnded(run, result))
+                results: list[events.Done | events.Cancelled] = [
+                    events.Cancelled(0, (), "", 0, sequence=i) for i in range(len(params))
+                ]
+                for result in results:
+                    sink(result)
+                post(RunEnded(run, results))
                 return
             try:
-                result = handle.generate(prompt, params, sink, worker.cancelled_event, draft)
+                if many:
+                    results = handle.generate_many([prompt] * len(params), params, sink, worker.cancelled_event, draft)
+                else:
+                    results = [handle.generate(prompt, params[0], sink, worker.cancelled_event, draft)]
             except BloomtuiError as exc:
                 post(RunEnded(run, None, exc.message, exc.title))
                 return
@@ -112,7 +145,7 @@ class RunControl:
                 tracker.feed(run, events.Error(0, message))
                 post(RunEnded(run, None, message, "Engine failure"))
                 return
-        post(RunEnded(run, result))
+        post(RunEnded(run, results))
 
     def show_pending(self) -> None:
         """Move the text the engine made since the last call to the output pane, in one append."""
@@ -128,16 +161,50 @@ class RunControl:
         self.show_pending()  # the run's last pieces were added before this message was posted
         self.running = False
         self.refresh_bindings()  # type: ignore[attr-defined]
-        result = message.result
-        if isinstance(result, events.Done):
-            rate = f" · {result.tokens_per_second:.1f} tok/s" if result.tokens_per_second else ""
-            self.output.finish(message.run, "done", f"done · {done_message(result)}{rate}")
-        elif isinstance(result, events.Cancelled):
-            self.output.finish(message.run, "cancelled", f"cancelled after {result.new_tokens} tokens")
-        else:
+        results = message.results
+        if results is None:
             self.output.finish(message.run, "error", f"error: {message.error}")
             self.notify(message.error or "unknown error", title=message.title, severity="error", timeout=10)  # type: ignore[attr-defined]
+        elif len(results) == 1:
+            self.output.finish(message.run, *run_status(results[0]))
+        else:
+            for i, result in enumerate(results):
+                self.output.finish_sample(message.run, i, *run_status(result))
+            self.output.finish(message.run, *samples_status(results))
         self.poll_panel()
+
+    # --- picking a sample ---
+
+    def can_pick(self, number: int) -> bool:
+        """Whether key `number` picks a sample now: the last run wrote that many or more and has ended, and the
+        key would not type into a prompt or field that has text (the editor empty, or focus elsewhere)."""
+        view = self.output.latest_samples
+        if view is None or view.running or not 1 <= number <= view.samples.count:
+            return False
+        focused = self.focused  # type: ignore[attr-defined]
+        if isinstance(focused, TextArea):
+            return not focused.text
+        return not (isinstance(focused, Input) and focused.value)
+
+    def action_pick(self, number: int) -> None:
+        self.pick_sample(number - 1)
+
+    def pick_sample(self, index: int) -> None:
+        view = self.output.latest_samples
+        if view is None or not 0 <= index < view.samples.count:
+            return
+        if view.running:
+            self.notify("Pick a sample once the run has ended (escape ends it now).", severity="warning")  # type: ignore[attr-defined]
+            return
+        exchange = view.pick(index)
+        self.editor.set_prompt(exchange.prompt + exchange.text)
+        self.editor.focus()
+
+    def on_samples_view_picked(self, message: SamplesView.Picked) -> None:
+        if message.control is self.output.latest_samples:
+            self.pick_sample(message.index)
+        else:
+            self.notify("Only the last run's samples can be picked.", severity="warning")  # type: ignore[attr-defined]
 
     def action_cancel(self) -> None:
         if self.running:
@@ -154,3 +221,13 @@ class RunControl:
             if event.worker.group == "generate" and self.running:
                 self.running = False
                 self.output.finish(self.run_number, "error", f"error: {error}")
+
+
+def samples_status(results: list[events.Done | events.Cancelled]) -> tuple[str, str]:
+    """(outcome, status line) of a run of several samples: done when every sample is, with their rate together."""
+    tokens = sum(result.new_tokens for result in results)
+    if not all(isinstance(result, events.Done) for result in results):
+        return "cancelled", f"cancelled after {tokens} tokens in {len(results)} samples"
+    rate = aggregate_rate(results)
+    together = f" · {rate:.1f} tok/s in all" if rate else ""
+    return "done", f"done · {len(results)} samples · {tokens} tokens{together}"

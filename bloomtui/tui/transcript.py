@@ -1,4 +1,4 @@
-"""The session as Markdown: each prompt, its continuation, and how the run ended."""
+"""The session as Markdown: each prompt, its continuation (or each of its samples), and how the run ended."""
 
 from __future__ import annotations
 
@@ -19,28 +19,23 @@ def _fence(text: str) -> str:
 
 
 def to_markdown(exchanges: Iterable[Exchange], title: str = "bloomtui transcript") -> str:
+    """A section per run: its prompt, then its continuation, or each of its samples under its label."""
     lines = [f"# {title}", ""]
-    for number, exchange in enumerate(exchanges, start=1):
+    number = 0
+    for exchange in exchanges:
         # Fenced text: model output is raw text, and Markdown would eat its `*`, `#` and indentation.
+        if exchange.sample <= 1:  # a new run (the first of its samples)
+            number += 1
+            heading = f"## {number}. {exchange.model}"
+            if exchange.sample:
+                heading += f" · {exchange.samples} samples"
+            fence = _fence(exchange.prompt + exchange.text)  # one fence for a prompt and its continuation
+            lines += [heading, "", "**Prompt**", "", fence, exchange.prompt, fence, ""]
+        label = "Continuation"
+        if exchange.sample:
+            label = exchange.label.capitalize() + (" (picked)" if exchange.picked else "")
         fence = _fence(exchange.prompt + exchange.text)
-        lines += [
-            f"## {number}. {exchange.model}",
-            "",
-            "**Prompt**",
-            "",
-            fence,
-            exchange.prompt,
-            fence,
-            "",
-            "**Continuation**",
-            "",
-            fence,
-            exchange.text,
-            fence,
-            "",
-            f"_{exchange.status or exchange.outcome}_",
-            "",
-        ]
+        lines += [f"**{label}**", "", fence, exchange.text, fence, "", f"_{exchange.status or exchange.outcome}_", ""]
     return "\n".join(lines)
 
 

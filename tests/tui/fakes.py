@@ -91,6 +91,17 @@ class ScriptedEngine:
     def draft_name(self, draft: object) -> str | None:
         return None
 
+    multi_sequence: bool = True
+    sample_lengths: tuple[int, ...] = ()
+    """Tokens sample i writes before its end of text (default: every sample runs to max_new_tokens)."""
+    params_asked: list[list[SamplingParams]] = field(default_factory=list)
+    """The parameters of each run, one per sequence."""
+
+    def sample_pieces(self, sequence: int) -> tuple[str, ...]:
+        """Sample 0 writes `pieces`; sample i the same pieces rotated by 3i, so samples differ."""
+        shift = (3 * sequence) % len(self.pieces)
+        return self.pieces[shift:] + self.pieces[:shift]
+
     def generate(
         self,
         prompt: str,
@@ -99,12 +110,30 @@ class ScriptedEngine:
         cancel: threading.Event,
         draft: object = None,
     ) -> events.Done | events.Cancelled:
+        return self.generate_many([prompt], [params], on_event, cancel, draft)[0]
+
+    def generate_many(
+        self,
+        prompts: list[str],
+        params: list[SamplingParams],
+        on_event: events.EventSink,
+        cancel: threading.Event,
+        draft: object = None,
+    ) -> list[events.Done | events.Cancelled]:
+        """One pass per step for every sample still running; a sample ends (Done) at its length."""
         self.runs += 1
+        self.params_asked.append(list(params))
         gen, n = self.runs, self.info.n_blocks
-        ids: list[int] = []
-        text: list[str] = []
-        count = min(params.max_new_tokens, len(self.pieces))
+        count = min(params[0].max_new_tokens, len(self.pieces))
+        given = self.sample_lengths
+        lengths = [min(count, given[i]) if i < len(given) else count for i in range(len(prompts))]
+        ids: list[list[int]] = [[] for _ in prompts]
+        text: list[list[str]] = [[] for _ in prompts]
+        results: dict[int, events.Done | events.Cancelled] = {}
         for step in range(count):
+            running = [i for i in range(len(prompts)) if i not in results]
+            if not running:
+                break
             kind = "prefill" if step == 0 else "decode"
             for i in range(n):
                 if (step == self.hold_token or step in self.hold_tokens) and i == self.hold_block:
@@ -119,21 +148,34 @@ class ScriptedEngine:
                         gen, index=i, total=n, kind=kind, token_index=step, resident=resident,
                         bytes=0 if resident else BLOCK_BYTES, read_seconds=read, wait_seconds=read / 2,
                         compute_seconds=0.01 if step else 0.03, rss=1_950_000_000 + 1_000_000 * (i % 4),
+                        rows=len(running),
                     )
                 )  # fmt: skip
                 if cancel.is_set():
                     self.cancel_seen.set()
-                    return self._end(on_event, events.Cancelled(gen, tuple(ids), "".join(text), len(ids)))
+                    for s in running:
+                        cancelled = events.Cancelled(gen, tuple(ids[s]), "".join(text[s]), len(ids[s]), sequence=s)
+                        results[s] = self._end(on_event, cancelled)
+                    return [results[s] for s in range(len(prompts))]
             on_event(events.PhaseChanged(gen, "sampling", n, n))
-            ids.append(100 + step)
-            text.append(self.pieces[step])
-            on_event(events.TokenGenerated(gen, step, ids[-1], self.pieces[step], -1.5, 0.9 if step else 2.1))
+            for s in running:
+                piece = self.sample_pieces(s)[step]
+                ids[s].append(100 + step)
+                text[s].append(piece)
+                on_event(events.TokenGenerated(gen, step, ids[s][-1], piece, -1.5, 0.9 if step else 2.1, sequence=s))
+                if len(ids[s]) == lengths[s]:
+                    results[s] = self._end(on_event, self._done(gen, ids[s], text[s], s, count))
+        return [results[s] for s in range(len(prompts))]
+
+    @staticmethod
+    def _done(gen: int, ids: list[int], text: list[str], sequence: int, count: int) -> events.Done:
         done = events.Done(
             gen, token_ids=tuple(ids), text="".join(text), prompt_tokens=12, new_tokens=len(ids),
             prefill_seconds=2.1, decode_seconds=0.9 * (len(ids) - 1), tokens_per_second=1 / 0.9,
-            peak_rss=1_953_000_000, bytes_read=0, stop_reason="length",
+            peak_rss=1_953_000_000, bytes_read=0, stop_reason="length" if len(ids) == count else "eos",
+            passes=len(ids), sequence=sequence,
         )  # fmt: skip
-        return self._end(on_event, done)
+        return done
 
     @staticmethod
     def _end(on_event: events.EventSink, result: events.Done | events.Cancelled) -> events.Done | events.Cancelled:

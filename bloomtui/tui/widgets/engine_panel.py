@@ -68,6 +68,7 @@ class EnginePanel(VerticalScroll):
         yield Static(id="panel-memory", markup=False)
         yield ProgressBar(total=1, show_eta=False, id="memory-bar")
         yield Static(id="panel-tokens", markup=False)
+        yield Static(id="panel-samples", markup=False)
         yield Static(id="panel-draft", markup=False)
         yield Static(id="panel-eta", markup=False)
         yield Static("Blocks", classes="panel-heading", markup=False)
@@ -178,9 +179,16 @@ class EnginePanel(VerticalScroll):
         self.set_class(snap.rss > ceiling.total, "-over-budget")
 
     def _show_tokens(self, snap: PanelSnapshot) -> None:
-        rate = f" · {1 / snap.seconds_per_token:.1f} tok/s" if snap.seconds_per_token else ""
         limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
-        self._update("#panel-tokens", f"tokens {snap.tokens}{limit} · {_seconds(snap.seconds_per_token)}/tok{rate}")
+        per_token = f"{_seconds(snap.seconds_per_token)}/tok"
+        samples = self.query_one("#panel-samples", Static)
+        samples.display = snap.sequences > 1
+        if snap.sequences > 1:  # the rates are the samples line's
+            self._update("#panel-tokens", f"tokens {snap.tokens}{limit} per sample · {per_token}")
+            self._update("#panel-samples", samples_lines(snap))
+        else:
+            rate = f" · {1 / snap.seconds_per_token:.1f} tok/s" if snap.seconds_per_token else ""
+            self._update("#panel-tokens", f"tokens {snap.tokens}{limit} · {per_token}{rate}")
         self._update("#panel-eta", f"ETA    pass {_seconds(snap.eta_pass)} · run {_seconds(snap.eta_run)}")
         draft = self.query_one("#panel-draft", Static)
         draft.display = bool(snap.draft_name)
@@ -191,3 +199,18 @@ class EnginePanel(VerticalScroll):
                 f"draft  {snap.draft_name}\n       {kept} kept ({snap.draft_accepted}/{snap.draft_proposed}) · "
                 f"{per_pass} tok/pass"
             )
+
+
+SAMPLES_PER_LINE = 4
+
+
+def samples_lines(snap: PanelSnapshot) -> str:
+    """The samples' speed together, then each sample's tokens/s by its number, four to a line."""
+    running = f" · {snap.samples_running} running" if snap.state == "running" else ""
+    together = f"{snap.aggregate_rate:.1f}" if snap.aggregate_rate else "—"
+    lines = [f"samples {snap.sequences}{running} · {together} tok/s in all"]
+    each = [f"{i + 1}: {rate:.1f}" if rate else f"{i + 1}: —" for i, rate in enumerate(snap.sample_rates)]
+    for start in range(0, len(each), SAMPLES_PER_LINE):
+        label = "tok/s  " if start == 0 else "       "
+        lines.append(label + "  ".join(each[start : start + SAMPLES_PER_LINE]))
+    return "\n".join(lines)

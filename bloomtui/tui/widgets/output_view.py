@@ -1,4 +1,5 @@
-"""The scrolling output pane: notices and one `RunOutput` per prompt, following the end while streaming.
+"""The scrolling output pane: notices and one `RunOutput` per prompt (a `SamplesView` for a run of several
+samples), following the end while streaming.
 
 Following is Textual's anchor: while anchored, every layout (new text, a re-wrap after f4 or a resize) puts
 the end in view in that same frame; the user scrolling up releases it, scrolling back to the bottom takes it
@@ -21,7 +22,9 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from bloomtui.tui.pending_text import Piece
+from bloomtui.tui.samples_state import SampleSet
 from bloomtui.tui.widgets.run_output import Exchange, RunOutput
+from bloomtui.tui.widgets.samples_view import SamplesView
 
 
 class Notice(Static):
@@ -49,13 +52,13 @@ class OutputEnd(Widget):
 class OutputView(VerticalScroll):
     DEFAULT_CSS = """
     OutputView { height: 1fr; }
-    OutputView > RunOutput { margin-top: 1; }
-    OutputView > RunOutput:first-child { margin-top: 0; }
+    OutputView > RunOutput, OutputView > SamplesView { margin-top: 1; }
+    OutputView > RunOutput:first-child, OutputView > SamplesView:first-child { margin-top: 0; }
     """
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.runs: dict[int, RunOutput] = {}
+        self.runs: dict[int, RunOutput | SamplesView] = {}
         self._end = OutputEnd()
 
     def compose(self) -> ComposeResult:
@@ -74,9 +77,32 @@ class OutputView(VerticalScroll):
         grew_only = grew_only and virtual_size.width == self.virtual_size.width and same_bar
         return super()._size_updated(size, virtual_size, container_size, layout=layout and not grew_only)
 
+    def on_resize(self) -> None:
+        for view in self.runs.values():
+            if isinstance(view, SamplesView) and view.running:
+                view.fit(self.scrollable_content_region.height)  # the panes share the pane's new height
+
     @property
     def exchanges(self) -> list[Exchange]:
-        return [output.exchange for output in self.runs.values()]
+        """Every run's continuation, and each sample of a run of several, in order."""
+        found: list[Exchange] = []
+        for output in self.runs.values():
+            found += output.exchanges if isinstance(output, SamplesView) else [output.exchange]
+        return found
+
+    @property
+    def latest(self) -> Exchange | None:
+        """The last run's text to copy or continue from: its continuation, or the sample picked of several."""
+        if not self.runs:
+            return None
+        output = self.runs[max(self.runs)]
+        return output.samples.chosen if isinstance(output, SamplesView) else output.exchange
+
+    @property
+    def latest_samples(self) -> SamplesView | None:
+        """The last run, if it wrote several samples."""
+        output = self.runs[max(self.runs)] if self.runs else None
+        return output if isinstance(output, SamplesView) else None
 
     def notice(self, text: str, *, error: bool = False) -> Notice:
         notice = Notice(text, classes="-error" if error else "", markup=False)
@@ -90,6 +116,13 @@ class OutputView(VerticalScroll):
         self.anchor()  # the new run is what the user wants to see, wherever they had scrolled
         return output
 
+    def start_samples(self, run: int, prompt: str, model: str, count: int) -> SamplesView:
+        view = SamplesView(run, SampleSet.new(prompt, model, count), id=f"run-{run}")
+        self.runs[run] = view
+        self.mount(view, before=self._end)
+        self.anchor()
+        return view
+
     def show(self, run: int, pieces: Iterable[Piece]) -> None:
         """Pieces of `run` (verified text and draft guesses, in order) in one redraw."""
         output = self.runs.get(run)
@@ -100,6 +133,11 @@ class OutputView(VerticalScroll):
         output = self.runs.get(run)
         if output is not None:
             output.finish(outcome, status)
+
+    def finish_sample(self, run: int, index: int, outcome: str, status: str) -> None:
+        output = self.runs.get(run)
+        if isinstance(output, SamplesView):
+            output.finish_sample(index, outcome, status)
 
     def clear(self) -> None:
         self.runs.clear()

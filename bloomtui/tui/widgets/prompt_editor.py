@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from textual import events
 from textual.widgets import TextArea
 
@@ -18,6 +20,14 @@ class PromptEditor(TextArea):
         self._position: int | None = None
         """Index into history while recalling, None while editing a fresh prompt."""
         self._draft = ""
+        self.lets_through: Callable[[str], bool] = lambda _character: False
+        """Characters the editor leaves to the app's bindings just now (the digits that pick a sample while
+        the editor is empty); Textual otherwise gives a focused editor every printable key."""
+
+    def check_consume_key(self, key: str, character: str | None = None) -> bool:
+        if character is not None and self.lets_through(character):
+            return False
+        return super().check_consume_key(key, character)
 
     def set_prompt(self, text: str) -> None:
         """Replace the text and put the cursor at its end, ready to type on."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.visual import visualize
@@ -31,15 +32,39 @@ class Exchange:
     status: str = ""
     outcome: str = "running"
     """running, done, cancelled or error."""
+    sample: int = 0
+    """Which of its run's samples this is (1-based); 0 for a run that wrote one continuation."""
+    samples: int = 1
+    picked: bool = False
+    """The sample the user picked to continue from."""
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
+    @property
+    def label(self) -> str:
+        """ "sample 2/4" ("" for a run of one)."""
+        return f"sample {self.sample}/{self.samples}" if self.sample else ""
+
+    def take(self, pieces: Iterable[Piece], guess: str) -> tuple[str, bool]:
+        """Verified pieces join the text, a draft's guess replaces `guess` (verified pieces consume it while they
+        agree with it; the first that differs ends it). Returns the guess left and whether anything changed."""
+        changed = False
+        for piece in pieces:
+            if piece.guess:
+                guess = piece.text
+            elif piece.text:
+                self.pieces.append(piece.text)
+                guess = guess[len(piece.text) :] if guess.startswith(piece.text) else ""
+            else:
+                continue
+            changed = True
+        return guess, changed
+
 
 class RunOutput(Widget):
-    """`guess` is a draft's proposal not yet verified: shown dimmed after the text, never part of the exchange.
-    Verified pieces consume it while they agree with it; the first that differs ends it."""
+    """`guess` is a draft's proposal not yet verified: shown dimmed after the text, never part of the exchange."""
 
     COMPONENT_CLASSES = {
         "run-output--guess",
@@ -73,16 +98,7 @@ class RunOutput(Widget):
 
     def extend(self, pieces: Iterable[Piece]) -> None:
         """Verified pieces and guesses in the order they came, then one redraw."""
-        changed = False
-        for piece in pieces:
-            if piece.guess:
-                self.guess = piece.text
-            elif piece.text:
-                self.exchange.pieces.append(piece.text)
-                self.guess = self.guess[len(piece.text) :] if self.guess.startswith(piece.text) else ""
-            else:
-                continue
-            changed = True
+        self.guess, changed = self.exchange.take(pieces, self.guess)
         if changed:
             self._refresh_text()
 
@@ -116,11 +132,17 @@ class RunOutput(Widget):
         text = Text()
         text.append(f"#{self.run} · {self.exchange.model}\n", style("run-output--header"))
         text.append(printable(self.exchange.prompt), style("run-output--prompt"))
-        text.append(printable(self.exchange.text), style("run-output--text"))
-        if self.guess:
-            text.append(printable(self.guess), style("run-output--guess"))
-        if self.exchange.outcome == "running":
-            text.append(" ▍", style("run-output--running"))
-        else:
-            text.append(f"\n— {self.exchange.status}", style(f"run-output--{self.exchange.outcome}"))
-        return text
+        return continuation(text, self.exchange, self.guess, lambda part: style(f"run-output--{part}"))
+
+
+def continuation(text: Text, exchange: Exchange, guess: str, style: Callable[[str], Style]) -> Text:
+    """`text` with the exchange's continuation, the guess dimmed, and a cursor while it runs or how it ended;
+    `style` gives the style of each part (text, guess, running, done, cancelled, error)."""
+    text.append(printable(exchange.text), style("text"))
+    if guess:
+        text.append(printable(guess), style("guess"))
+    if exchange.outcome == "running":
+        text.append(" ▍", style("running"))
+    else:
+        text.append(f"\n— {exchange.status}", style(exchange.outcome))
+    return text

@@ -25,7 +25,12 @@ def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
         elif snap.block >= 0:
             parts.append(f"block {snap.block + 1}/{n_blocks} {snap.phase or 'computing'}")
         limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
-        parts.append(f"{snap.tokens}{limit} tok")
+        if snap.sequences > 1:
+            parts.append(f"{snap.tokens}{limit} tok × {snap.sequences} samples")
+            if snap.aggregate_rate:
+                parts.append(f"{snap.aggregate_rate:.0f} tok/s in all")
+        else:
+            parts.append(f"{snap.tokens}{limit} tok")
         if snap.seconds_per_token:
             parts.append(f"{_seconds(snap.seconds_per_token)}/tok")
         if snap.draft_name and snap.acceptance is not None:
