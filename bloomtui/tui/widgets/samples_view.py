@@ -249,9 +249,9 @@ class SamplesView(Vertical):
         n = self.samples.count
         picked = self.samples.picked
         if picked is not None:
-            what = f"sample {picked + 1} picked: the prompt and it are in the prompt editor, ctrl+j continues"
+            what = f"sample {picked + 1} picked: in the prompt editor with its prompt, ctrl+j continues"
         else:
-            what = f"1-{n} pick a sample to continue from (with the prompt editor empty), or click one"
+            what = f"1-{n} pick a sample to continue from (prompt editor empty), or click one"
         return f"— {self.status}\n{what}"
 
     def _show_status(self) -> None:
