@@ -2,7 +2,8 @@
 
 The counterpart of `run_state.RunTracker` (same methods, so the app drives either): a server reports no
 blocks, reads or memory, so the snapshot holds only what the stream tells us: connection state, time to the
-first token, the token rate and its recent history, tokens and an ETA.
+first token, the token rate and its recent history, tokens and an ETA; and from a `bloomtui serve`, its
+figures (the latest pass's rows, time and reads, its running and queued requests).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from bloomtui.engine import events
 from bloomtui.remote import is_remote_url
-from bloomtui.remote.events import RemoteNotice, RemoteStatus
+from bloomtui.remote.events import RemoteNotice, RemoteStatus, ServerFigures
 from bloomtui.tui.run_state import HISTORY, RunTracker, State
 
 CONNECTION = {"connecting": "connecting", "waiting": "waiting for the first token", "streaming": "streaming"}
@@ -46,6 +47,8 @@ class RemoteSnapshot:
     eta: float | None = None
     notice: str = ""
     """The server's latest one-time notice (e.g. it refused top_k), kept while the model stays open."""
+    server: ServerFigures | None = None
+    """What a `bloomtui serve` reports with its tokens (its passes, reads and load); None from other servers."""
 
 
 @dataclass
@@ -113,6 +116,8 @@ class RemoteTracker:
                 self._token(event)
             elif isinstance(event, RemoteNotice):
                 self._set(notice=event.message)
+            elif isinstance(event, ServerFigures):
+                self._set(server=event)
             elif isinstance(event, events.Done):
                 rate = event.tokens_per_second or self._live.snap.tokens_per_second
                 reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}

@@ -68,6 +68,7 @@ async def test_remote_view_streams_and_shows_only_true_figures(monkeypatch: pyte
             text = panel_text(app)
             assert "first token" in text and "tok/s" in text and "tokens 6/6" in text
             assert "RSS" not in text and "block" not in text  # nothing invented for a server
+            assert "server pass" not in text  # only a bloomtui server reports its passes
             await pilot.press("ctrl+s")
             await wait_until(pilot, lambda: list(locations.transcripts_dir().glob("*.md")), what="the transcript")
         assert server.headers[-1]["Authorization"] == f"Bearer {SECRET}"
@@ -152,3 +153,22 @@ async def test_refused_sampling_fields_show_a_notice_once() -> None:
             await wait_for_remote_panel(pilot, app)
             assert "note: the server refused top_k (400)" in panel_text(app)
         assert ["top_k" in r for r in server.requests] == [True, False, False]
+
+
+async def test_on_a_bloomtui_server_the_panel_shows_its_passes(tiny_model) -> None:  # noqa: ANN001
+    from tests.server.test_serve import start_server, stop_server
+
+    served = start_server(tiny_model.path)
+    try:
+        app = remote_app(served.url, max_new_tokens=5)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.handle, RemoteHandle), what="the connection")
+            await run_prompt(pilot, app, "Hello there")
+            await wait_until(pilot, lambda: not app.running, what="the run to end")
+            await wait_for_remote_panel(pilot, app)
+            figures = app.query_one(RemotePanel).snapshot.server
+            assert figures is not None and figures.passes >= 2 and figures.pass_rows == 1
+            text = panel_text(app)
+            assert "server pass" in text and "1 row in" in text and "sequences running" in text
+    finally:
+        assert stop_server(served) == 0

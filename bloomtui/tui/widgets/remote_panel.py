@@ -1,6 +1,7 @@
 """The panel for a served model: server, model, connection, time to first token, tokens/s and ETA.
 
-Only what the stream tells us: a server reports no blocks, disk reads or memory, so none are shown.
+Only what the stream tells us: a server reports no blocks, disk reads or memory, so none are shown; a
+`bloomtui serve` adds its latest pass (rows, time, reads) and its load.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import ProgressBar, Sparkline, Static
 
+from bloomtui.remote.events import ServerFigures
+from bloomtui.sizes import format_size
 from bloomtui.tui.remote_state import RemoteSnapshot
 from bloomtui.tui.widgets.engine_panel import STATE_ICONS, _seconds
 
@@ -35,6 +38,7 @@ class RemotePanel(VerticalScroll):
     RemotePanel ProgressBar Bar { width: 1fr; }
     RemotePanel #remote-spark { width: 100%; margin-right: 1; }
     RemotePanel #remote-notice { color: $text-warning; margin-top: 1; }
+    RemotePanel #remote-figures { margin-top: 1; }
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -51,6 +55,7 @@ class RemotePanel(VerticalScroll):
         yield Static(id="remote-tokens", markup=False)
         yield ProgressBar(total=1, show_eta=False, id="remote-progress")
         yield Static(id="remote-eta", markup=False)
+        yield Static(id="remote-figures", markup=False)
         yield Static(id="remote-notice", markup=False)
 
     def on_mount(self) -> None:
@@ -80,4 +85,21 @@ class RemotePanel(VerticalScroll):
         bar = self.query_one("#remote-progress", ProgressBar)
         bar.update(total=max(1, snap.max_tokens), progress=min(snap.tokens, max(1, snap.max_tokens)))
         self._update("#remote-eta", f"ETA    {_seconds(snap.eta)}")
+        self._update("#remote-figures", server_lines(snap.server))
         self._update("#remote-notice", f"note: {snap.notice}" if snap.notice else "")
+
+
+def server_lines(figures: ServerFigures | None) -> str:
+    """A bloomtui server's own figures: its latest pass and its load (other servers send none)."""
+    if figures is None:
+        return ""
+    read = (
+        f" · read {format_size(figures.pass_read_bytes)} at {figures.read_mb_per_s:.0f} MB/s"
+        if figures.pass_read_bytes
+        else ""
+    )
+    return (
+        f"server pass {figures.passes}: {figures.pass_rows} row{'s' if figures.pass_rows != 1 else ''} in "
+        f"{figures.pass_seconds * 1000:.0f} ms{read}\n"
+        f"       {figures.running} sequences running · {figures.queued} waiting"
+    )
