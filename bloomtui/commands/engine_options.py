@@ -15,3 +15,14 @@ def engine_options(args: argparse.Namespace):  # noqa: ANN201 - an EngineOptions
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     budget = parse_size(args.ram_budget) if args.ram_budget is not None else None
     return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads, reads=getattr(args, "reads", None))
+
+
+def kv_warning(need: int, what: str, fix: str) -> str | None:
+    """A warning when KV caches of `need` bytes (`what` holds them) would not fit in the free memory."""
+    from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
+    from bloomtui.sizes import format_size
+
+    free = available_memory() - headroom(total_memory())
+    if need <= free:
+        return None
+    return f"{what} need up to {format_size(need)} of KV cache, more than the {format_size(max(0, free))} free; {fix}"

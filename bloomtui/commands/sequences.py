@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bloomtui.commands.engine_options import kv_warning as shared_kv_warning
 from bloomtui.commands.perplexity import read_text_file
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
@@ -88,16 +89,11 @@ def read_sequences(args: argparse.Namespace) -> Sequences:
 
 def kv_warning(engine, prompts: list[str], max_new_tokens: int) -> str | None:  # noqa: ANN001 - an Engine
     """Several sequences each hold a KV cache: say so when theirs, at full length, exceed the free memory."""
-    from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
-
     need = sum(engine.kv_bytes(len(engine.encode(p)) + max_new_tokens) for p in prompts)
-    free = available_memory() - headroom(total_memory())
-    if need <= free:
-        return None
-    return (
-        f"{len(prompts)} sequences of up to {max_new_tokens} new tokens need up to {format_size(need)} of KV cache, "
-        f"more than the {format_size(max(0, free))} free; they may run out of memory before they end "
-        "(fewer --samples or prompts, or a lower --max-new-tokens)"
+    return shared_kv_warning(
+        need,
+        f"{len(prompts)} sequences of up to {max_new_tokens} new tokens",
+        "they may run out of memory before they end (fewer --samples or prompts, or a lower --max-new-tokens)",
     )
 
 

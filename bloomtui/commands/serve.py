@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from bloomtui.commands.engine_options import engine_options
+from bloomtui.commands.engine_options import engine_options, kv_warning
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
 
@@ -100,10 +100,16 @@ def serve(args: argparse.Namespace) -> int:
             + ("; API key required" if key else ""),
             file=sys.stderr,
         )
+        need = args.max_batch * engine.kv_bytes(args.max_context)
+        what = f"{args.max_batch} sequences of {args.max_context} tokens"
+        if warning := kv_warning(need, what, "lower --max-batch or --max-context"):
+            print(f"warning: {warning}", file=sys.stderr)
+        stopped = False
         try:
-            run_server(app, scheduler, args.host, args.port)
+            stopped = run_server(app, scheduler, args.host, args.port)
         finally:
-            engine.close()
+            if stopped:  # else the scheduler is still in a pass: leave the weights to the process's exit
+                engine.close()
     finally:
         if draft_engine is not None:
             draft_engine.close()

@@ -5,7 +5,9 @@ every running sequence rides every pass: each brings its new rows (its prompt wh
 token and any drafted ones) with its own caches and positions, and takes back its rows of logits. A
 sequence that joins prefills in the next pass without padding anyone; one that ends (EOS, a stop string, its
 length, its own cancel) leaves and the passes shrink. Sequences with the same prompt (N samples) prefill it
-once and start from copies of its caches, so each still gets exactly what it would alone.
+once and start from copies of its caches. Each sequence gets what it would get alone: the same float32 results
+to rounding (logprobs within 1e-4); in bfloat16, several rows may go through another kernel than one row
+alone and round differently (measured in README's "Headless CLI").
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from bloomtui.engine.events import Cancelled, Done, EventSink, PassKind, PhaseChanged
 from bloomtui.engine.model import Alibi
-from bloomtui.engine.passes import Segment
+from bloomtui.engine.passes import RowsDropped, Segment
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
@@ -38,6 +40,14 @@ class Batch:
         self.running: list[SequenceRun] = []
         self.joining: list[SequenceRun] = []
         self.passes_run = 0
+        self.interrupted = False
+        """A pass stopped part-way (all its rows dropped): call use() with a fresh Passes before stepping on."""
+
+    def use(self, passes: Passes) -> None:
+        """Run the next passes through `passes` (a new prefetcher), keeping the run's tallies."""
+        passes.bytes_read += self.passes.bytes_read
+        passes.peak_rss = max(passes.peak_rss, self.passes.peak_rss)
+        self.passes, self.interrupted = passes, False
 
     def add(self, seq: SequenceRun) -> None:
         """`seq` joins at the next pass."""
@@ -50,6 +60,7 @@ class Batch:
     def step(self) -> list[Ended]:
         """One pass over every running and joining sequence; returns (and emits) the results of those
         that ended in it. Raises CancelRequested when the run's cancel flag is set (see cancel_all)."""
+        assert not self.interrupted, "an interrupted batch needs use() first"
         ended = [self._end(s) for s in self.running + self.joining if s.cancel.is_set()]
         self.running = [s for s in self.running if not s.cancel.is_set()]
         joining, self.joining = [s for s in self.joining if not s.cancel.is_set()], []
@@ -64,6 +75,9 @@ class Batch:
                 leaders[key] = s
         riders = self.running + list(leaders.values())
         self.running = riders
+        # Followers wait in `joining` until they adopt their leader's caches, so a pass that stops part-way
+        # (a run cancel, or every rider's own) still finds them to end or to carry on.
+        self.joining = [f for f, _ in followers]
         if not riders:
             return ended
         self.model.fit_threads()
@@ -77,7 +91,15 @@ class Batch:
             segments.append(Segment(ids, start, s.caches, like_decode, dropped=s.cancel.is_set))
         kind: PassKind = "prefill" if "prefill" in kinds else "verify" if "verify" in kinds else "decode"
         step = min(len(s.token_ids) for s in riders)
-        hidden = self.passes.hidden_rows(segments, self.alibi, kind, step)
+        try:
+            hidden = self.passes.hidden_rows(segments, self.alibi, kind, step)
+        except RowsDropped:
+            # Every rider was cancelled mid-pass. The pass stopped part-way, so the prefetcher that fed it is
+            # out of step: the owner of the loop gives the batch a new one (use()) before the next step.
+            self.interrupted = True
+            ended += [self._end(s) for s in riders]
+            self.running = []
+            return ended
         taking = [(s, h[-s.logit_rows :]) for s, h in zip(riders, hidden, strict=True) if h is not None]
         logits = self.passes.logits(torch.cat([h for _, h in taking]), like_decode=True)
         cfg = self.model.config
@@ -89,6 +111,7 @@ class Batch:
         for s, h in taking:
             rows_of[id(s)] = logits[row : row + h.shape[0]]
             row += h.shape[0]
+        self.joining = []
         for s, leader in followers:
             if id(leader) in rows_of:
                 s.adopt(leader)
@@ -117,10 +140,11 @@ class Batch:
 
 
 def run_batch(batch: Batch) -> list[Ended]:
-    """Pass after pass until every sequence has ended; a run cancel ends the rest as Cancelled."""
+    """Pass after pass until every sequence has ended or a pass was interrupted (batch.interrupted: give it
+    a new Passes and call again); a run cancel ends the rest as Cancelled."""
     ended: list[Ended] = []
     try:
-        while batch.active:
+        while batch.active and not batch.interrupted:
             ended += batch.step()
     except CancelRequested:
         ended += batch.cancel_all()

@@ -81,8 +81,8 @@ class Engine(OpenModel):
     ) -> list[Ended]:
         """Continue every prompt (prompts[i] with params[i]) in shared passes; sequence i's events carry
         `sequence=i` and it ends with its own Done or Cancelled as soon as it finishes. Each sequence gets the
-        tokens it would get alone. `cancel` stops them all; sequence_cancels[i] stops sequence i alone.
-        Returns the results in prompt order."""
+        tokens it would get alone (to rounding: see batch.py). `cancel` stops them all; sequence_cancels[i]
+        stops sequence i alone. Returns the results in prompt order."""
         if len(prompts) != len(params) or not prompts:
             raise UsageError("generate_many needs one SamplingParams per prompt, and at least one prompt")
         cancel = cancel or threading.Event()
@@ -98,26 +98,52 @@ class Engine(OpenModel):
                     raise UsageError("the prompt is empty" if len(ids) == 1 else f"prompt {i + 1} is empty")
             seqs: list[SequenceRun] = []
             held = draft.model._lock if draft is not None and draft.model is not None else nullcontext()
-            # Every pass yields at least one token per running sequence: that bounds the reads ahead.
-            passes_needed = max(p.max_new_tokens for p in params)
+            # Every pass yields at least one token per running sequence, but a sample whose leader was cancelled
+            # prefills again: that bounds the reads ahead.
+            passes_needed = max(p.max_new_tokens for p in params) + len({tuple(one) for one in ids})
+            ended: list[Ended] = []
             try:
-                with held, self.store.prefetcher(passes_needed, cancel) as prefetch:
-                    passes = self.passes(generation, on_event, cancel, prefetch)
-                    passes.rss()
-                    batch = Batch(self, passes, generation, on_event)
-                    for i, (one, p) in enumerate(zip(ids, params, strict=True)):
-                        drafter = self.make_drafter(draft, generation, cancel, len(one) + p.max_new_tokens)
-                        own = sequence_cancels[i] if sequence_cancels else None
-                        seq = SequenceRun(self, i, one, p, generation, on_event, drafter, draft and draft.tokens, own)
-                        seqs.append(seq)
-                        batch.add(seq)
-                    ended = run_batch(batch)
+                with held:
+                    batch = None
+                    while batch is None or batch.active:
+                        # A new prefetcher each time a pass stopped part-way (all its riders cancelled).
+                        with self.store.prefetcher(passes_needed, cancel) as prefetch:
+                            passes = self.passes(generation, on_event, cancel, prefetch)
+                            passes.rss()
+                            if batch is None:
+                                batch = Batch(self, passes, generation, on_event)
+                                seqs = self._sequences(
+                                    batch, ids, params, generation, on_event, cancel, draft, sequence_cancels
+                                )
+                            else:
+                                batch.use(passes)
+                            ended += run_batch(batch)
             finally:
                 for seq in seqs:
                     seq.close()
             return sorted(ended, key=lambda r: r.sequence)
 
         return self.run_locked(on_event, body, emit_result=False)
+
+    def _sequences(
+        self,
+        batch: Batch,
+        ids: list[list[int]],
+        params: list[SamplingParams],
+        generation: int,
+        on_event: EventSink,
+        cancel: threading.Event,
+        draft: DraftSpec | None,
+        sequence_cancels: list[threading.Event] | None,
+    ) -> list[SequenceRun]:
+        seqs = []
+        for i, (one, p) in enumerate(zip(ids, params, strict=True)):
+            drafter = self.make_drafter(draft, generation, cancel, len(one) + p.max_new_tokens)
+            own = sequence_cancels[i] if sequence_cancels else None
+            seq = SequenceRun(self, i, one, p, generation, on_event, drafter, draft and draft.tokens, own)
+            seqs.append(seq)
+            batch.add(seq)
+        return seqs
 
     def make_drafter(
         self, draft: DraftSpec | None, generation: int, cancel: threading.Event, max_len: int

@@ -35,6 +35,10 @@ PREFILL_ROWS = 1024
 _PROGRESS_SECONDS = 0.25
 
 
+class RowsDropped(CancelRequested):
+    """Every segment of a pass was cancelled on its own: the pass stopped part-way."""
+
+
 def _never() -> bool:
     return False
 
@@ -173,7 +177,7 @@ class Passes:
                 # A cancelled sequence leaves the pass at once; the others go on without its rows.
                 keep = [k for k, (_, seg) in enumerate(live) if not seg.dropped()]
                 if not keep:
-                    raise CancelRequested
+                    raise RowsDropped
                 x = torch.cat([x[bounds[k][0] : bounds[k][1]] for k in keep])
                 live = [live[k] for k in keep]
         x = layer_norm(x, small["ln_f.weight"], small["ln_f.bias"], eps)

@@ -3,7 +3,7 @@
 A run carries one sequence or several (N samples of a prompt, a batch of prompts, a server's requests); each
 pass asks every running sequence for its new rows (its prompt, then its last token and any drafted tokens),
 and hands each its rows of logits back (batch.py). Nothing here depends on the others: a sequence gets the
-tokens it would get alone.
+tokens it would get alone (to rounding: see batch.py).
 """
 
 from __future__ import annotations

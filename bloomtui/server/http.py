@@ -33,6 +33,7 @@ from bloomtui.server.scheduler import Job, QueueFull, Scheduler
 if TYPE_CHECKING:
     from bloomtui.engine.generate import Engine
 
+MAX_BODY_BYTES = 16 * 2**20
 POLL_SECONDS = 0.05
 """How often a request waiting on the engine looks whether its client is still there."""
 
@@ -88,7 +89,8 @@ class Api:
     # --- generation -----------------------------------------------------------------------------------------
 
     async def _generate(self, request: Request, kind: str) -> Response:
-        body = read_json(await request.body())
+        raw = await _body(request)
+        body = read_json(raw)
         model = body.get("model")
         if model is not None and model != self.options.model_id:
             raise ApiError(
@@ -123,7 +125,8 @@ class Api:
         except BloomtuiError as exc:
             raise ApiError(503, exc.message, code="unavailable", kind="server_error") from None
         if parsed.stream:
-            return StreamingResponse(self._stream(request, job, reply, queue), media_type="text/event-stream")
+            body_stream = self._stream(request, job, reply, queue, parsed.include_usage)
+            return StreamingResponse(body_stream, media_type="text/event-stream")
         return await self._whole(request, job, reply, queue)
 
     async def _next(self, request: Request, job: Job, queue: asyncio.Queue) -> tuple[int, Event, dict | None] | None:
@@ -137,12 +140,12 @@ class Api:
                     return None
 
     def _apply(self, reply: Reply, k: int, event: Event) -> None:
-        if k < 0:  # the whole job: refused at the door of the batch, or the engine failed
+        if k < 0:  # the whole job: cancelled before it ran (a shutdown), failed, or the engine failed
             for j in range(len(reply.choices)):
                 if not reply.choices[j].ended:
-                    reply.end(j, None)
+                    reply.end(j, None, aborted=True)
             if isinstance(event, Error):
-                raise ApiError(500, f"the engine failed: {event.message}", code="engine_error", kind="server_error")
+                raise ApiError(500, f"generation failed: {event.message}", code="engine_error", kind="server_error")
         elif isinstance(event, TokenGenerated):
             reply.token(k, event)
         elif isinstance(event, Done):
@@ -162,7 +165,9 @@ class Api:
             log_request(reply, time.perf_counter() - started, job.cancel.is_set())
         return JSONResponse(reply.whole())
 
-    async def _stream(self, request: Request, job: Job, reply: Reply, queue: asyncio.Queue) -> AsyncIterator[str]:
+    async def _stream(
+        self, request: Request, job: Job, reply: Reply, queue: asyncio.Queue, include_usage: bool
+    ) -> AsyncIterator[str]:
         started = time.perf_counter()
         try:
             while not reply.finished:
@@ -183,12 +188,27 @@ class Api:
                 for j, c in enumerate(reply.choices):
                     if c.ended and not before[j]:
                         yield sse(reply.final(j))
-            yield sse(reply.usage_chunk())
+            if include_usage:
+                yield sse(reply.usage_chunk())
             yield sse("[DONE]")
         finally:
             if not reply.finished:
                 job.cancel.set()  # the client went away (or the stream failed): free its rows
             log_request(reply, time.perf_counter() - started, job.cancel.is_set())
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, refused past MAX_BODY_BYTES (a prompt that size is far past any context)."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _gone(request: Request) -> bool:
@@ -206,8 +226,12 @@ def _auth(key: str | None) -> Callable:
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                error = ApiError(401, "a valid API key is needed (Authorization: Bearer KEY)", code="invalid_api_key",
-                                 kind="authentication_error")  # fmt: skip
+                error = ApiError(
+                    401,
+                    "a valid API key is needed (Authorization: Bearer KEY)",
+                    code="invalid_api_key",
+                    kind="authentication_error",
+                )
                 return await JSONResponse(error.body(), status_code=401)(scope, receive, send)
             return await app(scope, receive, send)
 

@@ -124,7 +124,7 @@ class Reply:
         return self._envelope([choice], chunk=True)
 
     def final(self, k: int) -> dict[str, Any]:
-        """The chunk that ends choice k's stream, with its finish_reason."""
+        """The chunk that ends choice k's stream, with its finish_reason; the last of them carries `usage`."""
         c = self.choices[k]
         choice: dict[str, Any] = {"index": k, "logprobs": None, "finish_reason": c.finish}
         if self.kind == "chat":
@@ -132,7 +132,10 @@ class Reply:
         else:
             choice["text"] = ""
         self._started[k] = True
-        return self._envelope([choice], chunk=True)
+        out = self._envelope([choice], chunk=True)
+        if self.finished:
+            out["usage"] = self.usage()
+        return out
 
     def usage_chunk(self) -> dict[str, Any]:
         return {**self._envelope([], chunk=True), "usage": self.usage()}

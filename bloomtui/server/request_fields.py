@@ -16,6 +16,8 @@ from bloomtui.engine.sampling import SamplingParams
 from bloomtui.errors import UsageError
 
 MAX_STOPS = 4
+MIN_TEMPERATURE = 0.01
+MAX_SEED = 2**62
 MAX_TOP_LOGPROBS = {"completion": 5, "chat": 20}
 DEFAULT_MAX_TOKENS = {"completion": 16, "chat": 256}
 """OpenAI's default for completions is 16; chat has none (the context's end), so a generous bound."""
@@ -58,6 +60,8 @@ class Parsed:
     logprobs: bool
     """Whether the response carries logprobs at all."""
     include_usage: bool
+    """A stream ends with a usage-only chunk (empty `choices`), as OpenAI's does when asked; its last choice
+    chunk carries `usage` either way."""
 
 
 def read_json(raw: bytes) -> dict[str, Any]:
@@ -181,7 +185,7 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
         )
     max_tokens = _field(
         body,
-        "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens",
         (int,),
         DEFAULT_MAX_TOKENS[kind],
     )
@@ -206,14 +210,22 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
             )
         max_tokens = max_context - longest  # the default: as much as the context leaves
     temperature = _field(body, "temperature", (int, float), 1.0)
-    _range("temperature", temperature, 0 <= temperature <= 2, "in 0..2")
+    # Tiny temperatures overflow the scaled logits: 0 is greedy, and sampling starts at MIN_TEMPERATURE.
+    _range(
+        "temperature",
+        temperature,
+        temperature == 0 or MIN_TEMPERATURE <= temperature <= 2,
+        f"0 (greedy) or in {MIN_TEMPERATURE}..2",
+    )
     top_p = _field(body, "top_p", (int, float), 1.0)
     _range("top_p", top_p, 0 < top_p <= 1, "in (0, 1]")
     top_k = _field(body, "top_k", (int,), 0)
     _range("top_k", top_k, top_k >= 0, ">= 0 (0 = off)")
     penalty = _field(body, "repetition_penalty", (int, float), 1.0)
-    _range("repetition_penalty", penalty, penalty > 0, "> 0")
+    _range("repetition_penalty", penalty, 0.01 <= penalty <= 100, "in 0.01..100 (1 = off)")
     seed = _field(body, "seed", (int,), None)
+    if seed is not None:  # choice i uses seed + i, and torch takes seeds below 2**63
+        _range("seed", seed, 0 <= seed < MAX_SEED, f"in 0..{MAX_SEED - 1}")
     n = _field(body, "n", (int,), 1)
     _range("n", n, n >= 1, ">= 1")
     if len(prompts) * n > max_batch:
@@ -224,6 +236,7 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", param="stream_options", code="invalid_type")
+    include_usage = _field(options or {}, "include_usage", (bool,), False)
     try:
         base = SamplingParams(
             max_new_tokens=max_tokens,
@@ -247,5 +260,5 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
         stream=stream,
         top_logprobs=top,
         logprobs=logprobs,
-        include_usage=True,
+        include_usage=include_usage,
     )

@@ -37,7 +37,8 @@ class _Server(uvicorn.Server):
             print(f"listening on {self.where} (OpenAI-compatible API at {self.where}/v1)", file=sys.stderr, flush=True)
 
 
-def run_server(app, scheduler: Scheduler, host: str, port: int) -> None:  # noqa: ANN001 - an ASGI app
+def run_server(app, scheduler: Scheduler, host: str, port: int) -> bool:  # noqa: ANN001 - an ASGI app
+    """Serve until a signal; True once the scheduler thread has stopped (the engine may then be closed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:  # a clear error before uvicorn's log line
@@ -62,3 +63,4 @@ def run_server(app, scheduler: Scheduler, host: str, port: int) -> None:  # noqa
     finally:
         scheduler.stop(halt=True)
         scheduler.join(GRACE_SECONDS)
+    return not scheduler.alive

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bloomtui.engine.batch import Batch
-from bloomtui.engine.events import BlockDone, Cancelled, Done, Event, TokenGenerated
+from bloomtui.engine.events import BlockDone, Cancelled, Done, Error, Event, TokenGenerated
 from bloomtui.engine.sampling import SamplingParams
 from bloomtui.engine.sequence import SequenceRun
 from bloomtui.errors import BloomtuiError, CancelRequested
@@ -52,6 +52,7 @@ class Job:
     first_pass: float | None = None
     """When it joined the batch (its prefill is the next pass): the queue wait ends there."""
     ended: int = 0
+    counted_cancelled: bool = False
 
     @property
     def size(self) -> int:
@@ -161,6 +162,10 @@ class Scheduler:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _serve(self) -> None:
         while True:
             with self._wake:
@@ -177,23 +182,27 @@ class Scheduler:
                 self._fail_all(message)
 
     def _busy_period(self, generation: int) -> None:
-        """Passes while any request runs or waits; the prefetcher lives as long as this period. A pass that
-        stops part-way (every row's client gone, or a halt) ends the period: the next opens a fresh prefetcher."""
-        engine = self.engine
-        with engine.store.prefetcher(ENDLESS_PASSES, self._halt) as prefetch:
-            passes = engine.passes(generation, self._on_event, self._halt, prefetch)
-            batch = Batch(engine, passes, generation, self._on_event)
-            while True:
-                self._admit(batch, generation)
-                if not batch.active:
-                    return
-                try:
-                    batch.step()
-                except CancelRequested:
-                    batch.cancel_all()
-                    return
-                finally:
-                    self.totals.running = len(self._owners)
+        """Passes while any request runs or waits. A pass that stops part-way (every row's client gone) leaves
+        its prefetcher out of step: the period goes on with a fresh one. A halt ends it."""
+        engine, batch = self.engine, None
+        while True:
+            with engine.store.prefetcher(ENDLESS_PASSES, self._halt) as prefetch:
+                passes = engine.passes(generation, self._on_event, self._halt, prefetch)
+                if batch is None:
+                    batch = Batch(engine, passes, generation, self._on_event)
+                else:
+                    batch.use(passes)
+                while not batch.interrupted:
+                    self._admit(batch, generation)
+                    if not batch.active:
+                        return
+                    try:
+                        batch.step()
+                    except CancelRequested:  # the server halts: every sequence ends as cancelled
+                        batch.cancel_all()
+                        return
+                    finally:
+                        self.totals.running = len(self._owners)
 
     def _admit(self, batch: Batch, generation: int) -> None:
         """Move waiting requests into the batch, in order, while their sequences fit under max_batch."""
@@ -203,26 +212,39 @@ class Scheduler:
                 if job.cancel.is_set():
                     job.sink(-1, Cancelled(generation, (), "", 0), None)
                     continue
-                for k, params in enumerate(job.params):
-                    index = next(self._ids)
+                try:
+                    seqs = self._sequences(job, generation)
+                except Exception as exc:  # this request's own failure (e.g. its sampler): it alone ends
+                    job.sink(-1, Error(generation, f"{type(exc).__name__}: {exc}"), None)
+                    continue
+                for k, (index, seq) in enumerate(seqs):
                     self._owners[index] = (job, k)
-                    max_len = len(job.prompt_of(k)) + params.max_new_tokens
-                    seq = SequenceRun(
-                        self.engine,
-                        index,
-                        job.prompt_of(k),
-                        params,
-                        generation,
-                        self._on_event,
-                        self.engine.make_drafter(self.draft, generation, self._halt, max_len),
-                        cancel=job.cancel,
-                        top_logprobs=job.top_logprobs,
-                    )
                     batch.add(seq)
                 job.first_pass = time.perf_counter()
                 self.totals.requests += 1
                 self.totals.prompt_tokens += sum(len(p) for p in job.prompts)
             self.totals.queued = self._waiting(self._queue)
+
+    def _sequences(self, job: Job, generation: int) -> list[tuple[int, SequenceRun]]:
+        """The job's sequences, each with its own index in the busy period's events."""
+        out = []
+        for k, params in enumerate(job.params):
+            index = next(self._ids)
+            max_len = len(job.prompt_of(k)) + params.max_new_tokens
+            drafter = self.engine.make_drafter(self.draft, generation, self._halt, max_len)
+            seq = SequenceRun(
+                self.engine,
+                index,
+                job.prompt_of(k),
+                params,
+                generation,
+                self._on_event,
+                drafter,
+                cancel=job.cancel,
+                top_logprobs=job.top_logprobs,
+            )
+            out.append((index, seq))
+        return out
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, BlockDone):
@@ -253,13 +275,12 @@ class Scheduler:
         elif isinstance(event, Done | Cancelled):
             del self._owners[sequence]
             job.ended += 1
-            if isinstance(event, Cancelled) and job.ended == job.size:
+            if isinstance(event, Cancelled) and not job.counted_cancelled:
+                job.counted_cancelled = True
                 self.totals.requests_cancelled += 1
         job.sink(k, event, figures)
 
     def _fail_all(self, message: str) -> None:
-        from bloomtui.engine.events import Error
-
         with self._wake:
             self.error = message
             jobs = {job for job, _ in self._owners.values()} | set(self._queue)

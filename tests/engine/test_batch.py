@@ -208,3 +208,43 @@ def test_bfloat16_batch_close_to_alone(tmp_path) -> None:  # noqa: ANN001
     finally:
         engine.close()
     assert torch.bfloat16 == engine.dtype
+
+
+def test_samples_cancelled_during_their_shared_prefill_all_end(fp32_model: Written) -> None:
+    engine = Engine.open(fp32_model.path, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(fp32_model.path), 4)))
+    cancel = threading.Event()
+
+    def on_event(e: ev.Event) -> None:
+        if isinstance(e, ev.BlockDone) and e.kind == "prefill" and e.index == 1:
+            cancel.set()
+
+    base = SamplingParams(max_new_tokens=8, temperature=1.0, seed=1, ignore_eos=True)
+    try:
+        results = engine.generate_many([MIDDLE] * 3, sample_params(base, 3), on_event=on_event, cancel=cancel)
+    finally:
+        engine.close()
+    assert [(type(r), r.sequence) for r in results] == [(ev.Cancelled, i) for i in range(3)]
+
+
+def test_a_cancelled_leader_leaves_its_samples_to_go_on(fp32_model: Written) -> None:
+    """The first sample prefills the shared prompt; cancelled mid-prefill, the others prefill it again."""
+    engine = Engine.open(fp32_model.path, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(fp32_model.path), 4)))
+    own = [threading.Event() for _ in range(3)]
+
+    def on_event(e: ev.Event) -> None:
+        if isinstance(e, ev.BlockDone) and e.kind == "prefill" and e.index == 1:
+            own[0].set()
+
+    base = SamplingParams(max_new_tokens=6, temperature=1.0, seed=1, ignore_eos=True)
+    per = sample_params(base, 3)
+    try:
+        seen: list[ev.Event] = []
+        results = engine.generate_many(
+            [MIDDLE] * 3, per, on_event=lambda e: (seen.append(e), on_event(e)), sequence_cancels=own
+        )
+        alone = [engine.generate(MIDDLE, p) for p in per[1:]]
+    finally:
+        engine.close()
+    assert isinstance(results[0], ev.Cancelled) and results[0].new_tokens == 0
+    assert [r.token_ids for r in results[1:]] == [a.token_ids for a in alone]
+    assert sum(1 for e in seen if isinstance(e, ev.BlockDone) and e.kind == "prefill" and e.index == 0) == 2

@@ -68,7 +68,6 @@ def test_windows_resident_and_streamed(tmp_path, streamed) -> None:  # noqa: ANN
     assert abs(result.nll - want) / want <= 1e-4
 
 
-
 def test_batched_windows_score_as_one_per_pass(tmp_path) -> None:  # noqa: ANN001
     written = write_checkpoint(tmp_path / "m", preset="small", layout="bin-sharded", untied=True)
     engine = Engine.open(written.path, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(written.path), 4)))

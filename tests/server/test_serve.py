@@ -156,6 +156,7 @@ def test_streamed_completions_with_n_and_usage(server: Served) -> None:
             seed=3,
             n=3,
             stream=True,
+            stream_options={"include_usage": True},
             extra_body={"ignore_eos": True},
         )
     )
@@ -168,6 +169,10 @@ def test_streamed_completions_with_n_and_usage(server: Served) -> None:
                 finish[ch.index] = ch.finish_reason
     assert finish == {0: "length", 1: "length", 2: "length"}
     assert chunks[-1].usage.completion_tokens == 18 and chunks[-1].choices == []
+    # Without include_usage no usage-only chunk (code reading chunk.choices[0] keeps working); the last
+    # choice chunk carries the usage anyway.
+    plain = list(client.completions.create(model=server.name, prompt="Hi", max_tokens=3, stream=True))
+    assert all(c.choices for c in plain) and plain[-1].usage.completion_tokens == 3
     whole = client.completions.create(
         model=server.name,
         prompt="Hello there",
@@ -230,7 +235,7 @@ def test_a_client_that_disconnects_frees_its_slot(server: Served) -> None:
     with httpx.stream(
         "POST",
         server.url + "/v1/completions",
-        json={"prompt": "Hi", "max_tokens": 2000, "temperature": 0, "stream": True, "ignore_eos": True},
+        json={"prompt": "Hi", "max_tokens": 2000, "temperature": 1, "n": 3, "stream": True, "ignore_eos": True},
         timeout=30,
     ) as response:
         lines = response.iter_lines()
@@ -250,7 +255,7 @@ def test_a_client_that_disconnects_frees_its_slot(server: Served) -> None:
         (b"{not json", 400, None, "not valid JSON"),
         (b"[1, 2]", 400, None, "JSON object"),
         (b'{"prompt": "x", "max_tokens": "5"}', 400, "max_tokens", "an integer"),
-        (b'{"prompt": "x", "temperature": 3}', 400, "temperature", "in 0..2"),
+        (b'{"prompt": "x", "temperature": 3}', 400, "temperature", "0.01..2"),
         (b'{"prompt": "x", "top_p": 0}', 400, "top_p", "(0, 1]"),
         (b'{"prompt": "x", "n": 0}', 400, "n", ">= 1"),
         (b'{"prompt": "x", "n": 9}', 400, "n", "--max-batch 8"),
@@ -263,6 +268,10 @@ def test_a_client_that_disconnects_frees_its_slot(server: Served) -> None:
         (b'{"prompt": "x", "model": "gpt-4"}', 404, "model", "does not exist"),
         (b'{"prompt": "' + b"word " * 3000 + b'"}', 400, "prompt", "at most 2047"),
         (b'{"prompt": "x", "max_tokens": 5000}', 400, "max_tokens", "context of 2048"),
+        (b'{"prompt": "x", "seed": 18446744073709551616}', 400, "seed", "in 0.."),
+        (b'{"prompt": "x", "temperature": 1e-300}', 400, "temperature", "0 (greedy)"),
+        (b'{"prompt": "x", "repetition_penalty": 1e-300}', 400, "repetition_penalty", "0.01..100"),
+        (b'{"prompt": "x", "stream_options": {"include_usage": 1}}', 400, "include_usage", "true or false"),
     ],
 )
 def test_bad_input_is_a_4xx_with_an_openai_error(server: Served, body: bytes, status: int, param, needle: str) -> None:  # noqa: ANN001
@@ -338,8 +347,9 @@ def test_sigterm_ends_running_streams_cleanly(tiny_model: Written) -> None:
     assert served.proc.wait(30) == 0
     for lines in results:
         data = [line[6:] for line in lines if line.startswith("data: ")]
-        assert data[-1] == "[DONE]" and json.loads(data[-2])["usage"]["completion_tokens"] > 0
-        assert json.loads(data[-3])["choices"][0]["finish_reason"] == "abort"
+        last = json.loads(data[-2])
+        assert data[-1] == "[DONE]" and last["usage"]["completion_tokens"] > 0
+        assert last["choices"][0]["finish_reason"] == "abort"
 
 
 def test_bloomtui_generate_against_its_own_server(server: Served, tiny_model: Written) -> None:
