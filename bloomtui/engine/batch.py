@@ -40,6 +40,7 @@ class Batch:
         self.running: list[SequenceRun] = []
         self.joining: list[SequenceRun] = []
         self.passes_run = 0
+        self._passes_at_use = 0
         self.interrupted = False
         """A pass stopped part-way (all its rows dropped): call use() with a fresh Passes before stepping on."""
 
@@ -48,6 +49,7 @@ class Batch:
         passes.bytes_read += self.passes.bytes_read
         passes.peak_rss = max(passes.peak_rss, self.passes.peak_rss)
         self.passes, self.interrupted = passes, False
+        self._passes_at_use = self.passes_run
 
     def add(self, seq: SequenceRun) -> None:
         """`seq` joins at the next pass."""
@@ -119,6 +121,7 @@ class Batch:
                 self.running.append(s)
             else:
                 self.joining.append(s)  # its leader was cancelled mid-pass: it prefills next time
+                self.passes.prefetch.ensure(self.passes_run - self._passes_at_use + s.params.max_new_tokens)
         for s in self.running:
             if id(s) in rows_of:
                 s.take(rows_of[id(s)], seconds)

@@ -98,9 +98,9 @@ class Engine(OpenModel):
                     raise UsageError("the prompt is empty" if len(ids) == 1 else f"prompt {i + 1} is empty")
             seqs: list[SequenceRun] = []
             held = draft.model._lock if draft is not None and draft.model is not None else nullcontext()
-            # Every pass yields at least one token per running sequence, but a sample whose leader was cancelled
-            # prefills again: that bounds the reads ahead.
-            passes_needed = max(p.max_new_tokens for p in params) + len({tuple(one) for one in ids})
+            # Every pass yields at least one token per running sequence: that bounds the reads ahead (a sample
+            # whose leader was cancelled prefills again later, and extends it: batch.py).
+            passes_needed = max(p.max_new_tokens for p in params)
             ended: list[Ended] = []
             try:
                 with held:

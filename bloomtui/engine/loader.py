@@ -237,6 +237,10 @@ class Prefetcher:
             DirectReader(store.direct_files, drop_cache=store.drop_cache) if store.layouts and self._units else None
         )
         self._thread = threading.Thread(target=self._run, name="bloomtui-prefetch", daemon=True)
+        self._plan_lock = threading.Lock()
+        self._n = 0
+        """Units handed to reading so far, over all passes."""
+        self._reading = bool(self._units)
         self._files = {unit: self._unit_files(unit) for unit in self._units}
         if self._units:
             for path in sorted(store.streamed_files):
@@ -253,9 +257,30 @@ class Prefetcher:
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._cancel.is_set()
 
+    def ensure(self, passes: int) -> None:
+        """Read ahead for `passes` passes in all (more than planned: a sequence of a batch prefills again, see
+        batch.py); the reading thread goes on, or starts again if it had finished."""
+        with self._plan_lock:
+            if passes <= self._passes:
+                return
+            self._passes = passes
+            if not self._reading and self._units and not self._stopping():
+                self._reading = True
+                self._thread = threading.Thread(target=self._run, name="bloomtui-prefetch", daemon=True)
+                self._thread.start()
+
+    def _next_unit(self) -> int | None:
+        """The index of the next unit to read (counting over passes), or None when the planned passes are read."""
+        with self._plan_lock:
+            if self._n >= self._passes * len(self._units):
+                self._reading = False
+                return None
+            self._n += 1
+            return self._n - 1
+
     def _run(self) -> None:
         try:
-            for n in range(self._passes * len(self._units)):
+            while (n := self._next_unit()) is not None:
                 got = self._wait_free()
                 if got is None:
                     return

@@ -248,3 +248,26 @@ def test_a_cancelled_leader_leaves_its_samples_to_go_on(fp32_model: Written) -> 
     assert isinstance(results[0], ev.Cancelled) and results[0].new_tokens == 0
     assert [r.token_ids for r in results[1:]] == [a.token_ids for a in alone]
     assert sum(1 for e in seen if isinstance(e, ev.BlockDone) and e.kind == "prefill" and e.index == 0) == 2
+
+
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_a_sample_whose_leader_left_prefills_later_beside_the_others(fp32_model: Written, tokens: int) -> None:
+    """Its leader cancelled mid-prefill while another prompt rides on, a sample prefills one pass later:
+    the streamed blocks are read for that extra pass too (with 1 token, after the reader had finished)."""
+    engine = Engine.open(fp32_model.path, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(fp32_model.path), 4)))
+    own = [threading.Event() for _ in range(3)]
+
+    def on_event(e: ev.Event) -> None:
+        if isinstance(e, ev.BlockDone) and e.kind == "prefill" and e.index == 1:
+            own[0].set()
+
+    per = sample_params(SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1, ignore_eos=True), 2)
+    params = [*per, greedy(tokens)]
+    try:
+        results = engine.generate_many([MIDDLE, MIDDLE, SHORT], params, on_event=on_event, sequence_cancels=own)
+        alone = [engine.generate(p, q) for p, q in ((MIDDLE, params[1]), (SHORT, params[2]))]
+    finally:
+        engine.close()
+    assert isinstance(results[0], ev.Cancelled)
+    assert [r.token_ids for r in results[1:]] == [a.token_ids for a in alone]
+    assert results[1].passes == tokens and results[2].passes == tokens
