@@ -13,8 +13,9 @@ from bloomtui.engine.checkpoint import Checkpoint
 
 SAMPLE = Path(__file__).resolve().parent.parent / "training" / "heldout-sample.txt"
 # Held-out perplexity bounds, about 10% above what the shipped models score on the sample (context 1024, fp32
-# as the demo runs: trained 51.5, trained-draft 150.7): a retrained or damaged model that writes worse fails.
-BOUNDS = {"trained": 57.0, "trained-draft": 166.0}
+# as the demo runs: trained 51.5, trained-draft 80.6 since it was distilled from trained, 150.7 before): a
+# retrained or damaged model that writes worse fails.
+BOUNDS = {"trained": 57.0, "trained-draft": 89.0}
 
 
 @pytest.mark.parametrize("name", demo_models.NAMES)
