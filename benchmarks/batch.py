@@ -10,8 +10,9 @@ one prompt (temperature 0.8, seed 0, `--tokens` each) in a fresh process, whose 
 Aggregate tokens/s = the tokens after each sequence's first / the decode wall time (the passes after the
 prefill). Points run in order of N within a repeat, settings interleaved, so drift hits all alike.
 
-Perplexity: a text of `--ppl-tokens` tokens in windows of 1024, streamed warm and cold, one window per pass
-against the default batch (several windows per pass), each in a fresh process; the NLL must be the same.
+Perplexity: a text of `--ppl-tokens` tokens in windows of each `--ppl-contexts` length, streamed warm and
+cold, one window per pass against the default batch (several windows per pass), each in a fresh process; the
+NLL must be the same.
 """
 
 from __future__ import annotations
@@ -74,14 +75,14 @@ def worker_generate(model: Path, n: int, tokens: int, budget: int | None, reads:
     }
 
 
-def worker_ppl(model: Path, text: Path, batch: int | None, budget: int, reads: str) -> dict:
+def worker_ppl(model: Path, text: Path, batch: int | None, budget: int, reads: str, context: int) -> dict:
     from bloomtui.engine import Engine, EngineOptions
 
     engine = Engine.open(model, EngineOptions(ram_budget=budget, reads=reads))
     body = text.read_text(encoding="utf-8")
     engine.perplexity(body[:2000], 256)  # warm-up: torch and the page cache
     t0 = time.perf_counter()
-    scored = engine.perplexity(body, 1024, batch=batch)
+    scored = engine.perplexity(body, context, batch=batch)
     seconds = time.perf_counter() - t0
     engine.close()
     return {
@@ -168,12 +169,13 @@ def section(
 ) -> str:
     med = medians(gen)
     sizes = sorted(next(iter(gen.values())))
+    ppl_args = " --skip-ppl" if args.skip_ppl else f" --ppl-tokens {args.ppl_tokens} --ppl-contexts {args.ppl_contexts}"
     lines = [
         BEGIN,
         "## Several sequences per pass",
         "",
         f"`python -m benchmarks.batch --sizes {args.sizes} --tokens {args.tokens} --repeats {args.repeats}"
-        f"{' --skip-ppl' if args.skip_ppl else f' --ppl-tokens {args.ppl_tokens}'}` ({commit_stamp()}, "
+        f"{ppl_args}` ({commit_stamp()}, "
         f"{cpu_summary()}): bloom-560m's shape in bf16, N samples of one prompt side by side (temperature 0.8), "
         f"{args.tokens} tokens each; aggregate decode tokens/s (median of {args.repeats}), and ÷ N = 1 of the same "
         "setting. Streamed: budget ~1/4 of the model; warm = blocks in the page cache (`--reads cached`), "
@@ -197,7 +199,7 @@ def section(
             f"{'yes' if r['peak_rss'] <= bound else '**no**'} |"
         )
     if ppl:
-        lines += ["", f"Perplexity of {args.ppl_tokens} tokens in windows of 1024, streamed (median s):", ""]
+        lines += ["", f"Perplexity of {args.ppl_tokens} tokens, streamed (median s):", ""]
         lines += ["| setting | 1 window per pass | default batch | speed-up | same NLL |", "|---|---|---|---|---|"]
         for s, runs in ppl.items():
             one, many = (statistics.median(r["seconds"] for r in runs[k]) for k in ("1", "default"))
@@ -219,6 +221,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ppl-tokens", type=int, default=16384)
+    parser.add_argument("--ppl-contexts", default="1024,128", help="window lengths to score with")
     parser.add_argument("--skip-ppl", action="store_true")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
@@ -240,13 +243,15 @@ def main() -> None:
         text = Path(tempfile.mkdtemp()) / "ppl.txt"
         text.write_text(long_prompt(AutoTokenizer.from_pretrained(str(model)), args.ppl_tokens), encoding="utf-8")
         for _ in range(max(1, args.repeats - 1)):
-            for name, (budget, reads) in list(SETTINGS.items())[1:]:
-                for batch in ("1", "default"):
-                    extra = _budget_args(model, budget) + ["--reads", str(reads)]
-                    extra += ["--batch", batch] if batch != "default" else []
-                    r = _spawn("ppl", str(model), "--text", str(text), *extra)
-                    ppl.setdefault(name, {}).setdefault(batch, []).append(r)
-                    print(f"ppl {name} batch {batch}: {r['seconds']:.1f} s (batch {r['batch']})", file=sys.stderr)
+            for context in (int(c) for c in args.ppl_contexts.split(",")):
+                for name, (budget, reads) in list(SETTINGS.items())[1:]:
+                    for batch in ("1", "default"):
+                        extra = _budget_args(model, budget) + ["--reads", str(reads), "--context", str(context)]
+                        extra += ["--batch", batch] if batch != "default" else []
+                        r = _spawn("ppl", str(model), "--text", str(text), *extra)
+                        ppl.setdefault(f"{name}, windows of {context}", {}).setdefault(batch, []).append(r)
+                        say = f"ppl {name} context {context} batch {batch}: {r['seconds']:.1f} s (batch {r['batch']})"
+                        print(say, file=sys.stderr)
     plot_svg(medians(gen), REPO / PLOT)
     (REPO / "benchmarks" / "results" / "batch.json").write_text(
         json.dumps({"generate": gen, "ppl": ppl}, indent=1) + "\n"
@@ -267,11 +272,12 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--reads")
     parser.add_argument("--text", type=Path)
     parser.add_argument("--batch", type=int)
+    parser.add_argument("--context", type=int, default=1024)
     a = parser.parse_args(argv)
     if a.kind == "generate":
         result = worker_generate(a.model, a.n, a.tokens, a.budget, a.reads)
     else:
-        result = worker_ppl(a.model, a.text, a.batch, a.budget, a.reads)
+        result = worker_ppl(a.model, a.text, a.batch, a.budget, a.reads, a.context)
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
