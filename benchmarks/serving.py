@@ -72,7 +72,9 @@ def start(model: Path, budget: int) -> tuple[subprocess.Popen, str]:
 
 def stream(url: str, prompt: str, tokens: int, seed: int, out: dict) -> None:
     """One streamed completion: the times of its tokens (perf_counter) into out["times"]."""
-    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0.8, "seed": seed, "ignore_eos": True}
+    # logprobs: a chunk for every token (random weights write many tokens that are part of a character, and a
+    # token without text sends no chunk otherwise).
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0.8, "seed": seed, "ignore_eos": True, "logprobs": 0}
     times: list[float] = []
     out["times"] = times  # filled as tokens come: a watcher sees the stream under way
     out["sent"] = time.perf_counter()
@@ -81,6 +83,7 @@ def stream(url: str, prompt: str, tokens: int, seed: int, out: dict) -> None:
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
                 times.append(time.perf_counter())
     del times[-1]  # the last choice chunk is the finish_reason, not a token
+    assert len(times) == tokens, f"{len(times)} token chunks for {tokens} tokens"
 
 
 def clients_at_once(url: str, n: int, tokens: int) -> float:
