@@ -30,7 +30,7 @@ from transformers import BloomForCausalLM
 
 from bloomtui import demo_models
 from training.corpus import DEFAULT_SOURCES, split
-from training.train import SEQ_LEN, heldout_nll, save, token_stream
+from training.train import SEQ_LEN, fit_schedule, heldout_nll, save, token_stream
 
 NAME = "trained-draft"
 BATCH = 16
@@ -130,11 +130,7 @@ def distil(args: argparse.Namespace) -> None:
         state["step"] += 1
         state["tokens"] += batch.numel()
         state["seconds"] += time.perf_counter() - started
-        if (state["step"] - first) % 20 == 0:  # fit the schedule to the time left, as train.py does
-            per_step = (time.perf_counter() - run_start) / (state["step"] - first)
-            fits = state["step"] + int((deadline - time.monotonic()) * 0.97 / per_step)
-            if state["total_steps"] is None or abs(fits - state["total_steps"]) > 10:
-                state["total_steps"] = max(state["step"] + 1, fits)
+        fit_schedule(state, first, run_start, deadline)
         if state["step"] % args.log_every == 0:
             entry = {"step": state["step"], "kl": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"]}
             if state["step"] % (args.log_every * 10) == 0:

@@ -105,6 +105,20 @@ def heldout_nll(model: BloomForCausalLM, ids: torch.Tensor, windows: int = 32) -
     return total / count
 
 
+def fit_schedule(state: dict, first_step: int, run_start: float, deadline: float) -> None:
+    """Every 20 steps: end the schedule when this run's time budget does. Its length follows the speed
+    measured so far in this run (an average, so a busy machine bends the cosine smoothly); a resumed run with
+    a new budget re-fits the schedule from where it stands (a warm restart)."""
+    done = state["step"] - first_step
+    if done == 0 or done % 20:
+        return
+    per_step = (time.perf_counter() - run_start) / done
+    fits = state["step"] + int((deadline - time.monotonic()) * 0.98 / per_step)
+    if state["total_steps"] is None or abs(fits - state["total_steps"]) > 10:
+        state["total_steps"] = max(state["step"] + 1, fits)
+        print(f"{per_step:.2f} s/step: schedule ends at step {state['total_steps']}", flush=True)
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.model]
@@ -164,15 +178,7 @@ def train(args: argparse.Namespace) -> None:
         state["step"] += 1
         state["tokens"] += batch.numel()
         state["seconds"] += time.perf_counter() - started
-        if (state["step"] - run_first_step) % 20 == 0:
-            # The schedule ends when this run's time budget does: its length follows the speed measured so
-            # far in this run (an average, so a busy machine bends the cosine smoothly). A resumed run with a
-            # new budget re-fits the schedule from where it stands (a warm restart).
-            per_step = (time.perf_counter() - run_start) / (state["step"] - run_first_step)
-            fits = state["step"] + int((deadline - time.monotonic()) * 0.98 / per_step)
-            if state["total_steps"] is None or abs(fits - state["total_steps"]) > 10:
-                state["total_steps"] = max(state["step"] + 1, fits)
-                print(f"{per_step:.2f} s/step: schedule ends at step {state['total_steps']}", flush=True)
+        fit_schedule(state, run_first_step, run_start, deadline)
         if state["step"] % args.log_every == 0:
             entry = {
                 "step": state["step"],
