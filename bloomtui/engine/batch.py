@@ -90,9 +90,11 @@ class Batch:
             assert s.caches is not None
             kinds.add(kind)
             like_decode = len(ids) == 1 or kind == "verify"
-            segments.append(Segment(ids, start, s.caches, like_decode, dropped=s.cancel.is_set))
+            segments.append(Segment(ids, start, s.caches, like_decode, dropped=s.cancel.is_set, tree=s.tree_rows))
         kind: PassKind = "prefill" if "prefill" in kinds else "verify" if "verify" in kinds else "decode"
         step = min(len(s.token_ids) for s in riders)
+        rows = sum(len(seg.ids) for seg in segments)
+        t_pass = time.perf_counter()  # drafting is over: the pass's own cost from here (tree budgets fit it)
         try:
             hidden = self.passes.hidden_rows(segments, self.alibi, kind, step)
         except RowsDropped:
@@ -106,7 +108,8 @@ class Batch:
         logits = self.passes.logits(torch.cat([h for _, h in taking]), like_decode=True)
         cfg = self.model.config
         self.emit(PhaseChanged(self.generation, "sampling", cfg.n_layer, cfg.n_layer))
-        seconds = time.perf_counter() - t0
+        now = time.perf_counter()
+        seconds, pass_seconds = now - t0, now - t_pass
         self.passes_run += 1
         row = 0
         rows_of: dict[int, torch.Tensor] = {}
@@ -124,7 +127,7 @@ class Batch:
                 self.passes.prefetch.ensure(self.passes_run - self._passes_at_use + s.params.max_new_tokens)
         for s in self.running:
             if id(s) in rows_of:
-                s.take(rows_of[id(s)], seconds)
+                s.take(rows_of[id(s)], seconds, rows, pass_seconds)
         ended += [self._end(s) for s in self.running if s.finished or id(s) not in rows_of]
         self.running = [s for s in self.running if not s.finished and id(s) in rows_of]
         return ended

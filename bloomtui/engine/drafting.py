@@ -7,7 +7,11 @@ target's own: greedy ids equal those without a draft; sampled ones follow the sa
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -15,11 +19,13 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from bloomtui.engine.events import ignore
-from bloomtui.engine.model import Alibi, KVCache
+from bloomtui.engine.model import Alibi, KVCache, TreeRows
 from bloomtui.engine.open_model import EngineOptions, ModelPlan, OpenModel
 from bloomtui.engine.residency import budget_for
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal
+from bloomtui.engine.tree import ROOT, DraftTree, compact
+from bloomtui.engine.tree_budget import BRANCH, MAX_NODES, Choice, TreeBudget
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
@@ -34,6 +40,11 @@ MAX_FIXED_TOKENS = 32
 _START_TOKENS = 4
 _NGRAM = 3
 """Longest suffix n-gram prompt lookup matches (then shorter ones)."""
+_LOOKUP_MATCHES = 16
+"""Earlier occurrences prompt lookup's tree takes its branches from."""
+_MIN_CHILD = 0.005
+"""A draft's second or later choice less likely than this after its parent is not worth a row."""
+AUTO, OFF = "auto", "off"
 
 
 @dataclass(frozen=True)
@@ -42,11 +53,31 @@ class DraftSpec:
 
     model: OpenModel | None = None
     tokens: int | None = None
-    """Fixed K; None adapts K in 1..MAX_DRAFT_TOKENS."""
+    """Fixed K of a chain; None adapts K in 1..MAX_DRAFT_TOKENS."""
+    tree: int | str | None = None
+    """Token trees: AUTO (the node budget chosen from measured costs), a fixed node count, or OFF (chains).
+    None: AUTO, unless `tokens` asks for chains of K."""
 
     def __post_init__(self) -> None:
         if self.tokens is not None and not 1 <= self.tokens <= MAX_FIXED_TOKENS:
             raise UsageError(f"--draft-tokens must be in 1..{MAX_FIXED_TOKENS}, got {self.tokens}")
+        tree = self.tree
+        if isinstance(tree, str) and tree not in (AUTO, OFF):
+            raise UsageError(f"--draft-tree must be auto, off or a node count, got {tree!r}")
+        if isinstance(tree, int) and not 1 <= tree <= MAX_NODES:
+            raise UsageError(f"--draft-tree must be auto, off or a node count in 1..{MAX_NODES}, got {tree}")
+        if self.tokens is not None and tree not in (None, OFF):
+            raise UsageError("--draft-tokens sets a chain's length: it goes with --draft-tree off only")
+
+    @property
+    def trees(self) -> bool:
+        return self.tree != OFF and not (self.tree is None and self.tokens is not None)
+
+    def budget(self) -> TreeBudget | None:
+        """A sequence's own tree budget (None: chains)."""
+        if not self.trees:
+            return None
+        return TreeBudget(self.tree if isinstance(self.tree, int) else None, draft_costs=self.model is not None)
 
     @property
     def name(self) -> str:
@@ -59,6 +90,12 @@ class Drafter(Protocol):
 
     def rollback(self, valid: int) -> None:
         """Only the first `valid` tokens of the last proposal's sequence (plus accepted drafts) still hold."""
+
+    def propose_tree(self, seq: list[int], choice: Choice, depth: int, sampler: Sampler) -> DraftTree:
+        """About choice.nodes likely continuations of `seq` as a tree at most `depth` deep."""
+
+    def keep(self, tree: DraftTree, kept: list[int]) -> None:
+        """The target kept these nodes of the last tree (a line from the root): the rest no longer hold."""
 
 
 class AdaptiveK:
@@ -91,6 +128,33 @@ class PromptLookup:
     def rollback(self, valid: int) -> None:
         pass
 
+    def propose_tree(self, seq: list[int], choice: Choice, depth: int, sampler: Sampler | None = None) -> DraftTree:
+        """The continuations of several earlier occurrences (longest n-gram first, latest first) as one trie:
+        where they agree it is one line, where they differ it branches."""
+        tree = DraftTree()
+        n_seq, matches = len(seq), 0
+        for n in range(min(_NGRAM, n_seq - 1), 0, -1):
+            suffix = seq[n_seq - n :]
+            for i in range(n_seq - n - 1, -1, -1):
+                if seq[i : i + n] != suffix:
+                    continue
+                node = ROOT
+                for token in seq[i + n : i + n + depth]:
+                    kids = [k for k in tree.children(node) if tree.tokens[k] == token]
+                    if kids:
+                        node = kids[0]
+                    elif len(tree) < choice.nodes:
+                        node = tree.add(token, node)
+                    else:
+                        break
+                matches += 1
+                if matches >= _LOOKUP_MATCHES or len(tree) >= choice.nodes:
+                    return tree
+        return tree
+
+    def keep(self, tree: DraftTree, kept: list[int]) -> None:
+        pass
+
 
 class ModelDrafter:
     """Proposals from a small resident model, keeping its own KV cache across rounds. Greedy runs take its
@@ -106,6 +170,12 @@ class ModelDrafter:
         self.alibi = Alibi(cfg.n_head, engine.dtype)
         self.filled = 0
         """Positions of the draft's caches that match the sequence."""
+        self._fed: list[int] = []
+        """Tree nodes the draft ran this round, in cache slot order from `_base`."""
+        self._base = 0
+        self._order = itertools.count()  # ties in the candidate heap go to the earlier candidate
+        self.rounds, self.seconds = 0, 0.0
+        """Draft passes and seconds of the last tree."""
         self.prefetch: Prefetcher = engine.store.prefetcher(0, cancel)  # nothing streams: see open_draft
         # Its events are not the target's: a UI counts the target's blocks. The cancel flag is shared.
         self.passes: Passes = engine.passes(generation, ignore, cancel, self.prefetch)
@@ -139,6 +209,81 @@ class ModelDrafter:
 
     def rollback(self, valid: int) -> None:
         self.filled = min(self.filled, valid)
+
+    def propose_tree(self, seq: list[int], choice: Choice, depth: int, sampler: Sampler) -> DraftTree:
+        """Best-first (SpecExec): each round takes the most likely candidates so far (by the draft's
+        probability of the whole line), as many as the expected tree has at that depth, and runs them through
+        the draft in one pass to get their own children; the last round's nodes are leaves."""
+        tree = DraftTree()
+        self._fed, self._base = [], len(seq)
+        levels = choice.levels[:depth]
+        ids = seq[self.filled :]
+        if not levels or any(t >= self.engine.config.vocab_size for t in ids):
+            return tree
+        t0 = time.perf_counter()
+        h = self.passes.hidden(ids, self.filled, self.caches, self.alibi, "decode", 0)
+        self.filled = len(seq)
+        line_logq = [0.0]  # per node + 1 (index 0: the root)
+        heap: list[tuple[float, int, int, int]] = []  # (-line log q, order, parent, token)
+        self._push_children(heap, h[-1], ROOT, 0.0, seq, sampler)
+        self.rounds = 1
+        for r, quota in enumerate(levels):
+            popped = []
+            while heap and len(popped) < quota:
+                neg, _, parent, token = heapq.heappop(heap)
+                popped.append(tree.add(token, parent))
+                line_logq.append(-neg)
+            if not popped or r == len(levels) - 1:
+                break
+            h = self._feed(tree, popped, len(seq) - 1, r + 1)
+            self.rounds += 1
+            for row, node in enumerate(popped):
+                line = [tree.tokens[k] for k in tree.line(node)]
+                self._push_children(heap, h[row], node, line_logq[node + 1], seq + line, sampler)
+        self.seconds = time.perf_counter() - t0
+        return tree
+
+    def _push_children(
+        self, heap: list, hidden: torch.Tensor, node: int, logq: float, seen: list[int], sampler: Sampler
+    ) -> None:
+        row = self._on_target_vocab(self.passes.logits(hidden[None])[0])
+        seen_ids = torch.tensor(seen, dtype=torch.long)
+        # Ranked by what the run samples from (greedy: the penalised scores at temperature 1).
+        greedy = sampler.params.greedy
+        probs = torch.softmax(sampler.scores(row, seen_ids), -1) if greedy else sampler.probs(row, seen_ids)
+        values, ids = probs.topk(BRANCH)
+        for rank, (q, token) in enumerate(zip(values.tolist(), ids.tolist(), strict=True)):
+            if rank and q < _MIN_CHILD:
+                break  # the first child stays: at worst the tree is the chain a chain draft would propose
+            heapq.heappush(heap, (-(logq + math.log(q)), next(self._order), node, token))
+
+    def _feed(self, tree: DraftTree, nodes: list[int], root_position: int, step: int) -> torch.Tensor:
+        """Run `nodes` through the draft after the ones already fed; each sees the text and its ancestors."""
+        fed = self._fed + nodes
+        slot = {node: j for j, node in enumerate(fed)}
+        positions = torch.tensor([root_position + tree.depth(k) for k in fed], dtype=torch.long)
+        visible = torch.zeros((len(nodes), len(fed)), dtype=torch.bool)
+        for row, node in enumerate(nodes):
+            for k in tree.line(node):
+                visible[row, slot[k]] = True
+        first = self._base
+        rows = TreeRows(first, positions, visible)
+        start = first + len(self._fed)
+        h = self.passes.hidden([tree.tokens[k] for k in nodes], start, self.caches, self.alibi, "decode", step, rows)
+        self._fed = fed
+        return h
+
+    def keep(self, tree: DraftTree, kept: list[int]) -> None:
+        """The kept line's nodes that went through the draft move up to follow the text (as a chain would
+        have left them); the draft picks up the rest of the kept tokens on its next proposal."""
+        slots = []
+        for node in kept:
+            if node not in self._fed:
+                break
+            slots.append(self._base + self._fed.index(node))
+        compact(self.caches, self._base, slots)
+        self.filled = min(self.filled, self._base) + len(slots)
+        self._fed = []
 
     def close(self) -> None:
         self.prefetch.close()

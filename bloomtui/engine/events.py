@@ -121,6 +121,9 @@ class Drafted(Event):
     ids: tuple[int, ...]
     text: str
     sequence: int = 0
+    nodes: int = 0
+    """The tree's size when the draft proposed a token tree (`ids` is then its most likely line); 0 for a
+    chain."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ class Done(Event):
     draft_proposed: int = 0
     """Tokens a draft proposed (0 without one); `draft_accepted` of them the target kept."""
     draft_accepted: int = 0
+    draft_tree: str = ""
+    """How drafted tokens were laid out: "" (no draft or a chain), or the tree budget ("auto", or a fixed
+    node count) with the mean nodes per drafted pass, e.g. "auto, 21.3 nodes"."""
     sequence: int = 0
     """Each sequence of a run ends with its own Done; `passes` counts the passes it took part in, while
     `peak_rss` and `bytes_read` are the whole run's so far."""

@@ -140,7 +140,9 @@ class Engine(OpenModel):
         for i, (one, p) in enumerate(zip(ids, params, strict=True)):
             drafter = self.make_drafter(draft, generation, cancel, len(one) + p.max_new_tokens)
             own = sequence_cancels[i] if sequence_cancels else None
-            seq = SequenceRun(self, i, one, p, generation, on_event, drafter, draft and draft.tokens, own)
+            tree = draft.budget() if draft is not None else None
+            tokens = draft.tokens if draft is not None else None
+            seq = SequenceRun(self, i, one, p, generation, on_event, drafter, tokens, own, tree=tree)
             seqs.append(seq)
             batch.add(seq)
         return seqs

@@ -50,6 +50,12 @@ class Alibi:
     def __init__(self, n_head: int, dtype: torch.dtype, capacity: int = 256) -> None:
         self.n_head, self.dtype = n_head, dtype
         self._bias = alibi_bias(n_head, capacity, dtype)
+        self._slopes = alibi_slopes(n_head)
+
+    def at(self, positions: Tensor) -> Tensor:
+        """(nh, 1, n): the bias of keys at these positions (tree nodes: a slot holds the position of its depth),
+        computed as upto() computes it, so a node's bias equals the one its position has in a chain."""
+        return (self._slopes[:, None, None] * positions.to(torch.float32)[None, None, :]).to(self.dtype)
 
     def upto(self, end: int) -> Tensor:
         """(nh, 1, end): the bias of key positions 0..end-1."""
@@ -97,6 +103,21 @@ def gelu(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class TreeRows:
+    """A span whose key slots from `first` on hold the nodes of a token tree rather than a chain: slot
+    first + j has position `positions[j]` (its depth after the last kept token), and query row i sees every
+    slot before `first` and the slots j where visible[i, j] (its ancestors and itself)."""
+
+    first: int
+    positions: Tensor  # (slots,) long
+    visible: Tensor  # (rows, slots) bool
+
+    def rows(self, a: int, b: int) -> TreeRows:
+        """The same tree for query rows a:b only (a pass may take a span's rows in chunks)."""
+        return TreeRows(self.first, self.positions, self.visible[a:b])
+
+
+@dataclass(frozen=True)
 class Span:
     """Rows a:b of a pass's hidden states: one sequence's new positions from `start`, attending through its
     own KV cache, multiplied by `mm` (a pass carries several sequences; each keeps its own results)."""
@@ -106,6 +127,7 @@ class Span:
     cache: KVCache
     start: int
     mm: Matmul = DEFAULT
+    tree: TreeRows | None = None
 
 
 def linear(x: Tensor, weight: Weight, bias: Tensor | None, spans: list[Span]) -> Tensor:
@@ -136,14 +158,24 @@ def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor
     q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
     keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
     values = cache.v[:, :end].to(work)  # (nh, L, hd)
-    bias = alibi.upto(end).to(work)  # (nh, 1, L)
+    bias = alibi.upto(end)  # (nh, 1, L)
+    tree = span.tree
+    if tree is not None:
+        region = slice(tree.first, end)
+        bias = bias.clone()
+        bias[:, :, region] = alibi.at(tree.positions[: end - tree.first])
+        hidden_slots = ~tree.visible[:, : end - tree.first]  # (t, slots)
+    bias = bias.to(work)
     inv_norm = 1.0 / math.sqrt(hd)
     out = torch.empty((nh, t, hd), dtype=work)
     chunk = max(1, SCORE_BYTES // (4 * nh * end))
     for q0 in range(0, t, chunk):
         q1 = min(t, q0 + chunk)
         scores = torch.baddbmm(bias, q[:, q0:q1], keys_t, beta=1.0, alpha=inv_norm)  # (nh, tq, L)
-        if t > 1:
+        if tree is not None:
+            # A tree node sees the text before the tree and its own ancestors, not its siblings' lines.
+            scores[:, :, region] = scores[:, :, region].masked_fill(hidden_slots[q0:q1], torch.finfo(scores.dtype).min)
+        elif t > 1:
             # Query i (absolute position start+i) sees keys 0..start+i.
             query_pos = torch.arange(start + q0, start + q1)[:, None]
             future = torch.arange(end)[None, :] > query_pos  # (tq, L)

@@ -24,7 +24,7 @@ from torch import Tensor
 from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
 from bloomtui.engine.loader import Prefetcher, WeightStore
 from bloomtui.engine.matmul import Matmul, row_slice
-from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, Span, block_spans, layer_norm
+from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, Span, TreeRows, block_spans, layer_norm
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
@@ -54,6 +54,14 @@ class Segment:
     """Multiply as a decode pass does (prefill and scoring rows: as many-row passes do; see matmul.py)."""
     dropped: Callable[[], bool] = _never
     """True once the sequence was cancelled: its rows leave the pass after the current block."""
+    tree: TreeRows | None = None
+    """The rows are a token tree (see model.TreeRows), not a chain."""
+
+    def span(self, a: int, b: int, r0: int, r1: int, block: int, mm: Matmul) -> Span:
+        """This segment's part of pass rows r0:r1, as a span of that chunk (its rows are a:b of the pass)."""
+        lo, hi = max(a, r0) - a, min(b, r1) - a
+        tree = self.tree.rows(lo, hi) if self.tree is not None else None
+        return Span(lo + a - r0, hi + a - r0, self.caches[block], self.start + lo, mm, tree)
 
 
 def _row_bounds(segments: list[Segment]) -> list[tuple[int, int]]:
@@ -96,11 +104,20 @@ class Passes:
         return rss
 
     def hidden(
-        self, ids: list[int], start: int, caches: list[KVCache], alibi: Alibi, kind: PassKind, token_index: int
+        self,
+        ids: list[int],
+        start: int,
+        caches: list[KVCache],
+        alibi: Alibi,
+        kind: PassKind,
+        token_index: int,
+        tree: TreeRows | None = None,
     ) -> Tensor:
-        """Final hidden states (after ln_f) of `ids` at positions start.., filling the caches: (T, H)."""
+        """Final hidden states (after ln_f) of `ids` at positions start.. (or laid out as `tree`), filling the
+        caches: (T, H)."""
         # Verification rows multiply as decoding does (no fp32 upcast), so greedy picks match a draft-free run.
-        segment = Segment(ids, start, caches, decode_like=len(ids) == 1 or kind == "verify")
+        like_decode = len(ids) == 1 or kind == "verify"
+        segment = Segment(ids, start, caches, decode_like=like_decode, tree=tree)
         out = self.hidden_rows([segment], alibi, kind, token_index)[0]
         assert out is not None  # a segment without a drop rule stays to the end
         return out
@@ -139,7 +156,7 @@ class Passes:
                 r1 = min(rows, r0 + PREFILL_ROWS)
                 # Rows in order: a chunk's keys and values are in the cache before the next chunk attends.
                 spans = [
-                    Span(max(a, r0) - r0, min(b, r1) - r0, seg.caches[i], seg.start + max(a, r0) - a, self._mm(seg))
+                    seg.span(a, b, r0, r1, i, self._mm(seg))
                     for (_, seg), (a, b) in zip(live, bounds, strict=True)
                     if a < r1 and b > r0
                 ]

@@ -19,12 +19,16 @@ from bloomtui.engine.model import KVCache
 from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.speculative import Proposal, verify
 from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
+from bloomtui.engine.tree import DraftTree, compact, verify_tree
+from bloomtui.engine.tree_budget import MAX_DEPTH
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from bloomtui.engine.model import TreeRows
     from bloomtui.engine.open_model import OpenModel
+    from bloomtui.engine.tree_budget import TreeBudget
 
 _FIRST_CAPACITY = 256
 """New positions a sequence's caches hold before they first grow (they double as needed)."""
@@ -45,6 +49,7 @@ class SequenceRun:
         draft_tokens: int | None = None,
         cancel: threading.Event | None = None,
         top_logprobs: int = 0,
+        tree: TreeBudget | None = None,
     ) -> None:
         if not prompt_ids:
             raise UsageError("the prompt is empty")
@@ -70,6 +75,14 @@ class SequenceRun:
         self.pass_seconds: list[float] = []
         self.top_logprobs = top_logprobs
         """How many of the most likely ids each TokenGenerated lists (0: none)."""
+        self.budget = tree if drafter is not None else None
+        """Token trees' budget; None: the draft proposes chains (or there is no draft)."""
+        self.tree = DraftTree()
+        self.tree_rows: TreeRows | None = None
+        """The layout of this sequence's rows in the next pass when they are a tree."""
+        self.tree_nodes = self.tree_passes = 0
+        self.other_rows = 0
+        """Rows the other sequences brought to the last pass (a tree's cost depends on the whole pass)."""
 
     @property
     def prefilled(self) -> bool:
@@ -95,20 +108,41 @@ class SequenceRun:
         step = len(self.token_ids)
         room = self.params.max_new_tokens - step - 1  # a pass never yields more than is left
         self.proposal = Proposal()
+        if self.budget is not None:
+            return self._tree_rows(step, room)
         if self.drafter is not None and room > 0:
             self.proposal = self.drafter.propose(self.seq, min(self.k.k, room), self.sampler)
         if self.proposal:
             self._emit_draft(step, self.proposal.tokens)
         return [self.seq[-1], *self.proposal.tokens], len(self.seq) - 1, "verify" if self.proposal else "decode"
 
+    def _tree_rows(self, step: int, room: int) -> tuple[list[int], int, PassKind]:
+        """The last token and a drafted tree of the size the budget chooses (maybe none)."""
+        assert self.budget is not None and self.drafter is not None
+        choice = self.budget.choose(self.other_rows, room)
+        self.tree = DraftTree()
+        if choice.nodes:
+            self.tree = self.drafter.propose_tree(self.seq, choice, min(room, MAX_DEPTH), self.sampler)
+            if isinstance(self.drafter, ModelDrafter):
+                self.budget.record_draft(self.drafter.rounds, self.drafter.seconds)
+        first = len(self.seq) - 1
+        self.tree_rows = self.tree.rows(first) if self.tree else None
+        if self.tree:
+            self._emit_draft(step, self.tree.best_line(), len(self.tree))
+        return [self.seq[-1], *self.tree.tokens], first, "verify" if self.tree else "decode"
+
     @property
     def logit_rows(self) -> int:
         """Rows of logits the pass must give back: one per drafted token, plus the next token's."""
-        return 1 + len(self.proposal)
+        return 1 + len(self.proposal) + len(self.tree)
 
-    def take(self, logits: Tensor, seconds: float) -> None:
-        """The pass's logits for this sequence's last `logit_rows` rows: keep the tokens they yield."""
+    def take(self, logits: Tensor, seconds: float, rows: int = 0, pass_seconds: float | None = None) -> None:
+        """The pass's logits for this sequence's last `logit_rows` rows: keep the tokens they yield. `rows`:
+        all rows of the pass; `pass_seconds`: its time over the target's weights (no drafting)."""
         self.pass_seconds.append(seconds)
+        if self.budget is not None:
+            self._take_tree(logits, seconds, rows, seconds if pass_seconds is None else pass_seconds)
+            return
         picked = verify(self.sampler, logits, self.proposal, self.seq)
         matched = len(picked) - 1
         self.proposed += len(self.proposal)
@@ -116,12 +150,46 @@ class SequenceRun:
         self.k.update(len(self.proposal), matched)
         if self.drafter is not None:
             self.drafter.rollback(len(self.seq) + matched)
-        for i, (token, logprob) in enumerate(picked):
+        self._keep(picked, [logits[i] for i in range(len(picked))], seconds)
+
+    def _take_tree(self, logits: Tensor, seconds: float, rows: int, pass_seconds: float) -> None:
+        assert self.budget is not None and self.drafter is not None
+        tree = self.tree
+        mine = 1 + len(tree)
+        self.other_rows = max(0, rows - mine)
+        self.budget.record_pass(max(rows, mine), pass_seconds)
+        verdict = verify_tree(self.sampler, logits, tree, self.seq)
+        if tree:
+            self.budget.record_visits(verdict.visits)
+            self.proposed += len(tree)
+            self.accepted += len(verdict.kept)
+            self.tree_nodes += len(tree)
+            self.tree_passes += 1
+            root = len(self.seq) - 1
+            # Node k sits in slot root + 1 + k: the kept line moves up to follow the root.
+            assert self.caches is not None
+            compact(self.caches, root + 1, [root + 1 + k for k in verdict.kept])
+            self.drafter.keep(tree, verdict.kept)
+        rows_of = [0, *(k + 1 for k in verdict.kept)]
+        self.tree, self.tree_rows = DraftTree(), None
+        self._keep(verdict.picked, [logits[r] for r in rows_of], seconds)
+
+    def _keep(self, picked: list[tuple[int, float]], rows: list[Tensor], seconds: float) -> None:
+        """Append and stream the pass's tokens, up to the one that ends the sequence."""
+        for row, (token, logprob) in zip(rows, picked, strict=True):
             self.seq.append(token)
-            top = self._top(logits[i]) if self.top_logprobs else ()
+            top = self._top(row) if self.top_logprobs else ()
             if self._emit_token(token, logprob, seconds / len(picked), top):
                 self.finished = True
                 break
+
+    @property
+    def tree_summary(self) -> str:
+        """The tree budget and its mean size, for Done (empty for chains)."""
+        if self.budget is None:
+            return ""
+        mean = self.tree_nodes / self.tree_passes if self.tree_passes else 0.0
+        return f"{self.budget.describe()}, {mean:.1f} nodes"
 
     def _top(self, row: Tensor) -> tuple[tuple[int, float], ...]:
         values, ids = torch.log_softmax(row.float(), -1).topk(self.top_logprobs)
@@ -146,13 +214,13 @@ class SequenceRun:
         self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index, top))
         return self.reason != "length" or last
 
-    def _emit_draft(self, step: int, tokens: list[int]) -> None:
+    def _emit_draft(self, step: int, tokens: list[int], nodes: int = 0) -> None:
         """Show the guesses: their text after the last few tokens (byte-level BPE pieces join without a
         space rule, but a character may span tokens; an unfinished one is left out)."""
         context = self.token_ids[-4:]
         decode = self.model.decode
         text = decode(context + tokens)[len(decode(context)) :].replace("\ufffd", "")
-        self.emit(Drafted(self.generation, step, tuple(tokens), text, self.index))
+        self.emit(Drafted(self.generation, step, tuple(tokens), text, self.index, nodes))
 
     def done(self, peak_rss: int, bytes_read: int) -> Done:
         timings = self.pass_seconds
@@ -173,6 +241,7 @@ class SequenceRun:
             passes=len(timings),
             draft_proposed=self.proposed,
             draft_accepted=self.accepted,
+            draft_tree=self.tree_summary,
             sequence=self.index,
         )
 

@@ -242,6 +242,7 @@ class Scheduler:
                 drafter,
                 cancel=job.cancel,
                 top_logprobs=job.top_logprobs,
+                tree=self.draft.budget() if self.draft is not None else None,
             )
             out.append((index, seq))
         return out

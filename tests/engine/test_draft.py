@@ -98,9 +98,12 @@ def run(engine: Engine, prompt: str, params: SamplingParams, draft: DraftSpec | 
 
 
 @pytest.mark.parametrize("which", ["self", "noisy", "random", "lookup"])
-@pytest.mark.parametrize("tokens", [None, 3])
-def test_greedy_ids_equal_without_draft(engine: Engine, drafts: dict[str, Engine], which: str, tokens: int) -> None:
-    spec = DraftSpec(None if which == "lookup" else drafts[which], tokens=tokens)
+@pytest.mark.parametrize(("tree", "tokens"), [(None, None), (16, None), ("off", None), ("off", 3)])
+def test_greedy_ids_equal_without_draft(
+    engine: Engine, drafts: dict[str, Engine], which: str, tree: int | str | None, tokens: int | None
+) -> None:
+    """Chains (adaptive or fixed K) and token trees (auto or a fixed budget) give plain greedy's ids."""
+    spec = DraftSpec(None if which == "lookup" else drafts[which], tokens=tokens, tree=tree)
     for prompt in (PROMPT, REPEAT):
         plain, plain_seen = run(engine, prompt, GREEDY)
         drafted, seen = run(engine, prompt, GREEDY, spec)

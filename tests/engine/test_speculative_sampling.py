@@ -21,6 +21,7 @@ from transformers import BloomForCausalLM
 from bloomtui import demo_models
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, speculative
 from bloomtui.engine import events as ev
+from bloomtui.engine import tree as tree_module
 from bloomtui.engine.drafting import DraftSpec, ModelDrafter, open_draft
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal, residual, verify
@@ -107,11 +108,12 @@ def expected(engine: Engine) -> dict[tuple, float]:
     return probs
 
 
-@pytest.mark.parametrize("which", ["model", "lookup"])
+@pytest.mark.parametrize(("which", "tree"), [("model", "off"), ("lookup", "off"), ("model", 8), ("lookup", 8)])
 def test_sampled_sequences_follow_the_target_distribution(
-    engine: Engine, draft: Engine, expected: dict[tuple, float], which: str
+    engine: Engine, draft: Engine, expected: dict[tuple, float], which: str, tree: int | str
 ) -> None:
-    spec = DraftSpec(draft if which == "model" else None)
+    """Chains (speculative sampling) and token trees (siblings tried in turn) keep the target's distribution."""
+    spec = DraftSpec(draft if which == "model" else None, tree=tree)
     counts, proposed, accepted = sample_runs(engine, spec)
     # The draft must be in play, right sometimes and wrong sometimes, or the test checks nothing.
     assert 0 < accepted < proposed and proposed > SAMPLES // 2
@@ -124,7 +126,17 @@ def test_the_statistical_check_catches_a_biased_verifier(
 ) -> None:
     """A classic slip (redrawing a rejected token from p instead of max(0, p - q)) fails the same check."""
     monkeypatch.setattr(speculative, "residual", lambda p, _q, _x: p)
-    counts, _, _ = sample_runs(engine, DraftSpec(draft))
+    counts, _, _ = sample_runs(engine, DraftSpec(draft, tree="off"))
+    stat, threshold = chi_square(counts, expected, SAMPLES)
+    assert stat > threshold
+
+
+def test_the_statistical_check_catches_a_biased_tree_verifier(
+    engine: Engine, draft: Engine, expected: dict[tuple, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tree's slip: a rejected sibling left in the distribution the next sibling and the fallback use."""
+    monkeypatch.setattr(tree_module, "residual", lambda p, _x: p)
+    counts, _, _ = sample_runs(engine, DraftSpec(draft, tree=8))
     stat, threshold = chi_square(counts, expected, SAMPLES)
     assert stat > threshold
 

@@ -1,0 +1,161 @@
+"""How many nodes a token tree gets: the size that maximises expected tokens per second (Sequoia's rule,
+arXiv 2402.12374), from costs and acceptance measured as the run goes.
+
+Acceptance is positional: p[k] is the chance that the target keeps a node's (k+1)-th most likely child once
+the ones before it were rejected. A node reached with probability v then gives its k-th child the value
+v * p[k] * prod(1 - p[j], j < k), and the best tree of n nodes is the n most valuable (a child is never worth
+more than its parent, so they form a tree); its expected tokens per pass are 1 + their sum. The cost of a
+pass of r rows is fitted as a + b * r over the run's recent passes (streamed, a pass costs nearly the same
+for 1 row or 64; resident on a CPU, rows cost compute), plus the draft's time per round. A budget of 0 means
+no draft: a plain pass. While drafting does not pay, a small tree is still tried now and then, so the
+figures it rests on stay current.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+BUDGETS = (0, 2, 4, 8, 16, 32, 64)
+"""The sizes `auto` chooses from."""
+MAX_NODES = 64
+MAX_DEPTH = 10
+BRANCH = 8
+"""Children a node may have (its draft's most likely tokens)."""
+_EXPLORE = (8, 32)
+"""Sizes of the first trees, before two row counts have been timed."""
+_PROBE_EVERY = 12
+_PROBE = 4
+_WINDOW = 24
+_PRIOR = ((0.5, 2.0),) + ((0.15, 2.0),) * (BRANCH - 1)
+"""(p, weight in visits) before any is measured."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    nodes: int
+    """0: no draft this pass."""
+    levels: tuple[int, ...] = ()
+    """Nodes per depth of the expected tree (the draft expands one level per round)."""
+    expected_tokens: float = 1.0
+
+
+class TreeBudget:
+    """Per sequence: measured acceptance and costs, and the node budget of its next pass."""
+
+    def __init__(self, fixed: int | None, draft_costs: bool) -> None:
+        """`fixed`: always this many nodes (None: auto). `draft_costs`: the draft runs a model per round
+        (prompt lookup costs nothing measurable)."""
+        self.fixed, self.draft_costs = fixed, draft_costs
+        self.tried = [w for _, w in _PRIOR]
+        self.kept = [p * w for p, w in _PRIOR]
+        self.passes: deque[tuple[int, float]] = deque(maxlen=_WINDOW)
+        self.draft_rounds: deque[float] = deque(maxlen=_WINDOW)
+        self.since_draft = 0
+        self.explored = 0
+        self.last = Choice(0)
+
+    # -- what the run measured ------------------------------------------------------------------------------
+
+    def record_pass(self, rows: int, seconds: float) -> None:
+        """A decode or verify pass carrying `rows` rows (all sequences') took `seconds`."""
+        self.passes.append((rows, seconds))
+
+    def record_draft(self, rounds: int, seconds: float) -> None:
+        if rounds:
+            self.draft_rounds.append(seconds / rounds)
+
+    def record_visits(self, visits: list[tuple[int, int | None]]) -> None:
+        """From verify_tree: at each node walked, how many children were tried and which was kept."""
+        for tried, kept in visits:
+            for k in range(min(tried, BRANCH)):
+                self.tried[k] += 1
+            if kept is not None and kept < BRANCH:
+                self.kept[kept] += 1
+
+    # -- the model ----------------------------------------------------------------------------------------
+
+    def acceptance(self) -> list[float]:
+        return [min(0.99, k / t) for k, t in zip(self.kept, self.tried, strict=True)]
+
+    def best_tree(self, n: int) -> Choice:
+        """The n most valuable nodes under the positional model: their count per depth and expected tokens."""
+        if n <= 0:
+            return Choice(0)
+        p = self.acceptance()
+        child_values = []
+        reach = 1.0
+        for pk in p:
+            child_values.append(reach * pk)
+            reach *= 1 - pk
+        # (−value, depth, rank): a node's k-th child is worth value * child_values[k].
+        heap = [(-child_values[0], 1, 0, 1.0)]
+        levels: dict[int, int] = {}
+        total = 0.0
+        for _ in range(n):
+            if not heap:
+                break
+            neg, depth, rank, parent_value = heapq.heappop(heap)
+            value = -neg
+            total += value
+            levels[depth] = levels.get(depth, 0) + 1
+            if rank + 1 < BRANCH:
+                heapq.heappush(heap, (-parent_value * child_values[rank + 1], depth, rank + 1, parent_value))
+            if depth < MAX_DEPTH:
+                heapq.heappush(heap, (-value * child_values[0], depth + 1, 0, value))
+        shape = tuple(levels.get(d, 0) for d in range(1, max(levels) + 1))
+        return Choice(sum(shape), shape, 1.0 + total)
+
+    def pass_seconds(self, rows: int) -> float | None:
+        """Fitted a + b * rows over recent passes; None until two row counts have been timed."""
+        if len({r for r, _ in self.passes}) < 2:
+            return None
+        n = len(self.passes)
+        mr = sum(r for r, _ in self.passes) / n
+        ms = sum(s for _, s in self.passes) / n
+        var = sum((r - mr) ** 2 for r, _ in self.passes)
+        b = max(0.0, sum((r - mr) * (s - ms) for r, s in self.passes) / var)
+        a = max(1e-6, ms - b * mr)
+        return a + b * rows
+
+    def draft_seconds(self, choice: Choice) -> float:
+        if not self.draft_costs or not choice.nodes:
+            return 0.0
+        per_round = sum(self.draft_rounds) / len(self.draft_rounds) if self.draft_rounds else 0.0
+        return per_round * len(choice.levels)
+
+    def choose(self, other_rows: int = 0, room: int = MAX_NODES) -> Choice:
+        """The tree for the next pass (other sequences bring `other_rows` rows to it; at most `room` nodes)."""
+        self.last = self._choose(other_rows, max(0, min(room, MAX_NODES)))
+        self.since_draft = 0 if self.last.nodes else self.since_draft + 1
+        return self.last
+
+    def _choose(self, other_rows: int, room: int) -> Choice:
+        if room == 0:
+            return Choice(0)
+        if self.fixed is not None:
+            return self.best_tree(min(self.fixed, room))
+        if self.pass_seconds(1) is None and self.explored < len(_EXPLORE):
+            self.explored += 1
+            return self.best_tree(min(_EXPLORE[self.explored - 1], room))
+        best, best_rate = Choice(0), -1.0
+        for n in BUDGETS:
+            choice = self.best_tree(min(n, room))
+            seconds = self.pass_seconds(other_rows + 1 + choice.nodes)
+            if seconds is None:
+                return self.best_tree(min(_EXPLORE[-1], room))
+            rate = choice.expected_tokens / (seconds + self.draft_seconds(choice))
+            if rate > best_rate * (1 + 1e-9):
+                best, best_rate = choice, rate
+        if not best.nodes and self.since_draft + 1 >= _PROBE_EVERY:
+            return self.best_tree(min(_PROBE, room))  # keep the acceptance figures current
+        return best
+
+    def describe(self) -> str:
+        return "auto" if self.fixed is None else str(self.fixed)
+
+
+def expected_rate(tokens: float, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 and math.isfinite(seconds) else 0.0
