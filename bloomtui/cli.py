@@ -153,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         "verifies several per pass over its weights; greedy output is unchanged, sampled output keeps the "
         "model's distribution (speculative sampling)",
     )
-    gen.add_argument("--draft-tokens", type=int, metavar="K", help="tokens drafted per pass (default: adaptive, 1..8)")
+    gen.add_argument(
+        "--draft-tokens", type=int, metavar="K", help="a chain of K drafted tokens per pass (implies --draft-tree off)"
+    )
+    gen.add_argument(
+        "--draft-tree",
+        metavar="auto|N|off",
+        help="token trees: the draft's most likely continuations verified in one pass; 'auto' (default) sizes "
+        "the tree from the pass costs and acceptance measured as the run goes (0 nodes when drafting does not "
+        "pay), N fixes it at N nodes (1..64), 'off' drafts one chain (adaptive K, 1..8)",
+    )
     _model_options(gen)
     add_remote_options(gen)
 

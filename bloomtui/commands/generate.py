@@ -116,7 +116,7 @@ def generate(args: argparse.Namespace) -> int:
     draft_engine = None
     if draft_spec is not None and args.draft != PROMPT_LOOKUP:
         draft_engine = open_draft(args.draft, options)
-        draft_spec = DraftSpec(draft_engine, draft_spec.tokens)
+        draft_spec = DraftSpec(draft_engine, draft_spec.tokens, draft_spec.tree)
         options = budget_after_draft(options, draft_engine)
     try:
         try:
@@ -158,10 +158,16 @@ def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
     from bloomtui.engine.drafting import DraftSpec
 
     if args.draft is None:
-        if args.draft_tokens is not None:
-            raise UsageError("--draft-tokens needs --draft")
+        if args.draft_tokens is not None or args.draft_tree is not None:
+            raise UsageError("--draft-tokens and --draft-tree need --draft")
         return None
-    return DraftSpec(None, args.draft_tokens)
+    return DraftSpec(None, args.draft_tokens, _tree_setting(args.draft_tree))
+
+
+def _tree_setting(value: str | None) -> int | str | None:
+    if value is None or not value.strip().isdigit():
+        return value
+    return int(value)
 
 
 def _draft_summary(result, spec) -> str:  # noqa: ANN001
@@ -171,4 +177,5 @@ def _draft_summary(result, spec) -> str:  # noqa: ANN001
     return (
         f", draft {spec.name}: {result.draft_accepted}/{result.draft_proposed} accepted ({rate}), "
         f"{result.new_tokens / result.passes:.2f} tokens/pass"
+        + (f", tree {result.draft_tree}" if result.draft_tree else "")
     )
