@@ -209,7 +209,12 @@ def test_generate_with_a_draft_gives_the_same_output(tiny_model: Written) -> Non
     args = ("generate", str(tiny_model.path), "ab ab ab ab ab", "--max-new-tokens", "12", "--ignore-eos", "--json")
     plain = json.loads(bloomtui(*args).stdout.splitlines()[-1])
     assert plain["passes"] == 12 and plain["draft_proposed"] == 0
-    for draft in (["--draft", str(tiny_model.path)], ["--draft", "prompt-lookup", "--draft-tokens", "3"]):
+    drafts = (
+        ["--draft", str(tiny_model.path)],
+        ["--draft", str(tiny_model.path), "--draft-tree", "8"],
+        ["--draft", "prompt-lookup", "--draft-tokens", "3"],
+    )
+    for draft in drafts:
         run = bloomtui(*args, *draft)
         assert run.returncode == 0, run.stderr
         events = [json.loads(line) for line in run.stdout.splitlines()]
@@ -219,16 +224,23 @@ def test_generate_with_a_draft_gives_the_same_output(tiny_model: Written) -> Non
         verify = [e for e in events if e["event"] == "block" and e["kind"] == "verify"]
         assert all(e["rows"] > 1 for e in verify) and len(verify) <= done["draft_proposed"] * 4
         drafted = [e for e in events if e["event"] == "draft"]
-        assert sum(len(e["ids"]) for e in drafted) == done["draft_proposed"]
+        # A tree's event shows its best line and counts its nodes; a chain's shows every drafted token.
+        assert sum(e["nodes"] or len(e["ids"]) for e in drafted) == done["draft_proposed"]
     # The model as its own draft: every drafted token is kept.
     text = bloomtui(*args[:-1], "--draft", str(tiny_model.path), "--ram-budget", "4MB")
     assert text.returncode == 0, text.stderr
     assert re.search(r"draft model: (\d+)/\1 accepted \(100%\), [\d.]+ tokens/pass", text.stderr), text.stderr
     # Sampling with a draft: speculative sampling, reproducible with --seed.
-    sampled = [bloomtui(*args, "--draft", str(tiny_model.path), "--temperature", "0.8", "--seed", "5") for _ in "ab"]
-    assert all(r.returncode == 0 for r in sampled), sampled[0].stderr
-    first, second = (json.loads(r.stdout.splitlines()[-1]) for r in sampled)
-    assert first["token_ids"] == second["token_ids"] and first["draft_accepted"] == first["draft_proposed"] > 0
+    for tree in ("off", "8"):
+        sampling = ("--temperature", "0.8", "--seed", "5", "--draft-tree", tree)
+        sampled = [bloomtui(*args, "--draft", str(tiny_model.path), *sampling) for _ in "ab"]
+        assert all(r.returncode == 0 for r in sampled), sampled[0].stderr
+        first, second = (json.loads(r.stdout.splitlines()[-1]) for r in sampled)
+        assert first["token_ids"] == second["token_ids"] and first["draft_proposed"] > 0
+        # A chain sampled from the model itself is always kept; a tree's nodes are its top tokens, kept with
+        # the model's probability of each (tiny for this random model's flat distribution).
+        if tree == "off":
+            assert first["draft_accepted"] == first["draft_proposed"]
 
 
 def test_draft_errors_are_one_line_exit_2(tiny_model: Written, tmp_path: Path) -> None:
@@ -238,7 +250,9 @@ def test_draft_errors_are_one_line_exit_2(tiny_model: Written, tmp_path: Path) -
     model = str(tiny_model.path)
     cases = [
         (["--draft", str(other)], "tokenizer differs"),
-        (["--draft-tokens", "3"], "--draft-tokens needs --draft"),
+        (["--draft-tokens", "3"], "need --draft"),
+        (["--draft", "prompt-lookup", "--draft-tree", "65"], "--draft-tree must be"),
+        (["--draft", "prompt-lookup", "--draft-tree", "16", "--draft-tokens", "2"], "--draft-tree off only"),
         (["--draft", "prompt-lookup", "--draft-tokens", "0"], "--draft-tokens must be"),
         (["--draft", model, "--ram-budget", "2MB"], "draft model"),
     ]
