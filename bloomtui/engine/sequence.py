@@ -75,7 +75,10 @@ class SequenceRun:
         self.pass_seconds: list[float] = []
         self.top_logprobs = top_logprobs
         """How many of the most likely ids each TokenGenerated lists (0: none)."""
-        self.budget = tree if drafter is not None else None
+        # An auto budget follows measured timings, and a tree's shape sets how many random numbers
+        # verification draws: a seeded sampled run keeps to chains, so the same seed gives the same text.
+        timed = tree is not None and tree.fixed is None and not params.greedy and params.seed is not None
+        self.budget = tree if drafter is not None and not timed else None
         """Token trees' budget; None: the draft proposes chains (or there is no draft)."""
         self.tree = DraftTree()
         self.tree_rows: TreeRows | None = None
