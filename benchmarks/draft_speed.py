@@ -1,4 +1,5 @@
-"""Tokens/s with and without a draft (issue 9), greedy, the target streamed under a budget of 1/4 of its size.
+"""Tokens/s with and without a draft (chains, and token trees of several budgets), greedy, the target
+streamed under a budget of 1/4 of its size.
 
     python -m benchmarks.draft_speed bloomtui/demo_models/trained [--draft bloomtui/demo_models/trained-draft]
 
@@ -51,11 +52,16 @@ def main() -> None:
         f"target {args.model}: budget {budget} B, {len(plan.streamed_blocks)}/{plan.n_blocks} blocks streamed, "
         f"head {'resident' if plan.head_resident else 'streamed'}"
     )
-    drafts: dict[str, DraftSpec | None] = {"plain": None, "prompt-lookup": DraftSpec()}
+    drafts: dict[str, DraftSpec | None] = {
+        "plain": None,
+        "prompt-lookup chain": DraftSpec(tree="off"),
+        "prompt-lookup tree auto": DraftSpec(),
+    }
     draft_engine = None
     if args.draft:
         draft_engine = open_draft(args.draft, EngineOptions())
-        drafts["draft-model"] = DraftSpec(draft_engine)
+        for tree in ("off", "auto", 8, 16, 32, 64):
+            drafts[f"draft-model {'chain' if tree == 'off' else f'tree {tree}'}"] = DraftSpec(draft_engine, tree=tree)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, ignore_eos=True)
     print("| prompt | draft | decode tok/s | vs plain | passes | tokens | accepted/proposed | same ids |")
     print("|---|---|---|---|---|---|---|---|")

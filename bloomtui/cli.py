@@ -159,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft-tree",
         metavar="auto|N|off",
-        help="token trees: the draft's most likely continuations verified in one pass; 'auto' (default) sizes "
-        "the tree from the pass costs and acceptance measured as the run goes (0 nodes when drafting does not "
-        "pay), N fixes it at N nodes (1..64), 'off' drafts one chain (adaptive K, 1..8)",
+        help="token trees: the draft's most likely continuations verified in one pass; 'auto' sizes the tree "
+        "from the pass costs and acceptance measured as the run goes (0 nodes when drafting does not pay), N "
+        "fixes it at N nodes (1..64); 'off' (default) drafts one chain (adaptive K, 1..8)",
     )
     _model_options(gen)
     add_remote_options(gen)

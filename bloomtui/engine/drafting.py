@@ -56,7 +56,8 @@ class DraftSpec:
     """Fixed K of a chain; None adapts K in 1..MAX_DRAFT_TOKENS."""
     tree: int | str | None = None
     """Token trees: AUTO (the node budget chosen from measured costs), a fixed node count, or OFF (chains).
-    None: AUTO, unless `tokens` asks for chains of K."""
+    None: OFF. Chains are the default: on the demo pair at 1/4 budget, warm, trees kept more tokens per pass
+    but ran slower than chains (BENCHMARKS.md, "Token trees")."""
 
     def __post_init__(self) -> None:
         if self.tokens is not None and not 1 <= self.tokens <= MAX_FIXED_TOKENS:
@@ -71,7 +72,7 @@ class DraftSpec:
 
     @property
     def trees(self) -> bool:
-        return self.tree != OFF and not (self.tree is None and self.tokens is not None)
+        return self.tree not in (None, OFF)
 
     def budget(self) -> TreeBudget | None:
         """A sequence's own tree budget (None: chains)."""
@@ -225,7 +226,7 @@ class ModelDrafter:
         self.filled = len(seq)
         line_logq = [0.0]  # per node + 1 (index 0: the root)
         heap: list[tuple[float, int, int, int]] = []  # (-line log q, order, parent, token)
-        self._push_children(heap, h[-1], ROOT, 0.0, seq, sampler)
+        self._push_children(heap, self.passes.logits(h[-1:])[0], ROOT, 0.0, seq, sampler)
         self.rounds = 1
         for r, quota in enumerate(levels):
             popped = []
@@ -235,18 +236,18 @@ class ModelDrafter:
                 line_logq.append(-neg)
             if not popped or r == len(levels) - 1:
                 break
-            h = self._feed(tree, popped, len(seq) - 1, r + 1)
+            logits = self.passes.logits(self._feed(tree, popped, len(seq) - 1, r + 1))  # one head pass per round
             self.rounds += 1
             for row, node in enumerate(popped):
                 line = [tree.tokens[k] for k in tree.line(node)]
-                self._push_children(heap, h[row], node, line_logq[node + 1], seq + line, sampler)
+                self._push_children(heap, logits[row], node, line_logq[node + 1], seq + line, sampler)
         self.seconds = time.perf_counter() - t0
         return tree
 
     def _push_children(
-        self, heap: list, hidden: torch.Tensor, node: int, logq: float, seen: list[int], sampler: Sampler
+        self, heap: list, logits: torch.Tensor, node: int, logq: float, seen: list[int], sampler: Sampler
     ) -> None:
-        row = self._on_target_vocab(self.passes.logits(hidden[None])[0])
+        row = self._on_target_vocab(logits)
         seen_ids = torch.tensor(seen, dtype=torch.long)
         # Ranked by what the run samples from (greedy: the penalised scores at temperature 1).
         greedy = sampler.params.greedy

@@ -66,10 +66,6 @@ class DraftTree:
         """In the order they were added: the draft's most likely first."""
         return [i for i, p in enumerate(self.parents) if p == node]
 
-    @property
-    def is_chain(self) -> bool:
-        return all(p == i - 1 for i, p in enumerate(self.parents))
-
     def best_line(self) -> list[int]:
         """The tokens of the first child's first child...: the draft's own best guess (shown dimmed)."""
         out, node = [], ROOT

@@ -14,7 +14,6 @@ figures it rests on stay current.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -155,7 +154,3 @@ class TreeBudget:
 
     def describe(self) -> str:
         return "auto" if self.fixed is None else str(self.fixed)
-
-
-def expected_rate(tokens: float, seconds: float) -> float:
-    return tokens / seconds if seconds > 0 and math.isfinite(seconds) else 0.0

@@ -98,7 +98,7 @@ def run(engine: Engine, prompt: str, params: SamplingParams, draft: DraftSpec | 
 
 
 @pytest.mark.parametrize("which", ["self", "noisy", "random", "lookup"])
-@pytest.mark.parametrize(("tree", "tokens"), [(None, None), (16, None), ("off", None), ("off", 3)])
+@pytest.mark.parametrize(("tree", "tokens"), [("auto", None), (16, None), (None, None), ("off", 3)])
 def test_greedy_ids_equal_without_draft(
     engine: Engine, drafts: dict[str, Engine], which: str, tree: int | str | None, tokens: int | None
 ) -> None:
