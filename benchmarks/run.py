@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
-    from benchmarks import app_speed, batch, busy, reads, report
+    from benchmarks import app_speed, batch, busy, draft_speed, reads, report, serving
     from benchmarks.common import kept_section, update_section
 
     artifacts = out.parent / "benchmarks" / "results"
@@ -509,8 +509,8 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     chart = report.chart(raw, artifacts / f"{stem}.png") if draw else None
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
-    # Sections measured by their own commands (app_speed.py, reads.py, busy.py, batch.py) keep their place and stamp.
-    own = (app_speed, reads, busy, batch)
+    # Sections measured by their own commands keep their place and stamp.
+    own = (app_speed, reads, busy, batch, serving, draft_speed)
     for begin, end in ((m.BEGIN, m.END) for m in own):
         update_section(out, kept_section(old_text, begin, end), begin, end)
     return 0
