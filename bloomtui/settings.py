@@ -16,7 +16,7 @@ from typing import Any
 
 from bloomtui import locations
 from bloomtui.engine import SamplingParams
-from bloomtui.engine.drafting import MAX_FIXED_TOKENS, PROMPT_LOOKUP
+from bloomtui.engine.drafting import MAX_FIXED_TOKENS, PROMPT_LOOKUP, DraftSpec, tree_setting
 from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size, parse_size
@@ -32,6 +32,7 @@ LABELS = {
     "ram_budget": "RAM budget",
     "draft": "Draft",
     "draft_tokens": "Draft tokens",
+    "draft_tree": "Draft tree",
     "samples": "Samples",
 }
 MAX_SAMPLES = 8
@@ -85,6 +86,9 @@ class Settings:
     "trained-draft") held resident beside the model, its bytes taken from the RAM budget."""
     draft_tokens: int = 0
     """Tokens drafted per pass; 0 adapts (1..8)."""
+    draft_tree: str = ""
+    """Token trees: "" or "off" drafts chains; "auto" sizes a tree from measured pass costs and acceptance;
+    a node count (1..64) fixes it. Goes with Draft tokens 0 only."""
     samples: int = 1
     """Continuations of each prompt written side by side (1..MAX_SAMPLES), sharing every pass over the weights.
     More than one means sampling: with `sample` left to the model they sample even where its default is greedy,
@@ -106,10 +110,7 @@ class Settings:
         try:
             params = (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, seed=self.seed)
         except UsageError as exc:
-            message = exc.message
-            for name, label in LABELS.items():
-                message = message.replace(f"--{name.replace('_', '-')}", label)
-            raise UsageError(message) from None
+            raise UsageError(_worded(exc.message)) from None
         if self.samples > 1 and params.greedy:  # a temperature of 0 is greedy too
             raise UsageError(f"Samples: {self.samples} samples need a Temperature above 0 (0 is greedy)")
         return params
@@ -128,7 +129,15 @@ class Settings:
             raise UsageError(f"RAM budget must be positive, got {self.ram_budget}")
         if not 0 <= self.draft_tokens <= MAX_FIXED_TOKENS:
             raise UsageError(f"Draft tokens must be in 0..{MAX_FIXED_TOKENS} (0 adapts), got {self.draft_tokens}")
+        self.draft_spec()
         return self
+
+    def draft_spec(self) -> DraftSpec:
+        """How runs draft, without the model (the handle holds it); UsageError worded for the dialog."""
+        try:
+            return DraftSpec(None, self.draft_tokens or None, tree_setting(self.draft_tree))
+        except UsageError as exc:
+            raise UsageError(_worded(exc.message)) from None
 
     @property
     def draft_model(self) -> str:
@@ -168,9 +177,17 @@ KINDS: dict[str, type] = {
     "theme": str,
     "draft": str,
     "draft_tokens": int,
+    "draft_tree": str,
     "samples": int,
 }
 NULLABLE = frozenset({"max_new_tokens", "sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed"})
+
+
+def _worded(message: str) -> str:
+    """An engine's message about command-line options, naming the dialog's fields instead."""
+    for name in sorted(LABELS, key=len, reverse=True):  # --draft-tree before --draft
+        message = message.replace(f"--{name.replace('_', '-')}", LABELS[name])
+    return message
 
 
 def _coerce(name: str, value: Any) -> Any:

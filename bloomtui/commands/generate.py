@@ -155,19 +155,13 @@ def generate(args: argparse.Namespace) -> int:
 
 def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
     """The draft asked for, checked before anything loads (its model is opened later)."""
-    from bloomtui.engine.drafting import DraftSpec
+    from bloomtui.engine.drafting import DraftSpec, tree_setting
 
     if args.draft is None:
         if args.draft_tokens is not None or args.draft_tree is not None:
             raise UsageError("--draft-tokens and --draft-tree need --draft")
         return None
-    return DraftSpec(None, args.draft_tokens, _tree_setting(args.draft_tree))
-
-
-def _tree_setting(value: str | None) -> int | str | None:
-    if value is None or not value.strip().isdigit():
-        return value
-    return int(value)
+    return DraftSpec(None, args.draft_tokens, tree_setting(args.draft_tree))
 
 
 def _draft_summary(result, spec) -> str:  # noqa: ANN001

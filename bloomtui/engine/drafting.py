@@ -47,6 +47,15 @@ _MIN_CHILD = 0.005
 AUTO, OFF = "auto", "off"
 
 
+def tree_setting(value: str | None) -> int | str | None:
+    """A tree setting as typed (--draft-tree, the app's Draft tree): "auto", "off", a node count as an int, or
+    None when blank; DraftSpec checks it."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip().lower()
+    return int(value) if value.isdigit() else value
+
+
 @dataclass(frozen=True)
 class DraftSpec:
     """What drafts for a run: `model` (an OpenModel held fully resident) or prompt lookup when None."""

@@ -108,6 +108,8 @@ class TokenGenerated(Event):
     top_logprobs: tuple[tuple[int, float], ...] = ()
     """The most likely ids at this step with their logprobs (raw logits), when the run asked for them (a server's
     `logprobs`); empty otherwise."""
+    drafted: bool = False
+    """A draft proposed it and the pass verified it (kept); False for a token the target chose itself."""
 
 
 @dataclass(frozen=True)

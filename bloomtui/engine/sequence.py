@@ -179,10 +179,11 @@ class SequenceRun:
 
     def _keep(self, picked: list[tuple[int, float]], rows: list[Tensor], seconds: float) -> None:
         """Append and stream the pass's tokens, up to the one that ends the sequence."""
-        for row, (token, logprob) in zip(rows, picked, strict=True):
+        last = len(picked) - 1  # every token before the last is a drafted one verify kept
+        for i, (row, (token, logprob)) in enumerate(zip(rows, picked, strict=True)):
             self.seq.append(token)
             top = self._top(row) if self.top_logprobs else ()
-            if self._emit_token(token, logprob, seconds / len(picked), top):
+            if self._emit_token(token, logprob, seconds / len(picked), top, drafted=i < last):
                 self.finished = True
                 break
 
@@ -198,7 +199,9 @@ class SequenceRun:
         values, ids = torch.log_softmax(row.float(), -1).topk(self.top_logprobs)
         return tuple(zip(ids.tolist(), values.tolist(), strict=True))
 
-    def _emit_token(self, token: int, logprob: float, seconds: float, top: tuple[tuple[int, float], ...] = ()) -> bool:
+    def _emit_token(
+        self, token: int, logprob: float, seconds: float, top: tuple[tuple[int, float], ...] = (), drafted: bool = False
+    ) -> bool:
         """Stream one token through the decoder and stop rules; True when the sequence ends with it."""
         stops, decoder = self.stops, self.decoder
         step = len(self.token_ids)
@@ -214,7 +217,7 @@ class SequenceRun:
         elif self.reason == "eos" or last:
             piece += stops.flush()
         self.text.append(piece)
-        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index, top))
+        self.emit(TokenGenerated(self.generation, step, token, piece, logprob, seconds, self.index, top, drafted))
         return self.reason != "length" or last
 
     def _emit_draft(self, step: int, tokens: list[int], nodes: int = 0) -> None:

@@ -62,6 +62,8 @@ class DraftRequest:
     source: str
     tokens: int | None = None
     """Fixed K; None adapts."""
+    tree: int | str | None = None
+    """Token trees (DraftSpec.tree): "auto", a node count, or None/"off" for chains."""
 
 
 class EngineHandle(Protocol):
@@ -167,14 +169,15 @@ class RealEngine:
         if draft is None:
             return None
         if draft.source == PROMPT_LOOKUP:
-            return DraftSpec(None, draft.tokens)
-        return DraftSpec(self.draft, draft.tokens) if self.draft is not None else None
+            return DraftSpec(None, draft.tokens, draft.tree)
+        return DraftSpec(self.draft, draft.tokens, draft.tree) if self.draft is not None else None
 
     def draft_name(self, draft: DraftRequest | None) -> str | None:
         spec = self._draft_spec(draft)
         if spec is None or draft is None:
             return None
-        return "prompt lookup" if spec.model is None else _short_name(draft.source)
+        name = "prompt lookup" if spec.model is None else _short_name(draft.source)
+        return f"{name} · tree {spec.tree}" if spec.trees else name
 
     def rss(self) -> int:
         return psutil.Process().memory_info().rss

@@ -87,7 +87,10 @@ class ModelOpening:
 
     def _draft_request(self) -> DraftRequest | None:
         settings = self._settings_in_effect()
-        return DraftRequest(settings.draft, settings.draft_tokens or None) if settings.draft else None
+        if not settings.draft:
+            return None
+        spec = settings.draft_spec()
+        return DraftRequest(settings.draft, spec.tokens, spec.tree)
 
     def _close_kept(self) -> None:
         """The opener's `release`: in the open worker, under the engine lock."""

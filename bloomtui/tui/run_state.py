@@ -98,7 +98,10 @@ class PanelSnapshot:
     draft_name: str = ""
     """What drafts this run ("" when nothing does): the panel then shows acceptance and tokens per pass."""
     draft_proposed: int = 0
+    """Tokens drafted (a tree's nodes all count) and, of them, kept."""
     draft_accepted: int = 0
+    draft_nodes: int = 0
+    """The size of the last drafted tree (0: chains, or no tree yet)."""
     passes: int = 0
     """Passes over the model's weights in this run (the prefill included)."""
     sequences: int = 1
@@ -117,6 +120,11 @@ class PanelSnapshot:
     @property
     def tokens_per_pass(self) -> float | None:
         return self.tokens / self.passes if self.passes else None
+
+    @property
+    def nodes_per_pass(self) -> float:
+        """A tree's mean size over the decode passes (an auto budget may choose none for some)."""
+        return self.draft_proposed / max(1, self.passes - 1)
 
 
 @dataclass
@@ -137,9 +145,6 @@ class _Live:
     block_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
     token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
     history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
-    drafted: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
-    """Each sample's latest proposal (first token index, ids) and, as tokens arrive, how far they kept it."""
-    draft_kept: dict[int, int] = field(default_factory=dict)
     samples: SampleRates | None = None
     """The samples' speeds, for a run of several."""
 
@@ -202,7 +207,6 @@ class RunTracker:
             live.run = run
             live.current = _Pass()
             live.token_seconds.clear()
-            live.drafted, live.draft_kept = {}, {}
             live.samples = SampleRates(sequences) if sequences > 1 else None
             self._set(
                 state="running",
@@ -222,6 +226,7 @@ class RunTracker:
                 draft_name=draft_name,
                 draft_proposed=0,
                 draft_accepted=0,
+                draft_nodes=0,
                 passes=0,
                 sequences=sequences,
                 sample_tokens=(0,) * sequences if sequences > 1 else (),
@@ -250,9 +255,9 @@ class RunTracker:
             elif isinstance(event, events.TokenGenerated):
                 self._token(event)
             elif isinstance(event, events.Drafted):
-                live = self._live
-                live.drafted[event.sequence], live.draft_kept[event.sequence] = (event.index, event.ids), 0
-                self._set(draft_proposed=live.snap.draft_proposed + len(event.ids))
+                # A tree proposes all its nodes (`ids` is only its likeliest line), as the engine counts.
+                proposed = event.nodes or len(event.ids)
+                self._set(draft_proposed=self._live.snap.draft_proposed + proposed, draft_nodes=event.nodes)
             elif isinstance(event, events.LoadProgress):
                 self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
             elif isinstance(event, events.Done | events.Cancelled) and self._live.samples is not None:
@@ -332,19 +337,13 @@ class RunTracker:
             live.token_seconds.append(event.seconds)
         per_token = sum(live.token_seconds) / len(live.token_seconds) if live.token_seconds else None
         remaining = max(0, live.snap.max_tokens - event.index - 1)
-        first, ids = live.drafted.get(event.sequence, (0, ()))
-        position = event.index - first
-        # A drafted token is kept while every one before it in the proposal was (verify's own rule).
-        kept = 0 <= position < len(ids) and position == live.draft_kept[event.sequence] and ids[position] == event.id
-        if kept:
-            live.draft_kept[event.sequence] += 1
         samples: dict[str, object] = {}
         if live.samples is not None:
             live.samples.token(event)
             samples = {"sample_tokens": tuple(live.samples.tokens), "sample_rates": live.samples.rates()}
             samples["aggregate_rate"] = live.samples.aggregate()
         self._set(
-            draft_accepted=live.snap.draft_accepted + kept,
+            draft_accepted=live.snap.draft_accepted + event.drafted,
             prefill_tokens=0,
             tokens=max(live.snap.tokens, event.index + 1),
             seconds_per_token=per_token if per_token is not None else live.snap.seconds_per_token,

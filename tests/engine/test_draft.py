@@ -118,6 +118,11 @@ def test_greedy_ids_equal_without_draft(
         assert drafted.passes == drafted.new_tokens - drafted.draft_accepted
         verify = [b for b in blocks if b.kind == "verify" and b.index == 0]
         assert sum(b.rows - 1 for b in verify) == drafted.draft_proposed
+        # The events alone add up to the engine's counts (the app's panel counts them as they come).
+        assert sum(t.drafted for t in toks) == drafted.draft_accepted
+        guesses = [e for e in seen if isinstance(e, ev.Drafted)]
+        assert sum(g.nodes or len(g.ids) for g in guesses) == drafted.draft_proposed
+        assert all(g.nodes for g in guesses) == (tree not in (None, "off")) or not guesses
     if which == "self":
         assert drafted.draft_accepted == drafted.draft_proposed > 0
     if which == "noisy":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import pytest
+
 from bloomtui.engine import EngineOptions, events
 from bloomtui.settings import Settings
 from bloomtui.tui.app import BloomApp
@@ -170,10 +172,11 @@ async def test_builtin_demo_model_opens_and_streams(isolated_dirs) -> None:  # n
         assert not list((isolated_dirs / "cache").glob("*demo*"))  # the shipped demo opens in place: nothing written
 
 
-async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(isolated_dirs) -> None:  # noqa: ANN001
-    """The shipped draft proposes, the demo model verifies: guesses are shown dimmed while a pass checks them,
-    the panel counts what was kept, and the output (and so transcript and copy) holds only verified text,
-    the very text of a run without a draft."""
+@pytest.mark.parametrize("tree", ["", "8"])
+async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(isolated_dirs, tree: str) -> None:  # noqa: ANN001
+    """The shipped draft proposes (chains, or trees of 8 nodes), the demo model verifies: guesses are shown
+    dimmed while a pass checks them, the panel counts what was kept, and the output (and so transcript and
+    copy) holds only verified text, the very text of a run without a draft."""
     app = BloomApp(DEMO, find_models=list, cursor_blink=False, draft="trained-draft")
     guesses: list[str] = []
     async with app.run_test(size=(140, 45)) as pilot:
@@ -188,7 +191,7 @@ async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(is
             return show(run, pieces)
 
         app.output.show = watched  # type: ignore[method-assign]
-        app.settings = Settings(max_new_tokens=40, repetition_penalty=1.2)
+        app.settings = Settings(max_new_tokens=40, repetition_penalty=1.2, draft_tree=tree)
         prompt = "A list comprehension is"
         app.insert_prompt(prompt)
         await pilot.press("ctrl+j")
@@ -200,10 +203,12 @@ async def test_demo_with_its_draft_shows_guesses_and_keeps_only_verified_text(is
         assert app.output.runs[app.run_number].guess == ""  # nothing unverified left on screen
         await wait_for_panel(pilot)
         snap = app.query_one(EnginePanel).snapshot
-        assert snap.draft_name == "trained-draft" and 0 < snap.draft_accepted < snap.draft_proposed
+        name = "trained-draft · tree 8" if tree else "trained-draft"
+        assert snap.draft_name == name and 0 < snap.draft_accepted < snap.draft_proposed
         assert snap.passes < snap.tokens == 40
         line = str(app.query_one("#panel-draft").render())
-        assert "trained-draft" in line and "kept" in line and "tok/pass" in line
+        assert name in line and "kept" in line and "tok/pass" in line
+        assert ("nodes/pass" in line) == bool(tree)
 
 
 async def test_a_draft_with_another_tokenizer_is_reported_and_the_model_runs_without_it(small_model) -> None:  # noqa: ANN001

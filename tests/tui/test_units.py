@@ -76,6 +76,16 @@ def test_settings_form_parsing() -> None:
     assert parse_form(values, True, Settings(draft="trained-draft")).draft_model == "trained-draft"
     with pytest.raises(UsageError, match="Draft tokens must be in 0..32"):
         parse_form({**values, "draft_tokens": "40"}, False, Settings())
+    treed = parse_form({**values, "draft_tree": " Auto "}, True, Settings(draft="trained-draft"))
+    assert treed.draft_tree == "auto" and treed.draft_spec().trees
+    assert parse_form({**values, "draft_tree": "16"}, True, Settings()).draft_spec().tree == 16
+    assert not parse_form({**values, "draft_tree": "off"}, True, Settings()).draft_spec().trees
+    with pytest.raises(UsageError, match="Draft tree must be auto, off or a node count in 1..64, got 65"):
+        parse_form({**values, "draft_tree": "65"}, False, Settings())
+    with pytest.raises(UsageError, match="Draft tree must be auto, off or a node count, got 'wide'"):
+        parse_form({**values, "draft_tree": "wide"}, False, Settings())
+    with pytest.raises(UsageError, match="Draft tokens sets a chain's length: it goes with Draft tree off only"):
+        parse_form({**values, "draft_tokens": "3", "draft_tree": "auto"}, False, Settings())
     assert parse_form({**values, "ram_budget": "auto"}, False, Settings()).ram_budget is None
     with pytest.raises(UsageError, match="Max new tokens: 'x' is not a whole number"):
         parse_form({**values, "max_new_tokens": "x"}, False, Settings())
@@ -248,14 +258,30 @@ def test_tracker_counts_drafted_tokens_kept_and_tokens_per_pass() -> None:
     tracker.feed(1, events.TokenGenerated(1, 0, 4, "a", -1.0, 0.1))
     tracker.feed(1, events.Drafted(1, 1, (7, 8, 9), " b c d"))
     tracker.feed(1, block("verify", 1, 4))
-    for index, token in ((1, 7), (2, 8), (3, 5)):  # two guesses kept, the third replaced by the model's own
-        tracker.feed(1, events.TokenGenerated(1, index, token, "x", -1.0, 0.1))
+    # Two guesses kept, the third replaced by the model's own (the engine marks what verify kept).
+    for index, token, drafted in ((1, 7, True), (2, 8, True), (3, 5, False)):
+        tracker.feed(1, events.TokenGenerated(1, index, token, "x", -1.0, 0.1, drafted=drafted))
     snap = tracker.snapshot()
     assert (snap.draft_name, snap.draft_proposed, snap.draft_accepted, snap.passes) == ("trained-draft", 3, 2, 2)
-    assert snap.tokens_per_pass == 2.0 and snap.acceptance == 2 / 3
+    assert snap.tokens_per_pass == 2.0 and snap.acceptance == 2 / 3 and snap.draft_nodes == 0
     tracker.feed(1, events.Drafted(1, 4, (8,), " e"))
     tracker.feed(1, events.TokenGenerated(1, 4, 9, "y", -1.0, 0.1))  # a miss on the first guess
     assert tracker.snapshot().draft_accepted == 2 and tracker.snapshot().draft_proposed == 4
+
+
+def test_tracker_counts_a_trees_nodes_and_the_tokens_kept_off_its_likeliest_line() -> None:
+    tracker = RunTracker()
+    tracker.opened(fake_info(4), rss=900)
+    tracker.start(1, 10, draft_name="trained-draft · tree auto")
+    for kind, token in (("prefill", 0), ("verify", 1)):
+        tracker.feed(1, events.BlockDone(1, 0, 4, kind, token, True, 0, 0.0, 0.0, 0.01, 900, 1))  # type: ignore[arg-type]
+        if kind == "prefill":
+            tracker.feed(1, events.TokenGenerated(1, 0, 4, "a", -1.0, 0.1))
+    tracker.feed(1, events.Drafted(1, 1, (7, 8), " b c", nodes=6))  # ids: the likeliest line only
+    for index, token, drafted in ((1, 7, True), (2, 3, True), (3, 5, False)):  # 3: a sibling of 8, kept
+        tracker.feed(1, events.TokenGenerated(1, index, token, "x", -1.0, 0.1, drafted=drafted))
+    snap = tracker.snapshot()
+    assert (snap.draft_proposed, snap.draft_accepted, snap.draft_nodes, snap.nodes_per_pass) == (6, 2, 6, 6.0)
 
 
 def test_memory_ceiling_counts_what_opening_and_a_run_add_and_is_never_below_idle_rss() -> None:

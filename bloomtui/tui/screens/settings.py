@@ -31,7 +31,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "seed": ("integer", "blank = random each run"),
     "samples": ("integer", f"1..{MAX_SAMPLES}"),
     "ram_budget": ("text", "auto, or e.g. 800MB, 12GiB"),
-    "draft_tokens": ("integer", "0 = adaptive (1..8)"),
+    "draft_tokens": ("integer", "0 = adapts"),
+    "draft_tree": ("text", "off · auto · 1..64"),
 }
 
 
@@ -43,7 +44,7 @@ def blank_is_a_value(name: str) -> bool:
     return name in BLANK_DEFAULTS or (field is not None and field.default is None)
 
 
-BLANK_DEFAULTS = {"draft_tokens": 0, "samples": 1}
+BLANK_DEFAULTS = {"draft_tokens": 0, "draft_tree": "", "samples": 1}
 """Fields whose blank means their default, not None."""
 
 
@@ -94,6 +95,8 @@ def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str 
             parsed[name] = BLANK_DEFAULTS[name]
         elif name == "ram_budget":
             parsed[name] = None if text.lower() in ("", "auto") else parse_size(text, label)
+        elif kind == "text":
+            parsed[name] = text.lower()
         elif not text and blank_is_a_value(name):
             parsed[name] = None
         elif kind == "integer":
@@ -142,7 +145,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label(LABELS["samples"], id="samples-label")
                     yield self._input("samples", *FIELDS["samples"])
                 for name, (kind, hint) in FIELDS.items():
-                    if name == "samples":
+                    if name in ("samples", "draft_tree"):
                         continue
                     if name == "draft_tokens":
                         yield Label(LABELS["draft"])
@@ -154,12 +157,19 @@ class SettingsScreen(ModalScreen[Settings | None]):
                             id="draft",
                         )
                     yield Label(LABELS[name])
-                    yield self._input(name, kind, hint)
+                    if name == "draft_tokens":  # a chain's length, or a tree: one row, they exclude each other
+                        with Horizontal(classes="switch-row"):
+                            yield self._input(name, kind, hint)
+                            yield Label(LABELS["draft_tree"], id="draft-tree-label")
+                            yield self._input("draft_tree", *FIELDS["draft_tree"])
+                    else:
+                        yield self._input(name, kind, hint)
             yield Static("", id="settings-error", markup=False)
             yield Static(
                 "Temperature, top-k and top-p apply when sampling; Samples above 1 write that many side by side "
                 "(sample i with seed + i). A draft proposes tokens the model checks several per pass over its "
-                "weights, keeping the model's own distribution. Changing the RAM budget or the draft model "
+                "weights, keeping the model's own distribution: a chain, or with Draft tree a tree of its likeliest "
+                "continuations. Changing the RAM budget or the draft model "
                 "reopens the model.",
                 id="settings-help",
                 markup=False,
