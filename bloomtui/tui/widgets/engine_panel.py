@@ -195,10 +195,14 @@ class EnginePanel(VerticalScroll):
         if snap.draft_name:
             kept = f"{snap.acceptance:.0%}" if snap.acceptance is not None else "—"
             per_pass = f"{snap.tokens_per_pass:.2f}" if snap.tokens_per_pass else "—"
-            nodes = f" · {snap.nodes_per_pass:.1f} nodes/pass" if snap.draft_nodes else ""
+            tree = (
+                f"\n       {snap.nodes_per_pass:.1f} nodes/pass · last tree {snap.draft_nodes}"
+                if snap.draft_nodes
+                else ""
+            )
             draft.update(
                 f"draft  {snap.draft_name}\n       {kept} kept ({snap.draft_accepted}/{snap.draft_proposed}) · "
-                f"{per_pass} tok/pass{nodes}"
+                f"{per_pass} tok/pass{tree}"
             )
 
 
