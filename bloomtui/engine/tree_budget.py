@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 BUDGETS = (0, 2, 4, 8, 16, 32, 64)
@@ -28,6 +29,10 @@ _EXPLORE = (8, 32)
 _PROBE_EVERY = 12
 _PROBE = 4
 _WINDOW = 24
+_DEPTHS = (1, 2, 3, 4, 6, MAX_DEPTH)
+"""Depth limits `auto` weighs."""
+_RESHAPE = 4
+"""Passes a computed list of candidate trees is reused for."""
 _PRIOR = ((0.5, 2.0),) + ((0.15, 2.0),) * (BRANCH - 1)
 """(p, weight in visits) before any is measured."""
 
@@ -55,6 +60,8 @@ class TreeBudget:
         self.since_draft = 0
         self.explored = 0
         self.last = Choice(0)
+        self._shapes: tuple[int, list[Choice]] | None = None
+        self._shapes_age = 0
 
     # -- what the run measured ------------------------------------------------------------------------------
 
@@ -79,10 +86,15 @@ class TreeBudget:
     def acceptance(self) -> list[float]:
         return [min(0.99, k / t) for k, t in zip(self.kept, self.tried, strict=True)]
 
-    def best_tree(self, n: int) -> Choice:
-        """The n most valuable nodes under the positional model: their count per depth and expected tokens."""
-        if n <= 0:
-            return Choice(0)
+    def best_tree(self, n: int, depth: int = MAX_DEPTH) -> Choice:
+        """The n most valuable nodes at most `depth` deep under the positional model: their count per depth
+        and expected tokens."""
+        return next(iter(self._grow(depth, {n})), Choice(0)) if n > 0 else Choice(0)
+
+    def _grow(self, depth: int, sizes: set[int]) -> Iterator[Choice]:
+        """The best trees of each of `sizes` nodes at most `depth` deep, smallest first (a tree short of
+        nodes, when the children run out, comes last). Each is the one before plus the most valuable node
+        left: the greedy rule is optimal for this value, as a child is never worth more than its parent."""
         p = self.acceptance()
         child_values = []
         reach = 1.0
@@ -91,21 +103,38 @@ class TreeBudget:
             reach *= 1 - pk
         # (−value, depth, rank): a node's k-th child is worth value * child_values[k].
         heap = [(-child_values[0], 1, 0, 1.0)]
-        levels: dict[int, int] = {}
-        total = 0.0
-        for _ in range(n):
+        levels = [0] * depth
+        total, count, deepest = 0.0, 0, 0
+        for count in range(1, max(sizes, default=0) + 1):
             if not heap:
                 break
-            neg, depth, rank, parent_value = heapq.heappop(heap)
+            neg, d, rank, parent_value = heapq.heappop(heap)
             value = -neg
             total += value
-            levels[depth] = levels.get(depth, 0) + 1
+            levels[d - 1] += 1
+            deepest = max(deepest, d)
             if rank + 1 < BRANCH:
-                heapq.heappush(heap, (-parent_value * child_values[rank + 1], depth, rank + 1, parent_value))
-            if depth < MAX_DEPTH:
-                heapq.heappush(heap, (-value * child_values[0], depth + 1, 0, value))
-        shape = tuple(levels.get(d, 0) for d in range(1, max(levels) + 1))
-        return Choice(sum(shape), shape, 1.0 + total)
+                heapq.heappush(heap, (-parent_value * child_values[rank + 1], d, rank + 1, parent_value))
+            if d < depth:
+                heapq.heappush(heap, (-value * child_values[0], d + 1, 0, value))
+            if count in sizes:
+                yield Choice(count, tuple(levels[:deepest]), 1.0 + total)
+        else:
+            return
+        yield Choice(count - 1, tuple(levels[:deepest]), 1.0 + total)
+
+    def shapes(self, room: int = MAX_NODES) -> list[Choice]:
+        """The candidates `auto` weighs: for every budget, the best tree of that many nodes (at most `room`)
+        at each depth limit. A deeper tree keeps more but costs the draft a round per level, so where
+        draft rounds are dear a wide, shallow tree runs faster. Acceptance moves slowly: the list is reused
+        for a few passes."""
+        if self._shapes is not None and self._shapes[0] == room and self._shapes_age < _RESHAPE:
+            self._shapes_age += 1
+            return self._shapes[1]
+        sizes = {min(n, room) for n in BUDGETS if n}
+        out = [choice for depth in _DEPTHS for choice in self._grow(depth, sizes)]
+        self._shapes, self._shapes_age = (room, out), 0
+        return out
 
     def pass_seconds(self, rows: int) -> float | None:
         """Fitted a + b * rows over recent passes; None until two row counts have been timed."""
@@ -139,12 +168,12 @@ class TreeBudget:
         if self.pass_seconds(1) is None and self.explored < len(_EXPLORE):
             self.explored += 1
             return self.best_tree(min(_EXPLORE[self.explored - 1], room))
-        best, best_rate = Choice(0), -1.0
-        for n in BUDGETS:
-            choice = self.best_tree(min(n, room))
-            seconds = self.pass_seconds(other_rows + 1 + choice.nodes)
-            if seconds is None:
-                return self.best_tree(min(_EXPLORE[-1], room))
+        plain = self.pass_seconds(other_rows + 1)
+        if plain is None:
+            return self.best_tree(min(_EXPLORE[-1], room))
+        best, best_rate = Choice(0), 1.0 / plain
+        for choice in self.shapes(room):
+            seconds = self.pass_seconds(other_rows + 1 + choice.nodes) or plain
             rate = choice.expected_tokens / (seconds + self.draft_seconds(choice))
             if rate > best_rate * (1 + 1e-9):
                 best, best_rate = choice, rate
