@@ -10,7 +10,7 @@ H = hidden, nh = heads, hd = head dim.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -111,10 +111,24 @@ class TreeRows:
     first: int
     positions: Tensor  # (slots,) long
     visible: Tensor  # (rows, slots) bool
+    _masks: dict = field(default_factory=dict, compare=False, repr=False)
+    """(end, dtype) -> masks(): the same in every block, so made once per pass."""
 
     def rows(self, a: int, b: int) -> TreeRows:
         """The same tree for query rows a:b only (a pass may take a span's rows in chunks)."""
+        if a == 0 and b >= self.visible.shape[0]:
+            return self  # the whole tree, and what it already computed
         return TreeRows(self.first, self.positions, self.visible[a:b])
+
+    def masks(self, alibi: Alibi, end: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(ALiBi bias (nh, 1, end) with the tree's slots at their depth positions, (rows, slots) mask of the
+        slots a row must not see)."""
+        key = (end, dtype)
+        if key not in self._masks:
+            bias = alibi.upto(end).clone()
+            bias[:, :, self.first : end] = alibi.at(self.positions[: end - self.first])
+            self._masks[key] = bias.to(dtype), ~self.visible[:, : end - self.first]
+        return self._masks[key]
 
 
 @dataclass(frozen=True)
@@ -158,14 +172,12 @@ def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor
     q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
     keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
     values = cache.v[:, :end].to(work)  # (nh, L, hd)
-    bias = alibi.upto(end)  # (nh, 1, L)
     tree = span.tree
     if tree is not None:
         region = slice(tree.first, end)
-        bias = bias.clone()
-        bias[:, :, region] = alibi.at(tree.positions[: end - tree.first])
-        hidden_slots = ~tree.visible[:, : end - tree.first]  # (t, slots)
-    bias = bias.to(work)
+        bias, hidden_slots = tree.masks(alibi, end, work)  # (nh, 1, L), (t, slots)
+    else:
+        bias = alibi.upto(end).to(work)  # (nh, 1, L)
     inv_norm = 1.0 / math.sqrt(hd)
     out = torch.empty((nh, t, hd), dtype=work)
     chunk = max(1, SCORE_BYTES // (4 * nh * end))
@@ -174,12 +186,12 @@ def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor
         scores = torch.baddbmm(bias, q[:, q0:q1], keys_t, beta=1.0, alpha=inv_norm)  # (nh, tq, L)
         if tree is not None:
             # A tree node sees the text before the tree and its own ancestors, not its siblings' lines.
-            scores[:, :, region] = scores[:, :, region].masked_fill(hidden_slots[q0:q1], torch.finfo(scores.dtype).min)
+            scores[:, :, region].masked_fill_(hidden_slots[q0:q1], torch.finfo(scores.dtype).min)
         elif t > 1:
             # Query i (absolute position start+i) sees keys 0..start+i.
             query_pos = torch.arange(start + q0, start + q1)[:, None]
             future = torch.arange(end)[None, :] > query_pos  # (tq, L)
-            scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(future, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(work)
         torch.bmm(probs, values, out=out[:, q0:q1])
         mm.check()

@@ -62,12 +62,15 @@ class TreeBudget:
         self.last = Choice(0)
         self._shapes: tuple[int, list[Choice]] | None = None
         self._shapes_age = 0
+        self._fit: tuple[float, float] | None = None
+        """pass_seconds' line, until the next pass is recorded."""
 
     # -- what the run measured ------------------------------------------------------------------------------
 
     def record_pass(self, rows: int, seconds: float) -> None:
         """A decode or verify pass carrying `rows` rows (all sequences') took `seconds`."""
         self.passes.append((rows, seconds))
+        self._fit = None
 
     def record_draft(self, rounds: int, seconds: float) -> None:
         if rounds:
@@ -138,6 +141,14 @@ class TreeBudget:
 
     def pass_seconds(self, rows: int) -> float | None:
         """Fitted a + b * rows over recent passes; None until two row counts have been timed."""
+        if self._fit is None:
+            self._fit = self._line()
+        if self._fit is None:
+            return None
+        a, b = self._fit
+        return a + b * rows
+
+    def _line(self) -> tuple[float, float] | None:
         if len({r for r, _ in self.passes}) < 2:
             return None
         n = len(self.passes)
@@ -145,8 +156,7 @@ class TreeBudget:
         ms = sum(s for _, s in self.passes) / n
         var = sum((r - mr) ** 2 for r, _ in self.passes)
         b = max(0.0, sum((r - mr) * (s - ms) for r, s in self.passes) / var)
-        a = max(1e-6, ms - b * mr)
-        return a + b * rows
+        return max(1e-6, ms - b * mr), b
 
     def draft_seconds(self, choice: Choice) -> float:
         if not self.draft_costs or not choice.nodes:
