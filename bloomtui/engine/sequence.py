@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bloomtui.engine.draft_mode import ChainOrTree, Mode
 from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
 from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
 from bloomtui.engine.model import KVCache
@@ -80,6 +81,10 @@ class SequenceRun:
         timed = tree is not None and tree.fixed is None and not params.greedy and params.seed is not None
         self.budget = tree if drafter is not None and not timed else None
         """Token trees' budget; None: the draft proposes chains (or there is no draft)."""
+        self.modes = ChainOrTree() if self.budget is not None and self.budget.fixed is None else None
+        """auto: chains and trees by turns, the faster lately keeping the run."""
+        self.mode: Mode = "tree" if self.budget is not None else "chain"
+        """How this sequence's rows in the next pass were drafted."""
         self.tree = DraftTree()
         self.tree_rows: TreeRows | None = None
         """The layout of this sequence's rows in the next pass when they are a tree."""
@@ -111,7 +116,9 @@ class SequenceRun:
         step = len(self.token_ids)
         room = self.params.max_new_tokens - step - 1  # a pass never yields more than is left
         self.proposal = Proposal()
-        if self.budget is not None:
+        if self.modes is not None:
+            self.mode = self.modes.choose()
+        if self.mode == "tree":
             return self._tree_rows(step, room)
         if self.drafter is not None and room > 0:
             self.proposal = self.drafter.propose(self.seq, min(self.k.k, room), self.sampler)
@@ -143,9 +150,18 @@ class SequenceRun:
         """The pass's logits for this sequence's last `logit_rows` rows: keep the tokens they yield. `rows`:
         all rows of the pass; `pass_seconds`: its time over the target's weights (no drafting)."""
         self.pass_seconds.append(seconds)
-        if self.budget is not None:
+        before = len(self.token_ids)
+        if self.mode == "tree":
             self._take_tree(logits, seconds, rows, seconds if pass_seconds is None else pass_seconds)
-            return
+        else:
+            self._take_chain(logits, seconds, rows, pass_seconds)
+        if self.modes is not None and before:  # the prefill's pass is no draft's
+            self.modes.record(self.mode, len(self.token_ids) - before, seconds)
+
+    def _take_chain(self, logits: Tensor, seconds: float, rows: int, pass_seconds: float | None) -> None:
+        if self.budget is not None and self.token_ids:  # auto's chain passes time rows for the trees too
+            own = seconds if pass_seconds is None else pass_seconds
+            self.budget.record_pass(max(rows, 1 + len(self.proposal)), own)
         picked = verify(self.sampler, logits, self.proposal, self.seq)
         matched = len(picked) - 1
         self.proposed += len(self.proposal)
@@ -160,7 +176,8 @@ class SequenceRun:
         tree = self.tree
         mine = 1 + len(tree)
         self.other_rows = max(0, rows - mine)
-        self.budget.record_pass(max(rows, mine), pass_seconds)
+        if self.token_ids:  # a prefill's many rows are no tree's
+            self.budget.record_pass(max(rows, mine), pass_seconds)
         verdict = verify_tree(self.sampler, logits, tree, self.seq)
         if tree:
             self.budget.record_visits(verdict.visits)
@@ -193,7 +210,8 @@ class SequenceRun:
         if self.budget is None:
             return ""
         mean = self.tree_nodes / self.tree_passes if self.tree_passes else 0.0
-        return f"{self.budget.describe()}, {mean:.1f} nodes"
+        chains = f", chains {self.modes.share('chain'):.0%} of passes" if self.modes is not None else ""
+        return f"{self.budget.describe()}, {mean:.1f} nodes{chains}"
 
     def _top(self, row: Tensor) -> tuple[tuple[int, float], ...]:
         values, ids = torch.log_softmax(row.float(), -1).topk(self.top_logprobs)

@@ -78,3 +78,29 @@ def test_a_fixed_budget_ignores_the_costs_and_room_caps_it() -> None:
     assert budget.choose().nodes == 16
     assert budget.choose(room=5).nodes == 5
     assert budget.choose(room=0).nodes == 0
+
+
+def test_auto_runs_chains_and_trees_by_turns_and_keeps_the_faster() -> None:
+    from bloomtui.engine.draft_mode import EXPLORE, PROBE, REVISIT, ChainOrTree
+
+    modes = ChainOrTree()
+    speed = {"chain": 100.0, "tree": 150.0}  # tokens per second each mode makes
+    seen = []
+    for _ in range(2 * EXPLORE + 3 * REVISIT):
+        mode = modes.choose()
+        seen.append(mode)
+        modes.record(mode, 3, 3 / speed[mode])
+    assert seen[:EXPLORE] == ["chain"] * EXPLORE and seen[EXPLORE : 2 * EXPLORE] == ["tree"] * EXPLORE
+    rest = seen[2 * EXPLORE :]
+    assert rest.count("tree") > rest.count("chain") > 0  # the faster keeps the run; the other is probed
+    probe = rest.index("chain")
+    assert rest[probe : probe + PROBE] == ["chain"] * PROBE and rest[probe + PROBE] == "tree"
+    assert modes.share("tree") == pytest.approx(seen.count("tree") / len(seen))
+    # The text changes: chains turn faster, and at the next probe the run goes back to them.
+    speed["chain"] = 300.0
+    later = []
+    for _ in range(REVISIT + 2 * PROBE):
+        mode = modes.choose()
+        later.append(mode)
+        modes.record(mode, 3, 3 / speed[mode])
+    assert later.count("chain") >= REVISIT  # probed, found faster, kept until the next probe of trees
