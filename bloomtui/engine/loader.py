@@ -64,6 +64,27 @@ def int8_rows(q: Tensor, scales: Tensor | None) -> Weight:
     return q if scales is None else QuantizedLinear(8, q, scales, 0, tuple(q.shape))
 
 
+def unit_pieces(checkpoint: Checkpoint, plan: ResidencyPlan, unit: tuple[str, int]) -> list[Piece]:
+    """The stored tensors (or head rows) one streamed unit of a pass reads."""
+    if unit[0] == "block":
+        return [Piece(name, ref) for name, ref in checkpoint.blocks[unit[1]].items()]
+    r0, r1 = plan.head_chunk_range(unit[1])
+    row = checkpoint.head.shape[1]
+    pieces = [Piece("head", checkpoint.head, r0 * row, (r1 - r0) * row)]
+    return pieces + ([Piece("scales", checkpoint.head_scales, r0, r1 - r0)] if checkpoint.head_scales else [])
+
+
+def direct_layouts(checkpoint: Checkpoint, plan: ResidencyPlan) -> dict[tuple[str, int], SpanLayout]:
+    """Each streamed unit's file spans, for direct I/O in place."""
+    return {unit: span_layout(unit_pieces(checkpoint, plan, unit)) for unit in plan.pass_units()}
+
+
+def slot_extra(checkpoint: Checkpoint, plan: ResidencyPlan) -> int:
+    """Bytes a direct slot needs beyond a block: page alignment of each span, and gaps merged into spans."""
+    layouts = direct_layouts(checkpoint, plan)
+    return max(0, max((layout.nbytes for layout in layouts.values()), default=0) - plan.block_bytes)
+
+
 class Slot:
     """One stream buffer: raw bytes, carved into views shaped as a block's stored tensors."""
 
@@ -125,23 +146,12 @@ class WeightStore:
         self.maps = FileMaps(drop_cache=self.drop_cache)
         self.zero_copy = reads.path == "mapped"
         """Streamed units are used from file mappings (mapped.py)."""
-        self.layouts: dict[Unit, SpanLayout] = (
-            {unit: span_layout(self._pieces(unit)) for unit in self.pass_units()} if reads.path == "direct" else {}
-        )
+        self.layouts: dict[Unit, SpanLayout] = direct_layouts(checkpoint, plan) if reads.path == "direct" else {}
         """Direct I/O in place: each streamed unit's file spans, read into an aligned slot (direct.py)."""
 
     def new_reader(self) -> TensorReader:
         staging = self.plan.staging_bytes or CHUNK_BYTES
         return TensorReader(drop_cache=self.drop_cache, staging_bytes=staging, direct_files=self.direct_files)
-
-    def _pieces(self, unit: Unit) -> list[Piece]:
-        ckpt = self.checkpoint
-        if unit[0] == "block":
-            return [Piece(name, ref) for name, ref in ckpt.blocks[unit[1]].items()]
-        r0, r1 = self.head_chunk_range(unit[1])
-        row = ckpt.head.shape[1]
-        pieces = [Piece("head", ckpt.head, r0 * row, (r1 - r0) * row)]
-        return pieces + ([Piece("scales", ckpt.head_scales, r0, r1 - r0)] if ckpt.head_scales else [])
 
     def load(self, on_progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]) -> None:
         """Read the resident set into RAM, reporting (done bytes, total bytes, what)."""
@@ -201,12 +211,10 @@ class WeightStore:
         return rows.to(self.dtype) * scales[:, None], nbytes
 
     def pass_units(self) -> list[Unit]:
-        units: list[Unit] = [("block", i) for i in self.plan.streamed_blocks]
-        return units + [("head", c) for c in range(self.plan.head_chunks)]
+        return self.plan.pass_units()
 
     def head_chunk_range(self, chunk: int) -> tuple[int, int]:
-        rows = self.plan.head_chunk_rows
-        return chunk * rows, min(self.plan.head_rows, (chunk + 1) * rows)
+        return self.plan.head_chunk_range(chunk)
 
     def prefetcher(self, passes: int, cancel: threading.Event) -> Prefetcher:
         return Prefetcher(self, passes, cancel)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,13 +21,14 @@ from bloomtui.engine.cpu_share import CpuShare
 from bloomtui.engine.events import Error, EventSink, LoadProgress, ignore
 from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.engine.hub import resolve_model
-from bloomtui.engine.loader import WeightStore
+from bloomtui.engine.loader import WeightStore, slot_extra
 from bloomtui.engine.memory_guard import fit_budget
 from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.read_choice import ReadChoice, choose_reads
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
-from bloomtui.errors import BloomtuiError, CancelRequested, CheckpointError, UsageError
+from bloomtui.errors import BloomtuiError, BudgetError, CancelRequested, CheckpointError, UsageError
+from bloomtui.sizes import format_size
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
@@ -80,7 +81,30 @@ class ModelPlan:
         budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
         plan = plan_residency(checkpoint, dtype.itemsize, budget)
         reads = choose_reads(checkpoint, plan, dtype, options.reads)
+        if reads.path == "direct":
+            plan, reads = _with_direct_slots(checkpoint, dtype, budget, plan, reads, options.reads)
         return cls(path, checkpoint, dtype, plan, warning, GenerationDefaults.read(path), reads)
+
+
+def _with_direct_slots(
+    checkpoint: Checkpoint, dtype: torch.dtype, budget: int, plan: ResidencyPlan, reads: ReadChoice, asked: str | None
+) -> tuple[ResidencyPlan, ReadChoice]:
+    """Direct I/O reads page-aligned spans into its slots, a little more than a block: the budget holds that
+    too (a block may stream that was resident). Where the budget cannot, `auto` reads through the page cache
+    and a forced --reads direct is refused."""
+    for _ in range(3):  # streaming one block more may bring a unit whose spans are longer still
+        extra = slot_extra(checkpoint, plan)
+        if extra <= plan.slot_extra:
+            return plan, reads
+        try:
+            plan = plan_residency(checkpoint, dtype.itemsize, budget, extra)
+        except BudgetError as exc:
+            if asked == "direct":
+                raise BudgetError(f"{exc.message}; direct reads need page-aligned buffers") from None
+            cached = choose_reads(checkpoint, plan, dtype, "cached")
+            note = f"{reads.reason}; direct reads' aligned buffers ({format_size(extra)} more a slot) exceed the budget"
+            return plan, replace(cached, reason=note)
+    return plan, reads
 
 
 def check_int4_layout(checkpoint: Checkpoint) -> None:

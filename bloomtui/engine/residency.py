@@ -44,6 +44,8 @@ class ResidencyPlan:
     head_resident: bool
     staging_bytes: int
     """Staging buffer for dtype conversion of streamed reads (0 when the checkpoint is already in the compute dtype)."""
+    slot_extra: int = 0
+    """Bytes a stream slot holds beyond a block: direct I/O reads page-aligned spans around the tensors."""
 
     @property
     def streamed_blocks(self) -> tuple[int, ...]:
@@ -55,7 +57,7 @@ class ResidencyPlan:
 
     @property
     def slot_bytes(self) -> int:
-        return self.block_bytes if self.streams else 0
+        return self.block_bytes + self.slot_extra if self.streams else 0
 
     @property
     def head_chunk_rows(self) -> int:
@@ -65,6 +67,15 @@ class ResidencyPlan:
     @property
     def head_chunks(self) -> int:
         return 0 if self.head_resident else math.ceil(self.head_rows / self.head_chunk_rows)
+
+    def pass_units(self) -> list[tuple[str, int]]:
+        """What a pass streams, in order: ("block", i) for each streamed block, then ("head", c) per chunk."""
+        units = [("block", i) for i in self.streamed_blocks]
+        return units + [("head", c) for c in range(self.head_chunks)]
+
+    def head_chunk_range(self, chunk: int) -> tuple[int, int]:
+        rows = self.head_chunk_rows
+        return chunk * rows, min(self.head_rows, (chunk + 1) * rows)
 
     @property
     def resident_bytes(self) -> int:
@@ -113,10 +124,11 @@ def _sizes(checkpoint: Checkpoint, itemsize: int) -> tuple[int, int, int]:
     )
 
 
-def minimum_budget(checkpoint: Checkpoint, itemsize: int) -> int:
-    """The smallest budget that can stream: small tensors, the stream slots and the staging buffer."""
+def minimum_budget(checkpoint: Checkpoint, itemsize: int, slot_extra: int = 0) -> int:
+    """The smallest budget that can stream: small tensors, the stream slots (each a block and `slot_extra`)
+    and the staging buffer."""
     block, small, _ = _sizes(checkpoint, itemsize)
-    return small + STREAM_SLOTS * block + _staging_bytes(checkpoint, itemsize)
+    return small + STREAM_SLOTS * (block + slot_extra) + _staging_bytes(checkpoint, itemsize)
 
 
 def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head_resident: bool = True) -> int:
@@ -126,7 +138,9 @@ def budget_for(checkpoint: Checkpoint, itemsize: int, resident_blocks: int, head
     return minimum_budget(checkpoint, itemsize) + (head if head_resident else 0) + resident_blocks * block + block // 2
 
 
-def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> ResidencyPlan:
+def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int, slot_extra: int = 0) -> ResidencyPlan:
+    """Which blocks (and whether the head) stay resident under `budget`; `slot_extra`: bytes each stream slot
+    needs beyond a block (direct I/O's aligned spans)."""
     n = checkpoint.n_blocks
     block, small, head = _sizes(checkpoint, itemsize)
     base = dict(
@@ -138,15 +152,16 @@ def plan_residency(checkpoint: Checkpoint, itemsize: int, budget: int) -> Reside
         head_rows=checkpoint.head.shape[0],
         small_bytes=small,
         staging_bytes=_staging_bytes(checkpoint, itemsize),
+        slot_extra=slot_extra,
     )
     if small + n * block + head <= budget:
         return ResidencyPlan(resident_blocks=frozenset(range(n)), head_resident=True, **base)
 
-    minimum = minimum_budget(checkpoint, itemsize)
+    minimum = minimum_budget(checkpoint, itemsize, slot_extra)
     if budget < minimum:
         raise BudgetError(
             f"RAM budget {format_size(budget)} is below the {format_size(minimum)} this model needs "
-            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block)}, "
+            f"to stream ({STREAM_SLOTS} block buffers of {format_size(block + slot_extra)}, "
             f"{format_size(base['staging_bytes'])} for dtype conversion, small tensors)"
         )
     room = budget - minimum

@@ -16,6 +16,7 @@ from bloomtui.engine import direct as direct_io
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.direct import ALIGN, DirectReader, Piece, span_layout
 from bloomtui.engine.disk_profile import DiskProfile, disk_profile
+from bloomtui.engine.loader import direct_layouts, slot_extra
 from bloomtui.engine.read_choice import choose_reads
 from bloomtui.engine.residency import minimum_budget, plan_residency, streamed_refs
 from bloomtui.engine.tensorfile import TensorRef
@@ -28,7 +29,10 @@ PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True)
 
 
 def _all_streamed(path: Path, reads: str, itemsize: int = 4) -> EngineOptions:
-    return EngineOptions(ram_budget=minimum_budget(Checkpoint.open(path), itemsize), reads=reads)
+    """Every block streamed: the smallest budget, with room for direct I/O's aligned slots."""
+    ckpt = Checkpoint.open(path)
+    extra = slot_extra(ckpt, plan_residency(ckpt, itemsize, minimum_budget(ckpt, itemsize))) if reads == "direct" else 0
+    return EngineOptions(ram_budget=minimum_budget(ckpt, itemsize, extra), reads=reads)
 
 
 def test_spans_mirror_the_file_and_views_hold_the_tensors(tmp_path: Path) -> None:
@@ -274,3 +278,35 @@ def test_the_disk_is_measured_once_per_filesystem(tmp_path: Path, monkeypatch: p
     assert disk_profile(sample) == first
     assert cached_pages(sample)[0] == 0  # the measurement leaves the sample out of the page cache
     assert disk_profile(tmp_path / "cache" / "disk-profile.json") == first  # another file of the same file system
+
+
+def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct slot holds a unit's page-aligned spans, a little more than a block: the plan counts it, a
+    block streams where the budget would not hold it else, and at the bare minimum `auto` reads through
+    the page cache while a forced --reads direct is refused."""
+    from bloomtui.engine.open_model import ModelPlan
+    from bloomtui.errors import BudgetError
+
+    model = write_checkpoint(tmp_path / "m", preset="small", dtype="float32").path
+    ckpt = Checkpoint.open(model)
+    least = minimum_budget(ckpt, 4)
+    extra = slot_extra(ckpt, plan_residency(ckpt, 4, least))
+    assert extra > 0  # spans are rounded out to pages
+    block = plan_residency(ckpt, 4, least).block_bytes
+    one_resident = least + block  # a block resident, with room to spare for nothing else
+    assert len(plan_residency(ckpt, 4, one_resident).resident_blocks) == 1
+    made = ModelPlan.make(model, EngineOptions(ram_budget=one_resident, reads="direct"))
+    assert made.reads.direct and made.plan.slot_extra >= extra and not made.plan.resident_blocks
+    assert made.plan.total_bytes <= one_resident
+    layouts = direct_layouts(ckpt, made.plan)
+    assert max(layout.nbytes for layout in layouts.values()) <= made.plan.slot_bytes
+    with pytest.raises(BudgetError, match="direct reads need page-aligned buffers"):
+        ModelPlan.make(model, EngineOptions(ram_budget=least, reads="direct"))
+
+    class Scarce:
+        available, total = ckpt.total_file_bytes // 2, 2**40
+
+    monkeypatch.setattr("bloomtui.engine.read_choice.psutil.virtual_memory", lambda: Scarce)
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)
+    auto = ModelPlan.make(model, EngineOptions(ram_budget=least))
+    assert not auto.reads.direct and "aligned buffers" in auto.reads.reason and auto.plan.total_bytes <= least
