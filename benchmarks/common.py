@@ -144,12 +144,16 @@ def cpu_summary() -> str:
 
 
 def budget_arg(text: str, model: Path) -> int:
-    """A worker's --budget: bytes, or 'min' for the engine's minimum for `model`."""
+    """A worker's --budget: bytes, or 'min' for the engine's minimum for `model`, with room for direct I/O's
+    page-aligned slots (a few KB: every block still streams, whichever way it is read)."""
     if text != "min":
         return int(text)
     from bloomtui.engine.checkpoint import Checkpoint
     from bloomtui.engine.generate import compute_dtype
-    from bloomtui.engine.residency import minimum_budget
+    from bloomtui.engine.loader import slot_extra
+    from bloomtui.engine.residency import minimum_budget, plan_residency
 
     ckpt = Checkpoint.open(model)
-    return minimum_budget(ckpt, compute_dtype(ckpt.dtype, None).itemsize)
+    itemsize = compute_dtype(ckpt.dtype, None).itemsize
+    least = minimum_budget(ckpt, itemsize)
+    return minimum_budget(ckpt, itemsize, slot_extra(ckpt, plan_residency(ckpt, itemsize, least)))
