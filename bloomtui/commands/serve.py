@@ -51,6 +51,11 @@ def add_serve_parser(sub: argparse._SubParsersAction, model_options) -> None:  #
         metavar="MODEL|prompt-lookup",
         help="speculative decoding for every request (see generate --help); greedy output is unchanged",
     )
+    serve.add_argument(
+        "--draft-tree",
+        metavar="auto|N|off",
+        help="with --draft: token trees per request, as generate --draft-tree (default off: chains)",
+    )
     model_options(serve)
 
 
@@ -69,18 +74,22 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError("bloomtui serve needs its extra: pip install 'bloomtui[serve]'") from None
 
     from bloomtui.engine import Engine
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft, tree_setting
     from bloomtui.progress import StatusLine
     from bloomtui.server.http import ServeOptions, build_app
     from bloomtui.server.run import run_server
     from bloomtui.server.scheduler import Scheduler
 
     draft = draft_engine = None
+    tree = tree_setting(args.draft_tree)
+    if args.draft is None and tree is not None:
+        raise UsageError("--draft-tree needs --draft")
+    DraftSpec(None, None, tree)  # a bad --draft-tree is refused before anything loads
     if args.draft == PROMPT_LOOKUP:
-        draft = DraftSpec()
+        draft = DraftSpec(None, None, tree)
     elif args.draft is not None:
         draft_engine = open_draft(args.draft, options)
-        draft = DraftSpec(draft_engine)
+        draft = DraftSpec(draft_engine, None, tree)
         options = budget_after_draft(options, draft_engine)
     status = StatusLine()
     try:
@@ -96,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
             f"bloomtui serve: {model_id} ({mp.path}), {str(mp.dtype).removeprefix('torch.')}, budget "
             f"{format_size(plan.budget)}, {streamed}; up to {args.max_batch} sequences per pass, "
             f"{args.max_queue} waiting, context {args.max_context}"
-            + (f", draft {draft.name}" if draft else "")
+            + (f", draft {draft.name}" + (f" (tree {draft.tree})" if draft.trees else "") if draft else "")
             + ("; API key required" if key else ""),
             file=sys.stderr,
         )

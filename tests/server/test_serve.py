@@ -133,6 +133,47 @@ def test_completions_equal_bloomtui_generate(server: Served, tiny_model: Written
     assert choice.text == _decode(tiny_model, want)
 
 
+def test_a_drafting_server_gives_what_generate_gives_without_a_draft(tiny_model: Written) -> None:
+    """Token trees (and so chains, their fallback under auto) per request: greedy text unchanged, several
+    requests at once each with its own tree."""
+    served = start_server(tiny_model.path, "--draft", str(tiny_model.path), "--draft-tree", "auto")
+    try:
+        assert any("draft" in line and "(tree auto)" in line for line in served.log), served.log
+        client = served.client()
+        prompts = [PROMPT, "Once upon a time", "def fibonacci(n):"]
+
+        def complete(prompt: str) -> str:
+            body = {"ignore_eos": True}
+            return (
+                client.completions.create(
+                    model=served.name, prompt=prompt, max_tokens=12, temperature=0, extra_body=body
+                )
+                .choices[0]
+                .text
+            )
+
+        with ThreadPoolExecutor(3) as pool:
+            texts = list(pool.map(complete, prompts))
+        for prompt, text in zip(prompts, texts, strict=True):
+            assert text == _decode(tiny_model, _generate_ids(tiny_model.path, prompt, 12, "--ignore-eos"))
+    finally:
+        assert stop_server(served) == 0
+
+
+def test_serve_refuses_a_bad_draft_tree_before_loading(tiny_model: Written) -> None:
+    for extra, needle in (
+        (["--draft-tree", "8"], "--draft-tree needs --draft"),
+        (["--draft", "prompt-lookup", "--draft-tree", "wide"], "--draft-tree must be auto, off or a node count"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "bloomtui", "serve", str(tiny_model.path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2 and needle in run.stderr, run.stderr
+
+
 def _ids_of(model: Written, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
