@@ -22,7 +22,7 @@ from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import add_remote_options, remote_options
 
-COMMANDS = ("generate", "perplexity", "prepare", "info", "serve", "demo-model", "download", "app")
+COMMANDS = ("generate", "perplexity", "prepare", "info", "serve", "demo-model", "download", "measure-openmp", "app")
 MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
 _SIZE_OPTIONS = ("--ram-budget",)
 
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("download", help="download a BLOOM model from the Hugging Face hub into its cache")
     dl.add_argument("repo_id", help="e.g. bigscience/bloom-560m")
+    from bloomtui.commands.measure_openmp import add_parser as add_measure_openmp
+
+    add_measure_openmp(sub)
     return parser
 
 
@@ -279,6 +282,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return info(args)
     if args.command == "demo-model":
         return _demo_model(args)
+    if args.command == "measure-openmp":
+        from bloomtui.commands.measure_openmp import measure_openmp
+
+        return measure_openmp(args)
     if args.command == "download":
         from bloomtui.engine.hub import download_model
 

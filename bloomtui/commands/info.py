@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bloomtui.commands.engine_options import engine_options
+from bloomtui.openmp import describe_in_effect
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import info_remote
 from bloomtui.sizes import format_size
@@ -52,6 +53,7 @@ def info(args: argparse.Namespace) -> int:
         "streamed_bytes_per_token": disk_stream,
         "threads": args.threads or _torch_threads(),
         "threads_follow_load": not args.threads,
+        "openmp": describe_in_effect(),
         "reads": mp.reads.path or None,
         "reads_reason": mp.reads.reason,
         "reads_refused_direct": [str(path) for path in mp.reads.refused],
@@ -79,6 +81,7 @@ def info(args: argparse.Namespace) -> int:
         print(f"threads     {args.threads} (--threads)")
     else:
         print(f"threads     {data['threads']}, fewer while other programs hold cores (--threads N fixes the count)")
+    print(f"openmp      {data['openmp']}")
     defaults = data["generation_defaults"]
     if defaults:
         listed = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in defaults.items())

@@ -47,6 +47,17 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
+def others_over(window: float) -> float | None:
+    """Cores other programs kept busy over the next `window` seconds (None where /proc/stat is missing)."""
+    try:
+        before = read_sample()
+        time.sleep(window)
+        after = read_sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, (after.busy - before.busy - (after.own - before.own)) / (after.wall - before.wall))
+
+
 def supported() -> bool:
     try:
         read_sample()
