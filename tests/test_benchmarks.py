@@ -264,3 +264,23 @@ def test_draft_projection_arithmetic() -> None:
     assert k == 8 and seconds == pytest.approx(10 / tokens_per_pass(0.9, 8))
     # A draft as slow as the pass is never worth more than one token.
     assert best_k(lambda rows: 1.0, 1.0, 0.5)[0] == 1
+
+
+def test_llamacpp_section_pairs_each_format_with_its_nearest() -> None:
+    """The llama.cpp comparison's table from its runs (the runs need llama-cpp-python, which CI lacks)."""
+    import argparse
+
+    from benchmarks.llamacpp import PAIRS, section
+    from benchmarks.run import Job
+
+    def job(key: str, *values: float) -> Job:
+        j = Job("x", "llamacpp", [], 1, 1, {})
+        j.runs = [{key: v} for v in values]
+        return j
+
+    jobs = {f"bloomtui {ours}": job("decode_mean_s", 0.04, 0.05, 0.06) for ours, _ in PAIRS}
+    jobs |= {f"llama.cpp {theirs}": job("decode_mean_s", 0.02, 0.025, 0.03) for _, theirs in PAIRS}
+    jobs["bloomtui bf16 prefill"], jobs["llama.cpp f16 prefill"] = job("prefill_s", 6.0), job("prefill_s", 3.0)
+    text = section(jobs, argparse.Namespace(tokens=32, repeats=3, prompt_tokens=1000), 60.0)
+    assert "| bf16 / f16 | 0.0500 | 0.0250 | **0.50x** |" in text and "| int4 / Q4_0 |" in text
+    assert "bloomtui bf16 6.00 s, llama.cpp f16 3.00 s (bloomtui at **0.50x**" in text

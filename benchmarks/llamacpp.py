@@ -1,0 +1,259 @@
+"""bloomtui against llama.cpp on the same checkpoint, wholly in RAM, paired in one run.
+
+    pip install -e '.[bench]'     # llama-cpp-python, built from source once (a few minutes)
+    python -m benchmarks.llamacpp [--tokens 32] [--repeats 3] [--prompt-tokens 1000] [--update BENCHMARKS.md]
+
+The bloom-560m-shaped bf16 checkpoint (random weights, benchmarks/checkpoints.py) and its `bloomtui prepare`
+int8/int4 copies, against GGUF files made from the same checkpoint by the converter llama.cpp ships
+(convert_hf_to_gguf.py, from the llama-cpp-python sdist of the installed version, fetched once) as f16 and
+quantised by llama.cpp to Q8_0 and Q4_0. Decode: greedy, the same prompt, seconds per token over `--tokens`
+tokens after the prompt; prefill: one pass over a `--prompt-tokens` prompt. Both on all cores (torch's and
+llama.cpp's default thread counts: one per core), every pair of rows alternating so a shared machine's drift
+hits both alike.
+
+On this project's AMX-capable Xeon VM, llama.cpp built for the native CPU crashed (SIGSEGV in
+ggml_backend_amx_mul_mat) on the first Q8_0 pass; built without its AMX kernels it runs:
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+      -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF
+      -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install --force-reinstall llama-cpp-python
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
+from benchmarks.common import PROMPT, RESULT_TAG, commit_stamp, cpu_summary, long_prompt, update_section
+from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+
+BEGIN, END = "<!-- llamacpp:begin -->", "<!-- llamacpp:end -->"
+PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
+"""bloomtui's weights against llama.cpp's nearest format."""
+_FTYPES = {"Q8_0": 7, "Q4_0": 2}
+"""llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers."""
+CONVERT = """
+import runpy, sys
+src, model, out = sys.argv[1:4]
+sys.path[:0] = [src, src + "/gguf-py"]
+from conversion import base
+# Test checkpoints carry a tokenizer built offline, whose pre-tokenizer hash the converter does not know;
+# it is BLOOM's own byte-level BPE.
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "bloom"
+sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", "f16", "--outfile", out]
+runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
+"""
+
+
+def converter(work: Path, say) -> Path:  # noqa: ANN001 - print-like
+    """The llama.cpp sources (converter and gguf-py) of the installed llama-cpp-python, fetched once."""
+    version = metadata.version("llama_cpp_python")
+    src = work / f"llama.cpp-{version}"
+    if (src / "convert_hf_to_gguf.py").is_file():
+        return src
+    say(f"fetching llama-cpp-python {version}'s sources for its GGUF converter ...")
+    sdist = work / "sdist"
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(sdist)]
+    subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True, capture_output=True)
+    archive = next(sdist.glob(f"llama_cpp_python-{version}.tar.gz"))
+    with tarfile.open(archive) as tar:
+        root = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+        members = [m for m in tar.getmembers() if m.name.startswith(tuple(root + w for w in wanted))]
+        for m in members:
+            m.name = m.name[len(root) :]
+        tar.extractall(src, members=members, filter="data")
+    return src
+
+
+def ensure_gguf(model: Path, kind: str, work: Path, say) -> Path:  # noqa: ANN001 - print-like
+    out = work / "gguf" / f"{model.name}-{kind}.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "f16":
+        say(f"converting {model.name} to GGUF f16 ...")
+        src = converter(work, say)
+        run = subprocess.run(
+            [sys.executable, "-c", CONVERT, str(src), str(model), str(out)], capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf failed:\n{run.stderr[-2000:]}")
+        return out
+    import llama_cpp
+
+    f16 = ensure_gguf(model, "f16", work, say)
+    say(f"quantising {f16.name} to {kind} ...")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _FTYPES[kind]
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantise {f16} to {kind}")
+    return out
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One llama.cpp run in this process: decode `--tokens` greedy tokens after PROMPT, or one prefill."""
+    import os
+
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    cores = os.cpu_count() or 1  # llama-cpp-python's own default is half the cores; torch takes them all
+    llm = Llama(
+        model_path=str(args.gguf), n_ctx=1024, n_batch=1024, n_threads=cores, n_threads_batch=cores, verbose=False
+    )
+    if args.prompt_tokens:
+        tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+        ids = tokenizer(long_prompt(tokenizer, args.prompt_tokens))["input_ids"]
+        llm.eval(ids[:64])  # warm-up
+        seconds = []
+        for _ in range(args.reps):
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(ids)
+            seconds.append(time.perf_counter() - t0)
+        print(RESULT_TAG + json.dumps({"prefill_s": statistics.median(seconds), "prompt_tokens": len(ids)}))
+        return
+    ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    token_s = [time.perf_counter() - t0]
+    out = []
+    for _ in range(args.tokens):
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        token = int(np.argmax(row))
+        out.append(token)
+        t0 = time.perf_counter()
+        llm.eval([token])
+        token_s.append(time.perf_counter() - t0)
+    decode = token_s[1:]
+    print(RESULT_TAG + json.dumps({"decode_mean_s": sum(decode) / len(decode), "prefill_s": token_s[0], "ids": out}))
+
+
+def _llama_job(name: str, gguf: Path, model: Path, extra: list[str]) -> Job:
+    """A run of this module's worker (Job.args are its arguments)."""
+    return Job(name, "llamacpp", ["--gguf", str(gguf), "--model", str(model), *extra], 1, 900, {})
+
+
+def run_llama(job: Job) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.llamacpp", "worker", *job.args], capture_output=True, text=True,
+        timeout=job.timeout,
+    )  # fmt: skip
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(RESULT_TAG)), None)
+    if proc.returncode != 0 or line is None:
+        job.errors.append(((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:300])
+        return
+    job.runs.append(json.loads(line[len(RESULT_TAG) :]))
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _med(job: Job, key: str) -> float:
+    values = [r[key] for r in job.runs if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    w = sub.add_parser("worker")
+    w.add_argument("--gguf", type=Path, required=True)
+    w.add_argument("--model", type=Path, required=True)
+    w.add_argument("--tokens", type=int, default=32)
+    w.add_argument("--prompt-tokens", type=int, default=0)
+    w.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
+    parser.add_argument("--note", default="", help="a sentence for the section, e.g. how llama.cpp was built")
+    args = parser.parse_args()
+    if args.command == "worker":
+        worker(args)
+        return
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    bf16 = ensure(full_specs()["bf16"], args.work, say)
+    models = {"bf16": bf16}
+    for weights in ("int8", "int4"):
+        models[weights] = ensure_prepared(PreparedSpec(f"{bf16.name}-{weights}", "bf16", weights), bf16, args.work, say)
+    ggufs = {kind: ensure_gguf(bf16, kind, args.work, say) for _, kind in PAIRS}
+    n, budget = ["--tokens", str(args.tokens)], ["--budget", str(BIG_BUDGET)]
+    pre = ["--prompt-tokens", str(args.prompt_tokens), "--reps", "2"]
+    jobs: dict[str, Job] = {}
+    for ours, theirs in PAIRS:
+        model = ["--model", str(models[ours])]
+        jobs[f"bloomtui {ours}"] = Job(ours, "llamacpp", ["bloomtui", *model, *budget, *n], 1, 900, dict(BLOOMTUI_ENV))
+        jobs[f"llama.cpp {theirs}"] = _llama_job(theirs, ggufs[theirs], bf16, n)
+    jobs["bloomtui bf16 prefill"] = Job("prefill", "llamacpp", ["prefill", "--model", str(bf16), *pre], 1, 900,
+                                        dict(BLOOMTUI_ENV))  # fmt: skip
+    jobs["llama.cpp f16 prefill"] = _llama_job("f16 prefill", ggufs["f16"], bf16, pre)
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):
+        for name, job in jobs.items():
+            (run_llama if name.startswith("llama.cpp") else run_job)(job)
+            say(f"{name}: {job.runs[-1] if job.runs else job.errors}")
+    text = section(jobs, args, time.perf_counter() - t0)
+    print(text)
+    if args.update:
+        update_section(args.update, text, BEGIN, END)
+
+
+def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float) -> str:
+    try:
+        version = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        version = "(not installed)"
+    out = [
+        BEGIN,
+        "## bloomtui against llama.cpp, in RAM",
+        "",
+        f"`python -m benchmarks.llamacpp --tokens {args.tokens} --repeats {args.repeats} --prompt-tokens "
+        f"{args.prompt_tokens}` ({commit_stamp()}, {cpu_summary()}; llama-cpp-python {version}, built from "
+        f"source here; {seconds / 60:.0f} min). bloom-560m's shape, random weights, wholly in RAM, greedy; "
+        "GGUF from llama.cpp's own converter, quantised by llama.cpp. Medians of the runs, alternating; "
+        "same greedy ids: how many of the first tokens the two wrote alike (random weights: a near-tie decided the "
+        "other way by f16 against bf16 rounding changes all that follow). " + getattr(args, "note", ""),
+        "",
+        "| weights | bloomtui s/token | llama.cpp s/token | bloomtui ÷ llama.cpp tokens/s | same greedy ids |",
+        "|---|---|---|---|---|",
+    ]
+    for ours, theirs in PAIRS:
+        mine, theirs_job = jobs[f"bloomtui {ours}"], jobs[f"llama.cpp {theirs}"]
+        a, b = _med(mine, "decode_mean_s"), _med(theirs_job, "decode_mean_s")
+        ids = [run.get("ids") for run in (mine.runs[:1] + theirs_job.runs[:1])]
+        same = "n/a" if len(ids) < 2 or None in ids else f"first {_common(*ids)} of {len(ids[0])}"
+        failed = f" ({theirs_job.errors[0]})" if theirs_job.errors and not theirs_job.runs else ""
+        out.append(f"| {ours} / {theirs} | {a:.4f} | {b:.4f}{failed} | **{b / a:.2f}x** | {same} |")
+    a, b = _med(jobs["bloomtui bf16 prefill"], "prefill_s"), _med(jobs["llama.cpp f16 prefill"], "prefill_s")
+    out += [
+        "",
+        f"Prefill of a {args.prompt_tokens}-token prompt: bloomtui bf16 {a:.2f} s, llama.cpp f16 {b:.2f} s "
+        f"(bloomtui at **{b / a:.2f}x** llama.cpp's speed). Goal (issue 16): bloomtui >= 1.0x in every row.",
+        "",
+        END,
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
