@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
-    from benchmarks import app_speed, batch, busy, draft_speed, reads, report, serving, tree_cost
+    from benchmarks import app_speed, batch, busy, draft_speed, llamacpp, reads, report, serving, tree_cost
     from benchmarks.common import kept_section, update_section
 
     artifacts = out.parent / "benchmarks" / "results"
@@ -510,7 +510,7 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
     # Sections measured by their own commands keep their place and stamp.
-    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost)
+    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, llamacpp)
     for begin, end in ((m.BEGIN, m.END) for m in own):
         update_section(out, kept_section(old_text, begin, end), begin, end)
     return 0
