@@ -124,10 +124,13 @@ def run_policy(name: str, seconds: float, busy: bool = False) -> float:
             text=True,
             timeout=120 + 20 * seconds,
         )
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"the {name} run took over {120 + 20 * seconds:.0f} s: is the machine swapping?") from None
     finally:
         if spinner is not None:
             spinner.kill()
             spinner.wait()
     if run.returncode != 0:
-        raise UsageError(f"the {name} run failed: {run.stderr.strip().splitlines()[-1:]}")
+        last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        raise UsageError(f"the {name} run failed: {last}")
     return statistics.median(json.loads(run.stdout.strip().splitlines()[-1]))

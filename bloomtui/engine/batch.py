@@ -127,7 +127,7 @@ class Batch:
                 self.passes.prefetch.ensure(self.passes_run - self._passes_at_use + s.params.max_new_tokens)
         for s in self.running:
             if id(s) in rows_of:
-                s.take(rows_of[id(s)], seconds, rows, pass_seconds)
+                s.take(rows_of[id(s)], seconds, rows, pass_seconds, timed=kind != "prefill")
         ended += [self._end(s) for s in self.running if s.finished or id(s) not in rows_of]
         self.running = [s for s in self.running if not s.finished and id(s) in rows_of]
         return ended

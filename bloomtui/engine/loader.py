@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -80,8 +80,11 @@ def direct_layouts(checkpoint: Checkpoint, plan: ResidencyPlan) -> dict[tuple[st
 
 
 def slot_extra(checkpoint: Checkpoint, plan: ResidencyPlan) -> int:
-    """Bytes a direct slot needs beyond a block: page alignment of each span, and gaps merged into spans."""
-    layouts = direct_layouts(checkpoint, plan)
+    """Bytes a direct slot needs beyond a block: page alignment of each span, and gaps merged into spans. Taken
+    over every block and head chunk, streamed under `plan` or not, so it holds for any residency (a head chunk's
+    rows follow from the block size alone)."""
+    every = replace(plan, resident_blocks=frozenset(), head_resident=False)
+    layouts = direct_layouts(checkpoint, every)
     return max(0, max((layout.nbytes for layout in layouts.values()), default=0) - plan.block_bytes)
 
 

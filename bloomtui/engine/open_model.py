@@ -92,19 +92,20 @@ def _with_direct_slots(
     """Direct I/O reads page-aligned spans into its slots, a little more than a block: the budget holds that
     too (a block may stream that was resident). Where the budget cannot, `auto` reads through the page cache
     and a forced --reads direct is refused."""
-    for _ in range(3):  # streaming one block more may bring a unit whose spans are longer still
-        extra = slot_extra(checkpoint, plan)
-        if extra <= plan.slot_extra:
-            return plan, reads
-        try:
-            plan = plan_residency(checkpoint, dtype.itemsize, budget, extra)
-        except BudgetError as exc:
-            if asked == "direct":
-                raise BudgetError(f"{exc.message}; direct reads need page-aligned buffers") from None
-            cached = choose_reads(checkpoint, plan, dtype, "cached")
-            note = f"{reads.reason}; direct reads' aligned buffers ({format_size(extra)} more a slot) exceed the budget"
-            return plan, replace(cached, reason=note)
-    return plan, reads
+    extra = slot_extra(checkpoint, plan)
+    if not extra:
+        return plan, reads
+    try:
+        replanned = plan_residency(checkpoint, dtype.itemsize, budget, extra)
+    except BudgetError as exc:
+        if asked == "direct":
+            raise BudgetError(f"{exc.message}; direct reads need page-aligned buffers") from None
+        cached = choose_reads(checkpoint, plan, dtype, "cached")
+        note = f"{reads.reason}; direct reads' aligned buffers ({format_size(extra)} more a slot) exceed the budget"
+        return plan, replace(cached, reason=note)
+    # More may stream now (a block, the head): their files are probed for O_DIRECT like the rest.
+    again = choose_reads(checkpoint, replanned, dtype, "direct")
+    return replanned, replace(again, reason=reads.reason, drop_cache=reads.drop_cache)
 
 
 def check_int4_layout(checkpoint: Checkpoint) -> None:

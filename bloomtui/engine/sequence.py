@@ -146,22 +146,28 @@ class SequenceRun:
         """Rows of logits the pass must give back: one per drafted token, plus the next token's."""
         return 1 + len(self.proposal) + len(self.tree)
 
-    def take(self, logits: Tensor, seconds: float, rows: int = 0, pass_seconds: float | None = None) -> None:
+    def take(
+        self, logits: Tensor, seconds: float, rows: int = 0, pass_seconds: float | None = None, timed: bool = True
+    ) -> None:
         """The pass's logits for this sequence's last `logit_rows` rows: keep the tokens they yield. `rows`:
-        all rows of the pass; `pass_seconds`: its time over the target's weights (no drafting)."""
+        all rows of the pass; `pass_seconds`: its time over the target's weights (no drafting); `timed`: False
+        when the pass also prefilled (this or another sequence's prompt), so its time says nothing of drafts."""
         self.pass_seconds.append(seconds)
+        timed = timed and bool(self.token_ids)  # this sequence's own prefill is no draft's either
         before = len(self.token_ids)
+        own = seconds if pass_seconds is None else pass_seconds
+        mine = 1 + len(self.proposal) + len(self.tree)
+        self.other_rows = max(0, rows - mine)
+        if self.budget is not None and timed:  # auto's chain passes time rows for the trees' cost line too
+            self.budget.record_pass(max(rows, mine), own)
         if self.mode == "tree":
-            self._take_tree(logits, seconds, rows, seconds if pass_seconds is None else pass_seconds)
+            self._take_tree(logits, seconds)
         else:
-            self._take_chain(logits, seconds, rows, pass_seconds)
-        if self.modes is not None and before:  # the prefill's pass is no draft's
+            self._take_chain(logits, seconds)
+        if self.modes is not None and timed:
             self.modes.record(self.mode, len(self.token_ids) - before, seconds)
 
-    def _take_chain(self, logits: Tensor, seconds: float, rows: int, pass_seconds: float | None) -> None:
-        if self.budget is not None and self.token_ids:  # auto's chain passes time rows for the trees too
-            own = seconds if pass_seconds is None else pass_seconds
-            self.budget.record_pass(max(rows, 1 + len(self.proposal)), own)
+    def _take_chain(self, logits: Tensor, seconds: float) -> None:
         picked = verify(self.sampler, logits, self.proposal, self.seq)
         matched = len(picked) - 1
         self.proposed += len(self.proposal)
@@ -171,13 +177,9 @@ class SequenceRun:
             self.drafter.rollback(len(self.seq) + matched)
         self._keep(picked, [logits[i] for i in range(len(picked))], seconds)
 
-    def _take_tree(self, logits: Tensor, seconds: float, rows: int, pass_seconds: float) -> None:
+    def _take_tree(self, logits: Tensor, seconds: float) -> None:
         assert self.budget is not None and self.drafter is not None
         tree = self.tree
-        mine = 1 + len(tree)
-        self.other_rows = max(0, rows - mine)
-        if self.token_ids:  # a prefill's many rows are no tree's
-            self.budget.record_pass(max(rows, mine), pass_seconds)
         verdict = verify_tree(self.sampler, logits, tree, self.seq)
         if tree:
             self.budget.record_visits(verdict.visits)

@@ -32,7 +32,7 @@ _WINDOW = 24
 _DEPTHS = (1, 2, 3, 4, 6, MAX_DEPTH)
 """Depth limits `auto` weighs."""
 _RESHAPE = 4
-"""Passes a computed list of candidate trees is reused for."""
+"""Times a computed list of candidate trees is reused (it serves 1 + _RESHAPE passes)."""
 _PRIOR = ((0.5, 2.0),) + ((0.15, 2.0),) * (BRANCH - 1)
 """(p, weight in visits) before any is measured."""
 

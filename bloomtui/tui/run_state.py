@@ -102,6 +102,8 @@ class PanelSnapshot:
     draft_accepted: int = 0
     draft_nodes: int = 0
     """The size of the last drafted tree (0: chains, or no tree yet)."""
+    draft_tree_nodes: int = 0
+    """Nodes of every tree drafted in this run (chains' tokens not counted)."""
     passes: int = 0
     """Passes over the model's weights in this run (the prefill included)."""
     sequences: int = 1
@@ -123,8 +125,8 @@ class PanelSnapshot:
 
     @property
     def nodes_per_pass(self) -> float:
-        """A tree's mean size over the decode passes (an auto budget may choose none for some)."""
-        return self.draft_proposed / max(1, self.passes - 1)
+        """Tree nodes per decode pass (auto drafts chains, or nothing, on some)."""
+        return self.draft_tree_nodes / max(1, self.passes - 1)
 
 
 @dataclass
@@ -227,6 +229,7 @@ class RunTracker:
                 draft_proposed=0,
                 draft_accepted=0,
                 draft_nodes=0,
+                draft_tree_nodes=0,
                 passes=0,
                 sequences=sequences,
                 sample_tokens=(0,) * sequences if sequences > 1 else (),
@@ -256,8 +259,10 @@ class RunTracker:
                 self._token(event)
             elif isinstance(event, events.Drafted):
                 # A tree proposes all its nodes (`ids` is only its likeliest line), as the engine counts.
+                snap = self._live.snap
                 proposed = event.nodes or len(event.ids)
-                self._set(draft_proposed=self._live.snap.draft_proposed + proposed, draft_nodes=event.nodes)
+                tree = {"draft_nodes": event.nodes, "draft_tree_nodes": snap.draft_tree_nodes + event.nodes}
+                self._set(draft_proposed=snap.draft_proposed + proposed, **(tree if event.nodes else {}))
             elif isinstance(event, events.LoadProgress):
                 self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
             elif isinstance(event, events.Done | events.Cancelled) and self._live.samples is not None:

@@ -132,6 +132,26 @@ def test_greedy_ids_equal_without_draft(
         assert 0 < drafted.draft_accepted < drafted.draft_proposed
 
 
+def test_auto_switching_between_chains_and_trees_keeps_greedy_ids(
+    engine: Engine, drafts: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto's turns between chains and trees (draft_mode.py) every pass or two: the draft's caches follow both
+    (rollback after a chain, compaction after a tree), and the ids stay plain greedy's."""
+    from bloomtui.engine import draft_mode
+    from bloomtui.engine.tree_budget import TreeBudget
+
+    for name, value in (("EXPLORE", 1), ("REVISIT", 2), ("PROBE", 1)):
+        monkeypatch.setattr(draft_mode, name, value)
+    monkeypatch.setattr(TreeBudget, "_choose", lambda self, other, room: self.best_tree(min(8, room)))
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    plain, _ = run(engine, PROMPT, params)
+    drafted, seen = run(engine, PROMPT, params, DraftSpec(drafts["noisy"], tree="auto"))
+    assert drafted.token_ids == plain.token_ids
+    guesses = [e for e in seen if isinstance(e, ev.Drafted)]
+    assert any(g.nodes for g in guesses) and any(not g.nodes for g in guesses)  # trees and chains both ran
+    assert "chains" in drafted.draft_tree
+
+
 def test_own_draft_fixed_k_takes_k_plus_one_tokens_a_pass(engine: Engine, drafts: dict[str, Engine]) -> None:
     result, seen = run(engine, PROMPT, GREEDY, DraftSpec(drafts["self"], tokens=3))
     # Prefill gives token 0; then 23 tokens at 4 a pass: 4+4+4+4+4+3 (the last pass drafts only what is left).

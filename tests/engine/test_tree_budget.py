@@ -85,22 +85,22 @@ def test_auto_runs_chains_and_trees_by_turns_and_keeps_the_faster() -> None:
 
     modes = ChainOrTree()
     speed = {"chain": 100.0, "tree": 150.0}  # tokens per second each mode makes
-    seen = []
-    for _ in range(2 * EXPLORE + 3 * REVISIT):
-        mode = modes.choose()
-        seen.append(mode)
-        modes.record(mode, 3, 3 / speed[mode])
-    assert seen[:EXPLORE] == ["chain"] * EXPLORE and seen[EXPLORE : 2 * EXPLORE] == ["tree"] * EXPLORE
+
+    def run(passes: int) -> str:
+        seen = ""
+        for _ in range(passes):
+            mode = modes.choose()
+            seen += mode[0]
+            modes.record(mode, 3, 3 / speed[mode])
+        return seen
+
+    seen = run(2 * EXPLORE + 3 * (REVISIT + PROBE))
+    assert seen.startswith("c" * EXPLORE + "t" * EXPLORE)
     rest = seen[2 * EXPLORE :]
-    assert rest.count("tree") > rest.count("chain") > 0  # the faster keeps the run; the other is probed
-    probe = rest.index("chain")
-    assert rest[probe : probe + PROBE] == ["chain"] * PROBE and rest[probe + PROBE] == "tree"
-    assert modes.share("tree") == pytest.approx(seen.count("tree") / len(seen))
-    # The text changes: chains turn faster, and at the next probe the run goes back to them.
+    # The faster keeps the run; the other is probed for PROBE passes after every REVISIT of it.
+    assert "t" * REVISIT in rest and "t" + "c" * PROBE + "t" in rest and "c" * (PROBE + 1) not in rest
+    assert modes.share("tree") == pytest.approx(seen.count("t") / len(seen))
+    # The text changes: chains turn faster, and from the next probe on the run stays with them.
     speed["chain"] = 300.0
-    later = []
-    for _ in range(REVISIT + 2 * PROBE):
-        mode = modes.choose()
-        later.append(mode)
-        modes.record(mode, 3, 3 / speed[mode])
-    assert later.count("chain") >= REVISIT  # probed, found faster, kept until the next probe of trees
+    later = run(REVISIT + 2 * PROBE + REVISIT // 2)
+    assert "c" * (REVISIT // 2) in later

@@ -282,6 +282,11 @@ def test_tracker_counts_a_trees_nodes_and_the_tokens_kept_off_its_likeliest_line
         tracker.feed(1, events.TokenGenerated(1, index, token, "x", -1.0, 0.1, drafted=drafted))
     snap = tracker.snapshot()
     assert (snap.draft_proposed, snap.draft_accepted, snap.draft_nodes, snap.nodes_per_pass) == (6, 2, 6, 6.0)
+    # auto drafts a chain next: the tree line keeps the last tree, and chain tokens are no nodes.
+    tracker.feed(1, events.BlockDone(1, 0, 4, "verify", 4, True, 0, 0.0, 0.0, 0.01, 900, 3))  # type: ignore[arg-type]
+    tracker.feed(1, events.Drafted(1, 4, (9, 9), " d d"))
+    snap = tracker.snapshot()
+    assert (snap.draft_proposed, snap.draft_nodes, snap.nodes_per_pass) == (8, 6, 3.0)
 
 
 def test_memory_ceiling_counts_what_opening_and_a_run_add_and_is_never_below_idle_rss() -> None:
