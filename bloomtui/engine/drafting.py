@@ -22,7 +22,7 @@ from bloomtui.engine.events import ignore
 from bloomtui.engine.model import Alibi, KVCache, TreeRows
 from bloomtui.engine.open_model import EngineOptions, ModelPlan, OpenModel
 from bloomtui.engine.residency import budget_for
-from bloomtui.engine.sampling import Sampler
+from bloomtui.engine.sampling import Sampler, SamplingParams
 from bloomtui.engine.speculative import Proposal
 from bloomtui.engine.tree import ROOT, DraftTree, compact
 from bloomtui.engine.tree_budget import BRANCH, MAX_NODES, Choice, TreeBudget
@@ -45,6 +45,12 @@ _LOOKUP_MATCHES = 16
 _MIN_CHILD = 0.005
 """A draft's second or later choice less likely than this after its parent is not worth a row."""
 AUTO, OFF = "auto", "off"
+
+
+def seeded_sampling(params: SamplingParams) -> bool:
+    """Whether `--draft-tree auto` drafts chains for this run: a tree sized by timings draws other random
+    numbers each run, so with a seed set a sampled run would not give the same text twice."""
+    return not params.greedy and params.seed is not None
 
 
 def tree_setting(value: str | None) -> int | str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bloomtui.engine.draft_mode import ChainOrTree, Mode
-from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
+from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter, seeded_sampling
 from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
 from bloomtui.engine.model import KVCache
 from bloomtui.engine.sampling import Sampler, SamplingParams
@@ -76,9 +76,7 @@ class SequenceRun:
         self.pass_seconds: list[float] = []
         self.top_logprobs = top_logprobs
         """How many of the most likely ids each TokenGenerated lists (0: none)."""
-        # An auto budget follows measured timings, and a tree's shape sets how many random numbers
-        # verification draws: a seeded sampled run keeps to chains, so the same seed gives the same text.
-        timed = tree is not None and tree.fixed is None and not params.greedy and params.seed is not None
+        timed = tree is not None and tree.fixed is None and seeded_sampling(params)
         self.budget = tree if drafter is not None and not timed else None
         """Token trees' budget; None: the draft proposes chains (or there is no draft)."""
         self.modes = ChainOrTree() if self.budget is not None and self.budget.fixed is None else None

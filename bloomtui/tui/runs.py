@@ -21,6 +21,7 @@ from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from bloomtui.engine import SamplingParams, events
+from bloomtui.engine.drafting import AUTO, seeded_sampling
 from bloomtui.engine.generate import sample_params
 from bloomtui.errors import BloomtuiError, UsageError
 from bloomtui.settings import Settings
@@ -87,6 +88,8 @@ class RunControl:
         self.running = True
         self.refresh_bindings()  # type: ignore[attr-defined]
         draft = self._draft_request()
+        if draft is not None and draft.tree == AUTO and seeded_sampling(params):
+            draft = replace(draft, tree=None)  # chains, as the engine would draft them: the panel says so
         n = settings.samples
         self.tracker.start(self.run_number, params.max_new_tokens, self.handle.draft_name(draft) or "", n)
         if n > 1:

@@ -224,3 +224,22 @@ async def test_a_draft_with_another_tokenizer_is_reported_and_the_model_runs_wit
         await wait_until(pilot, lambda: app.output.exchanges and not app.running)
         assert app.output.exchanges[-1].outcome == "done"
         assert not app.query_one("#panel-draft").display
+
+
+async def test_a_seeded_sampled_run_under_auto_trees_drafts_and_says_chains(isolated_dirs) -> None:  # noqa: ANN001
+    """auto trees size by timings, which would change a seeded sample: such a run drafts chains, the panel names
+    no tree, and the same seed gives the same text twice."""
+    app = BloomApp(DEMO, find_models=list, cursor_blink=False, draft="trained-draft")
+    async with app.run_test(size=(140, 45)) as pilot:
+        await _opened(pilot, app)
+        app.settings = Settings(max_new_tokens=16, sample=True, temperature=0.8, seed=7, draft_tree="auto")
+        texts = []
+        for _ in range(2):
+            app.insert_prompt("A list comprehension is")
+            await pilot.press("ctrl+j")
+            await wait_until(pilot, lambda: not app.running and app.output.exchanges[-1].outcome, what="the run")
+            texts.append(app.output.exchanges[-1].text)
+        await wait_for_panel(pilot)
+        snap = app.query_one(EnginePanel).snapshot
+        assert snap.draft_name == "trained-draft" and snap.draft_nodes == 0
+        assert texts[0] == texts[1] and texts[0]
