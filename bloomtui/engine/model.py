@@ -1,7 +1,7 @@
 """BLOOM's forward pass as plain functions over weight dicts, one block at a time.
 
-Matches transformers' BloomForCausalLM op for op (same baddbmm for scores + ALiBi, fp32 softmax, tanh
-GELU with Megatron's constants), so float32 results agree to rounding. References: BLOOM (arXiv
+Matches transformers' BloomForCausalLM (scores + ALiBi with an fp32 softmax, through torch's fused attention;
+tanh GELU with Megatron's constants), so float32 results agree to rounding. References: BLOOM (arXiv
 2211.05100) and ALiBi (Press et al., arXiv 2108.12409). A pass's rows may belong to several sequences
 (spans), each with its own cache and positions; shapes use T = new rows, L = a sequence's tokens so far,
 H = hidden, nh = heads, hd = head dim.
@@ -142,6 +142,8 @@ class Span:
     start: int
     mm: Matmul = DEFAULT
     tree: TreeRows | None = None
+    decode_like: bool = False
+    """Rows of a chain to verify: each attends exactly as decoding would (one row, keys up to its own)."""
 
 
 def linear(x: Tensor, weight: Weight, bias: Tensor | None, spans: list[Span]) -> Tensor:
@@ -159,7 +161,13 @@ def linear(x: Tensor, weight: Weight, bias: Tensor | None, spans: list[Span]) ->
 
 
 def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor:
-    """Self-attention of one span's positions (qkv: (t, nh, 3, hd)); fills its cache. Returns (t, H)."""
+    """Self-attention of one span's positions (qkv: (t, nh, 3, hd)); fills its cache. Returns (t, H).
+
+    transformers' math (scores = q.k / sqrt(hd) + ALiBi, future keys masked, fp32 softmax, weighted values) in
+    one fused op: torch's SDPA keeps scores in fp32 where transformers rounds them to the model's dtype, and on
+    CPU it costs a fraction of baddbmm + softmax + bmm, whose bf16 kernels are rebuilt for each new key count
+    (every decoded token): ~0.5 ms a block at bloom-560m's width. A chain's verify rows each attend as decoding
+    would, so a verified draft token has the logprob decoding would have given it."""
     t = qkv.shape[0]
     nh, hd = config.n_head, config.head_dim
     start, cache, mm = span.start, span.cache, span.mm
@@ -170,30 +178,41 @@ def attend(qkv: Tensor, span: Span, alibi: Alibi, config: BloomConfig) -> Tensor
     # Many rows on a CPU whose bf16 GEMM is slow: scores and context in fp32 too (see matmul.py).
     work = torch.float32 if mm.upcast and t > 1 else qkv.dtype
     q = qkv[:, :, 0].transpose(0, 1).to(work)  # (nh, T, hd)
-    keys_t = cache.k[:, :end].transpose(1, 2).to(work)  # (nh, hd, L)
-    values = cache.v[:, :end].to(work)  # (nh, L, hd)
+    keys = cache.k[:, :end].to(work)[None]  # (1, nh, L, hd)
+    values = cache.v[:, :end].to(work)[None]
     tree = span.tree
     if tree is not None:
         region = slice(tree.first, end)
         bias, hidden_slots = tree.masks(alibi, end, work)  # (nh, 1, L), (t, slots)
     else:
         bias = alibi.upto(end).to(work)  # (nh, 1, L)
-    inv_norm = 1.0 / math.sqrt(hd)
     out = torch.empty((nh, t, hd), dtype=work)
+    scale = 1.0 / math.sqrt(hd)
+    if t > 1 and span.decode_like and tree is None:
+        # SDPA's sums depend on how many queries and keys it takes: one call per row, as decoding makes it.
+        for i in range(t):
+            n = start + i + 1
+            out[:, i] = F.scaled_dot_product_attention(
+                q[None, :, i : i + 1], keys[:, :, :n], values[:, :, :n], attn_mask=bias[None, :, :, :n], scale=scale
+            )[0, :, 0]
+        return out.transpose(0, 1).reshape(t, nh * hd).to(qkv.dtype)
     chunk = max(1, SCORE_BYTES // (4 * nh * end))
     for q0 in range(0, t, chunk):
         q1 = min(t, q0 + chunk)
-        scores = torch.baddbmm(bias, q[:, q0:q1], keys_t, beta=1.0, alpha=inv_norm)  # (nh, tq, L)
-        if tree is not None:
-            # A tree node sees the text before the tree and its own ancestors, not its siblings' lines.
-            scores[:, :, region].masked_fill_(hidden_slots[q0:q1], torch.finfo(scores.dtype).min)
-        elif t > 1:
-            # Query i (absolute position start+i) sees keys 0..start+i.
-            query_pos = torch.arange(start + q0, start + q1)[:, None]
-            future = torch.arange(end)[None, :] > query_pos  # (tq, L)
-            scores.masked_fill_(future, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(work)
-        torch.bmm(probs, values, out=out[:, q0:q1])
+        if t == 1:
+            mask = bias
+        else:
+            mask = bias.expand(nh, q1 - q0, end).clone()
+            if tree is not None:
+                # A tree node sees the text before the tree and its own ancestors, not its siblings' lines.
+                mask[:, :, region].masked_fill_(hidden_slots[q0:q1], float("-inf"))
+            else:
+                # Query i (absolute position start+i) sees keys 0..start+i.
+                query_pos = torch.arange(start + q0, start + q1)[:, None]
+                mask.masked_fill_(torch.arange(end)[None, :] > query_pos, float("-inf"))
+        out[:, q0:q1] = F.scaled_dot_product_attention(
+            q[None, :, q0:q1], keys, values, attn_mask=mask[None], scale=scale
+        )[0]
         mm.check()
     return out.transpose(0, 1).reshape(t, nh * hd).to(qkv.dtype)
 

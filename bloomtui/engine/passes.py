@@ -61,7 +61,7 @@ class Segment:
         """This segment's part of pass rows r0:r1, as a span of that chunk (its rows are a:b of the pass)."""
         lo, hi = max(a, r0) - a, min(b, r1) - a
         tree = self.tree.rows(lo, hi) if self.tree is not None else None
-        return Span(lo + a - r0, hi + a - r0, self.caches[block], self.start + lo, mm, tree)
+        return Span(lo + a - r0, hi + a - r0, self.caches[block], self.start + lo, mm, tree, self.decode_like)
 
 
 def _row_bounds(segments: list[Segment]) -> list[tuple[int, int]]:
