@@ -19,6 +19,7 @@ def info(args: argparse.Namespace) -> int:
     if is_remote_url(args.model):
         return info_remote(args)
     from bloomtui.engine.generate import ModelPlan, prefill_path
+    from bloomtui.engine.native import describe as native_describe
 
     mp = ModelPlan.make(args.model, engine_options(args))
     ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
@@ -44,6 +45,7 @@ def info(args: argparse.Namespace) -> int:
         "bytes_per_token_all_streamed": sum(ckpt.block_nbytes(i) for i in range(ckpt.n_blocks))
         + sum(ref.nbytes for ref in ckpt.head_refs),
         "prefill": prefill_path(mp.dtype),
+        "decode": native_describe(),
         "ram_budget": plan.budget,
         "resident_blocks": sorted(plan.resident_blocks),
         "streamed_blocks": list(plan.streamed_blocks),
@@ -77,6 +79,7 @@ def info(args: argparse.Namespace) -> int:
         group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
         print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
     print(f"prefill     {data['prefill']}")
+    print(f"decode      {data['decode']}")
     if args.threads:
         print(f"threads     {args.threads} (--threads)")
     else:

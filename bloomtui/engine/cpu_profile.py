@@ -54,7 +54,7 @@ class CpuProfile:
         )
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -95,7 +95,7 @@ def measure() -> CpuProfile:
 
 @cache
 def cpu_profile() -> CpuProfile:
-    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     profile = kept_or_measured("cpu-profile.json", key, CpuProfile, measure)
     assert profile is not None
     return profile

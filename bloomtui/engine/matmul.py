@@ -1,8 +1,10 @@
 """How a pass multiplies activations by weight matrices: the one place that knows the CPU's fast paths.
 
-- One row (decoding) is memory-bound: bf16/fp32 weights use gemv (addmv), or F.linear where this CPU runs a
-  bf16 row faster through it (cpu_profile.py), int8/int4 weights torch's fused weight-only kernels, which
-  read the compressed bytes and never build a dequantised matrix.
+- One row (decoding) is memory-bound: where this machine built them and they beat torch's (native.py), bf16,
+  int8 and int4 (in AVX-512's packing) matrices go through the native few-row kernels, which also take a
+  verify pass's few rows with the same sums; otherwise bf16/fp32 weights use gemv (addmv), or F.linear where
+  this CPU runs a bf16 row faster through it (cpu_profile.py), int8/int4 weights torch's fused weight-only
+  kernels, which read the compressed bytes and never build a dequantised matrix.
 - Many rows (prefill, perplexity windows, draft verification) are compute-bound. Where this CPU's bf16 GEMM
   is slower than its fp32 one (x86 without AVX512-BF16/AMX: about 4x), weight tiles of a few hundred MB are
   upcast (or dequantised) to fp32 and multiplied there; a block is never copied whole in fp32. Which path
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bloomtui.engine.native import MAX_ROWS, NativeKernels
 from bloomtui.engine.quant import INT4_ROW_MULTIPLE, int4_layout, unpack_int4
 
 TILE_BYTES = 128 * 1024**2
@@ -86,17 +89,24 @@ class Matmul:
         check: Callable[[], None] | None = None,
         tile_bytes: int = TILE_BYTES,
         one_row_linear: bool = False,
+        native: NativeKernels | None = None,
     ) -> None:
         self.upcast = upcast
         """Multiply many-row bf16/fp16 (and quantised) inputs in fp32 tiles."""
         self.one_row_linear = one_row_linear
         """Multiply one bf16 row with F.linear rather than addmv."""
+        self.native = native
+        """Few-row bf16 and int8 multiplies through the native kernels."""
         self.check = check or (lambda: None)
         """Raises to stop the pass (cancel); called between tiles."""
         self.tile_bytes = tile_bytes
 
     def __call__(self, x: Tensor, w: Weight, b: Tensor | None = None) -> Tensor:
         rows = x.shape[0]
+        if self.native is not None and rows <= MAX_ROWS:
+            y = self._native(self.native, x, w, b)
+            if y is not None:
+                return y
         if isinstance(w, QuantizedLinear):
             if rows == 1 or not self.upcast:
                 y = w.matmul(x)
@@ -109,6 +119,18 @@ class Matmul:
         if self.upcast and w.dtype != torch.float32:
             return self._tiled(x, w, b)
         return F.linear(x, w, b)
+
+    @staticmethod
+    def _native(native: NativeKernels, x: Tensor, w: Weight, b: Tensor | None) -> Tensor | None:
+        if not native.takes(x, w.shape[1]):
+            return None
+        if isinstance(w, QuantizedLinear):
+            if w.bits == 8:
+                return native.int8(x, w.qweight, w.scales, b) if native.for_int8 else None
+            return native.int4(x, w.qweight, w.scales, w.group_size, b) if native.for_int4 and native.has_int4 else None
+        if native.for_bf16 and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16:
+            return native.bf16(x, w, b)
+        return None
 
     def _tiled(self, x: Tensor, w: Weight, b: Tensor | None) -> Tensor:
         n, k = w.shape

@@ -23,6 +23,7 @@ from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.engine.hub import resolve_model
 from bloomtui.engine.loader import WeightStore, slot_extra
 from bloomtui.engine.memory_guard import fit_budget
+from bloomtui.engine.native import chosen
 from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.read_choice import ReadChoice, choose_reads
@@ -173,7 +174,9 @@ class OpenModel:
 
     def passes(self, generation: int, on_event: EventSink, cancel: threading.Event, prefetch) -> Passes:  # noqa: ANN001
         one_row_linear = self.dtype == torch.bfloat16 and cpu_profile().one_row_linear
-        return Passes(self.store, self.config, generation, on_event, cancel, prefetch, self.upcast, one_row_linear)
+        return Passes(
+            self.store, self.config, generation, on_event, cancel, prefetch, self.upcast, one_row_linear, chosen()
+        )
 
     def run_locked(self, on_event: EventSink, body, emit_result: bool = True):  # noqa: ANN001, ANN201
         """Run body(generation) as this engine's one run at a time, in inference mode; errors become an

@@ -25,6 +25,7 @@ from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged,
 from bloomtui.engine.loader import Prefetcher, WeightStore
 from bloomtui.engine.matmul import Matmul, row_slice
 from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, Span, TreeRows, block_spans, layer_norm
+from bloomtui.engine.native import NativeKernels
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
@@ -85,14 +86,15 @@ class Passes:
         prefetch: Prefetcher,
         upcast: bool,
         one_row_linear: bool = False,
+        native: NativeKernels | None = None,
     ) -> None:
         self.store, self.config, self.generation = store, config, generation
         self.emit, self.cancel, self.prefetch = emit, cancel, prefetch
         self.bytes_read = 0
         self.peak_rss = 0
         self._process = psutil.Process()
-        self.mm_one = Matmul(check=self._check, one_row_linear=one_row_linear)
-        self.mm_many = Matmul(upcast=upcast, check=self._check, one_row_linear=one_row_linear)
+        self.mm_one = Matmul(check=self._check, one_row_linear=one_row_linear, native=native)
+        self.mm_many = Matmul(upcast=upcast, check=self._check, one_row_linear=one_row_linear, native=native)
 
     def _check(self) -> None:
         if self.cancel.is_set():

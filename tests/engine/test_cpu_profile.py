@@ -31,7 +31,7 @@ def test_profile_is_measured_once_then_read_from_the_cache(cache: Path, monkeypa
 
 
 def test_a_cache_entry_from_an_older_version_is_measured_again(cache: Path) -> None:
-    key = f"{cp._cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cp.cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     cache.write_text(json.dumps({key: {"bf16_gflops": 1.0, "fp32_gflops": 2.0}}))  # no one-row fields
     profile = cp.cpu_profile()
     assert profile.gemv_us > 0 and json.loads(cache.read_text())[key]["linear_us"] == profile.linear_us
