@@ -207,6 +207,7 @@ def main() -> None:
     jobs["bloomtui bf16 prefill"] = Job("prefill", "llamacpp", ["prefill", "--model", str(bf16), *pre], 1, 900,
                                         dict(BLOOMTUI_ENV))  # fmt: skip
     jobs["llama.cpp f16 prefill"] = _llama_job("f16 prefill", ggufs["f16"], bf16, pre)
+    jobs["memory read"] = Job("floor", "membw", ["membw", "--bytes", str(2**30)], 1, 300, {})
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         for name, job in jobs.items():
@@ -245,10 +246,18 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float) -> s
         failed = f" ({theirs_job.errors[0]})" if theirs_job.errors and not theirs_job.runs else ""
         out.append(f"| {ours} / {theirs} | {a:.4f} | {b:.4f}{failed} | **{b / a:.2f}x** | {same} |")
     a, b = _med(jobs["bloomtui bf16 prefill"], "prefill_s"), _med(jobs["llama.cpp f16 prefill"], "prefill_s")
+    bf16 = jobs["bloomtui bf16"]
+    weights = bf16.runs[0]["plan_bytes"] if bf16.runs else 0
+    read = _med(jobs["memory read"], "read_bandwidth")
+    floor = weights / read
     out += [
         "",
         f"Prefill of a {args.prompt_tokens}-token prompt: bloomtui bf16 {a:.2f} s, llama.cpp f16 {b:.2f} s "
         f"(bloomtui at **{b / a:.2f}x** llama.cpp's speed). Goal (issue 16): bloomtui >= 1.0x in every row.",
+        "",
+        f"Memory floor of bf16 decode: its {weights / 1e9:.2f} GB of weights read once per token at this "
+        f"machine's read speed ({read / 1e9:.1f} GB/s, a sum over 1 GB) = {floor:.4f} s; bloomtui bf16 decodes "
+        f"at **{floor / _med(bf16, 'decode_mean_s'):.2f}x** of it (goal: >= 0.7x).",
         "",
         END,
     ]

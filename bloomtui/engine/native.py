@@ -158,7 +158,6 @@ class NativeKernels:
             raise MemoryError("no memory for the int8 kernel's input rows")
         return y
 
-
     def int4(self, x: Tensor, qweight: Tensor, scales: Tensor, group_size: int, b: Tensor | None) -> Tensor:
         """x @ W.T + b for W packed by torch's int4 packing (quant.py) with (scale, zero) pairs `scales`."""
         if not self.has_int4:
@@ -247,14 +246,18 @@ class NativeProfile:
     int4_torch_ms: float
 
 
-def _sweep_ms(fn, mats: list) -> float:  # noqa: ANN001
-    best = float("inf")
-    for _ in range(4):  # the first sweep warms up
-        t0 = time.perf_counter()
-        for m in mats:
-            fn(m)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+def _paired_ms(fns: list, mats: list, rounds: int = 5) -> list[float]:  # noqa: ANN001
+    """Best milliseconds per sweep of each fn over `mats`, the fns taking turns each round, so a burst of other
+    work on the machine slows them alike rather than deciding the choice."""
+    best = [float("inf")] * len(fns)
+    for r in range(rounds + 1):  # round 0 warms up
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for m in mats:
+                fn(m)
+            if r:
+                best[i] = min(best[i], time.perf_counter() - t0)
+    return [t * 1e3 for t in best]
 
 
 def measure(native: NativeKernels) -> NativeProfile:
@@ -262,22 +265,25 @@ def measure(native: NativeKernels) -> NativeProfile:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, k, generator=gen).bfloat16()
     mats = [torch.randn(n, k, generator=gen).bfloat16() for _ in range(count)]
-    torch_bf16 = min(
-        _sweep_ms(lambda w: torch.mv(w, x[0]), mats), _sweep_ms(lambda w: F.linear(x, w), mats)
-    )  # fmt: skip
-    native_bf16 = _sweep_ms(lambda w: native.bf16(x, w, None), mats)
+    mv, linear, native_bf16 = _paired_ms(
+        [lambda w: torch.mv(w, x[0]), lambda w: F.linear(x, w), lambda w: native.bf16(x, w, None)], mats
+    )
+    torch_bf16 = min(mv, linear)
     q8 = [(torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), torch.rand(n).bfloat16()) for _ in mats]
     del mats
-    torch_int8 = _sweep_ms(lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]), q8)
-    native_int8 = _sweep_ms(lambda q: native.int8(x, q[0], q[1], None), q8)
+    torch_int8, native_int8 = _paired_ms(
+        [lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]), lambda q: native.int8(x, q[0], q[1], None)], q8
+    )
     del q8
     group = 64
     codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.int32)
     scale, zero = torch.rand(n, k // group, generator=gen) / 8, torch.rand(n, k // group, generator=gen)
     packed, pairs = pack_int4(codes, scale, zero)
     q4 = [(packed.clone(), pairs.bfloat16()) for _ in range(count)]
-    torch_int4 = _sweep_ms(lambda q: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q[0], group, q[1]), q4)
-    native_int4 = _sweep_ms(lambda q: native.int4(x, q[0], q[1], group, None), q4) if native.has_int4 else inf
+    fns = [lambda q: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q[0], group, q[1])]
+    if native.has_int4:
+        fns.append(lambda q: native.int4(x, q[0], q[1], group, None))
+    torch_int4, native_int4 = [*_paired_ms(fns, q4), inf][:2]
     return NativeProfile(native_bf16, torch_bf16, native_int8, torch_int8, native_int4, torch_int4)
 
 
