@@ -143,9 +143,12 @@ def cpu_summary() -> str:
     return f"{name}, {os.cpu_count()} cores, {vector}"
 
 
-def budget_arg(text: str, model: Path) -> int:
-    """A worker's --budget: bytes, or 'min' for the engine's minimum for `model`, with room for direct I/O's
+def budget_arg(text: str, model: Path) -> int | None:
+    """A worker's --budget: bytes, 'auto' for the engine's default (None: a share of the memory available,
+    within a memory cgroup's limit), or 'min' for the engine's minimum for `model`, with room for direct I/O's
     page-aligned slots (a few KB: every block still streams, whichever way it is read)."""
+    if text == "auto":
+        return None
     if text != "min":
         return int(text)
     from bloomtui.engine.checkpoint import Checkpoint

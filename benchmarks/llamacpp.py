@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,18 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
-from benchmarks.common import PROMPT, RESULT_TAG, commit_stamp, cpu_summary, long_prompt, update_section
-from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.common import (
+    PROMPT,
+    RESULT_TAG,
+    commit_stamp,
+    cpu_summary,
+    evict,
+    long_prompt,
+    update_section,
+    weight_files,
+)
+from benchmarks.memlimit import unavailable
+from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
 
 BEGIN, END = "<!-- llamacpp:begin -->", "<!-- llamacpp:end -->"
 PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
@@ -137,7 +149,9 @@ def worker(args: argparse.Namespace) -> None:
         llm.eval([token])
         token_s.append(time.perf_counter() - t0)
     decode = token_s[1:]
-    print(RESULT_TAG + json.dumps({"decode_mean_s": sum(decode) / len(decode), "prefill_s": token_s[0], "ids": out}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {"decode_mean_s": sum(decode) / len(decode), "prefill_s": token_s[0], "ids": out, "peak_rss": peak}
+    print(RESULT_TAG + json.dumps(result))
 
 
 def _llama_job(name: str, gguf: Path, model: Path, extra: list[str]) -> Job:
@@ -146,10 +160,19 @@ def _llama_job(name: str, gguf: Path, model: Path, extra: list[str]) -> Job:
 
 
 def run_llama(job: Job) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.llamacpp", "worker", *job.args], capture_output=True, text=True,
-        timeout=job.timeout,
-    )  # fmt: skip
+    try:
+        with limited(job) as join:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.llamacpp", "worker", *job.args], capture_output=True, text=True,
+                timeout=job.timeout, preexec_fn=join,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        job.errors.append(f"timed out after {job.timeout:.0f} s")
+        return
+    if proc.returncode < 0:
+        oom = " (out of memory?)" if proc.returncode == -9 else ""
+        job.errors.append(f"killed by signal {-proc.returncode}{oom}")
+        return
     line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(RESULT_TAG)), None)
     if proc.returncode != 0 or line is None:
         job.errors.append(((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:300])
@@ -184,6 +207,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     parser.add_argument("--note", default="", help="a sentence for the section, e.g. how llama.cpp was built")
+    parser.add_argument(
+        "--limited-tokens", type=int, default=8,
+        help="tokens per run under a memory limit (1/4 of the bf16 model + 600 MB, cold; 0 skips those rows)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.command == "worker":
         worker(args)
@@ -208,18 +235,41 @@ def main() -> None:
                                         dict(BLOOMTUI_ENV))  # fmt: skip
     jobs["llama.cpp f16 prefill"] = _llama_job("f16 prefill", ggufs["f16"], bf16, pre)
     jobs["memory read"] = Job("floor", "membw", ["membw", "--bytes", str(2**30)], 1, 300, {})
+    limit = limited_jobs(jobs, models, ggufs, bf16, args) if args.limited_tokens else 0
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         for name, job in jobs.items():
+            if job.memory_limit:  # cold: the files' pages must be read, and charged, inside the limit
+                evict([path for model in models.values() for path in weight_files(model)] + list(ggufs.values()))
             (run_llama if name.startswith("llama.cpp") else run_job)(job)
             say(f"{name}: {job.runs[-1] if job.runs else job.errors}")
-    text = section(jobs, args, time.perf_counter() - t0)
+    text = section(jobs, args, time.perf_counter() - t0, limit)
     print(text)
     if args.update:
         update_section(args.update, text, BEGIN, END)
 
 
-def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float) -> str:
+def limited_jobs(jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, args: argparse.Namespace) -> int:
+    """Add each pair's runs under one memory limit (1/4 of the bf16 model + 600 MB): bloomtui on its default
+    budget, which reads the limit; llama.cpp mapping its GGUF as it does by default. Returns the limit."""
+    why = unavailable()
+    if why:
+        print(f"no runs under a memory limit: {why}", file=sys.stderr)
+        return 0
+    limit = sum(p.stat().st_size for p in weight_files(bf16)) // 4 + 600 * 1000**2
+    n = ["--tokens", str(args.limited_tokens)]
+    for ours, theirs in PAIRS:
+        model = ["--model", str(models[ours])]
+        jobs[f"bloomtui {ours} limited"] = Job(
+            ours, "llamacpp", ["bloomtui", *model, "--budget", "auto", *n], 1, 1800, dict(BLOOMTUI_ENV), limit
+        )
+        job = _llama_job(theirs, ggufs[theirs], bf16, n)
+        job.memory_limit, job.timeout = limit, 1800
+        jobs[f"llama.cpp {theirs} limited"] = job
+    return limit
+
+
+def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float, limit: int = 0) -> str:
     try:
         version = metadata.version("llama_cpp_python")
     except metadata.PackageNotFoundError:
@@ -258,10 +308,40 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float) -> s
         f"Memory floor of bf16 decode: its {weights / 1e9:.2f} GB of weights read once per token at this "
         f"machine's read speed ({read / 1e9:.1f} GB/s, a sum over 1 GB) = {floor:.4f} s; bloomtui bf16 decodes "
         f"at **{floor / _med(bf16, 'decode_mean_s'):.2f}x** of it (goal: >= 0.7x).",
+        *limited_section(jobs, args, limit),
         "",
         END,
     ]
     return "\n".join(out)
+
+
+def limited_section(jobs: dict[str, Job], args: argparse.Namespace, limit: int) -> list[str]:
+    if not limit:
+        return []
+    out = [
+        "",
+        f"Under a memory limit of {limit / 1e9:.2f} GB (a memory cgroup: 1/4 of the bf16 model + 600 MB; page cache "
+        f"counts), each run from a cold page cache, {args.limited_tokens} tokens: bloomtui on its default budget "
+        "(which reads the limit), llama.cpp mapping its GGUF as it does by default.",
+        "",
+        "| weights | bloomtui s/token (peak RSS) | llama.cpp s/token (peak RSS) | bloomtui ÷ llama.cpp tokens/s |",
+        "|---|---|---|---|",
+    ]
+    for ours, theirs in PAIRS:
+        cells = []
+        for job in (jobs[f"bloomtui {ours} limited"], jobs[f"llama.cpp {theirs} limited"]):
+            if job.runs:
+                rss = statistics.median(r.get("peak_rss", 0) for r in job.runs)
+                budget = f", budget {job.runs[0]['budget'] / 1e6:.0f} MB" if "budget" in job.runs[0] else ""
+                cells.append(
+                    (_med(job, "decode_mean_s"), f"{_med(job, 'decode_mean_s'):.3f} ({rss / 1e6:.0f} MB{budget})")
+                )
+            else:
+                cells.append((float("nan"), f"failed: {job.errors[0] if job.errors else 'no run'}"))
+        ratio = cells[1][0] / cells[0][0]
+        shown = "n/a" if math.isnan(ratio) else f"**{ratio:.2f}x**"
+        out.append(f"| {ours} / {theirs} | {cells[0][1]} | {cells[1][1]} | {shown} |")
+    return out
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import psutil
 
 from benchmarks import checkpoints
 from benchmarks.common import RESULT_TAG, evict, weight_files
+from benchmarks.memlimit import memory_limit
 from bloomtui import demo_models
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
@@ -50,6 +52,8 @@ class Job:
     repeats: int
     timeout: float
     env: dict[str, str] = field(default_factory=dict)
+    memory_limit: int | None = None
+    """Bytes: the process runs under a memory cgroup of this limit (memlimit.py)."""
     runs: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -295,17 +299,24 @@ def quality_jobs(models: dict[str, Path], s: Settings) -> list[Job]:
     ]
 
 
+def limited(job: Job):  # noqa: ANN201 - a context manager yielding a preexec_fn or None
+    """The memory cgroup a job runs in, if it asks for one."""
+    return memory_limit(job.memory_limit) if job.memory_limit else nullcontext(None)
+
+
 def run_job(job: Job) -> None:
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.worker", *job.args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=job.timeout,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **job.env},
-        )
+        with limited(job) as join:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.worker", *job.args],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=job.timeout,
+                env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **job.env},
+                preexec_fn=join,
+            )
     except subprocess.TimeoutExpired:
         job.errors.append(f"timed out after {job.timeout:.0f} s")
         return

@@ -281,6 +281,21 @@ def test_llamacpp_section_pairs_each_format_with_its_nearest() -> None:
     jobs = {f"bloomtui {ours}": job("decode_mean_s", 0.04, 0.05, 0.06) for ours, _ in PAIRS}
     jobs |= {f"llama.cpp {theirs}": job("decode_mean_s", 0.02, 0.025, 0.03) for _, theirs in PAIRS}
     jobs["bloomtui bf16 prefill"], jobs["llama.cpp f16 prefill"] = job("prefill_s", 6.0), job("prefill_s", 3.0)
-    text = section(jobs, argparse.Namespace(tokens=32, repeats=3, prompt_tokens=1000), 60.0)
+    for run in jobs["bloomtui bf16"].runs:
+        run["plan_bytes"] = 1.5e9
+    jobs["memory read"] = job("read_bandwidth", 30e9)
+    args = argparse.Namespace(tokens=32, repeats=3, prompt_tokens=1000, limited_tokens=8)
+    text = section(jobs, args, 60.0)
     assert "| bf16 / f16 | 0.0500 | 0.0250 | **0.50x** |" in text and "| int4 / Q4_0 |" in text
     assert "bloomtui bf16 6.00 s, llama.cpp f16 3.00 s (bloomtui at **0.50x**" in text
+    assert "= 0.0500 s; bloomtui bf16 decodes at **1.00x** of it" in text  # 1.5 GB at 30 GB/s
+    assert "memory limit" not in text  # no limited runs asked for
+    for ours, theirs in PAIRS:
+        jobs[f"bloomtui {ours} limited"] = job("decode_mean_s", 0.5)
+        jobs[f"bloomtui {ours} limited"].runs[0] |= {"peak_rss": 700e6, "budget": 256e6}
+        jobs[f"llama.cpp {theirs} limited"] = job("decode_mean_s", 1.0)
+    jobs["llama.cpp Q4_0 limited"].runs, jobs["llama.cpp Q4_0 limited"].errors = [], ["killed by signal 9"]
+    text = section(jobs, args, 60.0, limit=880_000_000)
+    assert "memory limit of 0.88 GB" in text
+    assert "| bf16 / f16 | 0.500 (700 MB, budget 256 MB) | 1.000 (0 MB) | **2.00x** |" in text
+    assert "| int4 / Q4_0 | 0.500 (700 MB, budget 256 MB) | failed: killed by signal 9 | n/a |" in text

@@ -5,22 +5,107 @@ ends the process. So a budget is clamped to total memory less a reserve for the 
 torch, the tokenizer, the UI), with a one-line warning; and loading the resident set stops with an error as
 soon as what is left to load no longer fits in the memory available now. "Available" is the kernel's
 MemAvailable: free memory plus the page cache it can reclaim without swapping.
+
+Inside a container (or any memory cgroup with a limit) the machine's RAM is not what the process may use:
+a budget planned from the host's memory would end in the OOM killer. So both figures are also capped by
+the tightest memory limit on the way from this process's cgroup to the root (v1 or v2), "available" there
+being the limit less what the cgroup uses beyond its reclaimable (inactive) file cache.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import psutil
 
 from bloomtui.errors import BudgetError
 from bloomtui.sizes import format_size
 
+_UNLIMITED = 1 << 60
+"""cgroup v1 writes "no limit" as a page-rounded 2**63 - 1."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+_V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+_V2_FILES = ("memory.max", "memory.current", "inactive_file")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value < _UNLIMITED else None
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
+    """(directory, limit file, usage file, inactive-cache key) of this process's memory cgroup and each of its
+    ancestors, leaf first; [] where there is none."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "memory" in controllers.split(","):
+            mount, files = CGROUP_ROOT / "memory", _V1_FILES
+            break
+    else:
+        v2 = [line for line in lines if line.startswith("0::")]
+        if not v2:
+            return []
+        path = v2[0][3:]
+        mount, files = CGROUP_ROOT, _V2_FILES
+    leaf = mount / path.strip("/")
+    if not leaf.is_dir():
+        leaf = mount  # a cgroup namespace shows the process's own cgroup as the mount's root
+    dirs = [leaf, *[d for d in leaf.parents if d.is_relative_to(mount)]]
+    return [(d, *files) for d in dirs]
+
+
+def cgroup_memory() -> tuple[int, int] | None:
+    """(limit, available under it) of the tightest memory cgroup limit over this process, or None if unlimited."""
+    best: tuple[int, int] | None = None
+    for directory, limit_file, usage_file, cache_key in _cgroup_dirs():
+        limit = _read_int(directory / limit_file)
+        if limit is None:
+            continue
+        usage = _read_int(directory / usage_file) or 0
+        used = max(0, usage - _inactive_file(directory / "memory.stat", cache_key))
+        available = max(0, limit - used)
+        if best is None or available < best[1]:
+            best = (limit, available)
+    return best
+
 
 def total_memory() -> int:
-    return psutil.virtual_memory().total
+    """RAM, or the memory cgroup's limit where that is lower."""
+    total = psutil.virtual_memory().total
+    limited = cgroup_memory()
+    return min(total, limited[0]) if limited else total
 
 
 def available_memory() -> int:
-    return psutil.virtual_memory().available
+    """MemAvailable, or what the memory cgroup's limit leaves where that is lower."""
+    available = psutil.virtual_memory().available
+    limited = cgroup_memory()
+    return min(available, limited[1]) if limited else available
 
 
 def reserve(total: int) -> int:
@@ -40,7 +125,8 @@ def fit_budget(budget: int) -> tuple[int, str | None]:
     if budget <= limit:
         return budget, None
     return limit, (
-        f"RAM budget {format_size(budget)} is more than this machine can hold ({format_size(total)} of RAM, "
+        f"RAM budget {format_size(budget)} is more than this machine can hold ({format_size(total)} of RAM "
+        "or of its memory limit, "
         f"{format_size(total - limit)} kept for the system and the runtime); using {format_size(limit)}"
     )
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.direct import probe_direct, viewable
 from bloomtui.engine.disk_profile import disk_profile
 from bloomtui.engine.mapped import FileMaps, can_map
+from bloomtui.engine.memory_guard import available_memory
 from bloomtui.engine.residency import ResidencyPlan, ram_dtype, streamed_refs
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
@@ -68,7 +68,7 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
     refs = streamed_refs(checkpoint, plan)
     if not refs:
         return ReadChoice("", False, "every weight is resident")
-    available = psutil.virtual_memory().available
+    available = available_memory()
     need = checkpoint.total_file_bytes + plan.total_bytes
     fits = need <= available
     if mode != "auto":

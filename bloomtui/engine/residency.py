@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import psutil
 import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.memory_guard import available_memory
 from bloomtui.engine.reader import CHUNK_BYTES
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import BudgetError
@@ -25,7 +25,7 @@ STREAM_SLOTS = 2
 
 def default_budget() -> int:
     """A safe share of the memory available now: 60%, keeping at least 1 GB for everything else."""
-    available = psutil.virtual_memory().available
+    available = available_memory()
     return max(256 * 1000**2, min(int(available * 0.6), available - 1000**3))
 
 
