@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bloomtui.engine import hugepages
 from bloomtui.engine.checkpoint import MATRICES, Checkpoint
 from bloomtui.engine.config import Scheme
 from bloomtui.engine.direct import DirectReader, Piece, SpanLayout, aligned_buffer, span_layout
@@ -93,7 +94,7 @@ class Slot:
 
     def __init__(self, checkpoint: Checkpoint, nbytes: int, dtype: torch.dtype) -> None:
         refs = checkpoint.blocks[0]
-        self.flat = torch.empty(nbytes + _ALIGN * (len(refs) + 2), dtype=torch.uint8)
+        self.flat = hugepages.empty((nbytes + _ALIGN * (len(refs) + 2),), torch.uint8)
         self._dtype = dtype
         self.raw: dict[str, Tensor] = {}
         start = 0
@@ -172,7 +173,7 @@ class WeightStore:
             on_progress(done, total, what)
             tensors = {}
             for name, ref in refs:
-                tensors[name] = torch.empty(ref.shape, dtype=ram_dtype(ref, self.dtype))
+                tensors[name] = hugepages.empty(ref.shape, ram_dtype(ref, self.dtype))
                 done += self.reader.read(ref, tensors[name], should_stop)
             if what == "small tensors":
                 self.small = tensors

@@ -108,13 +108,26 @@ def available_memory() -> int:
     return min(available, limited[1]) if limited else available
 
 
+def limit_binds() -> bool:
+    """Whether a memory cgroup's limit, not the machine's RAM, bounds this process (a container): then only this
+    process lives inside the limit, and the reserves for the OS and other programs shrink to its own needs."""
+    limited = cgroup_memory()
+    return limited is not None and limited[0] < psutil.virtual_memory().total
+
+
 def reserve(total: int) -> int:
-    """Memory a budget leaves to the OS and the runtime: 10% of RAM, at least 1.5 GB."""
+    """Memory a budget leaves to the OS and the runtime: 10% of RAM, at least 1.5 GB; under a memory limit, the
+    runtime's own (Python, torch, the tokenizer: ~350 MB) or 10%, at most half the limit."""
+    if limit_binds():
+        return min(total // 2, max(350 * 1000**2, total // 10))
     return max(1_500 * 1000**2, total // 10)
 
 
 def headroom(total: int) -> int:
-    """Memory loading leaves available, for the KV cache, compute scratch and everyone else: 3%, at least 500 MB."""
+    """Memory loading leaves available, for the KV cache, compute scratch and everyone else: 3%, at least 500 MB
+    (under a memory limit, where there is no one else: 5%, at least 100 MB)."""
+    if limit_binds():
+        return max(100 * 1000**2, total * 5 // 100)
     return max(500 * 1000**2, total * 3 // 100)
 
 

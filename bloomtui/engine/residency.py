@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.memory_guard import available_memory
+from bloomtui.engine.memory_guard import available_memory, limit_binds
 from bloomtui.engine.reader import CHUNK_BYTES
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import BudgetError
@@ -24,8 +24,11 @@ STREAM_SLOTS = 2
 
 
 def default_budget() -> int:
-    """A safe share of the memory available now: 60%, keeping at least 1 GB for everything else."""
+    """A safe share of the memory available now: 60%, keeping at least 1 GB for everything else; under a memory
+    cgroup's limit (a container), where nothing else shares it, 75%, keeping 150 MB for the KV cache and scratch."""
     available = available_memory()
+    if limit_binds():
+        return max(256 * 1000**2, min(int(available * 0.75), available - 150 * 1000**2))
     return max(256 * 1000**2, min(int(available * 0.6), available - 1000**3))
 
 

@@ -222,7 +222,7 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
     class Scarce:
         available = ckpt.total_file_bytes // 2
 
-    monkeypatch.setattr("bloomtui.engine.read_choice.psutil.virtual_memory", lambda: Scarce)
+    monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
     monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)  # too small to measure
     choice = choose_reads(ckpt, plan, torch.float32, "auto")
     assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
@@ -306,7 +306,7 @@ def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch
     class Scarce:
         available, total = ckpt.total_file_bytes // 2, 2**40
 
-    monkeypatch.setattr("bloomtui.engine.read_choice.psutil.virtual_memory", lambda: Scarce)
+    monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
     monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)
     auto = ModelPlan.make(model, EngineOptions(ram_budget=least))
     assert not auto.reads.direct and "aligned buffers" in auto.reads.reason and auto.plan.total_bytes <= least

@@ -1,0 +1,56 @@
+"""Resident weights on transparent huge pages (hugepages.py): right shapes, aligned, freed with their tensor."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from bloomtui.engine import hugepages
+
+
+def _anon_huge_kb() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_big_buffers_are_aligned_writable_tensors_and_small_ones_ordinary() -> None:
+    t = hugepages.empty((3, 4096, 1024), torch.bfloat16)
+    assert t.shape == (3, 4096, 1024) and t.dtype == torch.bfloat16 and t.is_contiguous()
+    assert t.data_ptr() % hugepages.HUGE_PAGE == 0
+    t.fill_(1.5)
+    assert float(t.float().sum()) == 1.5 * t.numel()
+    small = hugepages.empty((10, 10), torch.float32)
+    assert small.shape == (10, 10) and small.dtype == torch.float32
+
+
+def test_a_buffer_is_freed_with_its_last_view() -> None:
+    before = psutil.Process().memory_info().rss
+    for _ in range(5):
+        t = hugepages.empty((200 * 1024**2,), torch.uint8)
+        view = t[10:20]
+        t.fill_(7)
+        del t
+        assert int(view[0]) == 7  # a view keeps the mapping alive
+        del view
+        gc.collect()
+    assert psutil.Process().memory_info().rss - before < 150 * 1024**2  # 1 GB written in all, not kept
+
+
+def test_the_kernel_gives_huge_pages_where_it_can() -> None:
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        pytest.skip("this kernel has no transparent huge pages")
+    if "[never]" in mode:
+        pytest.skip("transparent huge pages are turned off on this machine")
+    before = _anon_huge_kb()
+    t = hugepages.empty((64 * 1024**2,), torch.uint8)
+    t.fill_(1)
+    assert _anon_huge_kb() - before >= 2048  # at least one 2 MB page of the 64 MB
+    del t
