@@ -91,10 +91,13 @@ def _build(cc: str, runtime: str | None, arch: tuple[str, ...], out: Path) -> st
             if done.returncode != 0:
                 first = (done.stderr.strip().splitlines() or ["no output"])[0]
                 return f"{os.path.basename(cc)} could not build the kernels: {first}"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staged = out.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copyfile(lib, staged)
-        os.replace(staged, out)  # atomic: another process never loads half a library
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staged = out.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(lib, staged)
+            os.replace(staged, out)  # atomic: another process never loads half a library
+        except OSError as exc:
+            return f"could not keep the built kernels in {out.parent}: {exc}"
     return None
 
 
@@ -204,7 +207,10 @@ def build(arch: tuple[str, ...] = ("-march=native",)) -> NativeKernels | str:
     if cc is None:
         return "no C compiler found (install gcc, or set CC)"
     runtime = _openmp_runtime()
-    path = _library_path(cc, runtime, arch)
+    try:
+        path = _library_path(cc, runtime, arch)
+    except OSError as exc:  # the C source missing from an install
+        return f"the kernels' source is unreadable: {exc}"
     if not path.is_file():
         failure = _build(cc, runtime, arch, path)
         if failure:

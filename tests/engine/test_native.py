@@ -192,6 +192,14 @@ def test_no_compiler_falls_back_to_torch_and_says_why(tmp_path, monkeypatch) -> 
         native.chosen.cache_clear()
 
 
+def test_a_read_only_cache_is_reported_not_raised(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("BLOOMTUI_CACHE_DIR", str(blocked))  # a file where the cache dir should be
+    failure = native.build(BUILDS["avx2"])
+    assert isinstance(failure, str) and "could not keep the built kernels" in failure
+
+
 def test_a_built_library_is_kept_and_reused(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("BLOOMTUI_CACHE_DIR", str(tmp_path))
     first = native.build(BUILDS["avx2"])
