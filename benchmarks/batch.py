@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.checkpoints import ensure, full_specs
-from benchmarks.common import RESULT_TAG, commit_stamp, cpu_summary, long_prompt, update_section
+from benchmarks.common import RESULT_TAG, commit_stamp, cpu_summary, long_prompt, peak_rss, update_section
 from benchmarks.run import BLOOMTUI_ENV, DEFAULT_WORK, REPO
 
 BEGIN, END = "<!-- batch:begin -->", "<!-- batch:end -->"
@@ -41,10 +40,6 @@ def _quarter(model: Path) -> int:
     from benchmarks.draft_speed import quarter_budget
 
     return quarter_budget(str(model))
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker_generate(model: Path, n: int, tokens: int, budget: int | None, reads: str | None) -> dict:
@@ -67,7 +62,7 @@ def worker_generate(model: Path, n: int, tokens: int, budget: int | None, reads:
         "tokens_per_s": after_first / decode,
         "passes": max(r.passes for r in results),
         "bytes_read": max(r.bytes_read for r in results),
-        "peak_rss": _peak_rss(),
+        "peak_rss": peak_rss(),
         "plan_bytes": plan.total_bytes,
         "kv_bytes": n * 2 * cfg.n_layer * cfg.hidden_size * positions * engine.dtype.itemsize,
         "reads": engine.store.reads.path,
@@ -90,7 +85,7 @@ def worker_ppl(model: Path, text: Path, batch: int | None, budget: int, reads: s
         "nll": scored.nll,
         "tokens": scored.tokens,
         "batch": scored.batch,
-        "peak_rss": _peak_rss(),
+        "peak_rss": peak_rss(),
     }
 
 

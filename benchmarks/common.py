@@ -31,8 +31,19 @@ READ_CHUNK = 32 * 1024 * 1024  # the engine reads in 32 MiB preadv chunks; the f
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process so far, in bytes.
+
+    Linux's VmHWM, the high-water mark of this process's own memory: `ru_maxrss` also keeps, across fork and
+    exec, the RSS the parent had when it forked, so a worker started by a harness that had just built a
+    10 GB checkpoint would report 10 GB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: KiB, as Linux counts it
 
 
 def rss() -> int:

@@ -24,7 +24,6 @@ import argparse
 import ctypes
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from benchmarks.common import (
     cpu_summary,
     evict,
     long_prompt,
+    peak_rss,
     update_section,
     weight_files,
 )
@@ -149,7 +149,7 @@ def worker(args: argparse.Namespace) -> None:
         llm.eval([token])
         token_s.append(time.perf_counter() - t0)
     decode = token_s[1:]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     result = {"decode_mean_s": sum(decode) / len(decode), "prefill_s": token_s[0], "ids": out, "peak_rss": peak}
     print(RESULT_TAG + json.dumps(result))
 

@@ -380,7 +380,7 @@ def _findings(by: dict[tuple[str, str], Summary], raw: dict, membw: float) -> li
     if st and st[0].get("engine_peak_rss") and st[0]["engine_peak_rss"] < 0.9 * st[0]["peak_rss"]:
         r = st[0]
         lines.append(
-            f"- 176B-width streaming: the process peaked at {format_size(r['peak_rss'])} RSS (getrusage) while the "
+            f"- 176B-width streaming: the process peaked at {format_size(r['peak_rss'])} RSS (VmHWM) while the "
             f"engine's own `Done.peak_rss` reported {format_size(r['engine_peak_rss'])}: it samples RSS after a "
             "block's pages are released, so it misses the peak the UI should show."
         )
@@ -539,8 +539,8 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "runs once as its users run it (default environment) and once "
         "with the same setting; the resident goal is judged against the faster of the two. bloomtui resident "
         "also runs once without it, to show what the setting costs on a quiet machine.",
-        "- Peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of the contender's own process (Python, torch and "
-        "the tokenizer included).",
+        "- Peak RSS is the high-water mark of the contender's own process (`VmHWM`, Python, torch and the "
+        "tokenizer included; not `ru_maxrss`, which keeps the RSS the harness had when it started the worker).",
         "- Greedy ids are compared with transformers' in the same dtype; in bf16, different but equally valid "
         "operation orders may round differently and pick another token after a near tie.",
         "",

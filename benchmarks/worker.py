@@ -1,7 +1,7 @@
 """One contender in one process: `python -m benchmarks.worker KIND [options]`.
 
 Prints progress on stderr and, last, one line `BENCH_RESULT {json}` on stdout. Each process measures its
-own peak RSS (getrusage), so numbers never mix between contenders. Kinds:
+own peak RSS (VmHWM), so numbers never mix between contenders. Kinds:
 
   hf          transformers BloomForCausalLM.generate, KV cache, greedy, model fully in RAM
   accelerate  the same through Accelerate's disk offload (device_map="auto", max_memory={"cpu": budget})

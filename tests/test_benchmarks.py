@@ -299,3 +299,12 @@ def test_llamacpp_section_pairs_each_format_with_its_nearest() -> None:
     assert "memory limit of 0.88 GB" in text
     assert "| bf16 / f16 | 0.500 (700 MB, budget 256 MB) | 1.000 (0 MB) | **2.00x** |" in text
     assert "| int4 / Q4_0 | 0.500 (700 MB, budget 256 MB) | failed: killed by signal 9 | n/a |" in text
+
+
+def test_a_worker_peak_rss_is_its_own_not_the_harness_it_was_started_from() -> None:
+    """A worker forked from a big harness process reports its own high-water mark (ru_maxrss would carry
+    the harness's RSS across fork and exec: 11.3 GB in every row after the harness built a 176B block)."""
+    ballast = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # 256 MB resident in this process
+    code = "from benchmarks.common import peak_rss; print(peak_rss())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert int(out.stdout) < ballast.numel() * 4 / 2
