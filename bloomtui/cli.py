@@ -247,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "app")
     try:
         _refuse_mistyped_command(args_list)
-        args = build_parser().parse_args(_join_negative_sizes(args_list))
-        return _dispatch(args)
+        return _dispatch(_parse(build_parser(), _join_negative_sizes(args_list)))
     except BloomtuiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -259,6 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader of our stdout went away (e.g. `| head`): stop quietly, as Unix tools do.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown from flushing into the pipe
         return 141
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, except that `generate MODEL --option X PROMPT` works: argparse gives an optional positional
+    its (empty) match with the first one and would call a prompt after options unrecognized."""
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "generate" and args.prompt is None and len(extra) == 1 and not extra[0].startswith("--"):
+        args.prompt = extra.pop()
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _dispatch(args: argparse.Namespace) -> int:

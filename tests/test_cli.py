@@ -50,6 +50,15 @@ def test_generate_text_matches_json_and_reads_stdin(tiny_model: Written) -> None
     assert "tokens/s" in text.stderr
 
 
+def test_the_prompt_may_follow_options(tiny_model: Written) -> None:
+    args = ("--max-new-tokens", "4", "--ignore-eos", "--json")
+    before = bloomtui("generate", str(tiny_model.path), "Hola", *args)
+    after = bloomtui("generate", str(tiny_model.path), *args, "Hola")
+    assert after.returncode == 0, after.stderr
+    ids = [json.loads(run.stdout.splitlines()[-1])["token_ids"] for run in (before, after)]
+    assert ids[0] == ids[1] and len(ids[0]) == 4
+
+
 def test_streamed_budget_from_cli(tiny_model: Written) -> None:
     run = bloomtui("generate", str(tiny_model.path), "Hi", "--max-new-tokens", "3", "--ram-budget", "1.2MB", "--json")
     assert run.returncode == 0, run.stderr
@@ -160,6 +169,7 @@ def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, n
         (["generate", "{model}", "x", "--dtype", "float16"], "--dtype"),
         (["generate", "{model}"], "give a PROMPT"),
         (["generate", "{model}", "x", "--prompts", "-"], "not both"),
+        (["generate", "{model}", "--max-new-tokens", "2", "x", "y"], "unrecognized arguments: x y"),
         (["generate", "{model}", "x", "--samples", "0"], "--samples must be in 1..256"),
         (["generate", "{model}", "--prompts", "/no/such/prompts.txt"], "no such file"),
         (["generate", "{model}", "--prompts", "-"], "no prompts (one per line)"),
