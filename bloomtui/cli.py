@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
     info.add_argument("model", help=MODEL_HELP + " (a server: lists the served models)")
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument(
+        "--draft",
+        metavar="MODEL|prompt-lookup",
+        help="plan as generate --draft would: the draft held resident, its bytes taken from --ram-budget",
+    )
     _model_options(info)
     add_remote_options(info)
 

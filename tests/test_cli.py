@@ -82,6 +82,19 @@ def test_info(tiny_model: Written) -> None:
     assert "--reads direct" in forced.stdout and "threads     1 (--threads)" in forced.stdout
 
 
+def test_info_with_a_draft_plans_what_generate_would(tiny_model: Written) -> None:
+    """The draft model's resident bytes come out of --ram-budget before the target is planned."""
+    alone = json.loads(bloomtui("info", str(tiny_model.path), "--ram-budget", "5MB", "--json").stdout)
+    run = bloomtui("info", str(tiny_model.path), "--ram-budget", "5MB", "--draft", str(tiny_model.path), "--json")
+    assert run.returncode == 0, run.stderr
+    drafted = json.loads(run.stdout)
+    held = drafted["draft"]["resident_bytes"]
+    assert held > 0 and drafted["ram_budget"] == alone["ram_budget"] - held
+    assert alone["draft"] is None
+    lookup = bloomtui("info", str(tiny_model.path), "--draft", "prompt-lookup")
+    assert "draft       prompt-lookup (drafts from the text itself" in lookup.stdout, lookup.stderr
+
+
 def test_demo_model_then_generate(tmp_path: Path) -> None:
     run = bloomtui("demo-model", str(tmp_path / "demo"), "--preset", "tiny", "--layout", "bigscience")
     assert run.returncode == 0, run.stderr
@@ -170,6 +183,7 @@ def test_perplexity_bad_files(tiny_model: Written, tmp_path: Path, which: str, n
         (["generate", "{model}"], "give a PROMPT"),
         (["generate", "{model}", "x", "--prompts", "-"], "not both"),
         (["generate", "{model}", "--max-new-tokens", "2", "x", "y"], "unrecognized arguments: x y"),
+        (["info", "{model}", "--draft", "/no/such/draft"], "/no/such/draft: no such folder"),
         (["generate", "{model}", "x", "--samples", "0"], "--samples must be in 1..256"),
         (["generate", "{model}", "--prompts", "/no/such/prompts.txt"], "no such file"),
         (["generate", "{model}", "--prompts", "-"], "no prompts (one per line)"),

@@ -117,7 +117,7 @@ def generate(args: argparse.Namespace) -> int:
     if draft_spec is not None and args.draft != PROMPT_LOOKUP:
         draft_engine = open_draft(args.draft, options)
         draft_spec = DraftSpec(draft_engine, draft_spec.tokens, draft_spec.tree)
-        options = budget_after_draft(options, draft_engine)
+        options = budget_after_draft(options, draft_engine.model_plan)
     try:
         try:
             engine = Engine.open(args.model, options, on_event=on_event, cancel=cancel)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bloomtui.commands.engine_options import engine_options
+from bloomtui.errors import UsageError
 from bloomtui.openmp import describe_in_effect
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import info_remote
@@ -17,11 +18,19 @@ from bloomtui.sizes import format_size
 def info(args: argparse.Namespace) -> int:
     """`bloomtui info MODEL`: the config, layout, sizes, the plan for a budget and the model's generation defaults."""
     if is_remote_url(args.model):
+        if args.draft:
+            raise UsageError("--draft works with local models only")
         return info_remote(args)
+    from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, draft_plan
     from bloomtui.engine.generate import ModelPlan, prefill_path
     from bloomtui.engine.native import describe as native_describe
 
-    mp = ModelPlan.make(args.model, engine_options(args))
+    options = engine_options(args)
+    draft = None
+    if args.draft is not None and args.draft != PROMPT_LOOKUP:
+        draft = draft_plan(args.draft, options)
+        options = budget_after_draft(options, draft)
+    mp = ModelPlan.make(args.model, options)
     ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
     disk_stream = sum(ckpt.block_nbytes(i) for i in plan.streamed_blocks)
     if not plan.head_resident:
@@ -61,6 +70,7 @@ def info(args: argparse.Namespace) -> int:
         "reads_refused_direct": [str(path) for path in mp.reads.refused],
         "budget_warning": mp.budget_warning,
         "generation_defaults": mp.generation.set_fields(),
+        "draft": _draft_data(args.draft, draft),
     }
     if mp.budget_warning:
         print(f"warning: {mp.budget_warning}", file=sys.stderr)
@@ -89,6 +99,8 @@ def info(args: argparse.Namespace) -> int:
     if defaults:
         listed = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in defaults.items())
         print(f"defaults    {listed} (the model's generation_config.json; options override them)")
+    if args.draft is not None:
+        print(f"draft       {_draft_line(data['draft'], args.ram_budget is not None)}")
     print(f"per block   {format_size(ckpt.block_nbytes())} on disk, {format_size(plan.block_bytes)} in RAM")
     lowered = " (lowered to what this machine can hold)" if mp.budget_warning else ""
     print(f"RAM budget  {format_size(plan.budget)}{lowered}")
@@ -106,6 +118,21 @@ def info(args: argparse.Namespace) -> int:
     if mp.reads.path:
         print(f"reads       {mp.reads.describe()}")
     return 0
+
+
+def _draft_data(name: str | None, draft) -> dict | None:  # noqa: ANN001 - a draft's ModelPlan (imports torch)
+    if name is None:
+        return None
+    if draft is None:
+        return {"name": name, "path": None, "resident_bytes": 0}
+    return {"name": name, "path": str(draft.path), "resident_bytes": draft.plan.total_bytes}
+
+
+def _draft_line(draft: dict, budget_given: bool) -> str:
+    if draft["path"] is None:
+        return f"{draft['name']} (drafts from the text itself: no model, no memory)"
+    where = "taken from --ram-budget" if budget_given else "beside the default budget"
+    return f"{draft['path']}, held resident: {format_size(draft['resident_bytes'])}, {where}"
 
 
 def _ranges(indices: Sequence[int]) -> str:

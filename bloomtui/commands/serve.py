@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
     elif args.draft is not None:
         draft_engine = open_draft(args.draft, options)
         draft = DraftSpec(draft_engine, None, tree)
-        options = budget_after_draft(options, draft_engine)
+        options = budget_after_draft(options, draft_engine.model_plan)
     status = StatusLine()
     try:
         engine = Engine.open(args.model, options, on_event=status)

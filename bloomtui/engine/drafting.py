@@ -325,24 +325,39 @@ def draft_source(model: str | Path) -> str | Path:
     return model
 
 
-def open_draft(model: str | Path, options: EngineOptions) -> OpenModel:
-    """Open a draft model held fully resident (a draft runs K passes per target pass; it must not stream)."""
+def _draft_options(model: str | Path, options: EngineOptions) -> tuple[str | Path, EngineOptions, str]:
+    """(source, options that hold it fully resident, its name) for a draft argument."""
     model = draft_source(model)
     probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
     ckpt = probe.checkpoint
     budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)
-    engine = OpenModel.open(model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads))
+    return model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads), probe.path.name
+
+
+def draft_plan(model: str | Path, options: EngineOptions) -> ModelPlan:
+    """What open_draft would hold, planned without loading a weight (for `info --draft`)."""
+    source, draft_options, name = _draft_options(model, options)
+    plan = ModelPlan.make(source, draft_options)
+    if plan.plan.streams:
+        raise UsageError(f"the draft model {name} does not fit in this machine's RAM")
+    return plan
+
+
+def open_draft(model: str | Path, options: EngineOptions) -> OpenModel:
+    """Open a draft model held fully resident (a draft runs K passes per target pass; it must not stream)."""
+    source, draft_options, name = _draft_options(model, options)
+    engine = OpenModel.open(source, draft_options)
     if engine.model_plan.plan.streams:
         engine.close()
-        raise UsageError(f"the draft model {probe.path.name} does not fit in this machine's RAM")
+        raise UsageError(f"the draft model {name} does not fit in this machine's RAM")
     return engine
 
 
-def budget_after_draft(options: EngineOptions, draft: OpenModel) -> EngineOptions:
+def budget_after_draft(options: EngineOptions, draft: ModelPlan) -> EngineOptions:
     """The draft's resident bytes come out of the RAM budget; without one, each model gets the default."""
     if options.ram_budget is None:
         return options
-    used = draft.model_plan.plan.total_bytes
+    used = draft.plan.total_bytes
     if used >= options.ram_budget:
         raise BudgetError(
             f"the RAM budget {format_size(options.ram_budget)} does not cover the draft model "

@@ -229,7 +229,7 @@ def open_engine(
         on_status(f"opening the draft model {_short_name(spec.draft)}")
         try:
             draft = open_draft(spec.draft, options)
-            options = budget_after_draft(options, draft)  # the draft's bytes count against a given budget
+            options = budget_after_draft(options, draft.model_plan)  # the draft's bytes count against a given budget
         except BloomtuiError as exc:
             draft, draft_error = _close(draft), f"draft {spec.draft}: {exc.message}"
     if spec.demo and options.ram_budget is None:
