@@ -334,12 +334,16 @@ def _draft_options(model: str | Path, options: EngineOptions) -> tuple[str | Pat
     return model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads), probe.path.name
 
 
+def _refuse_streaming(plan: ModelPlan, name: str) -> None:
+    if plan.plan.streams:
+        raise UsageError(f"the draft model {name} does not fit in this machine's RAM")
+
+
 def draft_plan(model: str | Path, options: EngineOptions) -> ModelPlan:
     """What open_draft would hold, planned without loading a weight (for `info --draft`)."""
     source, draft_options, name = _draft_options(model, options)
     plan = ModelPlan.make(source, draft_options)
-    if plan.plan.streams:
-        raise UsageError(f"the draft model {name} does not fit in this machine's RAM")
+    _refuse_streaming(plan, name)
     return plan
 
 
@@ -349,7 +353,7 @@ def open_draft(model: str | Path, options: EngineOptions) -> OpenModel:
     engine = OpenModel.open(source, draft_options)
     if engine.model_plan.plan.streams:
         engine.close()
-        raise UsageError(f"the draft model {name} does not fit in this machine's RAM")
+    _refuse_streaming(engine.model_plan, name)
     return engine
 
 

@@ -193,6 +193,8 @@ def test_no_compiler_falls_back_to_torch_and_says_why(tmp_path, monkeypatch) -> 
 
 
 def test_a_read_only_cache_is_reported_not_raised(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    if native._compiler() is None:
+        pytest.skip("no C compiler: nothing is built, so nothing is kept")
     blocked = tmp_path / "file"
     blocked.write_text("")
     monkeypatch.setenv("BLOOMTUI_CACHE_DIR", str(blocked))  # a file where the cache dir should be
