@@ -29,7 +29,7 @@ from bloomtui.engine.reader import CHUNK_BYTES
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
-_MADV_POPULATE_READ = 22  # Linux >= 5.14; Python's mmap module has no name for it
+MADV_POPULATE_READ = 22  # Linux >= 5.14; Python's mmap module has no name for it
 _PAGE = mmap.PAGESIZE
 _populate_ok: bool | None = None
 
@@ -43,13 +43,32 @@ def populate_supported() -> bool:
         else:
             probe = mmap.mmap(-1, _PAGE)
             try:
-                probe.madvise(_MADV_POPULATE_READ, 0, _PAGE)
+                probe.madvise(MADV_POPULATE_READ, 0, _PAGE)
                 _populate_ok = True
             except OSError:
                 _populate_ok = False
             finally:
                 probe.close()
     return _populate_ok
+
+
+def map_file(fd: int) -> mmap.mmap:
+    """A whole file mapped for streaming, asking for 2 MB pages.
+
+    MADV_HUGEPAGE makes the kernel read a cold file in on faults as 2 MB folios (where its filesystem has
+    large folios) and map them whole, so faulting in a block and unmapping it again walk a few hundred page
+    table entries, not 130,000. Measured on this project's VM, bloom-560m's shape in bf16 with every block and
+    the head mapped, after the page cache was filled by the mapped run itself: warm passes 0.081 s/token with
+    the advice against 0.125 without (the prefetch thread's faulting 7.7 against 29 ms per token, the
+    compute thread's unmapping 6.4 against 18 ms)."""
+    # Private + writable only so torch gets a writable buffer; nothing ever writes to it.
+    mm = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KB pages, as before
+            pass
+    return mm
 
 
 def can_map(ref: TensorRef, dtype: torch.dtype) -> bool:
@@ -72,8 +91,7 @@ class FileMaps:
             except OSError as exc:
                 raise CheckpointError(f"{path}: cannot open ({exc.strerror})") from None
             try:
-                # Private + writable only so torch gets a writable buffer; nothing ever writes to it.
-                mm = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                mm = map_file(fd)
             except (OSError, ValueError) as exc:
                 os.close(fd)
                 raise CheckpointError(f"{path}: cannot map ({exc})") from None
@@ -127,7 +145,7 @@ class FileMaps:
                 raise CancelRequested
             n = min(CHUNK_BYTES, end - pos)
             try:
-                mm.madvise(_MADV_POPULATE_READ, pos, n)
+                mm.madvise(MADV_POPULATE_READ, pos, n)
             except OSError as exc:
                 # EFAULT: a page lies past the end of the file (truncated); EIO and friends: the disk failed.
                 what = "truncated while streaming" if exc.errno == errno.EFAULT else f"read failed ({exc.strerror})"

@@ -201,6 +201,6 @@ def test_read_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch, p
 
 def test_populate_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     engine, model = engine_on("mapped")
-    monkeypatch.setattr("bloomtui.engine.mapped._MADV_POPULATE_READ", -1)  # madvise fails (EINVAL) like a bad disk
+    monkeypatch.setattr("bloomtui.engine.mapped.MADV_POPULATE_READ", -1)  # madvise fails (EINVAL) like a bad disk
     with pytest.raises(CheckpointError, match=rf"{_weights(model)}: read failed"):
         engine.generate("Hello", PARAMS)

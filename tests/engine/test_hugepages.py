@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import psutil
@@ -54,3 +55,40 @@ def test_the_kernel_gives_huge_pages_where_it_can() -> None:
     t.fill_(1)
     assert _anon_huge_kb() - before >= 2048  # at least one 2 MB page of the 64 MB
     del t
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds `address`."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
+            start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+def test_streamed_files_are_mapped_asking_for_huge_pages(tmp_path: Path) -> None:
+    """Without the advice a cold file faulted in through the mapping came in as 4 KB pages here, and every
+    warm token paid for mapping and unmapping them one by one (0.125 against 0.081 s/token)."""
+    import ctypes
+    import mmap
+
+    from bloomtui.engine.mapped import map_file
+
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not Path("/proc/self/smaps").exists():
+        pytest.skip("no transparent huge pages to ask for here")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(8 * 1024 * 1024))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = map_file(fd)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        try:
+            assert "hg" in _vm_flags(address)
+        finally:
+            del address
+            mm.close()
+    finally:
+        os.close(fd)
