@@ -1,96 +1,235 @@
-"""Which cold reader is faster on the disk a model lives on: O_DIRECT or buffered reads, measured once per
-filesystem and cached.
+"""Which cold reader serves a run better on the disk a model lives on, O_DIRECT or the page cache, measured
+once per filesystem while compute runs, and cached.
 
-Direct I/O spares the CPU the copy out of the page cache, which on a desktop NVMe disk is most of a core at
-full speed. But some disks (seen on this project's virtual machines) read much faster through the page
-cache, whose readahead keeps more in flight: there `O_DIRECT` made every cold pass 1.5-2.8x slower. So
-before `auto` streams a model with direct I/O, it reads the same region of one of its files both ways, cache
-dropped first, alternating, and keeps the answer for that filesystem.
+Direct I/O spares the CPU the work of a page-cache read: the copy out of it (pread) or the faults and
+readahead that fill it (a populated mapping). On a 2-core machine that work lands on the cores the multiply
+needs, so a reader's raw speed alone decides badly. Measured on this project's VM on 256 MiB regions of a
+BLOOM-176B-width file, with a bf16 matrix-vector loop on torch's threads beside the reads: pread read 1.6 GB/s
+and slowed the multiply 2.2x, a populated mapping 1.8-2.1 GB/s and 5-7x, O_DIRECT 1.2-1.5 GB/s and 1.1-1.2x.
+Some disks (seen on another of this project's VMs) read much faster through the page cache, whose readahead
+keeps more in flight. So before `auto` streams a model that does not fit in memory, both readers read their own
+cold regions of one of its files, alternating, alone and beside the multiply loop. A run then estimates its
+pass both ways from its own bytes (pass_seconds) and takes direct I/O unless the page cache's pass is clearly
+shorter. The estimate is rough: on that VM it put a 14.8 GB pass at 9.4-12 s direct and 6.5-7.8 s through
+the mapping, where the engine's passes took 6.7-7.5 and 6.3-7.3 s (O_DIRECT reads faster in long runs than in
+short samples there).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from bloomtui.engine.direct import ALIGN, DirectReader, Span, aligned_buffer
+from bloomtui.engine.mapped import MADV_POPULATE_READ, map_file
 from bloomtui.engine.profile_cache import kept_or_measured
 from bloomtui.errors import BloomtuiError
 
 SAMPLE_BYTES = 256 * 1024 * 1024
-"""Bytes read per measurement: long enough to get past a disk's first burst, under a second on most disks."""
-_ROUNDS = 3
+"""Bytes read per measurement: long enough to get past a disk's first burst; the 8 measurements took 3 s here."""
+CACHED_READERS = ("mapped", "buffered")
+"""The page-cache readers a run uses (read_choice.PATHS): populating a mapping, or pread into buffers."""
+DIRECT_MARGIN = 1.25
+"""Direct I/O is taken unless the page cache's estimated pass is this much shorter: the estimate leaves out
+what the page cache costs besides, the user's other programs' files it pushes out and its spread (passes of
+that 14.8 GB model took 7.1-13 s through the mapping before it asked for 2 MB pages, 6.3-6.7 s direct)."""
+_ROUNDS = 2
 _MIN_SAMPLE = 32 * 1024 * 1024
+_CHUNK = 32 * 1024 * 1024
+_LOAD_SHAPE = (4096, 8192)
+"""The multiply beside the reads: a 64 MiB bf16 matrix times one row, far bigger than any cache, as decoding."""
 
 
 @dataclass(frozen=True)
 class DiskProfile:
+    cached_reader: str
+    """Which page-cache reader was measured (CACHED_READERS)."""
     direct_gbps: float
-    buffered_gbps: float
+    """Read speed alone ..."""
+    cached_gbps: float
+    direct_loaded_gbps: float
+    """... and while the multiply runs ..."""
+    cached_loaded_gbps: float
+    direct_slowdown: float
+    """... and the multiply's time while each reader reads, ÷ its time alone."""
+    cached_slowdown: float
+    compute_gbps: float
+    """Weight bytes per second the multiply runs through alone."""
 
-    @property
-    def prefer_direct(self) -> bool:
-        """Direct I/O unless it reads clearly slower than the page cache here (it saves the CPU a copy)."""
-        return self.direct_gbps >= 0.8 * self.buffered_gbps
+    def pass_seconds(self, streamed: int, computed: int, direct: bool) -> float:
+        """A pass reading `streamed` bytes and multiplying by `computed` bytes of weights: compute runs beside
+        the reads (slowed as measured, the reads slowed too), then what is left to read reads alone."""
+        alone, loaded, slowdown = (
+            (self.direct_gbps, self.direct_loaded_gbps, self.direct_slowdown)
+            if direct
+            else (self.cached_gbps, self.cached_loaded_gbps, self.cached_slowdown)
+        )
+        compute = computed / (self.compute_gbps * 1e9) * slowdown
+        left = max(0.0, streamed - compute * loaded * 1e9)
+        return compute + left / (alone * 1e9)
 
-    def describe(self) -> str:
-        return f"cold reads here: O_DIRECT {self.direct_gbps:.2f} GB/s, buffered {self.buffered_gbps:.2f} GB/s"
+    def prefer_direct(self, streamed: int, computed: int) -> bool:
+        direct = self.pass_seconds(streamed, computed, True)
+        return direct <= DIRECT_MARGIN * self.pass_seconds(streamed, computed, False)
+
+    def describe(self, streamed: int, computed: int) -> str:
+        direct, cached = (self.pass_seconds(streamed, computed, d) for d in (True, False))
+        return (
+            f"estimated pass {direct:.2f} s direct, {cached:.2f} s through the page cache (measured here, alone "
+            f"and beside compute: O_DIRECT {self.direct_gbps:.2f} and {self.direct_loaded_gbps:.2f} GB/s, "
+            f"compute {self.direct_slowdown:.2f}x; {self.cached_reader} {self.cached_gbps:.2f} and "
+            f"{self.cached_loaded_gbps:.2f} GB/s, compute {self.cached_slowdown:.2f}x)"
+        )
 
 
-def _drop(fd: int, length: int) -> None:
-    os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+def _drop(fd: int, offset: int, length: int) -> None:
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def _buffered(path: Path, length: int, buffer: memoryview) -> float:
+def _read_buffered(path: Path, offset: int, length: int, target: torch.Tensor) -> None:
+    chunk = memoryview(target[:_CHUNK].numpy())
     fd = os.open(path, os.O_RDONLY)
     try:
-        _drop(fd, length)
-        start = time.perf_counter()
-        for offset in range(0, length, len(buffer)):
-            os.preadv(fd, [buffer[: min(len(buffer), length - offset)]], offset)
-        seconds = time.perf_counter() - start
-        _drop(fd, length)  # leave the cache as it was
-        return seconds
+        for at in range(offset, offset + length, _CHUNK):
+            os.preadv(fd, [chunk[: min(_CHUNK, offset + length - at)]], at)
+            _drop(fd, at, _CHUNK)  # as a run that cannot keep the model cached does
     finally:
         os.close(fd)
 
 
-def _direct(path: Path, length: int, buffer) -> float:  # noqa: ANN001 - an aligned uint8 tensor
+def _read_mapped(path: Path, offset: int, length: int, _target: torch.Tensor) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with map_file(fd) as mm:
+            for at in range(offset, offset + length, _CHUNK):
+                n = min(_CHUNK, offset + length - at)
+                mm.madvise(MADV_POPULATE_READ, at, n)
+                mm.madvise(mmap.MADV_DONTNEED, at, n)
+                _drop(fd, at, n)
+    finally:
+        os.close(fd)
+
+
+def _read_direct(path: Path, offset: int, length: int, target: torch.Tensor) -> None:
     reader = DirectReader({path: True}, drop_cache=False)
     try:
-        start = time.perf_counter()
-        reader.read_spans([Span(path, 0, length, 0, length)], buffer, lambda: False)
-        return time.perf_counter() - start
+        reader.read_spans([Span(path, offset, length, 0, length)], target, lambda: False)
     finally:
         reader.close()
 
 
-def measure(path: Path) -> DiskProfile | None:
-    """Both readers on the first SAMPLE_BYTES of `path`, alternating; None if the file is too small to tell."""
+class _Multiply:
+    """A decode-like multiply on torch's threads, timed alone and beside a read."""
+
+    def __init__(self) -> None:
+        self.weight = torch.randn(_LOAD_SHAPE).to(torch.bfloat16)
+        self.row = torch.randn(1, _LOAD_SHAPE[1]).to(torch.bfloat16)
+        self.once()  # first-touch and kernel selection are not compute time
+        self.alone = statistics.median(self._timed(1) for _ in range(9))
+
+    def once(self) -> None:
+        F.linear(self.row, self.weight)
+
+    def _timed(self, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            self.once()
+        return (time.perf_counter() - start) / n
+
+    @property
+    def gbps(self) -> float:
+        return self.weight.nbytes / self.alone / 1e9
+
+    def beside(self, read: Callable[[], None]) -> tuple[float, float]:
+        """(seconds `read` took, the multiply's time ÷ alone) with the multiply running until it ends."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def reading() -> None:
+            try:
+                read()
+            except BaseException as exc:  # handed back to the measuring thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=reading, name="bloomtui-disk-profile", daemon=True)
+        thread.start()
+        count = 0
+        while not done.is_set():
+            self.once()
+            count += 1
+        seconds = time.perf_counter() - start
+        thread.join()
+        if failure:
+            raise failure[0]
+        return seconds, seconds / max(1, count) / self.alone
+
+
+def measure(path: Path, cached_reader: str = "mapped") -> DiskProfile | None:
+    """Both readers on cold regions of `path`, alternating, alone and beside the multiply; None if the file is too
+    small to tell. Each measurement reads its own region where the file is long enough (a region read once
+    may stay cached below this machine, in a VM's host)."""
     length = min(SAMPLE_BYTES, path.stat().st_size) // ALIGN * ALIGN
     if length < _MIN_SAMPLE or not hasattr(os, "posix_fadvise"):
         return None
+    regions = max(1, path.stat().st_size // length)
     target = aligned_buffer(length)
     target.fill_(0)  # fault the pages in: page faults are not read time
-    chunk = memoryview(target[: 32 * 1024 * 1024].numpy())
-    direct, buffered = [], []
-    for _ in range(_ROUNDS):
-        buffered.append(length / _buffered(path, length, chunk) / 1e9)
-        direct.append(length / _direct(path, length, target) / 1e9)
-    return DiskProfile(statistics.median(direct), statistics.median(buffered))
+    multiply = _Multiply()
+    cached_read = _read_mapped if cached_reader == "mapped" else _read_buffered
+    results: dict[tuple[bool, bool], list[tuple[float, float]]] = {}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for n in range(4 * _ROUNDS):
+            direct, loaded = n % 2 == 1, n % 4 >= 2
+            offset = n % regions * length
+            _drop(fd, offset, length)  # cold, as a model that does not fit in memory always is
+            read = _read_direct if direct else cached_read
+            if loaded:
+                seconds, slowdown = multiply.beside(lambda r=read, o=offset: r(path, o, length, target))
+            else:
+                start = time.perf_counter()
+                read(path, offset, length, target)
+                seconds, slowdown = time.perf_counter() - start, 1.0
+            _drop(fd, offset, length)  # leave the cache as it was
+            results.setdefault((direct, loaded), []).append((length / seconds / 1e9, slowdown))
+    finally:
+        os.close(fd)
+
+    def median(direct: bool, loaded: bool, i: int = 0) -> float:
+        return statistics.median(r[i] for r in results[direct, loaded])
+
+    return DiskProfile(
+        cached_reader,
+        direct_gbps=median(True, False),
+        cached_gbps=median(False, False),
+        direct_loaded_gbps=median(True, True),
+        cached_loaded_gbps=median(False, True),
+        direct_slowdown=median(True, True, 1),
+        cached_slowdown=median(False, True, 1),
+        compute_gbps=multiply.gbps,
+    )
 
 
-def disk_profile(path: Path) -> DiskProfile | None:
+def disk_profile(path: Path, cached_reader: str = "mapped") -> DiskProfile | None:
     """The cached profile of `path`'s filesystem, measured on `path` the first time (None: could not tell)."""
 
     def measured() -> DiskProfile | None:
         try:
-            return measure(path)
-        except (OSError, BloomtuiError):  # O_DIRECT refused, or the file went away: nothing to choose between
+            return measure(path, cached_reader)
+        except (OSError, ValueError, BloomtuiError):  # O_DIRECT refused, the file went away: nothing to choose
             return None
 
-    key = f"device {os.stat(path).st_dev} | {os.uname().release}"
+    key = f"device {os.stat(path).st_dev} | {os.uname().release} | {cached_reader} | {torch.get_num_threads()} threads"
     return kept_or_measured("disk-profile.json", key, DiskProfile, measured)

@@ -2,8 +2,9 @@
 
 Where the streamed set cannot stay in the page cache (the model does not fit in free memory beside our own:
 every BLOOM-176B token), caching it only evicts what the next pass needs and the user's other programs,
-and each buffered byte costs a CPU copy: direct I/O (direct.py) reads it by DMA instead, unless this disk
-was measured to read clearly faster through the page cache (disk_profile.py). Where it can stay,
+and each byte read through the cache costs the cores a copy or a fault: direct I/O (direct.py) reads it by
+DMA instead, unless a pass of this model was estimated clearly faster through the page cache from this disk's
+readers measured beside compute (disk_profile.py). Where it can stay,
 the page cache serves warm passes at memory speed, and tensors already stored in the compute dtype are used
 from mapped pages with no copy at all (mapped.py); other tensors are read with pread and converted.
 """
@@ -21,6 +22,7 @@ from bloomtui.engine.disk_profile import disk_profile
 from bloomtui.engine.mapped import FileMaps, can_map
 from bloomtui.engine.memory_guard import available_memory
 from bloomtui.engine.residency import ResidencyPlan, ram_dtype, streamed_refs
+from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
 
@@ -79,20 +81,31 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
         mode = "direct"
         reason = f"the model's files and budget ({format_size(need)}) exceed free memory ({format_size(available)})"
     files = {ref.path for ref in refs}
+    cached = _cached_reader(refs, files, dtype)
     if requested in (None, "auto") and mode == "direct":
-        profile = disk_profile(max(files, key=lambda path: path.stat().st_size))
+        largest = max(files, key=lambda path: path.stat().st_size)
+        profile = disk_profile(largest, cached)
         if profile is not None:
-            reason += f"; {profile.describe()}"
-            if not profile.prefer_direct:
+            streamed = sum(ref.nbytes for ref in refs)
+            # Every weight is multiplied once a pass: the files' bytes are close enough (int8/int4 scales,
+            # BLOOM's tied head counted once).
+            computed = checkpoint.total_file_bytes
+            reason += f"; {profile.describe(streamed, computed)}"
+            if not profile.prefer_direct(streamed, computed):
                 mode = "cached"
                 reason += ", so through the page cache, dropped after use"
     if mode == "direct":
         refused = tuple(sorted(path for path in files if not probe_direct(path)))
         in_place = all(ram_dtype(ref, dtype) == ref.dtype and viewable(ref) for ref in refs)
         return ReadChoice("direct" if in_place else "direct-staged", not fits, reason, refused)
+    return ReadChoice(cached, not fits, reason)
+
+
+def _cached_reader(refs: list[TensorRef], files: set[Path], dtype: torch.dtype) -> str:
+    """The page-cache path for these streamed tensors: mapped where all can be used in place, else buffered."""
     maps = FileMaps(drop_cache=False)
     try:
         mapped = all(can_map(ref, ram_dtype(ref, dtype)) for ref in refs) and maps.can_lease(files)
     finally:
         maps.close()
-    return ReadChoice("mapped" if mapped else "buffered", not fits, reason)
+    return "mapped" if mapped else "buffered"

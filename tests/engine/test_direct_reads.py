@@ -17,7 +17,7 @@ from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.direct import ALIGN, DirectReader, Piece, span_layout
 from bloomtui.engine.disk_profile import DiskProfile, disk_profile
 from bloomtui.engine.loader import direct_layouts, slot_extra
-from bloomtui.engine.read_choice import choose_reads
+from bloomtui.engine.read_choice import ReadChoice, choose_reads
 from bloomtui.engine.residency import minimum_budget, plan_residency, streamed_refs
 from bloomtui.engine.tensorfile import TensorRef
 from bloomtui.errors import UsageError
@@ -223,14 +223,25 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
         available = ckpt.total_file_bytes // 2
 
     monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)  # too small to measure
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: None)  # too small
     choice = choose_reads(ckpt, plan, torch.float32, "auto")
     assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: DiskProfile(1.9, 2.0))
-    assert choose_reads(ckpt, plan, torch.float32, "auto").direct  # about as fast: direct saves the copy
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: DiskProfile(0.7, 2.0))
-    slow = choose_reads(ckpt, plan, torch.float32, "auto")
-    assert not slow.direct and slow.drop_cache and "O_DIRECT 0.70 GB/s, buffered 2.00 GB/s" in slow.reason
+
+    def profiled(direct_gbps: float, cached_gbps: float, cached_slowdown: float, compute_gbps: float) -> ReadChoice:
+        profile = DiskProfile(
+            "mapped", direct_gbps, cached_gbps, direct_gbps, cached_gbps, 1.1, cached_slowdown, compute_gbps
+        )
+        monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: profile)
+        return choose_reads(ckpt, plan, torch.float32, "auto")
+
+    # Compute-bound (1e-6 GB/s): the pass goes as each reader slows compute, so the slower reader can win.
+    assert profiled(0.7, 2.0, cached_slowdown=2.0, compute_gbps=1e-6).direct
+    # Read-bound: as each reader reads beside compute; about as fast keeps direct I/O (it spares the cache).
+    assert profiled(1.9, 2.0, cached_slowdown=2.0, compute_gbps=1e6).direct
+    slow = profiled(0.7, 2.0, cached_slowdown=2.0, compute_gbps=1e6)
+    assert not slow.direct and slow.drop_cache and slow.path in ("mapped", "buffered")
+    assert "O_DIRECT 0.70 and 0.70 GB/s, compute 1.10x; mapped 2.00 and 2.00 GB/s, compute 2.00x" in slow.reason
+    assert "through the page cache, dropped after use" in slow.reason
     assert choose_reads(ckpt, plan, torch.float32, "direct").direct  # forcing it still forces it
     forced = choose_reads(ckpt, plan, torch.float32, "cached")
     assert not forced.direct and forced.drop_cache  # what is cached is dropped again: it cannot stay
@@ -270,14 +281,18 @@ def test_the_disk_is_measured_once_per_filesystem(tmp_path: Path, monkeypatch: p
     sample = tmp_path / "weights.bin"
     sample.write_bytes(os.urandom(32 * 1024 * 1024))
     evict(sample)  # written back and dropped: cold, as a model's files are
-    first = disk_profile(sample)
+    first = disk_profile(sample, "mapped")
     if first is None:
         pytest.skip("this file system refuses O_DIRECT: there is nothing to measure")
-    assert first.direct_gbps > 0 and first.buffered_gbps > 0
-    monkeypatch.setattr(module, "measure", lambda _path: pytest.fail("measured twice"))
-    assert disk_profile(sample) == first
+    assert first.cached_reader == "mapped" and first.direct_gbps > 0 and first.cached_gbps > 0
+    assert first.direct_loaded_gbps > 0 and first.cached_loaded_gbps > 0 and first.compute_gbps > 0
+    assert first.direct_slowdown > 0 and first.cached_slowdown > 0
+    buffered = module.measure(sample, "buffered")  # the other page-cache reader, as a converting run reads
+    assert buffered is not None and buffered.cached_reader == "buffered" and buffered.cached_gbps > 0
+    monkeypatch.setattr(module, "measure", lambda *_args: pytest.fail("measured twice"))
+    assert disk_profile(sample, "mapped") == first
     assert cached_pages(sample)[0] == 0  # the measurement leaves the sample out of the page cache
-    assert disk_profile(tmp_path / "cache" / "disk-profile.json") == first  # another file of the same file system
+    assert disk_profile(tmp_path / "cache" / "disk-profile.json", "mapped") == first  # same file system
 
 
 def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,6 +322,6 @@ def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch
         available, total = ckpt.total_file_bytes // 2, 2**40
 
     monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path: None)
+    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: None)
     auto = ModelPlan.make(model, EngineOptions(ram_budget=least))
     assert not auto.reads.direct and "aligned buffers" in auto.reads.reason and auto.plan.total_bytes <= least
