@@ -5,14 +5,12 @@ Direct I/O spares the CPU the work of a page-cache read: the copy out of it (pre
 readahead that fill it (a populated mapping). On a 2-core machine that work lands on the cores the multiply
 needs, so a reader's raw speed alone decides badly. Measured on this project's VM on 256 MiB regions of a
 BLOOM-176B-width file, with a bf16 matrix-vector loop on torch's threads beside the reads: pread read 1.6 GB/s
-and slowed the multiply 2.2x, a populated mapping 1.8-2.1 GB/s and 5-7x, O_DIRECT 1.2-1.5 GB/s and 1.1-1.2x.
-Some disks (seen on another of this project's VMs) read much faster through the page cache, whose readahead
-keeps more in flight. So before `auto` streams a model that does not fit in memory, both readers read their own
-cold regions of one of its files, alternating, alone and beside the multiply loop. A run then estimates its
-pass both ways from its own bytes (pass_seconds) and takes direct I/O unless the page cache's pass is clearly
-shorter. The estimate is rough: on that VM it put a 14.8 GB pass at 9.4-12 s direct and 6.5-7.8 s through
-the mapping, where the engine's passes took 6.7-7.5 and 6.3-7.3 s (O_DIRECT reads faster in long runs than in
-short samples there).
+and slowed the multiply 2.2x, a populated mapping 2.2 GB/s and 1.2x (5-7x while mapped.py still faulted
+through mmap.madvise, which holds the GIL), O_DIRECT 1.5 GB/s and 1.2x. Some disks (seen on another of this
+project's VMs) read much faster through the page cache, whose readahead keeps more in flight. So before `auto`
+streams a model that does not fit in memory, both readers read their own cold regions of one of its files,
+alternating, alone and beside the multiply loop. A run then estimates its pass both ways from its own bytes
+(pass_seconds) and takes direct I/O unless the page cache's pass is clearly shorter.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bloomtui.engine.direct import ALIGN, DirectReader, Span, aligned_buffer
-from bloomtui.engine.mapped import MADV_POPULATE_READ, map_file
+from bloomtui.engine.mapped import MADV_POPULATE_READ, Mapping
 from bloomtui.engine.profile_cache import kept_or_measured
 from bloomtui.errors import BloomtuiError
 
@@ -38,10 +36,12 @@ SAMPLE_BYTES = 256 * 1024 * 1024
 """Bytes read per measurement: long enough to get past a disk's first burst; the 8 measurements took 3 s here."""
 CACHED_READERS = ("mapped", "buffered")
 """The page-cache readers a run uses (read_choice.PATHS): populating a mapping, or pread into buffers."""
-DIRECT_MARGIN = 1.25
-"""Direct I/O is taken unless the page cache's estimated pass is this much shorter: the estimate leaves out
-what the page cache costs besides, the user's other programs' files it pushes out and its spread (passes of
-that 14.8 GB model took 7.1-13 s through the mapping before it asked for 2 MB pages, 6.3-6.7 s direct)."""
+DIRECT_MARGIN = 1.5
+"""Direct I/O is taken unless the page cache's estimated pass is this much shorter, for what the estimate
+leaves out. Short samples understate O_DIRECT here: 1.5 GB/s in 256 MiB, 1.9 in 2 GiB, 2.1-2.3 over whole
+passes. And a model that does not fit in memory puts the page cache under pressure, which no sample sees:
+passes of a 14.8 GB model with 9.9 GB of budget took 6.3-16.6 s through the mapping (one pass's compute
+stalled 12 s, against 0.6 alone) and 6.3-10.4 s direct, where the estimate said 6.3 and 9.3 s."""
 _ROUNDS = 2
 _MIN_SAMPLE = 32 * 1024 * 1024
 _CHUNK = 32 * 1024 * 1024
@@ -109,11 +109,11 @@ def _read_buffered(path: Path, offset: int, length: int, target: torch.Tensor) -
 def _read_mapped(path: Path, offset: int, length: int, _target: torch.Tensor) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        with map_file(fd) as mm:
+        with Mapping(fd) as mm:
             for at in range(offset, offset + length, _CHUNK):
                 n = min(_CHUNK, offset + length - at)
-                mm.madvise(MADV_POPULATE_READ, at, n)
-                mm.madvise(mmap.MADV_DONTNEED, at, n)
+                mm.advise(MADV_POPULATE_READ, at, n)
+                mm.advise(mmap.MADV_DONTNEED, at, n)
                 _drop(fd, at, n)
     finally:
         os.close(fd)

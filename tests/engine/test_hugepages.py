@@ -75,7 +75,7 @@ def test_streamed_files_are_mapped_asking_for_huge_pages(tmp_path: Path) -> None
     import ctypes
     import mmap
 
-    from bloomtui.engine.mapped import map_file
+    from bloomtui.engine.mapped import Mapping
 
     if not hasattr(mmap, "MADV_HUGEPAGE") or not Path("/proc/self/smaps").exists():
         pytest.skip("no transparent huge pages to ask for here")
@@ -83,12 +83,35 @@ def test_streamed_files_are_mapped_asking_for_huge_pages(tmp_path: Path) -> None
     path.write_bytes(bytes(8 * 1024 * 1024))
     fd = os.open(path, os.O_RDONLY)
     try:
-        mm = map_file(fd)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-        try:
+        with Mapping(fd) as mapping:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(mapping.mm))
             assert "hg" in _vm_flags(address)
-        finally:
-            del address
-            mm.close()
+    finally:
+        os.close(fd)
+
+
+def test_advice_goes_to_the_kernel_and_its_errors_come_back(tmp_path: Path) -> None:
+    """Mapping.advise calls libc's madvise (it lets go of the GIL, mmap.madvise does not): a bad advice is the
+    kernel's EINVAL, a start outside the file is refused before any call, and a length past the end is cut."""
+    import errno
+    import mmap
+
+    from bloomtui.engine import mapped
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(3 * mmap.PAGESIZE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mapped.Mapping(fd) as mapping:
+            assert mapped._madvise is not None  # Linux's libc has madvise: the GIL-free path is the one tested
+            mapping.advise(mmap.MADV_DONTNEED, mmap.PAGESIZE, 10**9)  # cut to the file's last two pages
+            if mapped.populate_supported():
+                mapping.advise(mapped.MADV_POPULATE_READ, 0, 3 * mmap.PAGESIZE)
+                assert mapping.mm[0] == 0
+            with pytest.raises(OSError) as bad:
+                mapping.advise(-1, 0, mmap.PAGESIZE)
+            assert bad.value.errno == errno.EINVAL
+            with pytest.raises(ValueError, match="out of bounds"):
+                mapping.advise(mmap.MADV_DONTNEED, 3 * mmap.PAGESIZE, mmap.PAGESIZE)
     finally:
         os.close(fd)
