@@ -81,8 +81,8 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
         mode = "direct"
         reason = f"the model's files and budget ({format_size(need)}) exceed free memory ({format_size(available)})"
     files = {ref.path for ref in refs}
-    cached = _cached_reader(refs, files, dtype)
-    if requested in (None, "auto") and mode == "direct":
+    cached = None if mode == "direct" and requested not in (None, "auto") else _cached_reader(refs, files, dtype)
+    if cached is not None and mode == "direct":
         largest = max(files, key=lambda path: path.stat().st_size)
         profile = disk_profile(largest, cached)
         if profile is not None:
@@ -98,6 +98,7 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
         refused = tuple(sorted(path for path in files if not probe_direct(path)))
         in_place = all(ram_dtype(ref, dtype) == ref.dtype and viewable(ref) for ref in refs)
         return ReadChoice("direct" if in_place else "direct-staged", not fits, reason, refused)
+    assert cached is not None
     return ReadChoice(cached, not fits, reason)
 
 
