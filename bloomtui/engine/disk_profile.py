@@ -113,6 +113,7 @@ def _read_mapped(path: Path, offset: int, length: int, _target: torch.Tensor) ->
             for at in range(offset, offset + length, _CHUNK):
                 n = min(_CHUNK, offset + length - at)
                 mm.advise(MADV_POPULATE_READ, at, n)
+                mm.touch(at, n)  # as FileMaps.populate does with pages it read from the disk
                 mm.advise(mmap.MADV_DONTNEED, at, n)
                 _drop(fd, at, n)
     finally:
