@@ -19,6 +19,7 @@ import ctypes
 import errno
 import mmap
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,11 @@ from bloomtui.errors import CancelRequested, CheckpointError
 
 MADV_POPULATE_READ = 22  # Linux >= 5.14; Python's mmap module has no name for it
 _PAGE = mmap.PAGESIZE
+CACHED_MAP_RATE = 20e9
+CACHED_MAP_SECONDS = 50e-6
+"""A populate that took longer than CACHED_MAP_SECONDS + its bytes / CACHED_MAP_RATE waited for the disk. Pages
+found in the page cache are only mapped: 1 GiB of 2 MB folios in 0.2 ms here, 32 MiB of 4 KB pages well under
+1 ms, a few pages in the time of a system call; a disk reads at 0.5-7 GB/s, and no read from it returns in 50 us."""
 _populate_ok: bool | None = None
 
 
@@ -101,7 +107,7 @@ class Mapping:
         reporting, so memory the guest frees goes back to the host) a multiply over freshly populated
         BLOOM-176B-width matrices ran at 0.4-1.5 s against 0.08 s once touched. Compute paid it, on both
         OpenMP threads, stalling every cold pass through the page cache 3-12x. Touched here, by the prefetch
-        thread, it is paid beside compute instead; elsewhere it costs a cache miss a page (3.5 ms a GiB here)."""
+        thread, it is paid beside compute instead (FileMaps.populate, for what it read from the disk)."""
         length = min(length, self.size - start)
         if length > 0:
             torch.frombuffer(self.mm, dtype=torch.uint8, count=length, offset=start)[::_PAGE].sum()
@@ -127,6 +133,13 @@ def _libc_madvise():  # noqa: ANN202 - a ctypes function, or None where libc has
 
 
 _madvise = _libc_madvise()
+
+
+def read_from_disk(seconds: float, nbytes: int) -> bool:
+    """Whether a populate of `nbytes` that took `seconds` waited for the disk (so its pages are fresh to this
+    machine and worth touching before compute does). Touching pages already cached and touched costs more than
+    nothing: on every chunk of a warm bloom-560m-shape pass it added 20 ms to a 0.077 s token here."""
+    return seconds > CACHED_MAP_SECONDS + nbytes / CACHED_MAP_RATE
 
 
 def can_map(ref: TensorRef, dtype: torch.dtype) -> bool:
@@ -203,10 +216,11 @@ class FileMaps:
                 raise CancelRequested
             n = min(CHUNK_BYTES, end - pos)
             try:
+                began = time.perf_counter()
                 mm.advise(MADV_POPULATE_READ, pos, n)
-                # Touched here, not first by compute (see Mapping.touch; cached pages cost 3.5 ms a GiB), unless
-                # a program waits to write the file: compute's lease check then ends the run untouched.
-                if not (fd in self._leased and lease_broken(fd)):
+                if read_from_disk(time.perf_counter() - began, n) and not (fd in self._leased and lease_broken(fd)):
+                    # Touched here, not first by compute (Mapping.touch); not if a program waits to write the
+                    # file: compute's lease check then ends the run before anything touches these pages.
                     mm.touch(pos, n)
             except (OSError, ValueError) as exc:
                 # EFAULT: a page lies past the end of the file (truncated); EIO and friends: the disk failed.
