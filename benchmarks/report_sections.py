@@ -402,7 +402,7 @@ def quality_goals(get: Lookup) -> list[Goal]:
 
 
 def quality_section(get: Lookup, raw: dict) -> list[str]:
-    from benchmarks.worker import QUALITY_PROMPT
+    from benchmarks.worker_resident import QUALITY_PROMPT
 
     base = get.run("quality", QUALITY_NAMES["bf16"])
     chars = raw["settings"].get("quality_chars")
