@@ -39,9 +39,11 @@ CACHED_READERS = ("mapped", "buffered")
 DIRECT_MARGIN = 1.5
 """Direct I/O is taken unless the page cache's estimated pass is this much shorter, for what the estimate
 leaves out. Short samples understate O_DIRECT here: 1.5 GB/s in 256 MiB, 1.9 in 2 GiB, 2.1-2.3 over whole
-passes. And a model that does not fit in memory puts the page cache under pressure, which no sample sees:
-passes of a 14.8 GB model with 9.9 GB of budget took 6.3-16.6 s through the mapping (one pass's compute
-stalled 12 s, against 0.6 alone) and 6.3-10.4 s direct, where the estimate said 6.3 and 9.3 s."""
+passes. And a run cycling a model bigger than memory through the page cache gets fresh memory for it every
+pass, which the samples (reusing what they just freed) do not: where the host backs guest memory lazily, as
+on this project's VM, the first touch of such pages costs more than their read (mapped.Mapping.touch). Passes
+of a 14.8 GB model with 9.9 GB of budget took 8.0 s through the mapping and 6.4 s direct, where the estimate
+said 6.3 and 6.6 s."""
 _ROUNDS = 2
 _MIN_SAMPLE = 32 * 1024 * 1024
 _CHUNK = 32 * 1024 * 1024
