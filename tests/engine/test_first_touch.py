@@ -47,9 +47,13 @@ def test_populate_touches_what_it_read_from_the_disk(tmp_path: Path, monkeypatch
         maps.populate(ref, 0, len(data), lambda: False)
         assert (0, CHUNK) in touched  # the readahead of an earlier chunk may have read a later one
         assert bytes(maps.view(ref).numpy()) == data
+        warm = []
+        for _ in range(3):  # a populate preempted on a loaded machine may look slow once; not three times
+            touched.clear()
+            maps.populate(ref, 0, len(data), lambda: False)
+            warm.append(list(touched))
+        assert [] in warm, warm
         touched.clear()
-        maps.populate(ref, 0, len(data), lambda: False)
-        assert touched == []
         if not mapped.lease_supported(maps._map(path)[0]):
             pytest.skip("no leases on this file system")
         maps.hold_leases({path})
