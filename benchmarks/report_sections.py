@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 from benchmarks import projection as proj
+from benchmarks.report_format import num as _s
+from benchmarks.report_format import ratio as _r
 from bloomtui.sizes import format_size
 
 Goal = tuple[str, str, str, bool | None]
@@ -18,18 +20,6 @@ NOT_SLOWER = 1.05  # "not slower than today", with 5% for a shared machine's noi
 CANCEL_TARGET = 1.0
 PPL_TARGETS = {"int8": 1.01, "int4": 1.06}
 DESKTOP_GFLOPS = (150, 300, 600)
-
-
-def _s(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.{digits}g}"
-
-
-def _r(x: float | None) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}x"
 
 
 def agreement(ids: list[int] | None, ref: list[int] | None) -> str:
