@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.checkpoints import ensure, full_specs
 from benchmarks.common import RESULT_TAG, commit_stamp, cpu_summary, long_prompt, peak_rss, update_section
-from benchmarks.run import BLOOMTUI_ENV, DEFAULT_WORK, REPO
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, REPO
 
 BEGIN, END = "<!-- batch:begin -->", "<!-- batch:end -->"
 SETTINGS = {"resident": (None, None), "streamed warm": ("quarter", "cached"), "streamed cold": ("quarter", "direct")}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
 from benchmarks.common import commit_stamp, cpu_summary, update_section
-from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 
 BEGIN, END = "<!-- busy:begin -->", "<!-- busy:end -->"
 SETUPS = ("quiet", "busy, fixed team", "busy, sized team")

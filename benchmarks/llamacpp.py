@@ -44,8 +44,8 @@ from benchmarks.common import (
     update_section,
     weight_files,
 )
+from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
 from benchmarks.memlimit import unavailable
-from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
 
 BEGIN, END = "<!-- llamacpp:begin -->", "<!-- llamacpp:end -->"
 PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.checkpoints import ModelSpec, PreparedSpec, ensure, ensure_prepared, full_specs, quick_specs
 from benchmarks.common import commit_stamp, cpu_summary, evict, update_section, weight_files
-from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from bloomtui import demo
 from bloomtui.sizes import format_size
 

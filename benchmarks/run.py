@@ -10,57 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
 from benchmarks import checkpoints
-from benchmarks.common import RESULT_TAG, evict, weight_files
-from benchmarks.memlimit import memory_limit
+from benchmarks.common import evict, weight_files
+from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, QUICK_ENV, REPO, Job, env_label, run_job
 from bloomtui import demo_models
-from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_WORK = Path("/tmp/bloomtui-bench")
-BIG_BUDGET = 1 << 40  # "everything resident"
-# The bloomtui CLI and app set these before torch loads (bloomtui/openmp.py: a short OpenMP spin, which on a
-# busy 2-core machine is worth several x); the engine API alone does not, so bloomtui's runs get them here as
-# its users do. transformers runs once without them (as its users run it) and once with them.
-BLOOMTUI_ENV = dict(OPENMP_DEFAULTS)
-
-
-# Quick mode runs two contenders at once; one thread each keeps them from fighting over the 2 cores.
-QUICK_ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def _env_label(env: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in env.items())
-
-
-@dataclass
-class Job:
-    name: str
-    group: str
-    args: list[str]
-    repeats: int
-    timeout: float
-    env: dict[str, str] = field(default_factory=dict)
-    memory_limit: int | None = None
-    """Bytes: the process runs under a memory cgroup of this limit (memlimit.py)."""
-    runs: list[dict] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def command(self) -> str:
-        env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
-        return " ".join([*env, *(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.worker", *self.args])])
 
 
 @dataclass(frozen=True)
@@ -130,7 +92,7 @@ def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Jo
     least = ["--model", str(seed), "--budget", "min"]
     seed_args = ["--model", str(seed), "--dtype", "bfloat16"]
     offload_args = ["--budget", str(quarter), "--offload-folder", str(offload)]
-    passive = f"transformers, {_env_label(BLOOMTUI_ENV)}"
+    passive = f"transformers, {env_label(BLOOMTUI_ENV)}"
     jobs = [
         job("transformers", "bf16", ["hf", *b16, "--dtype", "bfloat16"]),
         job(passive, "bf16", ["hf", *b16, "--dtype", "bfloat16"], env=BLOOMTUI_ENV),
@@ -297,37 +259,6 @@ def quality_jobs(models: dict[str, Path], s: Settings) -> list[Job]:
         Job(f"trained {name}", "quality", ["ppl", "--model", str(models[key]), *args], 1, s.timeout, env)
         for name, key in (("bf16 (as shipped)", "trained"), ("int8", "trained_int8"), ("int4", "trained_int4"))
     ]
-
-
-def limited(job: Job):  # noqa: ANN201 - a context manager yielding a preexec_fn or None
-    """The memory cgroup a job runs in, if it asks for one."""
-    return memory_limit(job.memory_limit) if job.memory_limit else nullcontext(None)
-
-
-def run_job(job: Job) -> None:
-    t0 = time.perf_counter()
-    try:
-        with limited(job) as join:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.worker", *job.args],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=job.timeout,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **job.env},
-                preexec_fn=join,
-            )
-    except subprocess.TimeoutExpired:
-        job.errors.append(f"timed out after {job.timeout:.0f} s")
-        return
-    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(RESULT_TAG)), None)
-    if proc.returncode != 0 or line is None:
-        tail = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        job.errors.append(tail[-1][:300] if tail else f"exit status {proc.returncode}")
-        return
-    result = json.loads(line[len(RESULT_TAG) :])
-    result["wall_s"] = time.perf_counter() - t0
-    job.runs.append(result)
 
 
 def machine_info(work: Path) -> dict:

@@ -30,7 +30,7 @@ import httpx
 from benchmarks.checkpoints import ensure, full_specs
 from benchmarks.common import commit_stamp, cpu_summary, update_section
 from benchmarks.draft_speed import quarter_budget
-from benchmarks.run import BLOOMTUI_ENV, DEFAULT_WORK
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK
 
 BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
 PROMPTS = [

@@ -21,8 +21,9 @@ from pathlib import Path
 from benchmarks import projection as proj
 from benchmarks.checkpoints import ensure, full_specs
 from benchmarks.common import commit_stamp, cpu_summary, update_section
+from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from benchmarks.report_drafting import _interpolate, _rows_compute, best_k
-from benchmarks.run import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, full_bytes, minimum_bytes, run_job
+from benchmarks.run import full_bytes, minimum_bytes
 from bloomtui.engine.tree_budget import BRANCH, Choice, TreeBudget
 
 BEGIN, END = "<!-- tree-cost:begin -->", "<!-- tree-cost:end -->"

@@ -270,8 +270,8 @@ def test_llamacpp_section_pairs_each_format_with_its_nearest() -> None:
     """The llama.cpp comparison's table from its runs (the runs need llama-cpp-python, which CI lacks)."""
     import argparse
 
+    from benchmarks.jobs import Job
     from benchmarks.llamacpp import PAIRS, section
-    from benchmarks.run import Job
 
     def job(key: str, *values: float) -> Job:
         j = Job("x", "llamacpp", [], 1, 1, {})
