@@ -4,8 +4,8 @@ No bloomtui code runs: a decode-like bf16 multiply (a 64 MiB matrix times one ro
 and again after each of a series of pauses, on 1 and 2 torch threads, and with a pause spent as short sleeps
 (the waiting thread waking every few ms). A read-bound streamed pass leaves the cores idle while it waits for
 the disk, so where this shows a penalty, "compute while streaming ÷ alone" (benchmarks.reads) carries it too.
-On this project's 2-core VM: 8.7 ms (1 thread) and 4.8 ms (2 threads) back to back, 14-16 ms after any pause
-of 20 ms or more, sliced or not; 2 ms pauses cost nothing.
+On this project's 2-core VM: 8.9 ms (1 thread) and 4.5 ms (2 threads) back to back, 1.6-1.7x and 2.4-3.5x that
+after a pause of 20-100 ms, also when it is spent as 2 ms sleeps; a single 2 ms pause costs nothing.
 """
 
 from __future__ import annotations

@@ -27,9 +27,6 @@ BIG_BUDGET = 1 << 40  # "everything resident"
 BLOOMTUI_ENV = dict(OPENMP_DEFAULTS)
 
 
-# Quick mode runs two contenders at once; one thread each keeps them from fighting over the 2 cores.
-QUICK_ENV = {"OMP_NUM_THREADS": "1"}
-
 
 def env_label(env: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in env.items())

@@ -57,8 +57,11 @@ def test_populate_touches_what_it_read_from_the_disk(tmp_path: Path, monkeypatch
         if not mapped.lease_supported(maps._map(path)[0]):
             pytest.skip("no leases on this file system")
         maps.hold_leases({path})
+        monkeypatch.setattr(mapped, "read_from_disk", lambda seconds, nbytes: True)  # still mapped: not evictable
+        maps.populate(ref, 0, len(data), lambda: False)
+        assert touched, "the lease check is what must skip the touch"
+        touched.clear()
         monkeypatch.setattr(mapped, "lease_broken", lambda fd: True)
-        evict(path)
         maps.populate(ref, 0, len(data), lambda: False)
         assert touched == []
     finally:
