@@ -44,7 +44,7 @@ def _quarter(model: Path) -> int:
 
 def worker_generate(model: Path, n: int, tokens: int, budget: int | None, reads: str | None) -> dict:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
-    from bloomtui.engine.generate import sample_params
+    from bloomtui.engine.sampling_params import sample_params
 
     engine = Engine.open(model, EngineOptions(ram_budget=budget or 1 << 40, reads=reads))
     params = SamplingParams(max_new_tokens=tokens, temperature=0.8, seed=0, ignore_eos=True)

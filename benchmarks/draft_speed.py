@@ -19,7 +19,8 @@ from benchmarks.common import DRAFT_PROMPTS as PROMPTS
 from benchmarks.common import commit_stamp, cpu_summary, update_section
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.drafting import DraftSpec, open_draft
+from bloomtui.engine.draft_spec import DraftSpec
+from bloomtui.engine.drafting import open_draft
 from bloomtui.engine.events import Done
 from bloomtui.engine.generate import compute_dtype
 from bloomtui.engine.open_model import OpenModel

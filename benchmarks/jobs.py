@@ -27,7 +27,6 @@ BIG_BUDGET = 1 << 40  # "everything resident"
 BLOOMTUI_ENV = dict(OPENMP_DEFAULTS)
 
 
-
 def env_label(env: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in env.items())
 

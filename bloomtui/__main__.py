@@ -1,3 +1,3 @@
-from bloomtui.cli import main
+from bloomtui.cli import run
 
-raise SystemExit(main())
+run()

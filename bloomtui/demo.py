@@ -14,7 +14,6 @@ import secrets
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -23,49 +22,21 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from bloomtui import demo_models
+from bloomtui.demo_presets import (
+    ALL_PRESETS,
+    DEFAULT_SHARDS,
+    DTYPE_NAMES,
+    FILES,
+    LAYOUTS,
+    PREFIXED,
+    PRESETS,
+    SHARDED,
+    DemoShape,
+)
 from bloomtui.errors import UsageError
 
-
-@dataclass(frozen=True)
-class DemoShape:
-    n_layer: int
-    hidden_size: int
-    n_head: int
-    vocab_size: int
-
-
-PRESETS: dict[str, DemoShape] = {
-    "tiny": DemoShape(n_layer=2, hidden_size=64, n_head=4, vocab_size=1024),  # fast unit tests
-    "small": DemoShape(n_layer=4, hidden_size=96, n_head=6, vocab_size=1024),  # non-power-of-two heads
-    # vocab as large as the demo tokenizer, so every id a random model picks decodes to visible text
-    "medium": DemoShape(n_layer=8, hidden_size=256, n_head=8, vocab_size=1024),
-    "560m": DemoShape(n_layer=24, hidden_size=1024, n_head=16, vocab_size=250880),  # bloom-560m shape
-    "1b7": DemoShape(n_layer=24, hidden_size=2048, n_head=16, vocab_size=250880),  # bloom-1b7 shape
-}
-ALL_PRESETS = (*PRESETS, *demo_models.NAMES)
-"""Random-weight shapes, and the project's trained models (copied from the package)."""
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0..3, as in BLOOM
-# layout -> (weight file name, formatted with shard number i of n; index file name or None). Who writes it:
-_FILES: dict[str, tuple[str, str | None]] = {
-    # transformers' save_pretrained, transformer.* keys
-    "safetensors": ("model.safetensors", None),
-    "safetensors-sharded": ("model-{i:05d}-of-{n:05d}.safetensors", "model.safetensors.index.json"),
-    # the 176B safetensors conversions: bare keys, one shard per block like "bigscience"
-    "safetensors-underscore": ("model_{i:05d}-of-{n:05d}.safetensors", "model.safetensors.index.json"),
-    "bin": ("pytorch_model.bin", None),  # bloom-560m: bare keys
-    "bin-sharded": ("pytorch_model-{i:05d}-of-{n:05d}.bin", "pytorch_model.bin.index.json"),  # bloom-7b1
-    # bigscience/bloom (the seed): bare keys; embeddings, then one shard per block, then ln_f
-    "bigscience": ("pytorch_model_{i:05d}-of-{n:05d}.bin", "pytorch_model.bin.index.json"),
-}
-LAYOUTS: tuple[str, ...] = tuple(_FILES)
-_PREFIXED = {"safetensors", "safetensors-sharded"}  # layouts whose keys carry "transformer." by default
-_SHARDED = {"safetensors-sharded", "bin-sharded"}  # layouts whose shard count the caller may choose
-_DEFAULT_SHARDS = 3  # a middle shard catches loaders that only handle the first and last file
 _CHUNK = 1 << 22  # float32 values drawn at a time, so a 250880-row embedding never exists in float32
 _README = """# Demo BLOOM model (random weights)
 
@@ -301,21 +272,21 @@ def save_checkpoint(
     `shards` is the file count of the two transformers-style sharded layouts; the others fix their own.
     """
     _choice("layout", layout, LAYOUTS)
-    if shards is not None and (layout not in _SHARDED or not 1 <= shards <= len(state_dict)):
-        layouts = " or ".join(sorted(_SHARDED))
+    if shards is not None and (layout not in SHARDED or not 1 <= shards <= len(state_dict)):
+        layouts = " or ".join(sorted(SHARDED))
         raise UsageError(f"shards={shards} needs layout {layouts} and a count in 1..{len(state_dict)}")
-    prefix = layout in _PREFIXED if prefix is None else prefix
+    prefix = layout in PREFIXED if prefix is None else prefix
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(dict(config), indent=2) + "\n")
 
     keys = list(state_dict)
     sizes = {key: _nbytes(state_dict, key) for key in keys}
-    pattern, index_name = _FILES[layout]
+    pattern, index_name = FILES[layout]
     if index_name is None:
         groups = [keys]
-    elif layout in _SHARDED:
-        groups = _split(keys, sizes, shards or _DEFAULT_SHARDS)
+    elif layout in SHARDED:
+        groups = _split(keys, sizes, shards or DEFAULT_SHARDS)
     else:
         groups = _by_block(keys)
 
@@ -401,13 +372,16 @@ def write_demo_model(
     """
     _choice("preset", preset, ALL_PRESETS)
     _choice("layout", layout, LAYOUTS)
-    dtype = dtype or ("bfloat16" if preset in demo_models.NAMES else "float16")  # the trained ones are bf16
+    dtype = weight_dtype(preset, dtype)
     _choice("dtype", dtype, DTYPES)
     directory = Path(directory).expanduser().resolve()  # resolve: "." has no name to stage beside
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a folder")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise UsageError(f"{directory} is not empty; choose an empty or new folder, or allow overwriting")
+        raise UsageError(
+            f"{directory} is not empty; choose an empty or new folder, or --force to replace an earlier demo "
+            "model's files there (other files are left alone)"
+        )
     say = on_progress or (lambda _message: None)
     staging = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -447,9 +421,13 @@ def write_demo_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    what = f"the shipped {preset}" if preset in demo_models.NAMES else f"a random-weight {preset}"
-    say(f"wrote {what} model ({layout}, {dtype}) to {directory}")
     return directory
+
+
+def weight_dtype(preset: str, dtype: str | None) -> str:
+    """The dtype a demo model's weights are written in: the one asked for, else the trained ones' bf16 (as
+    shipped), else float16."""
+    return dtype or ("bfloat16" if preset in demo_models.NAMES else "float16")
 
 
 def _usual_permissions(folder: Path) -> None:

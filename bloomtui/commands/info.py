@@ -21,7 +21,8 @@ def info(args: argparse.Namespace) -> int:
         if args.draft:
             raise UsageError("--draft works with local models only")
         return info_remote(args)
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, draft_plan
+    from bloomtui.engine.draft_spec import PROMPT_LOOKUP
+    from bloomtui.engine.drafting import budget_after_draft, draft_plan
     from bloomtui.engine.generate import ModelPlan, prefill_path
     from bloomtui.engine.native import describe as native_describe
 
@@ -44,10 +45,12 @@ def info(args: argparse.Namespace) -> int:
         "n_head": cfg.n_head,
         "n_layer": cfg.n_layer,
         "vocab_size": cfg.vocab_size,
+        "training_context": cfg.training_context,
         "post_ln_residual": cfg.apply_residual_connection_post_layernorm,
         "tied_head": ckpt.tied,
         "stored_dtype": str(ckpt.dtype).removeprefix("torch."),
         "compute_dtype": str(mp.dtype).removeprefix("torch."),
+        "recommended_dtype": cfg.recommended_dtype,
         "weights": ckpt.scheme.weights if ckpt.scheme else "original",
         "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
         "block_bytes": ckpt.block_nbytes(),
@@ -84,7 +87,15 @@ def info(args: argparse.Namespace) -> int:
         f"shape       {n} blocks, hidden {cfg.hidden_size}, {cfg.n_head} heads, vocab {cfg.vocab_size}, "
         f"{'tied' if ckpt.tied else 'untied'} head{', post-LN residual' if data['post_ln_residual'] else ''}"
     )
-    print(f"dtype       stored {data['stored_dtype']}, computed in {data['compute_dtype']}")
+    why = (
+        " (--dtype)"
+        if args.dtype
+        else " (the model's config asks for it; --dtype overrides)"
+        if cfg.recommended_dtype
+        else ""
+    )
+    print(f"dtype       stored {data['stored_dtype']}, computed in {data['compute_dtype']}{why}")
+    print(f"context     trained on {cfg.training_context} tokens (longer prompts run, with a warning)")
     if ckpt.scheme:
         group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
         print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")

@@ -50,7 +50,7 @@ class Sequences:
 
     def expand(self, params: SamplingParams) -> tuple[list[str], list[SamplingParams]]:
         """One (prompt, params) per sequence; sample i of a prompt uses seed S+i."""
-        from bloomtui.engine.generate import sample_params
+        from bloomtui.engine.sampling_params import sample_params
 
         per_sample = sample_params(params, self.samples)
         return [p for p in self.prompts for _ in per_sample], [q for _ in self.prompts for q in per_sample]

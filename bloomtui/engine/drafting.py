@@ -12,20 +12,21 @@ import itertools
 import math
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from bloomtui.engine.draft_spec import MAX_DRAFT_TOKENS
 from bloomtui.engine.events import ignore
 from bloomtui.engine.model import Alibi, KVCache, TreeRows
 from bloomtui.engine.open_model import EngineOptions, ModelPlan, OpenModel
 from bloomtui.engine.residency import budget_for
-from bloomtui.engine.sampling import Sampler, SamplingParams
+from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal
 from bloomtui.engine.tree import ROOT, DraftTree, compact
-from bloomtui.engine.tree_budget import BRANCH, MAX_NODES, Choice, TreeBudget
+from bloomtui.engine.tree_budget import BRANCH, Choice
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
     from bloomtui.engine.loader import Prefetcher
     from bloomtui.engine.passes import Passes
 
-PROMPT_LOOKUP = "prompt-lookup"
-MAX_DRAFT_TOKENS = 8
-"""Upper end of the adaptive K; a fixed --draft-tokens may go up to MAX_FIXED_TOKENS."""
-MAX_FIXED_TOKENS = 32
 _START_TOKENS = 4
 _NGRAM = 3
 """Longest suffix n-gram prompt lookup matches (then shorter ones)."""
@@ -44,60 +41,6 @@ _LOOKUP_MATCHES = 16
 """Earlier occurrences prompt lookup's tree takes its branches from."""
 _MIN_CHILD = 0.005
 """A draft's second or later choice less likely than this after its parent is not worth a row."""
-AUTO, OFF = "auto", "off"
-
-
-def seeded_sampling(params: SamplingParams) -> bool:
-    """Whether `--draft-tree auto` drafts chains for this run: a tree sized by timings draws other random
-    numbers each run, so with a seed set a sampled run would not give the same text twice."""
-    return not params.greedy and params.seed is not None
-
-
-def tree_setting(value: str | None) -> int | str | None:
-    """A tree setting as typed (--draft-tree, the app's Draft tree): "auto", "off", a node count as an int, or
-    None when blank; DraftSpec checks it."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip().lower()
-    return int(value) if value.isdigit() else value
-
-
-@dataclass(frozen=True)
-class DraftSpec:
-    """What drafts for a run: `model` (an OpenModel held fully resident) or prompt lookup when None."""
-
-    model: OpenModel | None = None
-    tokens: int | None = None
-    """Fixed K of a chain; None adapts K in 1..MAX_DRAFT_TOKENS."""
-    tree: int | str | None = None
-    """Token trees: AUTO (the node budget chosen from measured costs), a fixed node count, or OFF (chains).
-    None: OFF. Chains are the default: on the demo pair at 1/4 budget, warm, trees kept more tokens per pass
-    but ran slower than chains (BENCHMARKS.md, "Token trees")."""
-
-    def __post_init__(self) -> None:
-        if self.tokens is not None and not 1 <= self.tokens <= MAX_FIXED_TOKENS:
-            raise UsageError(f"--draft-tokens must be in 1..{MAX_FIXED_TOKENS}, got {self.tokens}")
-        tree = self.tree
-        if isinstance(tree, str) and tree not in (AUTO, OFF):
-            raise UsageError(f"--draft-tree must be auto, off or a node count, got {tree!r}")
-        if isinstance(tree, int) and not 1 <= tree <= MAX_NODES:
-            raise UsageError(f"--draft-tree must be auto, off or a node count in 1..{MAX_NODES}, got {tree}")
-        if self.tokens is not None and tree not in (None, OFF):
-            raise UsageError("--draft-tokens sets a chain's length: it goes with --draft-tree off only")
-
-    @property
-    def trees(self) -> bool:
-        return self.tree not in (None, OFF)
-
-    def budget(self) -> TreeBudget | None:
-        """A sequence's own tree budget (None: chains)."""
-        if not self.trees:
-            return None
-        return TreeBudget(self.tree if isinstance(self.tree, int) else None, draft_costs=self.model is not None)
-
-    @property
-    def name(self) -> str:
-        return PROMPT_LOOKUP if self.model is None else self.model.model_plan.path.name
 
 
 class Drafter(Protocol):
@@ -316,18 +259,8 @@ def check_same_tokenizer(target: OpenModel, draft: OpenModel) -> None:
         raise UsageError("the draft model's tokenizer differs from the target's (merges)")
 
 
-def draft_source(model: str | Path) -> str | Path:
-    """A draft argument as a model argument: the shipped `trained-draft` by name, unless a folder is so named."""
-    from bloomtui import demo_models
-
-    if str(model) in demo_models.NAMES and not Path(model).exists():
-        return demo_models.path(str(model))
-    return model
-
-
 def _draft_options(model: str | Path, options: EngineOptions) -> tuple[str | Path, EngineOptions, str]:
     """(source, options that hold it fully resident, its name) for a draft argument."""
-    model = draft_source(model)
     probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
     ckpt = probe.checkpoint
     budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from bloomtui.engine.draft_mode import ChainOrTree, Mode
-from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter, seeded_sampling
+from bloomtui.engine.draft_spec import seeded_sampling
+from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
 from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
 from bloomtui.engine.model import KVCache
 from bloomtui.engine.sampling import Sampler, SamplingParams

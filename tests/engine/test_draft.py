@@ -15,7 +15,8 @@ from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
 from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.drafting import DraftSpec, PromptLookup, open_draft
+from bloomtui.engine.draft_spec import DraftSpec
+from bloomtui.engine.drafting import PromptLookup, open_draft
 from bloomtui.engine.residency import minimum_budget
 from bloomtui.engine.speculative import Proposal
 from bloomtui.errors import UsageError

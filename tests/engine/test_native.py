@@ -12,7 +12,7 @@ import torch
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, native, open_model
 from bloomtui.engine import events as ev
-from bloomtui.engine.drafting import DraftSpec
+from bloomtui.engine.draft_spec import DraftSpec
 from bloomtui.engine.matmul import Matmul, QuantizedLinear
 from bloomtui.engine.prepare import prepare
 from bloomtui.engine.quant import int4_codes, pack_int4, quantize_int8

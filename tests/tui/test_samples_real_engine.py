@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bloomtui.engine.generate import sample_params
+from bloomtui.engine.sampling_params import sample_params
 from bloomtui.settings import Settings
 from bloomtui.tui.app import BloomApp
 from bloomtui.tui.engine_handle import DEMO
