@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import re
@@ -25,6 +26,10 @@ from bloomtui.remote.cli import add_remote_options, remote_options
 COMMANDS = ("generate", "perplexity", "prepare", "info", "serve", "demo-model", "download", "measure-openmp", "app")
 MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
 _SIZE_OPTIONS = ("--ram-budget",)
+DEMO_HELP = "the built-in demo model (small, trained on the Python docs; also openable by the name 'trained')"
+_AFTER_MODEL = {"generate": "prompt", "perplexity": "file"}
+"""The positional that follows MODEL: with --demo, a value typed there lands in MODEL's slot (argparse fills
+positionals in order) and moves over."""
 
 apply_openmp_defaults()  # before anything imports torch; see bloomtui/openmp.py
 
@@ -105,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="open the terminal app (the default command)")
     app.add_argument("model", nargs="?", help=MODEL_HELP)
-    app.add_argument(
-        "--demo", action="store_true", help="open the built-in demo model (small, trained on the Python docs)"
-    )
+    app.add_argument("--demo", action="store_true", help=DEMO_HELP)
     app.add_argument(
         "--draft",
         metavar="MODEL|prompt-lookup",
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote_options(app)
 
     gen = sub.add_parser("generate", help="generate text headlessly; text on stdout, progress on stderr")
-    gen.add_argument("model", help=MODEL_HELP)
+    gen.add_argument("model", nargs="?", help=MODEL_HELP + " (or --demo)")
+    gen.add_argument("--demo", action="store_true", help=DEMO_HELP)
     gen.add_argument("prompt", nargs="?", help="the prompt; '-' reads it from stdin (omit it with --prompts)")
     gen.add_argument(
         "--prompts",
@@ -174,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a text file: the text is split into consecutive windows of --context tokens, each "
         "scored as transformers' BloomForCausalLM(labels=ids).loss; prints perplexity, tokens, mean NLL, seconds.",
     )
-    ppl.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
-    ppl.add_argument("file", help="a UTF-8 text file")
+    ppl.add_argument("model", nargs="?", help="model folder or Hugging Face repo id in the local cache (or --demo)")
+    ppl.add_argument("file", nargs="?", help="a UTF-8 text file")
+    ppl.add_argument("--demo", action="store_true", help=DEMO_HELP)
     ppl.add_argument("--context", type=int, default=1024, metavar="N", help="tokens per window (default 1024)")
     ppl.add_argument(
         "--batch",
@@ -206,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="replace OUT if it is an earlier prepared folder")
 
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
-    info.add_argument("model", help=MODEL_HELP + " (a server: lists the served models)")
+    info.add_argument("model", nargs="?", help=MODEL_HELP + " (a server: lists the served models; or --demo)")
+    info.add_argument("--demo", action="store_true", help=DEMO_HELP)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument(
         "--draft",
@@ -216,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(info)
     add_remote_options(info)
 
-    from bloomtui import demo
+    from bloomtui import demo_presets
 
     dm = sub.add_parser(
         "demo-model", help="write a demo BLOOM checkpoint: random weights (noise) or the shipped trained models"
@@ -225,12 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "--preset",
         default="tiny",
-        choices=demo.ALL_PRESETS,
+        choices=demo_presets.ALL_PRESETS,
         help="random-weight shape, or a shipped trained model: trained, trained-draft (default tiny)",
     )
-    dm.add_argument("--layout", default="safetensors", choices=demo.LAYOUTS, help="file layout (default safetensors)")
     dm.add_argument(
-        "--dtype", choices=tuple(demo.DTYPES), help="weight dtype (default float16; bfloat16 for the trained ones)"
+        "--layout", default="safetensors", choices=demo_presets.LAYOUTS, help="file layout (default safetensors)"
+    )
+    dm.add_argument(
+        "--dtype",
+        choices=demo_presets.DTYPE_NAMES,
+        help="weight dtype (default float16; bfloat16 for the trained ones)",
     )
     dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     dm.add_argument("--init-std", type=float, default=0.02, help="std of the random weights (default 0.02)")
@@ -246,13 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> NoReturn:
+    """The `bloomtui` command: main(), then exit. Once torch is loaded, the interpreter's teardown takes 1-2 s
+    (torch unregistering its operators one by one) after the work is done: a command's files are closed and
+    its threads finished or disposable by then, so it leaves at once instead."""
+    status = main()
+    if "torch" in sys.modules:
+        with contextlib.suppress(OSError):  # a reader gone away (`| head`): nothing left to tell it
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+    raise SystemExit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "app")
     try:
         _refuse_mistyped_command(args_list)
-        return _dispatch(_parse(build_parser(), _join_negative_sizes(args_list)))
+        args = _parse(build_parser(), _join_negative_sizes(args_list))
+        if args.command != "app":
+            _model_or_demo(args)
+        return _dispatch(args)
     except BloomtuiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -274,6 +300,26 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _model_or_demo(args: argparse.Namespace) -> None:
+    """--demo as MODEL for the commands that take one; exactly one of them is given."""
+    if not hasattr(args, "model"):
+        return
+    if getattr(args, "demo", False):
+        follower = _AFTER_MODEL.get(args.command)
+        if follower and args.model is not None and getattr(args, follower) is None:
+            setattr(args, follower, args.model)
+            args.model = None
+        if args.model is not None:
+            raise UsageError("give a MODEL or --demo, not both")
+        from bloomtui import demo_models
+
+        args.model = str(demo_models.path(demo_models.DEMO))
+    elif args.model is None:
+        raise UsageError("give a MODEL (a folder, a cached repo id or a server URL), or --demo for the built-in one")
+    if args.command == "perplexity" and args.file is None:
+        raise UsageError("give the FILE to score (a UTF-8 text file)")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -357,5 +403,6 @@ def _demo_model(args: argparse.Namespace) -> int:
     )
     trained = args.preset in demo.demo_models.NAMES
     note = "A small model trained on the Python docs." if trained else "Its weights are random: the text is noise."
-    print(f"wrote {path} (preset {args.preset}, layout {args.layout}). {note}")
+    dtype = demo.weight_dtype(args.preset, args.dtype)
+    print(f"wrote {path} (preset {args.preset}, layout {args.layout}, {dtype}). {note}")
     return 0

@@ -88,6 +88,11 @@ class StatusLine:
         self._tokens = 0
 
     def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.LongPrompt):  # a warning, shown whether or not progress is
+            self.clear()
+            self.stream.write(f"warning: {event.message}\n")
+            self.stream.flush()
+            return
         if self._quiet:
             return
         if isinstance(event, events.PrefillProgress) and event.tokens > 1:

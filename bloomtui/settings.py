@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bloomtui import locations
-from bloomtui.engine import SamplingParams
-from bloomtui.engine.drafting import MAX_FIXED_TOKENS, PROMPT_LOOKUP, DraftSpec, tree_setting
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.draft_spec import MAX_FIXED_TOKENS, PROMPT_LOOKUP, DraftSpec, tree_setting
+from bloomtui.engine.generation_config import SAMPLES_NEED_SAMPLING, SAMPLES_NEED_TEMPERATURE, GenerationDefaults
+from bloomtui.engine.sampling_params import SamplingParams
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size, parse_size
 
@@ -52,10 +52,10 @@ LEGACY_DEFAULTS = {**{k: v for k, v in APP_FALLBACK.items() if k != "do_sample"}
 """Before version 2, settings.json held these defaults as values (every save wrote them): read them as unset,
 so a model's recommendations apply to users who never changed them."""
 VERSION = 2
-_GREEDY_SAMPLES = (
-    "Samples: {n} samples need sampling (greedy decoding would write one text {n} times); switch Greedy / sample "
-    "to sampling, or set Samples to 1"
-)
+_SAMPLES_WORDED = {
+    SAMPLES_NEED_SAMPLING: f"Samples: {SAMPLES_NEED_SAMPLING}; switch Greedy / sample to sampling, or set Samples to 1",
+    SAMPLES_NEED_TEMPERATURE: "Samples: {n} samples need a Temperature above 0 (0 is greedy)",
+}
 
 
 @dataclass(frozen=True)
@@ -97,23 +97,21 @@ class Settings:
     def sampling_params(self, defaults: GenerationDefaults | None = None) -> SamplingParams:
         """The engine's parameters: these settings, the model's `defaults` (generation_config.json) where they are
         blank, then APP_FALLBACK. Raises UsageError (worded for the dialog) on invalid values."""
-        if self.samples > 1 and self.sample is False:
-            raise UsageError(_GREEDY_SAMPLES.format(n=self.samples))
         chosen = {
             "max_new_tokens": self.max_new_tokens,
-            "do_sample": True if self.samples > 1 and self.sample is None else self.sample,
+            "do_sample": self.sample,
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
         }
         try:
-            params = (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, seed=self.seed)
+            return (defaults or GenerationDefaults()).resolve(chosen, APP_FALLBACK, self.samples, seed=self.seed)
         except UsageError as exc:
+            for engine_words, dialog_words in _SAMPLES_WORDED.items():
+                if exc.message == engine_words.format(n=self.samples):
+                    raise UsageError(dialog_words.format(n=self.samples)) from None
             raise UsageError(_worded(exc.message)) from None
-        if self.samples > 1 and params.greedy:  # a temperature of 0 is greedy too
-            raise UsageError(f"Samples: {self.samples} samples need a Temperature above 0 (0 is greedy)")
-        return params
 
     def validated(self) -> Settings:
         """Self, or UsageError naming the first invalid field."""

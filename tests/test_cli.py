@@ -346,10 +346,11 @@ def test_prompts_file_and_stdin_label_each_sequence(tiny_model: Written, tmp_pat
     assert "3 sequences, 15 tokens" in run.stderr and "tokens/s aggregate" in run.stderr
 
 
-def test_samples_with_a_draft_model_keep_greedy_ids(tiny_model: Written) -> None:
-    args = ("generate", str(tiny_model.path), "ab ab ab ab ab", "--max-new-tokens", "8", "--ignore-eos", "--json")
-    plain = _json_events(bloomtui(*args))[-1]
-    events = _json_events(bloomtui(*args, "--samples", "2", "--draft", str(tiny_model.path)))
+def test_greedy_sequences_with_a_draft_model_keep_greedy_ids(tiny_model: Written) -> None:
+    args = ("generate", str(tiny_model.path), "--max-new-tokens", "8", "--ignore-eos", "--json")
+    plain = _json_events(bloomtui(*args, "ab ab ab ab ab"))[-1]
+    two = "ab ab ab ab ab\nab ab ab ab ab\n"  # two greedy sequences (greedy --samples is refused)
+    events = _json_events(bloomtui(*args, "--prompts", "-", "--draft", str(tiny_model.path), stdin=two))
     done = [e for e in events if e["event"] == "done"]
     assert sorted(d["sequence"] for d in done) == [0, 1]
     assert all(d["token_ids"] == plain["token_ids"] and d["draft_proposed"] > 0 for d in done)

@@ -249,7 +249,7 @@ def test_overwrite_replaces_only_its_own_files(tmp_path: Path) -> None:
     demo.write_demo_model(target, layout="safetensors", overwrite=True, on_progress=messages.append)
     assert sorted(os.listdir(target)) == sorted(COMMON_FILES | {"model.safetensors", "notes.txt"})  # stale shards gone
     assert (target / "notes.txt").read_text() == "keep me" and os.listdir(tmp_path) == ["m"]
-    assert "writing model.safetensors" in messages and "random" in messages[-1]
+    assert "writing model.safetensors" in messages
     assert "noise" in (target / "README.md").read_text()
 
 

@@ -33,10 +33,19 @@ def add_sampling_options(gen: argparse.ArgumentParser) -> None:
         help="tokens to generate (default: the model's generation_config.json, else 64)",
     )
     mode = gen.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", action="store_true", help="always take the most likely token (the default)")
+    mode.add_argument(
+        "--greedy",
+        action="store_true",
+        help="always take the most likely token (the default, unless the model's generation_config.json samples "
+        "or --samples asks for more than one)",
+    )
     mode.add_argument("--temperature", type=float, metavar="T", help="sample with this temperature (> 0)")
-    gen.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0 = off)")
-    gen.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass, in (0, 1] (1 = off)")
+    gen.add_argument(
+        "--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0 = off; implies sampling)"
+    )
+    gen.add_argument(
+        "--top-p", type=float, metavar="P", help="nucleus sampling mass, in (0, 1] (1 = off; implies sampling)"
+    )
     gen.add_argument(
         "--repetition-penalty",
         type=float,
@@ -61,16 +70,29 @@ CLI_FALLBACK = {
 
 def sampling_params(args: argparse.Namespace, defaults=None):  # noqa: ANN001, ANN201 - GenerationDefaults in, SamplingParams out
     """The options as SamplingParams, the model's `defaults` (generation_config.json) and then bloomtui's filling
-    in what was not given; raises UsageError on bad values (call it without `defaults` before loading)."""
-    from bloomtui.engine.generation_config import GenerationDefaults
+    in what was not given; raises UsageError on bad values (call it without `defaults` before loading).
+
+    --temperature, --top-k or --top-p ask for sampling (a filter alone would otherwise be dropped in silence
+    where the model's default is greedy); --samples N > 1 samples as the app's Samples and serve's `n` do."""
+    from bloomtui.engine.generation_config import SAMPLES_NEED_SAMPLING, GenerationDefaults
 
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0 (use --greedy for argmax), got {args.temperature:g}")
+    filters = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p") if getattr(args, name) is not None]
+    if args.greedy and filters:
+        verb = "apply" if len(filters) > 1 else "applies"
+        raise UsageError(f"{' and '.join(filters)} {verb} only when sampling: drop {filters[0]} or --greedy")
     chosen = {name: getattr(args, name) for name in SAMPLING_OPTIONS}
-    chosen["do_sample"] = False if args.greedy else True if args.temperature is not None else None
-    return (defaults or GenerationDefaults()).resolve(
-        chosen, CLI_FALLBACK, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos
-    )
+    chosen["do_sample"] = False if args.greedy else True if args.temperature is not None or filters else None
+    samples = getattr(args, "samples", None) or 1
+    try:
+        return (defaults or GenerationDefaults()).resolve(
+            chosen, CLI_FALLBACK, samples, seed=args.seed, stop=tuple(args.stop), ignore_eos=args.ignore_eos
+        )
+    except UsageError as exc:
+        if exc.message == SAMPLES_NEED_SAMPLING.format(n=samples):
+            raise UsageError(f"--samples {samples} with --greedy: {exc.message}; drop one of them") from None
+        raise
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -88,7 +110,8 @@ def generate(args: argparse.Namespace) -> int:
     many = sequences.count > 1
 
     from bloomtui.engine import Engine, events
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft
+    from bloomtui.engine.draft_spec import PROMPT_LOOKUP, DraftSpec
+    from bloomtui.engine.drafting import budget_after_draft, open_draft
     from bloomtui.progress import StatusLine, finish_generation
 
     status = StatusLine(text_stream=sys.stdout)
@@ -155,7 +178,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
     """The draft asked for, checked before anything loads (its model is opened later)."""
-    from bloomtui.engine.drafting import DraftSpec, tree_setting
+    from bloomtui.engine.draft_spec import DraftSpec, tree_setting
 
     if args.draft is None:
         if args.draft_tokens is not None or args.draft_tree is not None:

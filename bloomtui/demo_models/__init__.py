@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 NAMES = ("trained", "trained-draft")
+DEMO = "trained"
+"""The demo every command's --demo opens (the app, generate, perplexity, info, serve)."""
 GENERATION_CONFIG = {
     "_comment": "bloomtui's recommended decoding for this small demo model: greedy with a repetition penalty "
     "(without one it loops), and no more new tokens than its 256-token training context handles well",

@@ -17,6 +17,9 @@ _ALIASES = {
 }
 
 
+TRAINING_CONTEXT = 2048
+"""Every bigscience BLOOM and bloomz was trained on 2048-token sequences (their config's `seq_length`)."""
+COMPUTE_DTYPES = ("float32", "bfloat16")
 QUANT_METHOD = "bloomtui"
 SCHEMES = ("bf16", "int8", "int4")
 
@@ -68,6 +71,12 @@ class BloomConfig:
     torch_dtype: str | None = None
     scheme: Scheme | None = None
     """Set for folders written by `bloomtui prepare`."""
+    recommended_dtype: str | None = None
+    """The compute dtype the model's makers recommend (config.json's `bloomtui.compute_dtype`): the shipped
+    demo, trained in fp32 and tiny, asks for float32 wherever it is opened; --dtype still wins."""
+    training_context: int = TRAINING_CONTEXT
+    """Tokens per sequence the model was trained on (`seq_length`, else BLOOM's 2048): past it, ALiBi lets it
+    run on, but the text gets worse."""
 
     @property
     def head_dim(self) -> int:
@@ -92,6 +101,11 @@ class BloomConfig:
             )
         if raw.get("pretraining_tp", 1) > 1 and raw.get("slow_but_exact"):
             raise ConfigError(f"{source}: slow_but_exact tensor-parallel emulation is not supported")
+        ours = raw.get("bloomtui") if isinstance(raw.get("bloomtui"), dict) else {}
+        recommended = ours.get("compute_dtype")
+        if recommended is not None and recommended not in COMPUTE_DTYPES:
+            raise ConfigError(f"{source}: bloomtui.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+        context = raw.get("seq_length")
         eos = raw.get("eos_token_id", 2)
         if isinstance(eos, list):
             eos = eos[0] if eos else None
@@ -103,6 +117,8 @@ class BloomConfig:
             eos_token_id=eos if isinstance(eos, int) else None,
             torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
             scheme=Scheme.from_json(raw.get("quantization_config"), source),
+            recommended_dtype=recommended,
+            training_context=context if type(context) is int and context > 0 else TRAINING_CONTEXT,
             **values,
         )
 

@@ -172,6 +172,18 @@ class Cancelled(Event):
 
 
 @dataclass(frozen=True)
+class LongPrompt(Event):
+    """A prompt longer than the model's training context: it runs (ALiBi has no hard limit), but the text it
+    writes past that length gets worse. `message` is one line for the user."""
+
+    event: ClassVar[str] = "long_prompt"
+    tokens: int
+    context: int
+    message: str
+    sequence: int = 0
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """Generation failed; `message` is one line for the user."""
 

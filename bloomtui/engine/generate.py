@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from contextlib import nullcontext
-from dataclasses import replace
 
 from bloomtui.engine.batch import Batch, Ended, run_batch
-from bloomtui.engine.drafting import Drafter, DraftSpec, ModelDrafter, PromptLookup, check_same_tokenizer
-from bloomtui.engine.events import Cancelled, Done, EventSink, ignore
+from bloomtui.engine.draft_spec import DraftSpec
+from bloomtui.engine.drafting import Drafter, ModelDrafter, PromptLookup, check_same_tokenizer
+from bloomtui.engine.events import Cancelled, Done, EventSink, LongPrompt, ignore
+from bloomtui.engine.generation_config import context_warning
 from bloomtui.engine.open_model import (
     DTYPES,
     EngineOptions,
@@ -41,17 +42,7 @@ __all__ = [
     "load_tokenizer",
     "multiplies_upcast",
     "prefill_path",
-    "sample_params",
 ]
-
-
-def sample_params(params: SamplingParams, n: int) -> list[SamplingParams]:
-    """N samples of one prompt: sample i uses seed S+i, so it equals a single run with seed S+i."""
-    if n < 1:
-        raise UsageError(f"--samples must be at least 1, got {n}")
-    if params.seed is None:
-        return [params] * n
-    return [replace(params, seed=params.seed + i) for i in range(n)]
 
 
 class Engine(OpenModel):
@@ -96,6 +87,7 @@ class Engine(OpenModel):
             for i, one in enumerate(ids):
                 if not one:
                     raise UsageError("the prompt is empty" if len(ids) == 1 else f"prompt {i + 1} is empty")
+            self._warn_long_prompts(prompts, ids, generation, on_event)
             seqs: list[SequenceRun] = []
             held = draft.model._lock if draft is not None and draft.model is not None else nullcontext()
             # Every pass yields at least one token per running sequence: that bounds the reads ahead (a sample
@@ -124,6 +116,17 @@ class Engine(OpenModel):
             return sorted(ended, key=lambda r: r.sequence)
 
         return self.run_locked(on_event, body, emit_result=False)
+
+    def _warn_long_prompts(
+        self, prompts: list[str], ids: list[list[int]], generation: int, on_event: EventSink
+    ) -> None:
+        """A LongPrompt event for each distinct prompt past the training context (samples share theirs)."""
+        context = self.config.training_context
+        seen: set[str] = set()
+        for i, (prompt, one) in enumerate(zip(prompts, ids, strict=True)):
+            if prompt not in seen and (message := context_warning(len(one), context)):
+                on_event(LongPrompt(generation, len(one), context, message, sequence=i))
+            seen.add(prompt)
 
     def _sequences(
         self,

@@ -10,9 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from bloomtui.engine.sampling import SamplingParams
+from bloomtui.engine.sampling_params import SamplingParams
+from bloomtui.errors import UsageError
 
 FILE = "generation_config.json"
+SAMPLES_NEED_SAMPLING = "{n} samples need sampling (greedy decoding would write one text {n} times)"
+SAMPLES_NEED_TEMPERATURE = "{n} samples need a temperature above 0 (0 is greedy)"
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,20 @@ class GenerationDefaults:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def resolve(
-        self, chosen: Mapping[str, object | None], fallback: Mapping[str, object], **fixed: object
+        self,
+        chosen: Mapping[str, object | None],
+        fallback: Mapping[str, object],
+        samples: int = 1,
+        **fixed: object,
     ) -> SamplingParams:
         """SamplingParams from the user's `chosen` values (None: not set), else this model's, else `fallback`
         (every field of GenerationDefaults). As in transformers, temperature, top-k and top-p only matter when
-        sampling (`do_sample`); `fixed` (seed, stop, ...) passes through. Raises UsageError on bad values."""
+        sampling (`do_sample`); `fixed` (seed, stop, ...) passes through. Raises UsageError on bad values.
+
+        `samples` above 1 (the app's Samples, generate's --samples, serve's `n`) samples even where the model's
+        default is greedy: N greedy texts would be one text N times. So a greedy choice with several samples is
+        a UsageError (SAMPLES_NEED_SAMPLING, or SAMPLES_NEED_TEMPERATURE for a temperature of 0; callers name
+        their own option), whoever asks."""
 
         def pick(name: str) -> object:
             for value in (chosen.get(name), getattr(self, name)):
@@ -62,12 +74,28 @@ class GenerationDefaults:
                     return value
             return fallback[name]
 
+        if samples > 1 and chosen.get("do_sample") is False:
+            raise UsageError(SAMPLES_NEED_SAMPLING.format(n=samples))
         values = {"max_new_tokens": pick("max_new_tokens"), "repetition_penalty": pick("repetition_penalty")}
-        if pick("do_sample"):
+        if samples > 1 or pick("do_sample"):
             values |= {"temperature": pick("temperature"), "top_k": pick("top_k"), "top_p": pick("top_p")}
         else:  # greedy ignores the filters, but a bad value the user gave is still an error
             values |= {name: chosen[name] for name in ("top_k", "top_p") if chosen.get(name) is not None}
-        return SamplingParams(**values, **fixed)
+        params = SamplingParams(**values, **fixed)
+        if samples > 1 and params.greedy:
+            raise UsageError(SAMPLES_NEED_TEMPERATURE.format(n=samples))
+        return params
+
+
+def context_warning(prompt_tokens: int, context: int) -> str | None:
+    """One line when a prompt is longer than the model's training context (config.json's seq_length; 2048 for
+    every bigscience BLOOM), else None. Such a prompt still runs: the user may know what they do."""
+    if prompt_tokens <= context:
+        return None
+    return (
+        f"the prompt is {prompt_tokens:,} tokens, {prompt_tokens / context:.1f}x the {context:,}-token context "
+        "this model was trained on: what it writes past that will likely be poor"
+    )
 
 
 def _number(value: object, kind: type, valid) -> int | float | None:  # noqa: ANN001

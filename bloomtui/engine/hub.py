@@ -17,9 +17,14 @@ def looks_like_repo_id(model: str) -> bool:
 
 
 def resolve_model(model: str | Path) -> Path:
-    """The local folder for a model argument (folder path or cached repo id)."""
+    """The local folder for a model argument: a folder path, a shipped demo model by name (`trained`,
+    `trained-draft`, unless a folder is so named) or a cached repo id."""
+    from bloomtui import demo_models
+
     text = str(model)
     path = Path(text).expanduser()
+    if text in demo_models.NAMES and not path.exists():
+        return demo_models.path(text)
     if path.exists() or not looks_like_repo_id(text):
         return path
     if path.parent.is_dir() and path.parent != Path("."):

@@ -18,6 +18,7 @@ from bloomtui.engine import cpu_share
 from bloomtui.engine.checkpoint import Checkpoint
 from bloomtui.engine.cpu_profile import cpu_profile
 from bloomtui.engine.cpu_share import CpuShare
+from bloomtui.engine.engine_options import EngineOptions
 from bloomtui.engine.events import Error, EventSink, LoadProgress, ignore
 from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.engine.hub import resolve_model
@@ -37,23 +38,14 @@ if TYPE_CHECKING:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    ram_budget: int | None = None
-    """Bytes of weights (and stream buffers) to hold in RAM; None means default_budget()."""
-    dtype: str | None = None
-    """Compute dtype, "float32" or "bfloat16"; None follows the checkpoint (fp16 is computed in fp32)."""
-    threads: int | None = None
-    """torch intra-op threads; None: torch's default, fewer while other programs hold cores (cpu_share.py)."""
-    reads: str | None = None
-    """How streamed weights are read: "direct", "cached", or None/"auto" to decide per model (read_choice.py)."""
-
-
-def compute_dtype(stored: torch.dtype, requested: str | None) -> torch.dtype:
+def compute_dtype(stored: torch.dtype, requested: str | None, recommended: str | None = None) -> torch.dtype:
+    """--dtype, else the model's recommendation (its config's bloomtui.compute_dtype), else from the weights."""
     if requested is not None:
         if requested not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {requested!r}")
         return DTYPES[requested]
+    if recommended is not None:
+        return DTYPES[recommended]
     # fp16 overflows in late BLOOM blocks; fp32 holds fp16 values exactly.
     return torch.bfloat16 if stored == torch.bfloat16 else torch.float32
 
@@ -78,7 +70,7 @@ class ModelPlan:
         path = resolve_model(model)
         checkpoint = Checkpoint.open(path)
         check_int4_layout(checkpoint)
-        dtype = compute_dtype(checkpoint.dtype, options.dtype)
+        dtype = compute_dtype(checkpoint.dtype, options.dtype, checkpoint.config.recommended_dtype)
         budget, warning = fit_budget(options.ram_budget) if options.ram_budget is not None else (default_budget(), None)
         plan = plan_residency(checkpoint, dtype.itemsize, budget)
         reads = choose_reads(checkpoint, plan, dtype, options.reads)
@@ -223,6 +215,9 @@ class OpenModel:
         engine = cls(model_plan, tokenizer, store)
         if not options.threads and cpu_share.supported():
             engine.cpu_share = CpuShare(quiet)
+        # The first use on a machine measures the native kernels on ~100-200 MB of test matrices that the
+        # allocator keeps: here, that memory counts in what the model holds once open, not in a run's growth.
+        chosen()
         return engine
 
     def close(self) -> None:
