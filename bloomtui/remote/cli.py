@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:  # the CLI imports this module before torch may load (bloomtui/openmp.py)
-    from bloomtui.engine import SamplingParams
+    from bloomtui.engine import SamplingParams, events
     from bloomtui.remote.connection import RemoteOptions
 
 LOCAL_ONLY = ("ram_budget", "dtype", "threads")
@@ -78,10 +78,19 @@ def generate_remote(args: argparse.Namespace, params: SamplingParams) -> int:
         result,
         args.json,
         lambda done: (
-            f"{done.new_tokens} tokens ({done.stop_reason}), first token {done.prefill_seconds:.2f} s, "
+            f"{done.new_tokens} tokens ({_how_it_ended(done)}), first token {done.prefill_seconds:.2f} s, "
             f"{done.tokens_per_second:.2f} tokens/s, {engine.model} at {engine.url}"
         ),
     )
+
+
+def _how_it_ended(done: events.Done) -> str:
+    """The stop reason, and how the count was found when the server did not report it: "length; counted from
+    logprobs"."""
+    from bloomtui.remote.events import RemoteDone
+
+    note = done.count_note if isinstance(done, RemoteDone) else ""
+    return f"{done.stop_reason}; {note}" if note else done.stop_reason
 
 
 def info_remote(args: argparse.Namespace) -> int:

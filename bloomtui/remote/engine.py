@@ -1,7 +1,8 @@
 """Generation on a server: `/v1/completions` with `stream: true`, turned into the local engine's events.
 
-A server streams text, not token ids or logprobs: `TokenGenerated` carries id -1 and logprob None, one event
-per streamed piece; `Done` counts the tokens the server reports (its `usage`) and has no RSS or bytes read.
+A server streams text, not token ids: `TokenGenerated` carries id -1 and logprob None, one event per streamed
+piece (a piece may hold several tokens); the final `RemoteDone` counts the tokens from the best evidence the
+stream gave (counting.py) and says which, and has no RSS or bytes read.
 The stream runs on a small asyncio loop in the calling thread, so a cancel flag set from any thread closes
 the connection within a poll interval, and the server, seeing the client gone, stops generating.
 """
@@ -10,23 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
-from bloomtui.engine.events import Cancelled, Done, Error, EventSink, TokenGenerated, ignore
-from bloomtui.engine.sampling import SamplingParams
+from bloomtui.engine.events import Cancelled, Error, EventSink, TokenGenerated, ignore
+from bloomtui.engine.sampling_params import SamplingParams
 from bloomtui.engine.textstream import StopFilter
 from bloomtui.errors import BloomtuiError
 from bloomtui.remote.connection import RemoteError, RemoteOptions, Server, message_in
-from bloomtui.remote.events import RemoteNotice, RemoteStatus, ServerFigures
+from bloomtui.remote.counting import COUNT_FIELDS, TokenTally, served_tokenizer
+from bloomtui.remote.events import RemoteDone, RemoteNotice, RemoteStatus, ServerFigures
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 CANCEL_POLL_SECONDS = 0.02
 EXTRA_FIELDS = ("top_k", "repetition_penalty", "ignore_eos")
 """Not in the OpenAI completions API; vLLM accepts them, a strict server (transformers serve) refuses them."""
+OPTIONAL_GROUPS = (EXTRA_FIELDS, tuple(COUNT_FIELDS))
+"""Fields a run can do without, in the order to leave them out when a server refuses a request without naming
+the field it objects to: the non-standard ones first."""
 
 
 class RemoteEngine:
@@ -35,8 +45,8 @@ class RemoteEngine:
     def __init__(self, server: Server, model: str) -> None:
         self.server = server
         self.model = model
-        self.extras_refused = False
-        """Set once the server refused EXTRA_FIELDS: later runs leave them out without a new notice."""
+        self.refused: set[str] = set()
+        """Optional fields the server refused: later runs leave them out without a new notice."""
         self._generation = 0
         self._lock = threading.Lock()
 
@@ -53,13 +63,18 @@ class RemoteEngine:
     def close(self) -> None:
         """Nothing to free: each run opens and closes its own connection."""
 
+    @cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        """The served model's tokenizer if this machine has it: read once, when a count needs it."""
+        return served_tokenizer(self.model)
+
     def generate(
         self,
         prompt: str,
         params: SamplingParams = SamplingParams(),  # noqa: B008 - frozen
         on_event: EventSink = ignore,
         cancel: threading.Event | None = None,
-    ) -> Done | Cancelled:
+    ) -> RemoteDone | Cancelled:
         """Stream a continuation of `prompt`; emits events and returns the final Done or Cancelled.
 
         Raises BloomtuiError (after emitting an Error event) when the server fails."""
@@ -97,9 +112,9 @@ class _RemoteRun:
         self.started = 0.0
         self.first_at: float | None = None
         self.last_at = 0.0
-        self.usage: dict[str, Any] = {}
+        self.tally = TokenTally()
 
-    async def execute(self, prompt: str) -> Done | Cancelled:
+    async def execute(self, prompt: str) -> RemoteDone | Cancelled:
         stream = asyncio.ensure_future(self._stream(prompt))
         watcher = asyncio.ensure_future(self._watch(stream))
         try:
@@ -107,7 +122,8 @@ class _RemoteRun:
         except asyncio.CancelledError:
             if not self.cancel.is_set():
                 raise
-            return Cancelled(self.generation, (), "".join(self.pieces), len(self.pieces))
+            # No tokenizer: reading one could delay the prompt return that a cancel promises.
+            return Cancelled(self.generation, (), "".join(self.pieces), self.tally.count(None, 0)[0])
         finally:
             watcher.cancel()
 
@@ -120,7 +136,7 @@ class _RemoteRun:
     def _status(self, state: str) -> None:
         self.emit(RemoteStatus(self.generation, state, self.server.url, self.engine.model))  # type: ignore[arg-type]
 
-    def body(self, prompt: str, extras: bool) -> dict[str, Any]:
+    def body(self, prompt: str, leave_out: set[str]) -> dict[str, Any]:
         p = self.params
         body: dict[str, Any] = {"model": self.engine.model, "prompt": prompt, "max_tokens": p.max_new_tokens}
         body["stream"] = True
@@ -131,17 +147,19 @@ class _RemoteRun:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
-        if extras:
-            if p.top_k and not p.greedy:
-                body["top_k"] = p.top_k
-            if p.repetition_penalty != 1.0:
-                body["repetition_penalty"] = p.repetition_penalty
-            if p.ignore_eos:
-                body["ignore_eos"] = True
-        return body
+        if p.top_k and not p.greedy:
+            body["top_k"] = p.top_k
+        if p.repetition_penalty != 1.0:
+            body["repetition_penalty"] = p.repetition_penalty
+        if p.ignore_eos:
+            body["ignore_eos"] = True
+        body.update(COUNT_FIELDS)
+        return {name: value for name, value in body.items() if name not in leave_out}
 
-    async def _stream(self, prompt: str) -> Done:
-        body = self.body(prompt, extras=not self.engine.extras_refused)
+    async def _stream(self, prompt: str) -> RemoteDone:
+        left_out: dict[str, int] = {}
+        """Optional fields this run left out after a refusal, with the refusal's status."""
+        body = self.body(prompt, self.engine.refused)
         self._status("connecting")
         self.started = time.perf_counter()
         try:
@@ -150,21 +168,28 @@ class _RemoteRun:
                     async with aconnect_sse(client, "POST", "completions", json=body) as source:
                         response = source.response
                         if response.status_code < 400:
+                            self._accept_refusal(left_out)
                             self._status("waiting")
                             return await self._read(source)
                         content = await response.aread()
-                    sent = [name for name in EXTRA_FIELDS if name in body]
-                    if response.status_code in (400, 422) and sent:
-                        # Once per engine: run without them rather than fail, and say so.
-                        self.engine.extras_refused = True
-                        body = self.body(prompt, extras=False)
-                        self.emit(RemoteNotice(self.generation, _extras_notice(sent, response.status_code)))
-                        continue
-                    raise self.server.status_error(response.status_code, content, self.engine.model)
+                    drop = _refused_fields(body, response.status_code, content)
+                    if not drop:
+                        raise self.server.status_error(response.status_code, content, self.engine.model)
+                    # Run without them rather than fail; kept only if the request then goes through.
+                    left_out.update(dict.fromkeys(drop, response.status_code))
+                    body = self.body(prompt, self.engine.refused | left_out.keys())
         except httpx.HTTPError as exc:
             raise self.server.failure(exc) from None
 
-    async def _read(self, source: EventSource) -> Done:
+    def _accept_refusal(self, left_out: dict[str, int]) -> None:
+        """The request went through without `left_out`: the server refused those, so later runs leave them out
+        too; a refused sampling field changes the output, so say so (once per engine)."""
+        self.engine.refused.update(left_out)
+        extras = [name for name in EXTRA_FIELDS if name in left_out]
+        if extras:
+            self.emit(RemoteNotice(self.generation, _extras_notice(extras, left_out[extras[0]])))
+
+    async def _read(self, source: EventSource) -> RemoteDone:
         finish: str | None = None
         ended = False
         try:
@@ -174,8 +199,7 @@ class _RemoteRun:
                     break
                 chunk = self._chunk(sse.data)
                 choice = chunk["choices"][0] if chunk.get("choices") else {}
-                if isinstance(chunk.get("usage"), dict):
-                    self.usage = chunk["usage"]
+                self.tally.feed(chunk, choice)
                 if (figures := ServerFigures.from_chunk(self.generation, chunk.get("bloomtui"))) is not None:
                     self.emit(figures)
                 text = choice.get("text") or ""
@@ -225,15 +249,16 @@ class _RemoteRun:
         self.pieces.append(text)
         self.emit(TokenGenerated(self.generation, len(self.pieces) - 1, -1, text, None, seconds))
 
-    def _done(self, stop_reason: str) -> Done:
-        n = int(self.usage.get("completion_tokens") or len(self.pieces))
+    def _done(self, stop_reason: str) -> RemoteDone:
+        tally = self.tally
+        n, source = tally.count(stop_reason, self.params.max_new_tokens, lambda: self.engine.tokenizer)
         first = (self.first_at or time.perf_counter()) - self.started
         decode = max(0.0, self.last_at - (self.first_at or self.last_at))
-        return Done(
+        return RemoteDone(
             self.generation,
             token_ids=(),
             text="".join(self.pieces),
-            prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
+            prompt_tokens=tally.prompt_tokens,
             new_tokens=n,
             prefill_seconds=first,
             decode_seconds=decode,
@@ -241,7 +266,20 @@ class _RemoteRun:
             peak_rss=0,
             bytes_read=0,
             stop_reason=stop_reason,
+            token_count_source=source,
         )
+
+
+def _refused_fields(body: dict[str, Any], status: int, content: bytes) -> list[str]:
+    """The optional fields to try without after an error answer: those the server's message names (a strict
+    server says which it objects to), else the first group still sent; none for any other error."""
+    sent = [name for group in OPTIONAL_GROUPS for name in group if name in body]
+    if status not in (400, 422) or not sent:
+        return []
+    said = content.decode("utf-8", "replace")
+    named = [name for name in sent if re.search(rf"(?<!\w){name}(?!\w)", said)]
+    first = next(group for group in OPTIONAL_GROUPS if any(name in body for name in group))
+    return named or [name for name in first if name in body]
 
 
 def _extras_notice(sent: list[str], status: int) -> str:

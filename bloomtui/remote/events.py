@@ -5,9 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from bloomtui.engine.events import Event
+from bloomtui.engine.events import Done, Event
 
 RemoteState = Literal["connecting", "waiting", "streaming"]
+CountSource = Literal["usage", "logprobs", "limit", "tokenizer", "chunks"]
+"""Where a remote run's token count came from, best first: the server's `usage`, its per-token `logprobs`, the
+request's token limit (a run that ended by length made exactly that many), the model's tokenizer on the text
+(an estimate), or the streamed chunks (a floor: a server may send several tokens in one chunk)."""
+
+COUNT_NOTES: dict[CountSource, str] = {
+    "usage": "",
+    "logprobs": "counted from logprobs",
+    "limit": "as many as asked for",
+    "tokenizer": "estimated with the tokenizer",
+    "chunks": "counted from chunks, may be low",
+}
+"""How a summary qualifies the count; the server's own count needs no word."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,18 @@ class RemoteStatus(Event):
     state: RemoteState
     url: str
     model: str
+
+
+@dataclass(frozen=True)
+class RemoteDone(Done):
+    """A remote run's Done (still a `Done` with event "done"), saying where `new_tokens` came from."""
+
+    token_count_source: CountSource = "usage"
+
+    @property
+    def count_note(self) -> str:
+        """Empty for the server's own count, else a few words on how it was found (for summaries)."""
+        return COUNT_NOTES.get(self.token_count_source, self.token_count_source)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from bloomtui.engine import events
 from bloomtui.remote import is_remote_url
-from bloomtui.remote.events import RemoteNotice, RemoteStatus, ServerFigures
+from bloomtui.remote.events import RemoteDone, RemoteNotice, RemoteStatus, ServerFigures
 from bloomtui.tui.run_state import HISTORY, RunTracker, State
 
 CONNECTION = {"connecting": "connecting", "waiting": "waiting for the first token", "streaming": "streaming"}
@@ -121,7 +121,8 @@ class RemoteTracker:
             elif isinstance(event, events.Done):
                 rate = event.tokens_per_second or self._live.snap.tokens_per_second
                 reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
-                message = f"{event.new_tokens} tokens · {reasons.get(event.stop_reason, event.stop_reason)}"
+                note = f" ({event.count_note})" if isinstance(event, RemoteDone) and event.count_note else ""
+                message = f"{event.new_tokens} tokens{note} · {reasons.get(event.stop_reason, event.stop_reason)}"
                 self._set(
                     state="done",
                     message=message,

@@ -1,8 +1,9 @@
 """A small OpenAI-style server on 127.0.0.1 that streams scripted text or fails on purpose.
 
 It speaks just enough of vLLM's `/v1/models` and `/v1/completions` (server-sent events) for the client, and
-each `mode` breaks one thing: a status code, a malformed or truncated stream, a stall. Every wait is bounded
-and `close()` releases them, so a test never hangs on it.
+each `mode` breaks one thing: a status code, a malformed or truncated stream, a stall. How it tells its token
+count is set apart (`sends`, `tokens_per_chunk`, `refuses`), to stand for the servers that differ there. Every
+wait is bounded and `close()` releases them, so a test never hangs on it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class FaultServer:
         self.models = models
         self.pieces = PIECES
         self.finish_reason = "length"
+        self.tokens_per_chunk = 1
+        """Tokens (pieces) joined into each streamed chunk: transformers serve 5 sends a chunk per word."""
+        self.sends: set[str] = {"usage"}
+        """What it says of the token count when asked: "usage" (a last usage-only chunk, if the request asks with
+        stream_options), "logprobs" (each chunk lists its tokens, if the request asks for logprobs)."""
+        self.refuses: tuple[str, ...] = ()
+        """Request fields it answers 422 to, naming them as transformers serve does."""
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.streaming = threading.Event()
@@ -132,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"detail": "Not Found"})
         if status is not None:
             return self._json(status, ERROR_BODIES[status])
+        if refused := [name for name in fault.refuses if name in body]:
+            return self._json(422, {"detail": f"Unexpected fields in the request: {set(refused)}"})
         if fault.mode == "reject-extras" and any(name in body for name in EXTRAS):
             return self._json(400, {"object": "error", "message": "extra fields not permitted", "type": "BadRequest"})
         if fault.mode == "stall-headers":
@@ -151,8 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             return self._slow(fault)
         pieces = fault.pieces[: body.get("max_tokens", len(fault.pieces))]
-        for i, piece in enumerate(pieces):
-            self._event(_chunk(piece))
+        k = fault.tokens_per_chunk
+        for i, start in enumerate(range(0, len(pieces), k)):
+            tokens = pieces[start : start + k]
+            self._event(_chunk("".join(tokens), logprobs=self._logprobs(body, tokens)))
             if i == 1 and mode in ("malformed", "bad-shape", "stream-error", "truncated", "cut-body", "stall-stream"):
                 break
         if mode == "malformed":
@@ -165,8 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             fault.release.wait(30)
         elif mode not in ("truncated", "cut-body"):
-            usage = {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 7 + len(pieces)}
-            self._event({**_chunk("", fault.finish_reason), "usage": usage})
+            self._event(_chunk("", fault.finish_reason))
+            if "usage" in fault.sends and (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 7 + len(pieces)}
+                self._event({**_chunk(""), "choices": [], "usage": usage})
             self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -183,10 +197,16 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             fault.disconnected.set()
 
+    def _logprobs(self, body: dict[str, Any], tokens: tuple[str, ...]) -> dict[str, Any] | None:
+        """The completions API's logprobs of a chunk's tokens, when asked for and sent."""
+        if "logprobs" not in self.fault.sends or body.get("logprobs") is None:
+            return None
+        return {"tokens": list(tokens), "token_logprobs": [-1.0] * len(tokens), "top_logprobs": None}
+
     def _event(self, data: dict[str, Any]) -> None:
         self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
 
 
-def _chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+def _chunk(text: str, finish_reason: str | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
     return {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "bloom-test", "choices": [choice]}

@@ -30,7 +30,15 @@ def test_sampling_options_map_to_the_api() -> None:
         )
         engine.generate("Hi", sampled)
     greedy, sample = server.requests
-    assert greedy == {"model": "bloom-test", "prompt": "Hi", "max_tokens": 5, "stream": True, "temperature": 0.0}
+    counting = {"stream_options": {"include_usage": True}, "logprobs": 0}  # every request asks for its count
+    assert greedy == {
+        "model": "bloom-test",
+        "prompt": "Hi",
+        "max_tokens": 5,
+        "stream": True,
+        "temperature": 0.0,
+        **counting,
+    }
     assert sample == {
         "model": "bloom-test",
         "prompt": "Hi",
@@ -42,6 +50,7 @@ def test_sampling_options_map_to_the_api() -> None:
         "stop": ["zz"],
         "top_k": 40,
         "repetition_penalty": 1.1,
+        **counting,
     }
 
 
