@@ -1,7 +1,9 @@
 """`bloomtui serve MODEL`: an OpenAI-compatible API over the engine, concurrent requests sharing passes.
 
-Binds 127.0.0.1 unless told otherwise. SIGINT/SIGTERM: stop accepting, end the running requests within a
-block (each stream gets its last chunk, finish_reason "abort", its usage and [DONE]), exit 0.
+Binds 127.0.0.1 unless told otherwise. Sampling fields a request leaves out come from the model's
+generation_config.json (as vLLM's --generation-config auto), then from the API's defaults. SIGINT/SIGTERM: stop
+accepting, end the running requests within a block (each stream gets its last chunk, finish_reason "abort",
+its usage and [DONE]), exit 0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 
 from bloomtui.commands.engine_options import engine_options, kv_warning
+from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
 
@@ -27,7 +30,8 @@ def add_serve_parser(sub: argparse._SubParsersAction, model_options) -> None:  #
         "Concurrent requests join the running batch at the next pass over the weights (continuous batching), "
         "so a streamed model serves several clients for little more than the price of one.",
     )
-    serve.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
+    serve.add_argument("model", nargs="?", help="model folder or Hugging Face repo id in the local cache (or --demo)")
+    serve.add_argument("--demo", action="store_true", help="serve the built-in demo model")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences per pass at most (8)")
@@ -56,10 +60,38 @@ def add_serve_parser(sub: argparse._SubParsersAction, model_options) -> None:  #
         metavar="auto|N|off",
         help="with --draft: token trees per request, as generate --draft-tree (default off: chains)",
     )
+    serve.add_argument(
+        "--generation-config",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): sampling fields a request leaves out (temperature, top_p, top_k, "
+        "repetition_penalty, max_tokens) take the model's generation_config.json values, as in vLLM and "
+        "bloomtui generate, so a greedy model default makes an omitted temperature greedy (n > 1 still "
+        "samples); none: ignore the file, use the API's defaults (temperature 1, top_p 1, max_tokens 16 for "
+        "completions). A field the request sets always wins",
+    )
     model_options(serve)
 
 
+def defaults_line(defaults: GenerationDefaults) -> str | None:
+    """The start-up line naming what the model's generation_config.json fills in, None when it sets nothing."""
+    words = []
+    for name, value in defaults.set_fields().items():
+        if name == "do_sample":
+            words.append("sampling" if value else "greedy")
+        else:
+            words.append(f"{'max_tokens' if name == 'max_new_tokens' else name} {value:g}")
+    if not words:
+        return None
+    return (
+        f"using the model's generation_config.json for fields a request omits: {', '.join(words)} "
+        "(--generation-config none to turn off)"
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
+    if args.model is None:  # cli.py fills it in for --demo
+        raise UsageError("give a MODEL or --demo")
     for name, low in (("port", 1), ("max_batch", 1), ("max_queue", 0), ("max_context", 2)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
@@ -74,7 +106,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError("bloomtui serve needs its extra: pip install 'bloomtui[serve]'") from None
 
     from bloomtui.engine import Engine
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, DraftSpec, budget_after_draft, open_draft, tree_setting
+    from bloomtui.engine.draft_spec import PROMPT_LOOKUP, DraftSpec, tree_setting
+    from bloomtui.engine.drafting import budget_after_draft, open_draft
     from bloomtui.progress import StatusLine
     from bloomtui.server.http import ServeOptions, build_app
     from bloomtui.server.run import run_server
@@ -99,7 +132,8 @@ def serve(args: argparse.Namespace) -> int:
         plan = mp.plan
         model_id = mp.path.name
         scheduler = Scheduler(engine, args.max_batch, args.max_queue, draft)
-        app = build_app(engine, scheduler, ServeOptions(model_id, args.max_batch, args.max_context, key))
+        defaults = mp.generation if args.generation_config == "auto" else GenerationDefaults()
+        app = build_app(engine, scheduler, ServeOptions(model_id, args.max_batch, args.max_context, key, defaults))
         streamed = f"{len(plan.streamed_blocks)}/{plan.n_blocks} blocks streamed" if plan.streams else "all resident"
         print(
             f"bloomtui serve: {model_id} ({mp.path}), {str(mp.dtype).removeprefix('torch.')}, budget "
@@ -109,6 +143,8 @@ def serve(args: argparse.Namespace) -> int:
             + ("; API key required" if key else ""),
             file=sys.stderr,
         )
+        if line := defaults_line(defaults):
+            print(line, file=sys.stderr)
         need = args.max_batch * engine.kv_bytes(args.max_context)
         what = f"{args.max_batch} sequences of {args.max_context} tokens"
         if warning := kv_warning(need, what, "lower --max-batch or --max-context"):
@@ -122,4 +158,4 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if draft_engine is not None:
             draft_engine.close()
-    return 0
+    return 0  # the `bloomtui` command then leaves without the interpreter's teardown (cli.run)

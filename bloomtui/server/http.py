@@ -24,10 +24,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from bloomtui.engine.events import Cancelled, Done, Error, Event, TokenGenerated
+from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import BloomtuiError
 from bloomtui.server.metrics import prometheus_text
 from bloomtui.server.openai_format import Reply
-from bloomtui.server.request_fields import ApiError, parse, read_json
+from bloomtui.server.request_fields import NO_DEFAULTS, ApiError, parse, read_json
 from bloomtui.server.scheduler import Job, QueueFull, Scheduler
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class ServeOptions:
     max_batch: int
     max_context: int
     api_key: str | None = None
+    defaults: GenerationDefaults = NO_DEFAULTS
+    """What fills the sampling fields a request leaves out: the model's generation_config.json, or nothing."""
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -100,7 +103,7 @@ class Api:
                 code="model_not_found",
             )
         o = self.options
-        parsed = parse(body, kind, self.engine, o.max_batch, o.max_context)
+        parsed = parse(body, kind, self.engine, o.max_batch, o.max_context, o.defaults)
         prompt_tokens = sum(len(p) for p in parsed.prompts)
         reply = Reply(kind, o.model_id, len(parsed.params), prompt_tokens, parsed.logprobs, self.engine)
         loop = asyncio.get_running_loop()

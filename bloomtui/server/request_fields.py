@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from bloomtui.engine.sampling import SamplingParams
+from bloomtui.engine.generation_config import SAMPLES_NEED_TEMPERATURE, GenerationDefaults
+from bloomtui.engine.sampling_params import SamplingParams
 from bloomtui.errors import UsageError
 
 MAX_STOPS = 4
@@ -21,6 +23,11 @@ MAX_SEED = 2**62
 MAX_TOP_LOGPROBS = {"completion": 5, "chat": 20}
 DEFAULT_MAX_TOKENS = {"completion": 16, "chat": 256}
 """OpenAI's default for completions is 16; chat has none (the context's end), so a generous bound."""
+API_FALLBACK = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+"""OpenAI's defaults (temperature 1: sampling) for a field neither the request nor the model sets; max_tokens
+comes from DEFAULT_MAX_TOKENS."""
+NO_DEFAULTS = GenerationDefaults()
+"""No generation_config.json (or --generation-config none): the API's own defaults alone."""
 PLAIN_CHAT_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 TYPE_NAMES = {int: "an integer", bool: "true or false", str: "a string"}
 IGNORED_NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "suffix": None, "logit_bias": None}
@@ -158,8 +165,16 @@ def chat_text(body: dict[str, Any], tokenizer) -> str:  # noqa: ANN001 - a trans
     return "\n".join(lines) + "\nAssistant:"
 
 
-def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: int) -> Parsed:  # noqa: ANN001 - an Engine
-    """Check a request's fields (kind "completion" or "chat") against the model and the server's limits."""
+def parse(
+    body: dict[str, Any],
+    kind: str,
+    model,  # noqa: ANN001 - an Engine
+    max_batch: int,
+    max_context: int,
+    defaults: GenerationDefaults = NO_DEFAULTS,
+) -> Parsed:
+    """Check a request's fields (kind "completion" or "chat") against the model and the server's limits;
+    `defaults` (the model's generation_config.json) fill the sampling fields the request leaves out."""
     for name, neutral in IGNORED_NEUTRAL.items():
         if body.get(name) not in (None, neutral):
             raise ApiError(400, f"'{name}' is not supported by bloomtui serve", param=name, code="unsupported")
@@ -183,13 +198,12 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
             0 <= top <= MAX_TOP_LOGPROBS[kind],
             f"in 0..{MAX_TOP_LOGPROBS[kind]}",
         )
-    max_tokens = _field(
-        body,
-        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens",
-        (int,),
-        DEFAULT_MAX_TOKENS[kind],
-    )
-    _range("max_tokens", max_tokens, max_tokens >= 1, ">= 1")
+    n = _field(body, "n", (int,), 1)
+    _range("n", n, n >= 1, ">= 1")
+    if len(prompts) * n > max_batch:
+        raise ApiError(
+            400, f"{len(prompts)} prompts x n={n} is more than --max-batch {max_batch}", param="n", code="invalid_value"
+        )
     longest = max(len(p) for p in prompts)
     if longest >= max_context:
         raise ApiError(
@@ -199,58 +213,13 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
             param="prompt" if kind == "completion" else "messages",
             code="context_length_exceeded",
         )
-    if longest + max_tokens > max_context:
-        if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
-            raise ApiError(
-                400,
-                f"prompt ({longest} tokens) + max_tokens ({max_tokens}) is more than the "
-                f"context of {max_context} tokens",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        max_tokens = max_context - longest  # the default: as much as the context leaves
-    temperature = _field(body, "temperature", (int, float), 1.0)
-    # Tiny temperatures overflow the scaled logits: 0 is greedy, and sampling starts at MIN_TEMPERATURE.
-    _range(
-        "temperature",
-        temperature,
-        temperature == 0 or MIN_TEMPERATURE <= temperature <= 2,
-        f"0 (greedy) or in {MIN_TEMPERATURE}..2",
-    )
-    top_p = _field(body, "top_p", (int, float), 1.0)
-    _range("top_p", top_p, 0 < top_p <= 1, "in (0, 1]")
-    top_k = _field(body, "top_k", (int,), 0)
-    _range("top_k", top_k, top_k >= 0, ">= 0 (0 = off)")
-    penalty = _field(body, "repetition_penalty", (int, float), 1.0)
-    _range("repetition_penalty", penalty, 0.01 <= penalty <= 100, "in 0.01..100 (1 = off)")
-    seed = _field(body, "seed", (int,), None)
-    if seed is not None:  # choice i uses seed + i, and torch takes seeds below 2**63
-        _range("seed", seed, 0 <= seed < MAX_SEED, f"in 0..{MAX_SEED - 1}")
-    n = _field(body, "n", (int,), 1)
-    _range("n", n, n >= 1, ">= 1")
-    if len(prompts) * n > max_batch:
-        raise ApiError(
-            400, f"{len(prompts)} prompts x n={n} is more than --max-batch {max_batch}", param="n", code="invalid_value"
-        )
+    base = _sampling(body, kind, defaults, n, longest, max_context)
     stream = _field(body, "stream", (bool,), False)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", param="stream_options", code="invalid_type")
     include_usage = _field(options or {}, "include_usage", (bool,), False)
-    try:
-        base = SamplingParams(
-            max_new_tokens=max_tokens,
-            temperature=float(temperature),
-            top_k=top_k,
-            top_p=float(top_p),
-            repetition_penalty=float(penalty),
-            seed=seed,
-            stop=_stops(body),
-            ignore_eos=_field(body, "ignore_eos", (bool,), False),
-        )
-    except UsageError as exc:  # a rule SamplingParams knows and this module does not
-        raise ApiError(400, exc.message, code="invalid_value") from None
-    from bloomtui.engine.generate import sample_params
+    from bloomtui.engine.sampling_params import sample_params
 
     per_prompt = sample_params(base, n)
     return Parsed(
@@ -262,3 +231,69 @@ def parse(body: dict[str, Any], kind: str, model, max_batch: int, max_context: i
         logprobs=logprobs,
         include_usage=include_usage,
     )
+
+
+def _optional(body: dict[str, Any], name: str, kinds: tuple[type, ...], ok: Callable[[Any], bool], rule: str) -> Any:  # noqa: ANN401
+    """A field the request may leave out (None), checked against `rule` when given; numbers as floats."""
+    value = _field(body, name, kinds, None)
+    if value is None:
+        return None
+    _range(name, value, ok(value), rule)
+    return float(value) if float in kinds else value
+
+
+def _sampling(
+    body: dict[str, Any], kind: str, defaults: GenerationDefaults, n: int, longest: int, max_context: int
+) -> SamplingParams:
+    """The request's sampling fields; those it omits come from `defaults`, then API_FALLBACK (as vLLM's
+    --generation-config auto). Several choices (`n`) always sample: an omitted temperature is then the
+    model's or the API's, never greedy."""
+    tokens_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _field(body, tokens_name, (int,), None)
+    if max_tokens is not None:
+        _range("max_tokens", max_tokens, max_tokens >= 1, ">= 1")
+        if longest + max_tokens > max_context:
+            raise ApiError(
+                400,
+                f"prompt ({longest} tokens) + max_tokens ({max_tokens}) is more than the "
+                f"context of {max_context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+    # Tiny temperatures overflow the scaled logits: 0 is greedy, and sampling starts at MIN_TEMPERATURE.
+    temperature = _optional(
+        body,
+        "temperature",
+        (int, float),
+        lambda t: t == 0 or MIN_TEMPERATURE <= t <= 2,
+        f"0 (greedy) or in {MIN_TEMPERATURE}..2",
+    )
+    # Choice i uses seed + i, and torch takes seeds below 2**63.
+    seed = _optional(body, "seed", (int,), lambda s: 0 <= s < MAX_SEED, f"in 0..{MAX_SEED - 1}")
+    chosen = {
+        "max_new_tokens": max_tokens,
+        # A temperature above 0 samples even where the model's default is greedy; 0 is greedy either way.
+        "do_sample": True if temperature else None,
+        "temperature": temperature,
+        "top_k": _optional(body, "top_k", (int,), lambda k: k >= 0, ">= 0 (0 = off)"),
+        "top_p": _optional(body, "top_p", (int, float), lambda p: 0 < p <= 1, "in (0, 1]"),
+        "repetition_penalty": _optional(
+            body, "repetition_penalty", (int, float), lambda r: 0.01 <= r <= 100, "in 0.01..100 (1 = off)"
+        ),
+    }
+    fallback = {**API_FALLBACK, "max_new_tokens": DEFAULT_MAX_TOKENS[kind]}
+    try:
+        params = defaults.resolve(
+            chosen,
+            fallback,
+            samples=n,
+            seed=seed,
+            stop=_stops(body),
+            ignore_eos=_field(body, "ignore_eos", (bool,), False),
+        )
+    except UsageError as exc:  # a rule SamplingParams knows and this module does not, or n with temperature 0
+        param = "n" if exc.message == SAMPLES_NEED_TEMPERATURE.format(n=n) else None
+        raise ApiError(400, exc.message, param=param, code="invalid_value") from None
+    if longest + params.max_new_tokens > max_context:  # a default: as much as the context leaves
+        params = replace(params, max_new_tokens=max_context - longest)
+    return params

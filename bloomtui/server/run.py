@@ -23,13 +23,22 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame) -> None:  # noqa: ANN001
         # Stop taking requests and end the running ones now: each stream gets its last chunk and [DONE].
         if not self.should_exit:
-            print("stopping: ending the running requests", file=sys.stderr, flush=True)
+            busy = self.scheduler.busy
+            print("stopping: ending the running requests" if busy else "stopping", file=sys.stderr, flush=True)
         self.scheduler.stop(halt=True)
         # As uvicorn's own handler, without keeping the signal to re-raise at the end: a shutdown asked for
         # is a clean exit (status 0), not a death by signal.
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:  # noqa: ANN001
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)
+            return
+        # Idle: no connection to give uvicorn's 0.1 s to close, no request to wait for.
+        for server in self.servers:
+            server.close()
 
     async def startup(self, sockets=None) -> None:  # noqa: ANN001
         await super().startup(sockets)

@@ -25,7 +25,7 @@ from bloomtui.engine.sequence import SequenceRun
 from bloomtui.errors import BloomtuiError, CancelRequested
 
 if TYPE_CHECKING:
-    from bloomtui.engine.drafting import DraftSpec
+    from bloomtui.engine.draft_spec import DraftSpec
     from bloomtui.engine.generate import Engine
 
 ENDLESS_PASSES = 1 << 40
@@ -165,6 +165,11 @@ class Scheduler:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request runs or waits (read without the lock: a signal handler asks)."""
+        return bool(self._owners or self._queue)
 
     def _serve(self) -> None:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -19,63 +17,10 @@ import openai
 import pytest
 
 from tests.checkpoints import Written
+from tests.server.serving import Served, start_server, stop_server
 
 KEY = "sk-test-7c1e9b"
 PROMPT = "The SQL command to extract all the users whose name starts with A is: "
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen
-    url: str
-    name: str
-    log: list[str] = field(default_factory=list)
-
-    def client(self, key: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "unused", max_retries=0, timeout=60)
-
-    def metrics(self, headers: dict[str, str] | None = None) -> dict[str, float]:
-        text = httpx.get(self.url + "/metrics", headers=headers).text
-        return {k: float(v) for k, v in (line.split() for line in text.splitlines() if not line.startswith("#"))}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bloomtui", "serve", str(model), "--port", str(port), *extra],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    served = Served(proc, f"http://127.0.0.1:{port}", model.name)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            served.log.append(line)
-            if line.startswith("listening on"):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(120):
-        proc.kill()
-        raise AssertionError("the server did not start:\n" + "".join(served.log))
-    return served
-
-
-def stop_server(served: Served) -> int:
-    served.proc.send_signal(signal.SIGTERM)
-    return served.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -386,6 +331,9 @@ def test_sigterm_ends_running_streams_cleanly(tiny_model: Written) -> None:
     for t in readers:
         t.join(30)
     assert served.proc.wait(30) == 0
+    assert served.reader is not None
+    served.reader.join(10)
+    assert "stopping: ending the running requests\n" in served.log, served.log
     for lines in results:
         data = [line[6:] for line in lines if line.startswith("data: ")]
         last = json.loads(data[-2])
