@@ -5,6 +5,10 @@ runs.py's. A tick at TICK_SECONDS moves pending text into the output pane in one
 ticks while a run goes, redraws the panel from the tracker's snapshot: the UI thread's work does not grow with
 the engine's speed.
 
+The window comes before the engine: torch and the engine's modules import on a thread once it is drawn. A run
+asked for while the model opens waits for it (runs.py). Quitting leaves the process as soon as Textual has
+restored the terminal, without waiting for worker threads or the interpreter's teardown (run_app).
+
 Faults end the app cleanly: termination signals cancel the run, save history and exit through Textual,
 which restores the terminal, with a watchdog behind in case Textual cannot (signals.py); an unhandled
 exception leaves a crash log (crash_log.py). Below PANEL_SIDE_MIN_WIDTH columns the panel folds into a
@@ -20,6 +24,8 @@ prompt editor empty; otherwise they reach the editor as usual.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import threading
@@ -27,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -38,12 +45,13 @@ from textual.widgets import Header, Input, TextArea
 from bloomtui import locations
 from bloomtui.cached_models import CachedModel, find_cached_blooms
 from bloomtui.engine import EngineOptions
+from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
 from bloomtui.settings import MAX_SAMPLES, Settings, load_settings, save_settings
 from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.crash_log import crash_message, write_crash_log
-from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, open_engine
+from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, import_engine, open_engine
 from bloomtui.tui.history import load_history, save_history
 from bloomtui.tui.opening import KeptModel, ModelOpening
 from bloomtui.tui.pending_text import PendingText
@@ -56,7 +64,7 @@ from bloomtui.tui.screens.settings import SettingsScreen
 from bloomtui.tui.transcript import save_transcript
 from bloomtui.tui.widgets.app_footer import AppFooter
 from bloomtui.tui.widgets.engine_panel import EnginePanel
-from bloomtui.tui.widgets.output_view import OutputView
+from bloomtui.tui.widgets.output_view import Notice, OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
 from bloomtui.tui.widgets.remote_panel import RemotePanel
 from bloomtui.tui.widgets.status_line import StatusLine
@@ -75,8 +83,6 @@ PANEL_SIDE_MIN_WIDTH = 100
 """Below this many columns the 46-column panel would squeeze the output: it folds into a status line."""
 SHORT_HEIGHT = 20
 """Below this many rows the prompt editor shrinks so the output keeps some lines."""
-SIGNAL_EXIT_WAIT = 1.0
-"""After a termination signal, how long to wait for a cancelled run to let go of the engine."""
 QUIT_PRESS_SECONDS = 2.0
 """Idle, a second ctrl+c within this many seconds quits."""
 
@@ -142,12 +148,20 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         self._told_one_sample: object = None
         self._engine_lock = threading.Lock()
         """Held while a worker uses or replaces an engine: closing never races a generation."""
+        self.first_frame = threading.Event()
+        """Set once the window is drawn: an open's imports wait for it (on 2 busy cores the window came ~0.4 s
+        sooner so)."""
         self._shown_version = -1
         self._ticks = 0
         self._kept: KeptModel | None = None
         """The model in use while another opens (opening.py)."""
         self.pending = PendingText()
         """Text the engine made that the output pane has not shown yet (runs.py)."""
+        self.queued: str | None = None
+        """A prompt submitted while the model opens: it runs once the model is open (runs.py)."""
+        self._queued_notice: Notice | None = None
+        self.model_hints: list[Notice] = []
+        """Notices that no model is open, removed when one opens."""
         self._interrupted_at = -QUIT_PRESS_SECONDS
         """When ctrl+c last asked to quit (monotonic seconds)."""
         self._terminal_modes = signals.terminal_modes()
@@ -193,13 +207,25 @@ class BloomApp(ModelOpening, RunControl, App[int]):
             self._undo_signals = signals.install(self._exit_on_signal, self._terminal_modes)
         if self._settings_warning:
             self.notify(self._settings_warning, title="Settings", severity="warning")
+        self.call_after_refresh(self._after_first_frame)
         if self.initial_model is not None:
-            self.open_model(self.initial_model)
+            self.open_model(self.initial_model)  # its worker waits for the first frame (opening.py)
         else:
-            self.output.notice(
-                "No model given. Choose one, or try the built-in demo model (small, trained on the Python docs)."
+            self.model_hints.append(
+                self.output.notice(
+                    "No model given. Choose one, or try the built-in demo model (small, trained on the Python docs)."
+                )
             )
             self.push_screen(ModelPickerScreen(self.find_models()), self._model_picked)
+
+    def _after_first_frame(self) -> None:
+        """torch and the engine take seconds to import, holding the interpreter much of that time (loading
+        libtorch): they start once the window is drawn, on a thread of their own, so they are ready or nearly
+        when the user picks a model. A daemon thread: quitting never waits for it."""
+        self.first_frame.set()
+        model = self.initial_model
+        if model is None or not is_remote_url(model.source):  # a server needs no torch
+            threading.Thread(target=_preload_engine, name="bloomtui-imports", daemon=True).start()
 
     def _tick(self) -> None:
         self._ticks += 1
@@ -234,9 +260,10 @@ class BloomApp(ModelOpening, RunControl, App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("submit", "cancel") and isinstance(self.screen, ModalScreen):
             return False  # let the dialog have its keys
+        busy = self.running or self.queued is not None
         if action == "cancel":
-            return True if self.running else None  # shown dimmed while idle; escape passes through
-        if action == "interrupt" and not self.running and self._selection():
+            return True if busy else None  # shown dimmed while idle; escape passes through
+        if action == "interrupt" and not busy and self._selection():
             return False  # ctrl+c goes on to copy the selection
         if action == "pick":
             return not isinstance(self.screen, ModalScreen) and self.can_pick(int(str(parameters[0])))
@@ -252,7 +279,8 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         if spec is not None:
             self.open_model(spec)
         elif self.handle is None:
-            self.output.notice("No model open. ctrl+o opens one; the demo model works offline.")
+            hint = self.output.notice("No model open. ctrl+o opens one; the demo model works offline.")
+            self.model_hints.append(hint)
 
     # --- other actions ---
 
@@ -345,7 +373,7 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         self.query_one("#main").toggle_class("-panel-flipped")
 
     async def action_interrupt(self) -> None:
-        if self.running:
+        if self.running or self.queued is not None:
             self._interrupted_at = -QUIT_PRESS_SECONDS
             self.action_cancel()
             return
@@ -387,32 +415,44 @@ class BloomApp(ModelOpening, RunControl, App[int]):
             pass  # history is a convenience; losing it must not interrupt a run
 
 
+def _preload_engine() -> None:
+    with contextlib.suppress(Exception):  # an open imports it again, and says what failed
+        import_engine()
+
+
 def run_app(
     model: str | None,
     options: EngineOptions,
     remote: RemoteOptions = RemoteOptions(),  # noqa: B008 - frozen
     draft: str | None = None,
     samples: int | None = None,
-) -> int:
+) -> NoReturn:
     """Run the app on `model` (a folder, a cached repo id, a server URL, DEMO_ARG, or None to choose); `draft`
-    and `samples` override the saved Draft and Samples settings for this session."""
+    and `samples` override the saved Draft and Samples settings for this session. Ends the process."""
     spec = None if model is None else DEMO if model == DEMO_ARG else ModelSpec(model)
     app = BloomApp(spec, options, remote=remote, draft=draft, samples=samples)
+    # A loop of our own: asyncio.run's would join the worker threads once the app is done, so a quit would wait
+    # for a cancelled run to finish its block (seconds on a big model) or for an open to finish loading.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        code = app.run()
+        code = app.run(loop=loop)
     except Exception as exc:  # failed outside Textual's own handling (driver start-up, shutdown)
         code, app.crash, app.crash_log = 1, exc, write_crash_log(exc)
     if app.crash is not None:
         print(crash_message(app.crash, app.crash_log), file=sys.stderr)
     if app.exit_signal is not None:
-        # History is saved and the terminal restored. Whoever sent the signal expects us gone at once, and
-        # interpreter teardown with torch loaded takes most of a second (more if a cancelled run is still
-        # finishing one big block): free what we can in a moment, then leave; the kernel frees the rest.
-        app.close_engine(timeout=SIGNAL_EXIT_WAIT)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(signals.exit_status(app.exit_signal))
-    app.close_engine()
-    if app.crash is not None:
-        return 1
-    return code if isinstance(code, int) else app.return_code or 0
+        status = signals.exit_status(app.exit_signal)
+    elif app.crash is not None:
+        status = 1
+    else:
+        status = code if isinstance(code, int) else app.return_code or 0
+    # Leave now, without the interpreter's teardown: with torch loaded it takes 1.2-1.5 s on the 2-core machine,
+    # and it would wait for the worker threads. Nothing is left half-written: the terminal is restored, history
+    # is saved on every run and settings on every change (each written whole, then renamed into place), a
+    # transcript is written on the UI thread before the app returns. The workers write nothing a quit can cut
+    # (a run only computes; an open reads, and its measurement caches are measured again if cut), and the
+    # memory, mapped files and threads of the engine are the kernel's to free.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -3,6 +3,9 @@
 The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
 Everything here runs in a worker thread: opening reads weights.
 
+The engine's modules (torch, transformers: seconds to import) load only here, inside the functions that open a
+model, so the app's window comes first; `import_engine` brings them in ahead, on a thread the app starts.
+
 An opener first checks what it can without reading weights (the folder or cached repo, its config and layout, a
 budget the model can stream under) and only then calls `release`: there the app closes the model in use, whose
 memory the new one needs. So a mistyped folder fails while the working model is still open, and stays open.
@@ -14,16 +17,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
-from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams, events
-from bloomtui.engine.drafting import PROMPT_LOOKUP, budget_after_draft, check_same_tokenizer, open_draft
-from bloomtui.engine.generate import ModelPlan
-from bloomtui.engine.residency import STREAM_SLOTS, budget_for
+from bloomtui.engine import DraftSpec, EngineOptions, SamplingParams, events
+from bloomtui.engine.draft_spec import PROMPT_LOOKUP
 from bloomtui.errors import BloomtuiError
 from bloomtui.tui.run_state import ModelInfo
+
+if TYPE_CHECKING:
+    from bloomtui.engine.generate import Engine
 
 DEMO_MODEL = "trained"
 """The shipped model the demo opens (bloomtui/demo_models): 8 blocks, trained on the Python docs."""
@@ -139,6 +143,8 @@ class RealEngine:
             layout=ckpt.layout,
             hidden_size=engine.config.hidden_size,
             n_head=engine.config.n_head,
+            vocab_size=engine.config.vocab_size,
+            draft_kv_bytes_per_token=draft.kv_bytes(1) if draft is not None else 0,
             demo=spec.demo,
             budget_warning=engine.model_plan.budget_warning,
             draft=_short_name(spec.draft) if draft is not None else "",
@@ -188,10 +194,21 @@ class RealEngine:
             self.draft.close()
 
 
-def warm_imports() -> None:
-    """Import what opening a model imports anyway (the tokenizer library, about 30 MB), so the RSS measured
-    after this is the runtime baseline the panel sets the model's memory against."""
-    from transformers import AutoTokenizer  # noqa: F401
+_import_lock = threading.Lock()
+
+
+def import_engine() -> None:
+    """Import what opening a model imports anyway: the engine with torch, and the tokenizer library (about 30
+    MB), so the RSS measured after this is the runtime baseline the panel sets the model's memory against.
+
+    One thread at a time: the app's early import and an open worker would otherwise import the same circular
+    packages from two threads, where Python may hand one of them a module still half initialized."""
+    with _import_lock:
+        from transformers import AutoTokenizer  # noqa: F401
+
+        import bloomtui.engine.drafting
+        import bloomtui.engine.generate
+        import bloomtui.engine.residency  # noqa: F401
 
 
 def _short_name(source: str) -> str:
@@ -211,18 +228,19 @@ def open_engine(
     """Open `spec` and its draft model, if any. Raises BloomtuiError when the model cannot open (before
     `release` where the checks without weights find why); a draft that cannot be used leaves the model open
     without it (`draft_error` says why)."""
+    import_engine()  # usually done already: the app starts it with its window
+    from bloomtui.engine.drafting import budget_after_draft, check_same_tokenizer, open_draft
+    from bloomtui.engine.generate import Engine
+
     if options.threads is None and spec.demo:  # other models follow the load (the engine's cpu_share.py)
         options = replace(options, threads=DEMO_THREADS)
     if spec.demo:
-        path = ensure_demo_model(on_status)
-        # Trained in fp32 and this small, the demo loses ~6% perplexity to bf16 activations; fp32 costs nothing.
-        options = replace(options, dtype=options.dtype or "float32")
+        path = ensure_demo_model(on_status)  # its config.json asks for float32 compute, as wherever it opens
     else:
         path = Path(spec.source or ".")
         on_status(f"opening {spec.label}")
         check_openable(spec.source or ".", options)
     release()
-    warm_imports()
     baseline = psutil.Process().memory_info().rss
     draft, draft_error = None, None
     if spec.draft:
@@ -251,6 +269,8 @@ def check_openable(source: str, options: EngineOptions) -> None:
     """Raise what opening `source` would raise before reading weights: no such folder or cached repo, a broken
     config or layout, a RAM budget it cannot stream under. The automatic budget is checked as the most this
     machine can hold: it is measured against the memory available after the model in use is closed."""
+    from bloomtui.engine.generate import ModelPlan
+
     budget = options.ram_budget if options.ram_budget is not None else 1 << 50
     ModelPlan.make(source, replace(options, ram_budget=budget))
 
@@ -272,6 +292,9 @@ def half_streaming_budget(path: Path, options: EngineOptions) -> int:
     """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both. The LM
     head is streamed too when it outweighs a block (the trained demo's 8192-row head is 3.5 blocks): a plan that
     keeps it would hold every block instead."""
+    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.residency import STREAM_SLOTS, budget_for
+
     mp = ModelPlan.make(path, replace(options, ram_budget=1 << 50))
     n = mp.plan.n_blocks
     keep_head = mp.plan.head_bytes <= mp.plan.block_bytes

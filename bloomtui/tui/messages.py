@@ -26,6 +26,14 @@ class RunEnded(Message):
 
 
 @dataclass
+class LongPromptWarned(Message):
+    """Run `run`'s prompt is longer than the model's training context; `text` says so with the numbers."""
+
+    run: int
+    text: str
+
+
+@dataclass
 class EngineOpened(Message):
     """Open request `request` produced an engine."""
 

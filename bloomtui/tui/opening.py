@@ -23,7 +23,10 @@ from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Op
 from bloomtui.tui.messages import EngineFailed, EngineOpened
 from bloomtui.tui.remote_state import RemoteInfo, RemoteTracker, tracker_for
 from bloomtui.tui.run_state import RunTracker
-from bloomtui.tui.widgets.output_view import OutputView
+from bloomtui.tui.widgets.output_view import Notice, OutputView
+
+FIRST_FRAME_WAIT = 2.0
+"""At most this many seconds an open waits for the app's first frame (it is drawn well within one)."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,15 @@ class ModelOpening:
     _cli_samples: int | None
     _told_one_sample: object
     _engine_lock: threading.Lock
+    first_frame: threading.Event
     _shown_version: int
     _kept: KeptModel | None
     poll_panel: Callable[[], None]
+    queued: str | None
+    show_queued: Callable[[], None]
+    start_queued: Callable[[], None]
+    drop_queued: Callable[[str], None]
+    model_hints: list[Notice]
 
     def open_model(self, spec: ModelSpec) -> None:
         """Cancel any run and open `spec`, with the draft model the settings name, in a worker; the model in use
@@ -69,6 +78,9 @@ class ModelOpening:
         self.open_request += 1
         self.sub_title = spec.label
         self.tracker.loading(f"opening {spec.label}")
+        if self.queued is not None:  # asked for on the model that was opening: it runs on this one instead
+            self.show_queued()
+            self.output.notice(f"The queued run will start on {spec.label} once it is open.")
         self._open_worker(self.open_request, spec, self._engine_options(), self.tracker)
 
     def _engine_options(self) -> EngineOptions:
@@ -120,6 +132,8 @@ class ModelOpening:
         def failed(title: str, message: str) -> None:
             self.post_message(EngineFailed(request, spec, title, message, released))  # type: ignore[attr-defined]
 
+        # Opening imports torch, holding the interpreter for a good part of its seconds: the window comes first.
+        self.first_frame.wait(FIRST_FRAME_WAIT)
         with self._engine_lock:  # waits for a cancelled run to let go of the engine in use
             if worker.is_cancelled:
                 return
@@ -145,6 +159,9 @@ class ModelOpening:
             return
         self.handle = message.handle
         info = message.handle.info
+        for hint in self.model_hints:  # "No model given..." no longer holds
+            hint.remove()
+        self.model_hints.clear()
         self.tracker.opened(info, message.rss, message.handle.baseline_rss)  # type: ignore[arg-type]
         self.sub_title = info.name
         output = self.output
@@ -164,7 +181,8 @@ class ModelOpening:
             )
         else:
             output.notice(f"{info.name} is open.")
-        output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
+        if self.queued is None:
+            output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
         warning = getattr(info, "budget_warning", None)  # a server has no RAM budget
         if warning:
             output.notice(warning, error=True)
@@ -174,6 +192,7 @@ class ModelOpening:
             output.notice(f"{draft_error}; the model runs without a draft model.", error=True)
             self.notify(draft_error, title="Draft model not used", severity="warning", timeout=10)  # type: ignore[attr-defined]
         self.poll_panel()
+        self.start_queued()
 
     def on_engine_failed(self, message: EngineFailed) -> None:
         if message.request != self.open_request:
@@ -191,6 +210,7 @@ class ModelOpening:
         else:
             self.tracker.failed(message.message, keep_model=False)
             self.sub_title = f"{message.spec.label} (not open)"
+        self.drop_queued(f"The queued run was dropped: {message.spec.label} did not open")
         self.poll_panel()
 
     def close_engine(self, timeout: float = 30.0) -> bool:

@@ -7,6 +7,7 @@ to the server and anything else opens as before; the app never branches on where
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
@@ -15,9 +16,11 @@ from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import UsageError
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
-from bloomtui.remote.engine import RemoteEngine
 from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener, Release, StatusSink
 from bloomtui.tui.remote_state import RemoteInfo
+
+if TYPE_CHECKING:
+    from bloomtui.remote.engine import RemoteEngine  # imported on connect: it brings torch (engine.sampling)
 
 
 class RemoteHandle:
@@ -76,6 +79,8 @@ def with_remote(opener: Opener, options: RemoteOptions) -> Opener:
     ) -> EngineHandle:
         if not is_remote_url(spec.source):
             return opener(spec, engine_options, on_event, on_status, cancel, release)
+        from bloomtui.remote.engine import RemoteEngine
+
         on_status("connecting to the server")
         handle = RemoteHandle(RemoteEngine.open(spec.source or "", options))
         release()  # connected: a server costs this process no memory, so the model in use could stay till now

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bloomtui.engine import events
+from bloomtui.tui.memory_ceiling import run_bytes
 from bloomtui.tui.sample_rates import SampleRates
 
 State = Literal["empty", "loading", "idle", "running", "done", "cancelled", "error"]
@@ -45,6 +46,10 @@ class ModelInfo:
     draft: str = ""
     """The draft model held resident beside it ("" when none); its bytes count against the budget."""
     draft_bytes: int = 0
+    vocab_size: int = 0
+    """Rows of the model's head (a pass's logits are this wide); 0 when unknown, and the ceiling leaves them out."""
+    draft_kv_bytes_per_token: int = 0
+    """The draft model's keys and values for one position; 0 when unknown (the ceiling takes the model's)."""
 
     @property
     def total_budget(self) -> int:
@@ -114,6 +119,8 @@ class PanelSnapshot:
     samples_running: int = 0
     aggregate_rate: float | None = None
     """Tokens/s of all samples together (they share each pass)."""
+    queued: bool = False
+    """A run waits for the model to open; it starts (and this clears) when the model is open."""
 
     @property
     def acceptance(self) -> float | None:
@@ -194,6 +201,10 @@ class RunTracker:
                 load_done=0,
                 load_total=0,
             )
+
+    def queue(self, queued: bool) -> None:
+        with self._lock:
+            self._set(queued=queued)
 
     def failed(self, message: str, *, keep_model: bool = True) -> None:
         with self._lock:
@@ -413,8 +424,8 @@ class MemoryCeiling:
     """What is not the model: RSS before the load, or more where opening added more than the budget covers."""
     budget: int
     run: int
-    """A run's KV caches (one per sample, each up to twice what its tokens need: they grow by doubling) and
-    RUN_ALLOWANCE."""
+    """RUN_ALLOWANCE and what memory_ceiling.run_bytes counts: the run's KV caches (one per sample, the draft's
+    too), its logits and its prefill's work."""
 
     @property
     def total(self) -> int:
@@ -428,8 +439,7 @@ def memory_ceiling(snap: PanelSnapshot) -> MemoryCeiling | None:
     if model is None or not model.total_budget:
         return None
     budget = model.total_budget
-    # Each sample has its own caches (a shared prompt is prefilled once, then copied).
-    run = RUN_ALLOWANCE + 2 * model.kv_bytes_per_token * (snap.prompt_tokens + snap.max_tokens) * snap.sequences
+    run = RUN_ALLOWANCE + run_bytes(snap)
     ceiling = MemoryCeiling(max(snap.baseline_rss, snap.open_rss - budget), budget, run)
     if snap.state != "running" and snap.rss is not None and snap.rss > ceiling.total:
         ceiling = replace(ceiling, runtime=snap.rss - budget - run)

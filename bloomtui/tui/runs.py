@@ -20,21 +20,25 @@ from textual import work
 from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from bloomtui.engine import SamplingParams, events
-from bloomtui.engine.drafting import AUTO, seeded_sampling
-from bloomtui.engine.generate import sample_params
+from bloomtui.engine import events
+from bloomtui.engine.draft_spec import AUTO, seeded_sampling
+from bloomtui.engine.sampling_params import SamplingParams, sample_params
 from bloomtui.errors import BloomtuiError, UsageError
 from bloomtui.settings import Settings
 from bloomtui.tui.engine_handle import DraftRequest, EngineHandle
 from bloomtui.tui.history import remember
-from bloomtui.tui.messages import RunEnded
+from bloomtui.tui.messages import LongPromptWarned, RunEnded
 from bloomtui.tui.pending_text import PendingText
 from bloomtui.tui.remote_state import RemoteTracker
 from bloomtui.tui.run_state import RunTracker, run_status
 from bloomtui.tui.sample_rates import aggregate_rate
-from bloomtui.tui.widgets.output_view import OutputView
+from bloomtui.tui.widgets.output_view import Notice, OutputView
 from bloomtui.tui.widgets.prompt_editor import PromptEditor
 from bloomtui.tui.widgets.samples_view import SamplesView
+
+QUEUED = "Queued: the run starts when the model is open"
+QUEUED_PREVIEW = 60
+"""Characters of the queued prompt's first line its notice shows."""
 
 
 class RunControl:
@@ -55,22 +59,33 @@ class RunControl:
     _settings_in_effect: Callable[[], Settings]
     _told_one_sample: object
     """The handle the app last said runs one sample (a server), so it says so once per connection."""
+    queued: str | None
+    """The prompt of a run asked for while the model opens: it starts when the model is open."""
+    _queued_notice: Notice | None
 
     def action_submit(self) -> None:
         prompt = self.editor.text
         notify = self.notify  # type: ignore[attr-defined]
-        if self.running:
-            notify("A run is in progress: escape cancels it.", severity="warning")
+        if self.running or self.queued is not None:
+            notify(f"A run is {'in progress' if self.running else 'queued'}: escape cancels it.", severity="warning")
             return
         if not prompt.strip():
             notify("Type a prompt first.", severity="warning")
             return
         if self.handle is None:
             if self.tracker.snapshot().state == "loading":
-                notify("The model is still opening.", severity="warning")
+                self._queue(prompt)
             else:
                 notify("No model is open: ctrl+o opens one (the demo model works offline).", severity="warning")
             return
+        if self._start(prompt):
+            self.editor.set_prompt("")
+
+    def _start(self, prompt: str) -> bool:
+        """Run `prompt` on the open model; False when the settings do not give valid parameters for it. The
+        editor is the caller's: a queued run starts while the user may be typing the next prompt."""
+        assert self.handle is not None
+        notify = self.notify  # type: ignore[attr-defined]
         settings = self._settings_in_effect()
         if settings.samples > 1 and not getattr(self.handle, "multi_sequence", False):
             if self._told_one_sample is not self.handle:
@@ -81,7 +96,7 @@ class RunControl:
             params = settings.sampling_params(getattr(self.handle, "generation_defaults", None))
         except UsageError as exc:
             notify(exc.message, title="Settings", severity="error")
-            return
+            return False
         remember(self.history, prompt)
         self._save_history()
         self.run_number += 1
@@ -96,9 +111,58 @@ class RunControl:
             self.output.start_samples(self.run_number, prompt, self.handle.info.name, n)
         else:
             self.output.start_run(self.run_number, prompt, self.handle.info.name)
-        self.editor.set_prompt("")
         self._generate(self.run_number, prompt, sample_params(params, n), self.handle, draft, self.tracker)
         self.poll_panel()
+        return True
+
+    # --- a run asked for while the model opens ---
+
+    def _queue(self, prompt: str) -> None:
+        """Keep `prompt` until the model is open (loading a big model's resident set takes minutes)."""
+        remember(self.history, prompt)
+        self._save_history()
+        self.queued = prompt
+        self.editor.set_prompt("")
+        first = prompt.strip().splitlines()[0]
+        preview = first if len(first) <= QUEUED_PREVIEW else first[: QUEUED_PREVIEW - 1] + "…"
+        self._queued_notice = self.output.notice(f"{QUEUED}; escape cancels it. Prompt: {preview}")
+        self.show_queued()
+
+    def show_queued(self) -> None:
+        """Put the queued state in the panel (a new open's tracker starts without it)."""
+        if isinstance(self.tracker, RunTracker):  # a server connects in a moment: its panel has no such line
+            self.tracker.queue(self.queued is not None)
+        self.refresh_bindings()  # type: ignore[attr-defined]
+        self.poll_panel()
+
+    def _take_queued(self) -> str | None:
+        prompt, self.queued = self.queued, None
+        if self._queued_notice is not None:
+            self._queued_notice.remove()
+            self._queued_notice = None
+        if prompt is not None:
+            self.show_queued()
+        return prompt
+
+    def start_queued(self) -> None:
+        """The model is open: run what was queued (settings this model cannot use drop it, as a submit would)."""
+        prompt = self._take_queued()
+        if prompt is not None and not self._start(prompt):
+            self._give_back(prompt, "The queued run did not start")
+
+    def drop_queued(self, why: str) -> None:
+        """Forget the queued run, saying `why` (cancelled, the model did not open)."""
+        prompt = self._take_queued()
+        if prompt is not None:
+            self._give_back(prompt, why)
+
+    def _give_back(self, prompt: str, why: str) -> None:
+        # The prompt goes back where it was typed, unless something new is there (then ↑ recalls it).
+        if self.editor.text.strip():
+            self.output.notice(f"{why}; ↑ in the prompt recalls it.")
+        else:
+            self.editor.set_prompt(prompt)
+            self.output.notice(f"{why}; its prompt is back in the editor.")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate")
     def _generate(
@@ -114,6 +178,7 @@ class RunControl:
         worker: Worker[None] = get_current_worker()
         pending = self.pending
         many = len(params) > 1
+        post = self.post_message  # type: ignore[attr-defined]
 
         def sink(event: events.Event) -> None:
             tracker.feed(run, event)
@@ -124,8 +189,9 @@ class RunControl:
                 pending.add(run, event.text, guess=True, sequence=event.sequence)
             elif many and isinstance(event, events.Done | events.Cancelled):
                 pending.end(run, event)  # its pane says so while the other samples go on
+            elif isinstance(event, events.LongPrompt):
+                post(LongPromptWarned(run, event.message))
 
-        post = self.post_message  # type: ignore[attr-defined]
         with self._engine_lock:
             if worker.is_cancelled:  # cancelled (or the model replaced) before it started
                 results: list[events.Done | events.Cancelled] = [
@@ -157,6 +223,15 @@ class RunControl:
             current = [piece for piece in pieces if piece.run == self.run_number]
             if current:
                 self.output.show(self.run_number, current)
+
+    def on_long_prompt_warned(self, message: LongPromptWarned) -> None:
+        """Said above the run's output (it still runs: ALiBi has no hard limit), and in a toast."""
+        view = self.output.runs.get(message.run)
+        if view is None or message.run != self.run_number:
+            return
+        text = message.text[:1].upper() + message.text[1:]
+        self.output.mount(Notice(text, markup=False), before=view)
+        self.notify(text, title="Long prompt", severity="warning", timeout=10)  # type: ignore[attr-defined]
 
     def on_run_ended(self, message: RunEnded) -> None:
         if message.run != self.run_number:
@@ -210,7 +285,9 @@ class RunControl:
             self.notify("Only the last run's samples can be picked.", severity="warning")  # type: ignore[attr-defined]
 
     def action_cancel(self) -> None:
-        if self.running:
+        if self.queued is not None:
+            self.drop_queued("The queued run was cancelled")
+        elif self.running:
             self.workers.cancel_group(self, "generate")  # type: ignore[attr-defined]
             remote = isinstance(self.tracker, RemoteTracker)
             what = "closing the stream" if remote else "the engine stops after the current block"

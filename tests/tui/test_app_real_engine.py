@@ -120,7 +120,7 @@ async def test_quit_mid_generation_does_not_hang(real_app: BloomApp) -> None:
         await wait_until(pilot, lambda: app.tracker.snapshot().tokens >= 2)
         await pilot.press("ctrl+q")
         await wait_until(pilot, lambda: app._exit, what="the app to exit")
-    app.close_engine(timeout=20)  # what run_app does after the app returns: must not wait on the run
+    app.close_engine(timeout=20)  # closing after the app returns must not wait on the run
     assert app.handle is None
 
 

@@ -25,6 +25,7 @@ STATE_ICONS = {
     "cancelled": "■ cancelled",
     "error": "✖ error",
 }
+QUEUED = "queued: runs when the model is open"
 
 
 def _seconds(value: float | None) -> str:
@@ -105,6 +106,8 @@ class EnginePanel(VerticalScroll):
         state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
         if snap.message:
             state.append(f" · {snap.message}")
+        if snap.queued:
+            state.append(f"\n{QUEUED}", style="bold")
         self._update("#panel-state", state)
         self.set_class(snap.state == "error", "-error")
         self.set_class(snap.state == "cancelled", "-cancelled")

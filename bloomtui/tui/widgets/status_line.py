@@ -14,7 +14,7 @@ def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
     """State first (it matters most when the line is cut), then progress, speed and memory."""
     line = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
     n_blocks = snap.model.n_blocks if snap.model else 0
-    parts: list[str] = []
+    parts: list[str] = ["run queued"] if snap.queued else []
     if snap.state == "loading":
         parts.append(snap.message)
         if snap.load_total:
