@@ -24,9 +24,12 @@ BLOOM_PROMPTS: Examples = (
     ),
 )
 DEMO_PROMPTS: Examples = (
-    ("lists", "The most important thing to remember about lists is that"),
-    ("files", "If the file does not exist, the function"),
-    ("dictionaries", "A dictionary maps keys to"),
+    # Openings whose continuation, at the demo's own settings (greedy, penalty 1.2), reads like its docs.
+    ("open()", "The open() function returns"),
+    ("missing file", "If the file does not exist, the function"),
+    ("pathlib", "The pathlib module offers"),
+    ("argparse", "The argparse module makes it easy to"),
+    ("lists", "The most important thing to remember about lists is that"),  # README's example
 )
 HISTORY_IN_PALETTE = 20
 

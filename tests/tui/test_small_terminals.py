@@ -111,3 +111,25 @@ async def test_settings_dialog_scrolls_to_every_field_on_a_short_terminal(
         await wait_until(pilot, lambda: dialog.scrollable_content_region.contains_region(save.region), timeout=3)
         await pilot.press("enter")
         await wait_until(pilot, lambda: not app.screen.query("#settings-dialog"))
+
+
+FOOTER_KEYS = ("^q Quit", "^j Run", "esc Cancel", "f2 Settings", "^o Model", "^s Save", "f4 Panel")
+
+
+def _footer_line(app: BloomApp) -> str:
+    return app.screen._compositor.render_strips()[-1].text
+
+
+async def test_footer_keeps_its_keys_whole_giving_up_the_least_needed_first(scripted: ScriptedOpener) -> None:
+    """Roomy where all fit; compact at 80 columns, every key still there (^s Save too); at 60, save and model
+    (both in the palette) go, and the rest stay whole beside the palette's key."""
+    app = _app(scripted)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await _opened(pilot)
+        for width, gone in ((120, ()), (80, ()), (60, ("^o Model", "^s Save")), (100, ())):
+            await pilot.resize_terminal(width, 24)
+            await pilot.pause()
+            line = _footer_line(app)
+            assert len(line) == width and line.rstrip().endswith("^p palette"), line
+            assert [key for key in FOOTER_KEYS if key not in line] == list(gone), line
+            assert ("  ^j Run  " in line) == (width >= 100), line  # roomy: two spaces between keys

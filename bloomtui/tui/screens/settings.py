@@ -1,7 +1,8 @@
 """The settings dialog: generation settings, samples, the RAM budget and the draft, checked before they are saved.
 
-Samples above 1 need sampling: typing such a number turns the Greedy / sample switch on (where it was off), and
-saving it with the switch turned back to greedy is refused with the reason."""
+Samples above 1 need sampling: until the user flips the Greedy / sample switch, it follows Samples (on above 1,
+back to what the model does at 1), and saving several samples with the switch turned to greedy is refused with
+the reason. Enter saves from any field, the switch included (space flips it)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,24 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from bloomtui.cached_models import CachedModel
-from bloomtui.engine.drafting import PROMPT_LOOKUP
+from bloomtui.engine.draft_spec import PROMPT_LOOKUP
 from bloomtui.engine.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
-from bloomtui.settings import LABELS, MAX_SAMPLES, Settings
+from bloomtui.settings import APP_FALLBACK, LABELS, MAX_SAMPLES, Settings
 from bloomtui.sizes import format_size, parse_size
 
-# field -> (input type, hint shown as the placeholder)
+# field -> (input type, hint shown as the placeholder; a decoding field's starts with what blank comes to)
 FIELDS: dict[str, tuple[str, str]] = {
-    "max_new_tokens": ("integer", "tokens per run, e.g. 64"),
-    "temperature": ("number", "> 0, e.g. 0.8"),
+    "max_new_tokens": ("integer", "tokens per run"),
+    "temperature": ("number", "> 0, when sampling"),
     "top_k": ("integer", "0 = off"),
     "top_p": ("number", "(0, 1], 1 = off"),
-    "repetition_penalty": ("number", "1 = off, e.g. 1.2"),
+    "repetition_penalty": ("number", "> 1 curbs repeats"),
     "seed": ("integer", "blank = random each run"),
     "samples": ("integer", f"1..{MAX_SAMPLES}"),
     "ram_budget": ("text", "auto, or e.g. 800MB, 12GiB"),
@@ -77,17 +79,26 @@ def _text(settings: Settings, name: str) -> str:
     return "" if value is None else str(value)
 
 
-def switch_shown(settings: Settings) -> bool:
-    """Whether the Greedy / sample switch opens on: sampling chosen, or left to the default with samples."""
-    return bool(settings.sample) or (settings.sample is None and settings.samples > 1)
+def samples_value(text: str) -> int | None:
+    """What the Samples field holds: blank is 1, None while it is no whole number."""
+    try:
+        return int(text) if text.strip() else BLANK_DEFAULTS["samples"]
+    except ValueError:
+        return None
 
 
-def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str | None = None) -> Settings:
-    """Settings from the dialog's texts; UsageError names the first field that is wrong."""
-    chosen: bool | None = sample
-    if base.sample is None and sample == switch_shown(base):
-        chosen = None  # the switch left alone: still the default's to decide
-    parsed: dict[str, object] = {"sample": chosen, "draft": base.draft if draft is None else draft}
+def switch_shown(settings: Settings, defaults: GenerationDefaults | None = None) -> bool:
+    """Whether the Greedy / sample switch shows sampling: as chosen, else as it follows the model (its
+    generation_config.json's do_sample) and Samples (above 1, they sample)."""
+    if settings.sample is not None:
+        return settings.sample
+    return settings.samples > 1 or bool(defaults is not None and defaults.do_sample)
+
+
+def parse_form(values: dict[str, str], sample: bool | None, base: Settings, draft: str | None = None) -> Settings:
+    """Settings from the dialog's texts and the Greedy / sample choice (None: left to the model and Samples);
+    UsageError names the first field that is wrong."""
+    parsed: dict[str, object] = {"sample": sample, "draft": base.draft if draft is None else draft}
     for name, (kind, _hint) in FIELDS.items():
         text = values.get(name, "").strip()
         label = LABELS[name]
@@ -109,9 +120,19 @@ def parse_form(values: dict[str, str], sample: bool, base: Settings, draft: str 
                 parsed[name] = float(text)
             except ValueError:
                 raise UsageError(f"{label}: {text!r} is not a number") from None
-    if not sample and int(parsed["samples"]) > 1:  # type: ignore[call-overload]
-        parsed["sample"] = False  # judged as the dialog shows it: greedy, which samples cannot be
     return replace(base, **parsed).validated()  # type: ignore[arg-type]
+
+
+class SampleSwitch(Switch):
+    """The Greedy / sample switch: space flips it, enter saves the dialog as it does from the other fields."""
+
+    BINDINGS = [Binding("enter", "submit", "Save", show=False)]
+
+    class Submitted(Message):
+        """Enter was pressed on the switch."""
+
+    def action_submit(self) -> None:
+        self.post_message(self.Submitted())
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
@@ -128,25 +149,31 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.cached = cached or []
         self.defaults = defaults
         """The open model's recommended decoding (generation_config.json): a blank field's value where it sets one."""
-        self._samples_switched = settings.samples > 1
+        self.sample_choice = settings.sample
+        """Greedy / sample as the user chose it (in settings.json, or by flipping the switch); None while the
+        switch follows the model and Samples."""
 
     def _hint(self, name: str, hint: str) -> str:
+        if name not in APP_FALLBACK:
+            return hint
         value = getattr(self.defaults, name, None) if self.defaults is not None else None
-        return hint if value is None or not blank_is_a_value(name) else f"blank = the model's {value}"
+        blank = f"the model's {value:g}" if value is not None else f"{APP_FALLBACK[name]:g} (default)"
+        return f"blank = {blank} · {hint}"
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-dialog"):  # scrolls on short terminals; focus scrolls to the field
             yield Static("Settings", id="settings-title")
             with Grid(id="settings-grid"):
-                yield Label("Greedy / sample")
-                with Horizontal(classes="switch-row"):  # Samples beside it: above 1, they need sampling
-                    yield Switch(switch_shown(self.settings), id="sample")
-                    yield Label("sampling" if switch_shown(self.settings) else "greedy", id="sample-label")
-                    yield Label(LABELS["samples"], id="samples-label")
-                    yield self._input("samples", *FIELDS["samples"])
                 for name, (kind, hint) in FIELDS.items():
                     if name in ("samples", "draft_tree"):
                         continue
+                    if name == "temperature":  # the switch above the values it turns on; tab goes through it
+                        yield Label("Greedy / sample")
+                        with Horizontal(classes="switch-row"):  # Samples beside it: above 1, they need sampling
+                            yield SampleSwitch(switch_shown(self.settings, self.defaults), id="sample")
+                            yield Label("", id="sample-label")
+                            yield Label(LABELS["samples"], id="samples-label")
+                            yield self._input("samples", *FIELDS["samples"])
                     if name == "draft_tokens":
                         yield Label(LABELS["draft"])
                         yield Select(
@@ -192,33 +219,38 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self._sync_sampling()
         self.query_one("#max_new_tokens", Input).focus()
 
-    @on(Switch.Changed, "#sample")
     def _sync_sampling(self) -> None:
         sample = self.query_one("#sample", Switch).value
         self.query_one("#sample-label", Label).update("sampling" if sample else "greedy")
         for name in ("temperature", "top_k", "top_p"):
             self.query_one(f"#{name}", Input).disabled = not sample
 
+    @on(Switch.Changed, "#sample")
+    def _sample_chosen(self, event: Switch.Changed) -> None:
+        self.sample_choice = event.value  # only the user's flips post this: Samples' changes are prevented
+        self._sync_sampling()
+
     @on(Input.Changed, "#samples")
     def _samples_need_sampling(self, event: Input.Changed) -> None:
-        try:
-            many = int(event.value) > 1
-        except ValueError:
-            return
-        switch = self.query_one("#sample", Switch)
-        if many and not switch.value and not self._samples_switched:
-            self._samples_switched = True  # once: turned back to greedy, saving says why it cannot be
-            switch.value = True
+        samples = samples_value(event.value)
+        if self.sample_choice is not None or samples is None:
+            return  # a choice of the user's stays; a half-typed number changes nothing
+        with self.prevent(Switch.Changed):
+            self.query_one("#sample", Switch).value = switch_shown(
+                replace(self.settings, samples=samples), self.defaults
+            )
+        self._sync_sampling()
 
     def _values(self) -> dict[str, str]:
         return {name: self.query_one(f"#{name}", Input).value for name in FIELDS}
 
     @on(Button.Pressed, "#save")
     @on(Input.Submitted)
+    @on(SampleSwitch.Submitted)
     def action_save(self) -> None:
         try:
             draft = str(self.query_one("#draft", Select).value)
-            settings = parse_form(self._values(), self.query_one("#sample", Switch).value, self.settings, draft)
+            settings = parse_form(self._values(), self.sample_choice, self.settings, draft)
         except UsageError as exc:
             self.query_one("#settings-error", Static).update(exc.message)
             self.app.bell()
