@@ -13,6 +13,7 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from bloomtui import demo_models
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, speculative
 from bloomtui.engine import events as ev
 from bloomtui.engine import tree as tree_module
-from bloomtui.engine.drafting import DraftSpec, ModelDrafter, open_draft
+from bloomtui.engine.draft_spec import DraftSpec
+from bloomtui.engine.drafting import ModelDrafter, open_draft
 from bloomtui.engine.sampling import Sampler
 from bloomtui.engine.speculative import Proposal, residual, verify
 
@@ -30,8 +32,9 @@ PROMPT = "Repeat after me: the list is sorted in place. Repeat after me: the lis
 TOKENS = 4
 SAMPLES = 1000
 """The fewest seeds that still fail a biased verifier with a margin (measured): at 1000 the classic slip
-(redrawing from p, not max(0, p - q)) scores 186 against a threshold of 80 and the right sampler 47-67; the slip
-goes unnoticed below ~600. A chance failure of a right sampler is the threshold's 5e-4."""
+(redrawing from p, not max(0, p - q)) scores 186-194 against a threshold of 80 and the right sampler 42-67; the
+slip goes unnoticed below ~600. A chance failure of a right sampler is the threshold's 5e-4."""
+BATCH = 40
 # Narrow enough (top-3) that the 81 possible sequences can be counted; the penalty makes each token's
 # distribution depend on the tokens before it, drafted or not.
 PARAMS = SamplingParams(max_new_tokens=TOKENS, temperature=1.0, top_k=3, repetition_penalty=1.1, ignore_eos=True)
@@ -89,15 +92,17 @@ def chi_square(counts: Counter, probs: dict[tuple, float], n: int) -> tuple[floa
 
 
 def sample_runs(engine: Engine, spec: DraftSpec, n: int = SAMPLES) -> tuple[Counter, int, int]:
+    """N runs, seeds 0..N-1, BATCH sequences to a generate_many: each sequence samples with its own seed and
+    drafter as it would alone, and the per-pass work is shared (the runs took ~4x longer one by one)."""
     counts: Counter = Counter()
     proposed = accepted = 0
-    for seed in range(n):
-        params = SamplingParams(**{**PARAMS.__dict__, "seed": seed})
-        result = engine.generate(PROMPT, params, draft=spec)
-        assert isinstance(result, ev.Done)
-        counts[result.token_ids] += 1
-        proposed += result.draft_proposed
-        accepted += result.draft_accepted
+    for start in range(0, n, BATCH):
+        params = [replace(PARAMS, seed=seed) for seed in range(start, min(n, start + BATCH))]
+        for result in engine.generate_many([PROMPT] * len(params), params, draft=spec):
+            assert isinstance(result, ev.Done)
+            counts[result.token_ids] += 1
+            proposed += result.draft_proposed
+            accepted += result.draft_accepted
     return counts, proposed, accepted
 
 
