@@ -403,8 +403,9 @@ def quality_section(get: Lookup, raw: dict) -> list[str]:
         + (f" (its first {chars} characters)" if chars else "")
         + " (windows of "
         f"{raw['settings'].get('quality_context', 1024)} tokens, as `bloomtui perplexity --context` scores them) on "
-        "bloomtui/demo_models/trained as shipped (bf16) and its `bloomtui prepare` copies (group size as prepare "
-        f"picks it); then 64 greedy tokens after the prompt {QUALITY_PROMPT!r}.",
+        "bloomtui/demo_models/trained as shipped (bf16 weights) and its `bloomtui prepare` copies (group size as "
+        "prepare picks it), each computed in float32 as the demo's config asks; then 64 greedy tokens after the "
+        f"prompt {QUALITY_PROMPT!r}.",
         "",
         "| scheme | group size | perplexity | ÷ bf16 | mean NLL | tokens scored | greedy 64 tokens vs bf16 | "
         "continuation (start) |",

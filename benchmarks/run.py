@@ -67,12 +67,13 @@ def full_bytes(model: Path) -> int:
 
 
 def minimum_bytes(model: Path) -> int:
-    from bloomtui.engine.checkpoint import Checkpoint
-    from bloomtui.engine.generate import compute_dtype
+    """The least budget bloomtui streams `model` under, in the dtype it computes in (as full_bytes)."""
+    from bloomtui.engine import EngineOptions
+    from bloomtui.engine.generate import ModelPlan
     from bloomtui.engine.residency import minimum_budget
 
-    ckpt = Checkpoint.open(model)
-    return minimum_budget(ckpt, compute_dtype(ckpt.dtype, None).itemsize)
+    plan = ModelPlan.make(model, EngineOptions(ram_budget=BIG_BUDGET))
+    return minimum_budget(plan.checkpoint, plan.dtype.itemsize)
 
 
 def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Job], dict]:
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
-    from benchmarks import app_speed, batch, busy, draft_speed, llamacpp, reads, report, serving, tree_cost
+    from benchmarks import app_speed, batch, busy, draft_speed, llamacpp, reads, report, serving, startup, tree_cost
     from benchmarks.common import kept_section, update_section
 
     artifacts = out.parent / "benchmarks" / "results"
@@ -455,7 +456,7 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
     # Sections measured by their own commands keep their place and stamp.
-    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, llamacpp)
+    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, llamacpp, startup)
     for begin, end in ((m.BEGIN, m.END) for m in own):
         update_section(out, kept_section(old_text, begin, end), begin, end)
     return 0

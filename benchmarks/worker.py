@@ -148,7 +148,8 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
 
     from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams
     from bloomtui.engine import events as ev
-    from bloomtui.engine.drafting import PROMPT_LOOKUP, open_draft
+    from bloomtui.engine.draft_spec import PROMPT_LOOKUP
+    from bloomtui.engine.drafting import open_draft
 
     baseline = rss()
     budget = budget_arg(args.budget, args.model)
@@ -488,4 +489,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Without the interpreter's teardown: with torch loaded it takes 1-2 s, and the harness runs dozens of workers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
