@@ -131,6 +131,7 @@ def serve(args: argparse.Namespace) -> int:
         mp = engine.model_plan
         plan = mp.plan
         model_id = mp.path.name
+        engine.tokenizer.transformers  # noqa: B018 - chat requests use its chat template: loaded now, not in one
         scheduler = Scheduler(engine, args.max_batch, args.max_queue, draft)
         defaults = mp.generation if args.generation_config == "auto" else GenerationDefaults()
         app = build_app(engine, scheduler, ServeOptions(model_id, args.max_batch, args.max_context, key, defaults))

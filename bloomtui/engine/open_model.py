@@ -6,7 +6,6 @@ generate.py and batch.py, drafting, perplexity scoring) depend on this module, n
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from bloomtui.engine.passes import Passes
 from bloomtui.engine.quant import int4_layout
 from bloomtui.engine.read_choice import ReadChoice, choose_reads
 from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
+from bloomtui.engine.tokenizer import Tokenizer
 from bloomtui.errors import BloomtuiError, BudgetError, CancelRequested, CheckpointError, UsageError
 from bloomtui.sizes import format_size
 
@@ -112,28 +112,12 @@ def check_int4_layout(checkpoint: Checkpoint) -> None:
         )
 
 
-def load_tokenizer(folder: Path):  # noqa: ANN201 - a transformers tokenizer
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise CheckpointError(f"{folder}: no tokenizer.json (BLOOM checkpoints ship one next to config.json)")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
-
-
-def tokenizer_identity(tokenizer) -> tuple[object, object]:  # noqa: ANN001 - a transformers tokenizer
-    """(vocabulary, merges) of a tokenizer: two tokenizers with equal ones split text into the same ids."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        model = json.loads(backend.to_str()).get("model", {})
-        return model.get("vocab"), model.get("merges")
-    return tokenizer.get_vocab(), None
+def load_tokenizer(folder: Path) -> Tokenizer:
+    return Tokenizer(folder)
 
 
 class OpenModel:
-    def __init__(self, model_plan: ModelPlan, tokenizer, store: WeightStore) -> None:  # noqa: ANN001
+    def __init__(self, model_plan: ModelPlan, tokenizer: Tokenizer, store: WeightStore) -> None:
         self.model_plan = model_plan
         self.config = model_plan.checkpoint.config
         self.tokenizer = tokenizer
@@ -142,9 +126,6 @@ class OpenModel:
         self._generation = 0
         self._lock = threading.Lock()
         self._tokenizer_identity: tuple[object, object] | None = None
-        self._tokenizer_lock = threading.Lock()
-        """A fast tokenizer sets its truncation state on each call: a server encodes on one thread while
-        the engine decodes on another."""
         self.cpu_share: CpuShare | None = None
         """Sizes torch's thread team to the cores other programs leave (cpu_share.py); None with --threads."""
 
@@ -156,7 +137,7 @@ class OpenModel:
     def tokenizer_identity(self) -> tuple[object, object]:
         """(vocabulary, merges), computed once: a draft's tokenizer must equal the target's."""
         if self._tokenizer_identity is None:
-            self._tokenizer_identity = tokenizer_identity(self.tokenizer)
+            self._tokenizer_identity = self.tokenizer.identity()
         return self._tokenizer_identity
 
     @property
@@ -229,17 +210,14 @@ class OpenModel:
         return 2 * cfg.n_layer * cfg.hidden_size * self.dtype.itemsize * positions
 
     def encode(self, text: str) -> list[int]:
-        with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return self.tokenizer.encode(text)
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
-        with self._tokenizer_lock:
-            return self.tokenizer.decode(list(ids))
+        return self.tokenizer.decode(ids)
 
     def token_name(self, token: int) -> str:
         """The vocabulary's own spelling of a token (byte-level BPE: bytes as printable characters)."""
-        with self._tokenizer_lock:
-            return str(self.tokenizer.convert_ids_to_tokens(token))
+        return self.tokenizer.token_name(token)
 
 
 def multiplies_upcast(dtype: torch.dtype) -> bool:

@@ -181,7 +181,7 @@ def parse(
     if body.get("echo"):
         raise ApiError(400, "'echo' is not supported by bloomtui serve", param="echo", code="unsupported")
     if kind == "chat":
-        prompts = [model.encode(chat_text(body, model.tokenizer))]
+        prompts = [model.encode(chat_text(body, model.tokenizer.transformers))]
         logprobs = _field(body, "logprobs", (bool,), False)
         top = _field(body, "top_logprobs", (int,), 0) if logprobs else 0
         if body.get("top_logprobs") is not None and not logprobs:

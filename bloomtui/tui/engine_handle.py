@@ -198,13 +198,13 @@ _import_lock = threading.Lock()
 
 
 def import_engine() -> None:
-    """Import what opening a model imports anyway: the engine with torch, and the tokenizer library (about 30
-    MB), so the RSS measured after this is the runtime baseline the panel sets the model's memory against.
+    """Import what opening a model imports anyway: the engine with torch, and the tokenizer library, so the RSS
+    measured after this is the runtime baseline the panel sets the model's memory against.
 
     One thread at a time: the app's early import and an open worker would otherwise import the same circular
     packages from two threads, where Python may hand one of them a module still half initialized."""
     with _import_lock:
-        from transformers import AutoTokenizer  # noqa: F401
+        import tokenizers  # noqa: F401
 
         import bloomtui.engine.drafting
         import bloomtui.engine.generate
