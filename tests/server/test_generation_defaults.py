@@ -32,7 +32,11 @@ random model's greedy text changes with it for sure (one above 1 only changes a 
 
 def _model() -> SimpleNamespace:
     """What parse needs of an Engine: every prompt is three tokens."""
-    return SimpleNamespace(encode=lambda _text: [5, 6, 7], config=SimpleNamespace(vocab_size=100), tokenizer=None)
+    return SimpleNamespace(
+        encode=lambda _text: [5, 6, 7],
+        config=SimpleNamespace(vocab_size=100),
+        tokenizer=SimpleNamespace(transformers=None),
+    )
 
 
 def _params(body: dict[str, Any], defaults: GenerationDefaults, kind: str = "completion", max_context: int = 2048):
