@@ -64,6 +64,12 @@ class RunControl:
     _queued_notice: Notice | None
 
     def action_submit(self) -> None:
+        # ctrl+j is the app's (a priority binding): keys typed just before it may still wait in the editor's
+        # queue, most of all while torch imports on another thread, and the prompt would lose its end. The
+        # editor reads its text once it has handled them.
+        self.editor.call_later(self._submit)
+
+    def _submit(self) -> None:
         prompt = self.editor.text
         notify = self.notify  # type: ignore[attr-defined]
         if self.running or self.queued is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from textual import events as events_module
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -235,3 +236,21 @@ async def test_the_real_engine_says_a_prompt_is_past_its_training_context(
         await pilot.press("ctrl+j")
         await wait_until(pilot, lambda: len(app.output.exchanges) == 2 and not app.running, timeout=60)
         assert _notices(app).count("8-token context") == 1
+
+
+async def test_keys_still_waiting_in_the_editor_when_ctrl_j_comes_are_part_of_the_prompt() -> None:
+    """ctrl+j is the app's priority binding: while torch imports on another thread, keys typed just before it
+    can still wait in the editor's queue when the app handles it; the queued prompt must still hold them."""
+    opener = SlowOpener()
+    app = _app(opener)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, opener.holding.is_set, what="the open to be under way")
+        app.editor.focus()
+        for character in "list":  # queued for the editor, not yet handled when ctrl+j is
+            app.editor.post_message(events_module.Key(character, character))
+        app.action_submit()
+        await wait_until(pilot, lambda: app.queued is not None, what="the run to be queued")
+        assert app.queued == "list"
+        opener.go.set()
+        await wait_until(pilot, lambda: app.output.exchanges and not app.running, what="the queued run")
+        assert app.output.exchanges[-1].prompt == "list"
