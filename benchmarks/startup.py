@@ -47,17 +47,24 @@ def timed(args: list[str], checkout: Path) -> tuple[float, float]:
     return first, time.perf_counter() - start
 
 
+def _commit(checkout: Path) -> str:
+    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    return run.stdout.strip() or "unknown"
+
+
 def _cell(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def section(rows: dict[tuple[str, str, str], list[float]], versions: dict[str, Path], runs: int) -> str:
     before = f" --before {versions['before']}" if "before" in versions else ""
+    what = f"; before: commit {_commit(versions['before'])}" if "before" in versions else ""
     lines = [
         BEGIN,
         "## Start-up: cold processes",
         "",
-        f"`python -m benchmarks.startup{before} --runs {runs}` ({commit_stamp()}; {cpu_summary()}): whole processes "
+        f"`python -m benchmarks.startup{before} --runs {runs}` ({commit_stamp()}{what}; {cpu_summary()}): whole "
+        "processes "
         "as a shell starts them, versions interleaved; seconds, median (min-max). `demo generate` is `generate` on "
         "the shipped `trained` folder in float32, 8 new tokens: first token is exec to the first byte of text.",
         "",
