@@ -88,7 +88,7 @@ def main() -> None:
     versions = {"now": REPO} | ({"before": args.before.resolve()} if args.before else {})
     rows: dict[tuple[str, str, str], list[float]] = {}
     for case, argv in CASES.items():
-        timed(argv, REPO)  # one unmeasured run warms the page cache for both
+        timed(argv, REPO)  # one unmeasured run: torch's files and the demo's are read from the page cache after
         for _ in range(args.runs):
             for name, checkout in versions.items():
                 first, total = timed(argv, checkout)

@@ -22,6 +22,7 @@ from bloomtui.errors import BloomtuiError, CancelRequested, UsageError
 from bloomtui.openmp import apply_defaults as apply_openmp_defaults
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.cli import add_remote_options, remote_options
+from bloomtui.settings import MAX_SAMPLES
 
 COMMANDS = ("generate", "perplexity", "prepare", "info", "serve", "demo-model", "download", "measure-openmp", "app")
 MODEL_HELP = "model folder, Hugging Face repo id in the local cache, or http(s) URL of an OpenAI-compatible server"
@@ -74,7 +75,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
-        help="compute dtype (default: the checkpoint's; fp16 runs in float32)",
+        help="compute dtype (default: what the model's config asks for, else the checkpoint's; fp16 runs in float32)",
     )
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument(
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument(
         "--samples",
         type=int,
-        choices=range(1, 9),  # bloomtui.settings.MAX_SAMPLES (not imported here: it imports torch)
+        choices=range(1, MAX_SAMPLES + 1),
         metavar="N",
         help="samples of each prompt written side by side for this session, 1..8 (the saved setting otherwise; "
         "f2 changes it); more than one samples even where the model's default is greedy, and keys 1..N pick the one "
@@ -302,13 +303,20 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+def _names_model(text: str) -> bool:
+    """Whether a positional reads as a MODEL (a folder, a server, a repo id) rather than a prompt or a file."""
+    from bloomtui.engine.hub import looks_like_repo_id
+
+    return os.path.isdir(os.path.expanduser(text)) or is_remote_url(text) or looks_like_repo_id(text)
+
+
 def _model_or_demo(args: argparse.Namespace) -> None:
     """--demo as MODEL for the commands that take one; exactly one of them is given."""
     if not hasattr(args, "model"):
         return
     if getattr(args, "demo", False):
         follower = _AFTER_MODEL.get(args.command)
-        if follower and args.model is not None and getattr(args, follower) is None:
+        if follower and args.model is not None and getattr(args, follower) is None and not _names_model(args.model):
             setattr(args, follower, args.model)
             args.model = None
         if args.model is not None:

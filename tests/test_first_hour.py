@@ -43,9 +43,10 @@ def test_generate_demo_is_the_demo_in_its_own_dtype_and_what_the_readme_quotes()
     demo = _json_events(bloomtui("generate", "--demo", *args))[-1]
     by_name = _json_events(bloomtui("generate", "trained", *args))[-1]
     fp32 = _json_events(bloomtui("generate", str(demo_models.path("trained")), *args, "--dtype", "float32"))[-1]
-    bf16 = _json_events(bloomtui("generate", "--demo", *args, "--dtype", "bfloat16"))[-1]
     assert demo["token_ids"] == by_name["token_ids"] == fp32["token_ids"]
-    assert bf16["token_ids"] != demo["token_ids"]  # --dtype still wins, and the demo's dtype shows in its text
+    for extra, dtype in (((), "float32"), (("--dtype", "bfloat16"), "bfloat16")):  # --dtype still wins
+        info = json.loads(bloomtui("info", "--demo", "--json", *extra).stdout)
+        assert info["compute_dtype"] == dtype and info["recommended_dtype"] == "float32"
     first_line = demo["text"].strip().splitlines()[0]
     assert first_line[:60] in README.read_text(encoding="utf-8").replace("\n", " ")
 
@@ -96,6 +97,7 @@ def test_a_prompt_past_the_training_context_warns_and_runs() -> None:
         (["generate", "{model}", "x", "--greedy", "--top-p", "0.9"], "--top-p applies only when sampling"),
         (["generate"], "give a MODEL"),
         (["generate", "{model}", "x", "--demo"], "give a MODEL or --demo, not both"),
+        (["generate", "{model}", "--demo"], "give a MODEL or --demo, not both"),  # not a prompt "{model}"
         (["info"], "give a MODEL"),
         (["perplexity", "--demo"], "give the FILE"),
         (["demo-model", "{model}"], "--force"),
@@ -113,3 +115,15 @@ def test_demo_model_says_wrote_once(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     said = (run.stdout + run.stderr).splitlines()
     assert sum(line.startswith("wrote") for line in said) == 1, said
+
+
+def test_only_a_filter_that_filters_asks_for_sampling() -> None:
+    from bloomtui.cli import build_parser
+    from bloomtui.commands.generate import sampling_params
+
+    def params(*options: str):  # noqa: ANN202
+        return sampling_params(build_parser().parse_args(["generate", "m", "x", *options]))
+
+    assert params("--top-k", "0").greedy and params("--top-p", "1").greedy  # the documented "off" values
+    assert params("--greedy", "--top-k", "0").greedy
+    assert not params("--top-k", "5").greedy and not params("--top-p", "0.9").greedy

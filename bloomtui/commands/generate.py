@@ -78,7 +78,9 @@ def sampling_params(args: argparse.Namespace, defaults=None):  # noqa: ANN001, A
 
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0 (use --greedy for argmax), got {args.temperature:g}")
-    filters = [f"--{name.replace('_', '-')}" for name in ("top_k", "top_p") if getattr(args, name) is not None]
+    # Only a filter that filters asks for sampling: --top-k 0 and --top-p 1 are the documented "off".
+    on = {"top_k": args.top_k not in (None, 0), "top_p": args.top_p not in (None, 1.0)}
+    filters = [f"--{name.replace('_', '-')}" for name, given in on.items() if given]
     if args.greedy and filters:
         verb = "apply" if len(filters) > 1 else "applies"
         raise UsageError(f"{' and '.join(filters)} {verb} only when sampling: drop {filters[0]} or --greedy")

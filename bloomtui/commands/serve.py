@@ -80,7 +80,7 @@ def defaults_line(defaults: GenerationDefaults) -> str | None:
         if name == "do_sample":
             words.append("sampling" if value else "greedy")
         else:
-            words.append(f"{'max_tokens' if name == 'max_new_tokens' else name} {value:g}")
+            words.append(f"{'max_tokens' if name == 'max_new_tokens' else name} {value}")
     if not words:
         return None
     return (

@@ -198,7 +198,11 @@ class OpenModel:
             engine.cpu_share = CpuShare(quiet)
         # The first use on a machine measures the native kernels on ~100-200 MB of test matrices that the
         # allocator keeps: here, that memory counts in what the model holds once open, not in a run's growth.
-        chosen()
+        try:
+            chosen()
+        except BaseException:
+            engine.close()
+            raise
         return engine
 
     def close(self) -> None:

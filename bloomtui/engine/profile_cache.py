@@ -4,6 +4,7 @@ measurement depends on (the CPU and torch, the filesystem and kernel)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -26,7 +27,10 @@ def kept_or_measured(filename: str, key: str, kind: type[T], measure: Callable[[
         try:
             saved = saved if isinstance(saved, dict) else {}
             saved[key] = asdict(result)  # type: ignore[call-overload]
-            path.write_text(json.dumps(saved, indent=2) + "\n")
+            # Whole or not at all: the app may leave with os._exit while a first open measures.
+            partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(saved, indent=2) + "\n")
+            os.replace(partial, path)
         except OSError:
             pass  # a read-only cache only costs the measurement next time
     return result

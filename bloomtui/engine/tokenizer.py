@@ -9,7 +9,6 @@ BLOOM's is). Importing transformers costs ~2 s a process (it indexes its whole p
 from __future__ import annotations
 
 import json
-import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,16 @@ class Tokenizer:
             self.backend = self.transformers.backend_tokenizer
         else:
             raise CheckpointError(f"{folder}: no tokenizer.json (BLOOM checkpoints ship one next to config.json)")
-        self._lock = threading.Lock()
-        """A tokenizer with padding or truncation set changes state on each call: a server encodes on one thread
-        while the engine decodes on another."""
+        # A tokenizer.json may be saved with truncation or padding on (a fine-tune's max_length): transformers
+        # turns both off for a plain call, and a prompt must never be cut in silence.
+        self.backend.no_truncation()
+        self.backend.no_padding()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        with self._lock:
-            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int] | tuple[int, ...]) -> str:
-        with self._lock:
-            return self.backend.decode(list(ids), skip_special_tokens=False)
+        return self.backend.decode(list(ids), skip_special_tokens=False)
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         """transformers' calling form (`tok(text)["input_ids"]`), for code written against either."""

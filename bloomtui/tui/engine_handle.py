@@ -3,7 +3,7 @@
 The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
 Everything here runs in a worker thread: opening reads weights.
 
-The engine's modules (torch, transformers: seconds to import) load only here, inside the functions that open a
+The engine's modules (torch: seconds to import) load only here, inside the functions that open a
 model, so the app's window comes first; `import_engine` brings them in ahead, on a thread the app starts.
 
 An opener first checks what it can without reading weights (the folder or cached repo, its config and layout, a
@@ -29,7 +29,6 @@ from bloomtui.tui.run_state import ModelInfo
 if TYPE_CHECKING:
     from bloomtui.engine.generate import Engine
 
-DEMO_MODEL = "trained"
 """The shipped model the demo opens (bloomtui/demo_models): 8 blocks, trained on the Python docs."""
 DEMO_LABEL = "demo model (small, trained on Python docs)"
 DEMO_THREADS = 1
@@ -285,7 +284,7 @@ def ensure_demo_model(on_status: StatusSink = lambda _s: None) -> Path:
     from bloomtui import demo_models
 
     on_status("opening the demo model (small, trained on the Python docs)")
-    return demo_models.path(DEMO_MODEL)
+    return demo_models.path(demo_models.DEMO)
 
 
 def half_streaming_budget(path: Path, options: EngineOptions) -> int:

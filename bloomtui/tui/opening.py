@@ -214,8 +214,9 @@ class ModelOpening:
         self.poll_panel()
 
     def close_engine(self, timeout: float = 30.0) -> bool:
-        """After the app exits: wait for a cancelled run or open to let go, then free the engine (and one kept
-        while another opened); False on timeout."""
+        """After an app run in a process that goes on (tests; `run_app` leaves the process instead): wait for a
+        cancelled run or open to let go, then free the engine (and one kept while another opened); False on
+        timeout."""
         if not self._engine_lock.acquire(timeout=timeout):
             return False
         try:

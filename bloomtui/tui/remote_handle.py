@@ -20,7 +20,7 @@ from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Op
 from bloomtui.tui.remote_state import RemoteInfo
 
 if TYPE_CHECKING:
-    from bloomtui.remote.engine import RemoteEngine  # imported on connect: it brings torch (engine.sampling)
+    from bloomtui.remote.engine import RemoteEngine  # imported on connect: it brings httpx
 
 
 class RemoteHandle:

@@ -39,6 +39,16 @@ def test_encode_and_decode_equal_transformers(which: str, tiny_model: Written) -
     assert ours.decode(every) == theirs.decode(every)
 
 
+def test_truncation_saved_in_the_file_never_cuts_a_prompt(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as Backend
+
+    saved = Backend.from_file(str(demo_models.path("trained") / "tokenizer.json"))
+    saved.enable_truncation(max_length=4)
+    saved.save(str(tmp_path / "tokenizer.json"))
+    text = TEXTS[0] * 3
+    assert len(Tokenizer(tmp_path).encode(text)) == len(Tokenizer(demo_models.path("trained")).encode(text)) > 4
+
+
 def test_a_folder_without_a_tokenizer_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer(tmp_path)
