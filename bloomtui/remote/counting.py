@@ -79,6 +79,11 @@ def served_tokenizer(model: str) -> Tokenizer | None:
         if not path.is_file() and looks_like_repo_id(model):
             cached = try_to_load_from_cache(model, "tokenizer.json")
             path = Path(cached) if isinstance(cached, str) else path
-        return Tokenizer.from_file(str(path)) if path.is_file() else None
+        if not path.is_file():
+            return None
+        found = Tokenizer.from_file(str(path))
+        found.no_truncation()  # a file saved with truncation on would cut the count
+        found.no_padding()
+        return found
     except Exception:  # a name the hub rejects, an unreadable file: count another way
         return None
