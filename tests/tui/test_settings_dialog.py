@@ -63,14 +63,20 @@ async def test_samples_back_to_1_undoes_the_switch_they_turned_on(opened_with: S
     assert saved["sample"] is None and saved["samples"] == 1  # still the model's to decide: never chosen
 
 
+async def _flip_on(pilot: Pilot, screen: SettingsScreen) -> Switch:
+    """The user turns Greedy / sample on themselves: focus and space."""
+    switch = screen.query_one("#sample", Switch)
+    switch.focus()
+    await pilot.press("space")
+    await wait_until(pilot, lambda: switch.value, what="space to flip the switch")
+    return switch
+
+
 async def test_a_switch_the_user_turned_on_stays_on_when_samples_go_back_to_1() -> None:
     app = _app(Settings())
     async with app.run_test(size=(100, 45)) as pilot:
         screen = await _dialog(pilot)
-        switch = screen.query_one("#sample", Switch)
-        switch.focus()
-        await pilot.press("space")
-        await wait_until(pilot, lambda: switch.value, what="space to flip the switch")
+        switch = await _flip_on(pilot, screen)
         await _set_samples(pilot, screen, "3")
         await _set_samples(pilot, screen, "1")
         assert switch.value
@@ -95,10 +101,7 @@ async def test_enter_on_the_switch_saves_and_space_flips_it() -> None:
     app = _app(Settings())
     async with app.run_test(size=(100, 45)) as pilot:
         screen = await _dialog(pilot)
-        switch = screen.query_one("#sample", Switch)
-        switch.focus()
-        await pilot.press("space")
-        await wait_until(pilot, lambda: switch.value, what="space to flip the switch")
+        switch = await _flip_on(pilot, screen)
         await pilot.press("enter")
         await wait_until(pilot, lambda: not isinstance(app.screen, SettingsScreen), what="enter to save")
         assert switch.value  # enter did not flip it back
