@@ -162,10 +162,10 @@ def budget_arg(text: str, model: Path) -> int | None:
         return None
     if text != "min":
         return int(text)
-    from bloomtui.engine.checkpoint import Checkpoint
     from bloomtui.engine.generate import compute_dtype
-    from bloomtui.engine.loader import slot_extra
-    from bloomtui.engine.residency import minimum_budget, plan_residency
+    from bloomtui.engine.plan.residency import minimum_budget, plan_residency
+    from bloomtui.engine.stream.loader import slot_extra
+    from bloomtui.engine.weights.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(model)
     itemsize = compute_dtype(ckpt.dtype, None).itemsize

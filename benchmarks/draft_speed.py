@@ -18,13 +18,13 @@ from pathlib import Path
 from benchmarks.common import DRAFT_PROMPTS as PROMPTS
 from benchmarks.common import commit_stamp, cpu_summary, update_section
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.drafting import open_draft
+from bloomtui.engine.decode.draft_spec import DraftSpec
+from bloomtui.engine.decode.drafting import open_draft
 from bloomtui.engine.events import Done
 from bloomtui.engine.generate import compute_dtype
-from bloomtui.engine.open_model import OpenModel
-from bloomtui.engine.residency import budget_for, minimum_budget
+from bloomtui.engine.plan.residency import budget_for, minimum_budget
+from bloomtui.engine.stream.open_model import OpenModel
+from bloomtui.engine.weights.checkpoint import Checkpoint
 
 BEGIN, END = "<!-- trees:begin -->", "<!-- trees:end -->"
 

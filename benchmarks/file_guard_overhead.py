@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.file_guard import FileGuard, drop_lease, lease_broken, take_lease
-from bloomtui.engine.mapped import FileMaps
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io.file_guard import FileGuard, drop_lease, lease_broken, take_lease
+from bloomtui.engine.io.mapped import FileMaps
+from bloomtui.engine.weights.tensorfile import TensorRef
 
 BLOCK_BYTES = 50_356_224  # one bloom-560m block in float32
 

@@ -47,10 +47,10 @@ class Projection:
 
 
 def _checkpoint(weights: str):  # noqa: ANN202 - a Checkpoint of BLOOM-176B's shape that has no files
-    from bloomtui.engine.checkpoint import SMALL_TENSORS, Checkpoint, stored_block_tensors
-    from bloomtui.engine.config import BloomConfig, Scheme
     from bloomtui.engine.prepare import default_group_size
-    from bloomtui.engine.tensorfile import TensorRef
+    from bloomtui.engine.weights.checkpoint import SMALL_TENSORS, Checkpoint, stored_block_tensors
+    from bloomtui.engine.weights.config import BloomConfig, Scheme
+    from bloomtui.engine.weights.tensorfile import TensorRef
 
     scheme = None
     if weights != "bf16":
@@ -82,7 +82,7 @@ def residency(budget: int, weights: str = "bf16") -> tuple[int, bool]:
     """(resident blocks, head resident) from bloomtui's planner for a 176B-shaped checkpoint."""
     block_bytes, head_bytes = sizes(weights) if weights != "bf16" else (BLOCK_BYTES, HEAD_BYTES)
     try:
-        from bloomtui.engine.residency import plan_residency
+        from bloomtui.engine.plan.residency import plan_residency
 
         plan = plan_residency(_checkpoint(weights), ITEM, budget)
         return len(plan.resident_blocks), plan.head_resident

@@ -70,7 +70,7 @@ def minimum_bytes(model: Path) -> int:
     """The least budget bloomtui streams `model` under, in the dtype it computes in (as full_bytes)."""
     from bloomtui.engine import EngineOptions
     from bloomtui.engine.generate import ModelPlan
-    from bloomtui.engine.residency import minimum_budget
+    from bloomtui.engine.plan.residency import minimum_budget
 
     plan = ModelPlan.make(model, EngineOptions(ram_budget=BIG_BUDGET))
     return minimum_budget(plan.checkpoint, plan.dtype.itemsize)

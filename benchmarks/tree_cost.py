@@ -24,7 +24,7 @@ from benchmarks.common import commit_stamp, cpu_summary, update_section
 from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from benchmarks.report_drafting import _interpolate, _rows_compute, best_k
 from benchmarks.run import full_bytes, minimum_bytes
-from bloomtui.engine.tree_budget import BRANCH, Choice, TreeBudget
+from bloomtui.engine.decode.tree_budget import BRANCH, Choice, TreeBudget
 
 BEGIN, END = "<!-- tree-cost:begin -->", "<!-- tree-cost:end -->"
 STATES = ("cold", "warm", "resident")

@@ -148,8 +148,8 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
 
     from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams
     from bloomtui.engine import events as ev
-    from bloomtui.engine.draft_spec import PROMPT_LOOKUP
-    from bloomtui.engine.drafting import open_draft
+    from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
+    from bloomtui.engine.decode.drafting import open_draft
 
     baseline = rss()
     budget = budget_arg(args.budget, args.model)
@@ -266,11 +266,11 @@ def run_seed(args: argparse.Namespace) -> dict:
 def run_bigblock(args: argparse.Namespace) -> dict:
     """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode.
     Works on bf16 checkpoints and on prepared (int8/int4) folders, whose matrices run on the fused kernels."""
-    from bloomtui.engine.checkpoint import Checkpoint
+    from bloomtui.engine.compute.model import Alibi, KVCache, block_forward
     from bloomtui.engine.generate import compute_dtype
-    from bloomtui.engine.loader import assemble
-    from bloomtui.engine.model import Alibi, KVCache, block_forward
-    from bloomtui.engine.residency import ram_dtype
+    from bloomtui.engine.plan.residency import ram_dtype
+    from bloomtui.engine.stream.loader import assemble
+    from bloomtui.engine.weights.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(args.model)
     cfg = ckpt.config
@@ -345,7 +345,7 @@ def run_verify(args: argparse.Namespace) -> dict:
 
     from bloomtui.engine import Engine, EngineOptions
     from bloomtui.engine import events as ev
-    from bloomtui.engine.model import Alibi, KVCache
+    from bloomtui.engine.compute.model import Alibi, KVCache
 
     budget = budget_arg(args.budget, args.model)
     engine = Engine.open(args.model, EngineOptions(ram_budget=budget, threads=args.threads, reads=args.reads))

@@ -49,7 +49,7 @@ def run_prefill(args: argparse.Namespace) -> dict:
     upcast = getattr(engine, "upcast", None)  # None: an engine from before the per-machine choice
     engine.close()
     try:
-        from bloomtui.engine.cpu_profile import cpu_profile
+        from bloomtui.engine.compute.cpu_profile import cpu_profile
 
         profile = cpu_profile()
         chosen, described = profile.upcast_bf16, profile.describe()

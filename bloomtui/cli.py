@@ -305,7 +305,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def _names_model(text: str) -> bool:
     """Whether a positional reads as a MODEL (a folder, a server, a repo id) rather than a prompt or a file."""
-    from bloomtui.engine.hub import looks_like_repo_id
+    from bloomtui.engine.weights.hub import looks_like_repo_id
 
     return os.path.isdir(os.path.expanduser(text)) or is_remote_url(text) or looks_like_repo_id(text)
 
@@ -356,7 +356,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return measure_openmp(args)
     if args.command == "download":
-        from bloomtui.engine.hub import download_model
+        from bloomtui.engine.weights.hub import download_model
 
         print(download_model(args.repo_id))
         return 0

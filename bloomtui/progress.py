@@ -173,7 +173,7 @@ class ScoreProgress:
             self._bar.stop()
 
     def __call__(self, event: events.Event) -> None:
-        from bloomtui.engine.scoring import WindowScored
+        from bloomtui.engine.decode.scoring import WindowScored
 
         if isinstance(event, WindowScored):
             self._windows_done = event.index + 1

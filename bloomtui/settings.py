@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bloomtui import locations
-from bloomtui.engine.draft_spec import MAX_FIXED_TOKENS, PROMPT_LOOKUP, DraftSpec, tree_setting
-from bloomtui.engine.generation_config import SAMPLES_NEED_SAMPLING, SAMPLES_NEED_TEMPERATURE, GenerationDefaults
+from bloomtui.engine.decode.draft_spec import MAX_FIXED_TOKENS, PROMPT_LOOKUP, DraftSpec, tree_setting
 from bloomtui.engine.sampling_params import SamplingParams
+from bloomtui.engine.weights.generation_config import (
+    SAMPLES_NEED_SAMPLING,
+    SAMPLES_NEED_TEMPERATURE,
+    GenerationDefaults,
+)
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size, parse_size
 

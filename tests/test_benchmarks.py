@@ -17,8 +17,8 @@ from benchmarks.floors import streamed_ranges
 from benchmarks.seed import seed_generate
 from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,8 @@ import sys
 import psutil
 import pytest
 
-from bloomtui.engine import Engine, EngineOptions, memory_guard
+from bloomtui.engine import Engine, EngineOptions
+from bloomtui.engine.plan import memory_guard
 from bloomtui.errors import BudgetError
 from tests.checkpoints import Written
 

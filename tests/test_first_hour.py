@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bloomtui import demo_models
-from bloomtui.engine.config import TRAINING_CONTEXT, BloomConfig
+from bloomtui.engine.weights.config import TRAINING_CONTEXT, BloomConfig
 from bloomtui.errors import ConfigError
 from tests.checkpoints import Written
 from tests.test_cli import _json_events, bloomtui

@@ -45,7 +45,7 @@ def test_a_kept_policy_applies_unless_the_user_set_their_own(tmp_path: Path, mon
 
 
 def test_measuring_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bloomtui.engine.cpu_share.others_over", lambda window: 1.0)
+    monkeypatch.setattr("bloomtui.engine.compute.cpu_share.others_over", lambda window: 1.0)
     with pytest.raises(UsageError, match="other programs hold 1.0 cores"):
         measure_openmp.measure_openmp(argparse.Namespace(seconds=1.0, even_if_busy=False))
 

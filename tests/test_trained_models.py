@@ -9,7 +9,7 @@ import pytest
 
 from bloomtui import demo_models
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
-from bloomtui.engine.checkpoint import Checkpoint
+from bloomtui.engine.weights.checkpoint import Checkpoint
 
 SAMPLE = Path(__file__).resolve().parent.parent / "training" / "heldout-sample.txt"
 # Held-out perplexity bounds, about 10% above what the shipped models score on the sample (context 1024, fp32

@@ -219,7 +219,7 @@ DOC_PROMPTS = (
 def engine_acceptance(draft: Path, tokens: int = 64) -> dict:
     """Speculative decoding of the demo by `draft` through the engine: kept/proposed and tokens per pass."""
     from bloomtui.engine import DraftSpec, Engine, EngineOptions, SamplingParams
-    from bloomtui.engine.drafting import open_draft
+    from bloomtui.engine.decode.drafting import open_draft
 
     target = Engine.open(demo_models.path("trained"), EngineOptions(dtype="float32"))
     spec = DraftSpec(open_draft(draft, EngineOptions(dtype="float32")))

@@ -19,7 +19,7 @@ def engine_options(args: argparse.Namespace):  # noqa: ANN201 - an EngineOptions
 
 def kv_warning(need: int, what: str, fix: str) -> str | None:
     """A warning when KV caches of `need` bytes (`what` holds them) would not fit in the free memory."""
-    from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
+    from bloomtui.engine.plan.memory_guard import available_memory, headroom, total_memory
     from bloomtui.sizes import format_size
 
     free = available_memory() - headroom(total_memory())

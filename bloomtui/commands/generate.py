@@ -74,7 +74,7 @@ def sampling_params(args: argparse.Namespace, defaults=None):  # noqa: ANN001, A
 
     --temperature, --top-k or --top-p ask for sampling (a filter alone would otherwise be dropped in silence
     where the model's default is greedy); --samples N > 1 samples as the app's Samples and serve's `n` do."""
-    from bloomtui.engine.generation_config import SAMPLES_NEED_SAMPLING, GenerationDefaults
+    from bloomtui.engine.weights.generation_config import SAMPLES_NEED_SAMPLING, GenerationDefaults
 
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0 (use --greedy for argmax), got {args.temperature:g}")
@@ -112,8 +112,8 @@ def generate(args: argparse.Namespace) -> int:
     many = sequences.count > 1
 
     from bloomtui.engine import Engine, events
-    from bloomtui.engine.draft_spec import PROMPT_LOOKUP, DraftSpec
-    from bloomtui.engine.drafting import budget_after_draft, open_draft
+    from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP, DraftSpec
+    from bloomtui.engine.decode.drafting import budget_after_draft, open_draft
     from bloomtui.progress import StatusLine, finish_generation
 
     status = StatusLine(text_stream=sys.stdout)
@@ -134,7 +134,7 @@ def generate(args: argparse.Namespace) -> int:
             sys.stdout.write(event.text)
             sys.stdout.flush()
 
-    from bloomtui.engine.memory_guard import fit_budget
+    from bloomtui.engine.plan.memory_guard import fit_budget
 
     if options.ram_budget is not None and (warning := fit_budget(options.ram_budget)[1]):
         print(f"warning: {warning}", file=sys.stderr)
@@ -180,7 +180,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def _draft_spec(args: argparse.Namespace):  # noqa: ANN202
     """The draft asked for, checked before anything loads (its model is opened later)."""
-    from bloomtui.engine.draft_spec import DraftSpec, tree_setting
+    from bloomtui.engine.decode.draft_spec import DraftSpec, tree_setting
 
     if args.draft is None:
         if args.draft_tokens is not None or args.draft_tree is not None:

@@ -21,10 +21,10 @@ def info(args: argparse.Namespace) -> int:
         if args.draft:
             raise UsageError("--draft works with local models only")
         return info_remote(args)
-    from bloomtui.engine.draft_spec import PROMPT_LOOKUP
-    from bloomtui.engine.drafting import budget_after_draft, draft_plan
+    from bloomtui.engine.compute.native import describe as native_describe
+    from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
+    from bloomtui.engine.decode.drafting import budget_after_draft, draft_plan
     from bloomtui.engine.generate import ModelPlan, prefill_path
-    from bloomtui.engine.native import describe as native_describe
 
     options = engine_options(args)
     draft = None

@@ -75,7 +75,7 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
 
 
 def measure_openmp(args: argparse.Namespace) -> int:
-    from bloomtui.engine.cpu_share import others_over  # the engine loads torch: not at parser build time
+    from bloomtui.engine.compute.cpu_share import others_over  # the engine loads torch: not at parser build time
 
     if args.seconds <= 0:
         raise UsageError(f"--seconds must be positive, got {args.seconds}")

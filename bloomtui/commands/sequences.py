@@ -19,7 +19,7 @@ from bloomtui.sizes import format_size
 
 if TYPE_CHECKING:
     from bloomtui.engine import events
-    from bloomtui.engine.sampling import SamplingParams
+    from bloomtui.engine.decode.sampling import SamplingParams
 
 MAX_SEQUENCES = 256
 """More sequences than this in one run is a mistake (each holds a KV cache), not a batch."""

@@ -13,7 +13,7 @@ import os
 import sys
 
 from bloomtui.commands.engine_options import engine_options, kv_warning
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
 
@@ -106,8 +106,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError("bloomtui serve needs its extra: pip install 'bloomtui[serve]'") from None
 
     from bloomtui.engine import Engine
-    from bloomtui.engine.draft_spec import PROMPT_LOOKUP, DraftSpec, tree_setting
-    from bloomtui.engine.drafting import budget_after_draft, open_draft
+    from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP, DraftSpec, tree_setting
+    from bloomtui.engine.decode.drafting import budget_after_draft, open_draft
     from bloomtui.progress import StatusLine
     from bloomtui.server.http import ServeOptions, build_app
     from bloomtui.server.run import run_server

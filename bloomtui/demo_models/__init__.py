@@ -23,7 +23,7 @@ GENERATION_CONFIG = {
     "max_new_tokens": 128,
 }
 """Each shipped model's generation_config.json (training/train.py writes it): defaults for what the user
-leaves unset, in the app and the CLI (bloomtui/engine/generation_config.py)."""
+leaves unset, in the app and the CLI (bloomtui/engine/weights/generation_config.py)."""
 
 
 def path(name: str) -> Path:

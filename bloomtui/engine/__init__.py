@@ -14,13 +14,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bloomtui.engine.draft_spec import DraftSpec
+    from bloomtui.engine.decode.draft_spec import DraftSpec
     from bloomtui.engine.engine_options import EngineOptions
     from bloomtui.engine.generate import Engine, ModelPlan
     from bloomtui.engine.sampling_params import SamplingParams
 
 _HOMES = {
-    "DraftSpec": "bloomtui.engine.draft_spec",
+    "DraftSpec": "bloomtui.engine.decode.draft_spec",
     "Engine": "bloomtui.engine.generate",
     "EngineOptions": "bloomtui.engine.engine_options",
     "ModelPlan": "bloomtui.engine.generate",

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 from contextlib import nullcontext
 
-from bloomtui.engine.batch import Batch, Ended, run_batch
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.drafting import Drafter, ModelDrafter, PromptLookup, check_same_tokenizer
+from bloomtui.engine.decode.batch import Batch, Ended, run_batch
+from bloomtui.engine.decode.draft_spec import DraftSpec
+from bloomtui.engine.decode.drafting import Drafter, ModelDrafter, PromptLookup, check_same_tokenizer
+from bloomtui.engine.decode.sampling import SamplingParams
+from bloomtui.engine.decode.scoring import Scored, score
+from bloomtui.engine.decode.sequence import SequenceRun
 from bloomtui.engine.events import Cancelled, Done, EventSink, LongPrompt, ignore
-from bloomtui.engine.generation_config import context_warning
-from bloomtui.engine.open_model import (
+from bloomtui.engine.stream.open_model import (
     DTYPES,
     EngineOptions,
     ModelPlan,
@@ -27,9 +29,7 @@ from bloomtui.engine.open_model import (
     multiplies_upcast,
     prefill_path,
 )
-from bloomtui.engine.sampling import SamplingParams
-from bloomtui.engine.scoring import Scored, score
-from bloomtui.engine.sequence import SequenceRun
+from bloomtui.engine.weights.generation_config import context_warning
 from bloomtui.errors import UsageError
 
 __all__ = [

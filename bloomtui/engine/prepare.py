@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from bloomtui import __version__
-from bloomtui.engine.checkpoint import BLOCK_TENSORS, MATRICES, SMALL_TENSORS, Checkpoint, block_shapes
-from bloomtui.engine.config import QUANT_METHOD, SCHEMES, Scheme
-from bloomtui.engine.hub import resolve_model
-from bloomtui.engine.quant import (
+from bloomtui.engine.io.reader import TensorReader
+from bloomtui.engine.weights.checkpoint import BLOCK_TENSORS, MATRICES, SMALL_TENSORS, Checkpoint, block_shapes
+from bloomtui.engine.weights.config import QUANT_METHOD, SCHEMES, Scheme
+from bloomtui.engine.weights.hub import resolve_model
+from bloomtui.engine.weights.quant import (
     INT4_GROUP_SIZES,
     check_int4_shape,
     int4_codes,
@@ -33,8 +34,7 @@ from bloomtui.engine.quant import (
     pack_int4,
     quantize_int8,
 )
-from bloomtui.engine.reader import TensorReader
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, UsageError
 
 PAGE = 4096

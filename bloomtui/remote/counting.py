@@ -72,7 +72,7 @@ def served_tokenizer(model: str) -> Tokenizer | None:
     from huggingface_hub import try_to_load_from_cache
     from tokenizers import Tokenizer
 
-    from bloomtui.engine.hub import looks_like_repo_id
+    from bloomtui.engine.weights.hub import looks_like_repo_id
 
     try:
         path = Path(model).expanduser() / "tokenizer.json"

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
+from bloomtui.engine.decode.textstream import StopFilter
 from bloomtui.engine.events import Cancelled, Error, EventSink, TokenGenerated, ignore
 from bloomtui.engine.sampling_params import SamplingParams
-from bloomtui.engine.textstream import StopFilter
 from bloomtui.errors import BloomtuiError
 from bloomtui.remote.connection import RemoteError, RemoteOptions, Server, message_in
 from bloomtui.remote.counting import COUNT_FIELDS, TokenTally, served_tokenizer

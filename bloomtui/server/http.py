@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from bloomtui.engine.events import Cancelled, Done, Error, Event, TokenGenerated
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.errors import BloomtuiError
 from bloomtui.server.metrics import prometheus_text
 from bloomtui.server.openai_format import Reply

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bloomtui.engine.generation_config import SAMPLES_NEED_TEMPERATURE, GenerationDefaults
 from bloomtui.engine.sampling_params import SamplingParams
+from bloomtui.engine.weights.generation_config import SAMPLES_NEED_TEMPERATURE, GenerationDefaults
 from bloomtui.errors import UsageError
 
 MAX_STOPS = 4

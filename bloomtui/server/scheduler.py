@@ -18,14 +18,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bloomtui.engine.batch import Batch
+from bloomtui.engine.decode.batch import Batch
+from bloomtui.engine.decode.sampling import SamplingParams
+from bloomtui.engine.decode.sequence import SequenceRun
 from bloomtui.engine.events import BlockDone, Cancelled, Done, Error, Event, TokenGenerated
-from bloomtui.engine.sampling import SamplingParams
-from bloomtui.engine.sequence import SequenceRun
 from bloomtui.errors import BloomtuiError, CancelRequested
 
 if TYPE_CHECKING:
-    from bloomtui.engine.draft_spec import DraftSpec
+    from bloomtui.engine.decode.draft_spec import DraftSpec
     from bloomtui.engine.generate import Engine
 
 ENDLESS_PASSES = 1 << 40

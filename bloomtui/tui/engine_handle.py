@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import psutil
 
 from bloomtui.engine import DraftSpec, EngineOptions, SamplingParams, events
-from bloomtui.engine.draft_spec import PROMPT_LOOKUP
+from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
 from bloomtui.errors import BloomtuiError
 from bloomtui.tui.run_state import ModelInfo
 
@@ -205,9 +205,9 @@ def import_engine() -> None:
     with _import_lock:
         import tokenizers  # noqa: F401
 
-        import bloomtui.engine.drafting
+        import bloomtui.engine.decode.drafting
         import bloomtui.engine.generate
-        import bloomtui.engine.residency  # noqa: F401
+        import bloomtui.engine.plan.residency  # noqa: F401
 
 
 def _short_name(source: str) -> str:
@@ -228,7 +228,7 @@ def open_engine(
     `release` where the checks without weights find why); a draft that cannot be used leaves the model open
     without it (`draft_error` says why)."""
     import_engine()  # usually done already: the app starts it with its window
-    from bloomtui.engine.drafting import budget_after_draft, check_same_tokenizer, open_draft
+    from bloomtui.engine.decode.drafting import budget_after_draft, check_same_tokenizer, open_draft
     from bloomtui.engine.generate import Engine
 
     if options.threads is None and spec.demo:  # other models follow the load (the engine's cpu_share.py)
@@ -292,7 +292,7 @@ def half_streaming_budget(path: Path, options: EngineOptions) -> int:
     head is streamed too when it outweighs a block (the trained demo's 8192-row head is 3.5 blocks): a plan that
     keeps it would hold every block instead."""
     from bloomtui.engine.generate import ModelPlan
-    from bloomtui.engine.residency import STREAM_SLOTS, budget_for
+    from bloomtui.engine.plan.residency import STREAM_SLOTS, budget_for
 
     mp = ModelPlan.make(path, replace(options, ram_budget=1 << 50))
     n = mp.plan.n_blocks

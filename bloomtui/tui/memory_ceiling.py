@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bloomtui.engine.draft_spec import MAX_DRAFT_TOKENS
+from bloomtui.engine.decode.draft_spec import MAX_DRAFT_TOKENS
 
 if TYPE_CHECKING:
     from bloomtui.tui.run_state import ModelInfo, PanelSnapshot

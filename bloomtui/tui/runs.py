@@ -21,7 +21,7 @@ from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from bloomtui.engine import events
-from bloomtui.engine.draft_spec import AUTO, seeded_sampling
+from bloomtui.engine.decode.draft_spec import AUTO, seeded_sampling
 from bloomtui.engine.sampling_params import SamplingParams, sample_params
 from bloomtui.errors import BloomtuiError, UsageError
 from bloomtui.settings import Settings

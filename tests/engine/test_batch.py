@@ -9,10 +9,10 @@ import torch
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.decode.draft_spec import DraftSpec
+from bloomtui.engine.plan.residency import minimum_budget
 from bloomtui.engine.sampling_params import sample_params
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from tests.checkpoints import Written, oracle, reference_greedy, write_checkpoint
 
 SHORT = "Hi"

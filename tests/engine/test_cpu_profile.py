@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bloomtui.engine import cpu_profile as cp
-from bloomtui.engine.matmul import Matmul
+from bloomtui.engine.compute import cpu_profile as cp
+from bloomtui.engine.compute.matmul import Matmul
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from bloomtui.engine import cpu_share
-from bloomtui.engine.cpu_share import CpuShare, Sample, threads_for
+from bloomtui.engine.compute import cpu_share
+from bloomtui.engine.compute.cpu_share import CpuShare, Sample, threads_for
 
 
 def test_threads_for_the_cores_left() -> None:

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
-from bloomtui.engine import direct as direct_io
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.direct import ALIGN, DirectReader, Piece, span_layout
-from bloomtui.engine.disk_profile import DiskProfile, disk_profile
-from bloomtui.engine.loader import direct_layouts, slot_extra
-from bloomtui.engine.read_choice import ReadChoice, choose_reads
-from bloomtui.engine.residency import minimum_budget, plan_residency, streamed_refs
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io import direct as direct_io
+from bloomtui.engine.io.direct import ALIGN, DirectReader, Piece, span_layout
+from bloomtui.engine.plan.disk_profile import DiskProfile, disk_profile
+from bloomtui.engine.plan.read_choice import ReadChoice, choose_reads
+from bloomtui.engine.plan.residency import minimum_budget, plan_residency, streamed_refs
+from bloomtui.engine.stream.loader import direct_layouts, slot_extra
+from bloomtui.engine.weights.checkpoint import Checkpoint
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import UsageError
 from tests.checkpoints import write_checkpoint
 from tests.engine.test_parity import PROMPT, assert_parity
@@ -222,8 +222,8 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
     class Scarce:
         available = ckpt.total_file_bytes // 2
 
-    monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: None)  # too small
+    monkeypatch.setattr("bloomtui.engine.plan.read_choice.available_memory", lambda: Scarce.available)
+    monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: None)  # too small
     choice = choose_reads(ckpt, plan, torch.float32, "auto")
     assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
 
@@ -231,7 +231,7 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
         profile = DiskProfile(
             "mapped", direct_gbps, cached_gbps, direct_gbps, cached_gbps, 1.1, cached_slowdown, compute_gbps
         )
-        monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: profile)
+        monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: profile)
         return choose_reads(ckpt, plan, torch.float32, "auto")
 
     # Compute-bound (1e-6 GB/s): the pass goes as each reader slows compute, so the slower reader can win.
@@ -274,7 +274,7 @@ def test_cancel_lands_mid_direct_read(tmp_path: Path) -> None:
 
 
 def test_the_disk_is_measured_once_per_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bloomtui.engine import disk_profile as module
+    from bloomtui.engine.plan import disk_profile as module
 
     monkeypatch.setenv("BLOOMTUI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(module, "SAMPLE_BYTES", 32 * 1024 * 1024)
@@ -299,7 +299,7 @@ def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch
     """A direct slot holds a unit's page-aligned spans, a little more than a block: the plan counts it, a
     block streams where the budget would not hold it else, and at the bare minimum `auto` reads through
     the page cache while a forced --reads direct is refused."""
-    from bloomtui.engine.open_model import ModelPlan
+    from bloomtui.engine.stream.open_model import ModelPlan
     from bloomtui.errors import BudgetError
 
     model = write_checkpoint(tmp_path / "m", preset="small", dtype="float32").path
@@ -321,7 +321,7 @@ def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch
     class Scarce:
         available, total = ckpt.total_file_bytes // 2, 2**40
 
-    monkeypatch.setattr("bloomtui.engine.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.read_choice.disk_profile", lambda _path, _reader: None)
+    monkeypatch.setattr("bloomtui.engine.plan.read_choice.available_memory", lambda: Scarce.available)
+    monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: None)
     auto = ModelPlan.make(model, EngineOptions(ram_budget=least))
     assert not auto.reads.direct and "aligned buffers" in auto.reads.reason and auto.plan.total_bytes <= least

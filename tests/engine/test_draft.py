@@ -14,11 +14,11 @@ import torch
 from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.drafting import PromptLookup, open_draft
-from bloomtui.engine.residency import minimum_budget
-from bloomtui.engine.speculative import Proposal
+from bloomtui.engine.decode.draft_spec import DraftSpec
+from bloomtui.engine.decode.drafting import PromptLookup, open_draft
+from bloomtui.engine.decode.speculative import Proposal
+from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.errors import UsageError
 from tests.checkpoints import Written, oracle, reference_greedy, write_checkpoint
 
@@ -138,8 +138,8 @@ def test_auto_switching_between_chains_and_trees_keeps_greedy_ids(
 ) -> None:
     """auto's turns between chains and trees (draft_mode.py) every pass or two: the draft's caches follow both
     (rollback after a chain, compaction after a tree), and the ids stay plain greedy's."""
-    from bloomtui.engine import draft_mode
-    from bloomtui.engine.tree_budget import TreeBudget
+    from bloomtui.engine.decode import draft_mode
+    from bloomtui.engine.decode.tree_budget import TreeBudget
 
     for name, value in (("EXPLORE", 1), ("REVISIT", 2), ("PROBE", 1)):
         monkeypatch.setattr(draft_mode, name, value)

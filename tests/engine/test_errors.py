@@ -175,8 +175,8 @@ def test_bad_dtype(model: Path) -> None:
 
 def test_model_folder_is_never_modified(model: Path) -> None:
     before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in model.iterdir()}
-    from bloomtui.engine.checkpoint import Checkpoint
-    from bloomtui.engine.residency import minimum_budget
+    from bloomtui.engine.plan.residency import minimum_budget
+    from bloomtui.engine.weights.checkpoint import Checkpoint
 
     engine = Engine.open(model, EngineOptions(ram_budget=minimum_budget(Checkpoint.open(model), 4)))
     assert engine.model_plan.plan.streamed_blocks

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import budget_for
+from bloomtui.engine.plan.residency import budget_for
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.errors import CheckpointError
 from tests.checkpoints import write_checkpoint
 
@@ -201,6 +201,6 @@ def test_read_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch, p
 
 def test_populate_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     engine, model = engine_on("mapped")
-    monkeypatch.setattr("bloomtui.engine.mapped.MADV_POPULATE_READ", -1)  # madvise fails (EINVAL) like a bad disk
+    monkeypatch.setattr("bloomtui.engine.io.mapped.MADV_POPULATE_READ", -1)  # madvise fails (EINVAL) like a bad disk
     with pytest.raises(CheckpointError, match=rf"{_weights(model)}: read failed"):
         engine.generate("Hello", PARAMS)

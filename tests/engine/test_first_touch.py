@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bloomtui.engine import mapped
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io import mapped
+from bloomtui.engine.weights.tensorfile import TensorRef
 from tests.pagecache import evict, on_tmpfs
 
 CHUNK = 32 * 1024 * 1024

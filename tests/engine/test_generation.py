@@ -15,11 +15,11 @@ from transformers.generation.logits_process import (
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.model import Alibi, alibi_bias
-from bloomtui.engine.residency import minimum_budget
-from bloomtui.engine.sampling import Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
-from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
+from bloomtui.engine.compute.model import Alibi, alibi_bias
+from bloomtui.engine.decode.sampling import Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
+from bloomtui.engine.decode.textstream import IncrementalDecoder, StopFilter
+from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from tests.checkpoints import Written, write_checkpoint
 
 PROMPT = "The Spanish translation of thank you for your help is: "
@@ -214,7 +214,7 @@ def test_empty_prompt_is_an_error(engine: Engine) -> None:
 
 def test_streaming_reads_only_the_streamed_bytes(tiny_model: Written, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each pass reads exactly the streamed blocks' tensors (and head chunks), nothing of resident blocks."""
-    from bloomtui.engine import reader
+    from bloomtui.engine.io import reader
 
     ckpt = Checkpoint.open(tiny_model.path)
     budget = minimum_budget(ckpt, 4) + ckpt.block_nbytes() * 2 + ckpt.head.nbytes * 2  # 1 block + head
@@ -247,7 +247,7 @@ def test_streaming_reads_only_the_streamed_bytes(tiny_model: Written, monkeypatc
 
 def test_mapped_streaming_faults_in_only_the_streamed_bytes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """With the compute dtype on disk, streamed tensors are mapped: only their pages are faulted in."""
-    from bloomtui.engine import mapped
+    from bloomtui.engine.io import mapped
 
     path = write_checkpoint(tmp_path / "m", preset="small", dtype="float32", untied=False).path
     ckpt = Checkpoint.open(path)

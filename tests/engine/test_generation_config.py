@@ -10,7 +10,7 @@ import pytest
 
 from bloomtui import demo_models
 from bloomtui.engine import SamplingParams
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 
 
 def write(tmp_path: Path, data: object) -> Path:

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from bloomtui.engine import hugepages
+from bloomtui.engine.io import hugepages
 
 
 def _anon_huge_kb() -> int:
@@ -75,7 +75,7 @@ def test_streamed_files_are_mapped_asking_for_huge_pages(tmp_path: Path) -> None
     import ctypes
     import mmap
 
-    from bloomtui.engine.mapped import Mapping
+    from bloomtui.engine.io.mapped import Mapping
 
     if not hasattr(mmap, "MADV_HUGEPAGE") or not Path("/proc/self/smaps").exists():
         pytest.skip("no transparent huge pages to ask for here")
@@ -96,7 +96,7 @@ def test_advice_goes_to_the_kernel_and_its_errors_come_back(tmp_path: Path) -> N
     import errno
     import mmap
 
-    from bloomtui.engine import mapped
+    from bloomtui.engine.io import mapped
 
     path = tmp_path / "weights.bin"
     path.write_bytes(bytes(3 * mmap.PAGESIZE))

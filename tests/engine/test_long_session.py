@@ -17,8 +17,8 @@ import torch
 
 from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams, events
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import budget_for
+from bloomtui.engine.plan.residency import budget_for
+from bloomtui.engine.weights.checkpoint import Checkpoint
 
 RUNS = int(os.environ.get("BLOOMTUI_LONG_SESSION_RUNS", "30"))
 WARMUP = 10

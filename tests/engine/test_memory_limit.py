@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bloomtui.engine import memory_guard
+from bloomtui.engine.plan import memory_guard
 
 GB = 1000**3
 
@@ -77,7 +77,8 @@ def test_a_real_memory_limit_lowers_the_default_budget(tmp_path) -> None:  # noq
         (child / "memory.limit_in_bytes").write_text(str(2 * GB))
         code = (
             "import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()));"
-            "from bloomtui.engine.residency import default_budget; from bloomtui.engine import memory_guard as m;"
+            "from bloomtui.engine.plan.residency import default_budget;"
+            "from bloomtui.engine.plan import memory_guard as m;"
             "print(m.total_memory(), default_budget(), m.fit_budget(600_000_000)[0], m.headroom(m.total_memory()))"
         )
         out = subprocess.run([sys.executable, "-c", code, str(child)], capture_output=True, text=True, check=True)

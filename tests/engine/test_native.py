@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bloomtui.engine import Engine, EngineOptions, SamplingParams, native, open_model
+from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.matmul import Matmul, QuantizedLinear
+from bloomtui.engine.compute import native
+from bloomtui.engine.compute.matmul import Matmul, QuantizedLinear
+from bloomtui.engine.decode.draft_spec import DraftSpec
 from bloomtui.engine.prepare import prepare
-from bloomtui.engine.quant import int4_codes, pack_int4, quantize_int8
+from bloomtui.engine.stream import open_model
+from bloomtui.engine.weights.quant import int4_codes, pack_int4, quantize_int8
 from tests.checkpoints import oracle, reference_greedy, write_checkpoint
 from tests.engine.test_prepare import oracle_for
 

@@ -7,8 +7,8 @@ import torch
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from tests.checkpoints import oracle, reference_greedy, write_checkpoint
 
 N_TOKENS = 24

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bloomtui.engine import Engine, EngineOptions
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import minimum_budget
-from bloomtui.engine.scoring import WindowScored, windows_of
+from bloomtui.engine.decode.scoring import WindowScored, windows_of
+from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.errors import CancelRequested, UsageError
 from tests.checkpoints import oracle, write_checkpoint
 

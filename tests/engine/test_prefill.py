@@ -8,9 +8,10 @@ import threading
 import pytest
 import torch
 
-from bloomtui.engine import Engine, SamplingParams, passes
+from bloomtui.engine import Engine, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.matmul import Matmul
+from bloomtui.engine.compute.matmul import Matmul
+from bloomtui.engine.stream import passes
 from tests.checkpoints import oracle, reference_greedy, write_checkpoint
 
 LONG = "The quick brown fox jumps over the lazy dog, and then it sleeps under a tree. " * 12

@@ -16,11 +16,11 @@ from transformers import BloomForCausalLM
 
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine.checkpoint import MATRICES, Checkpoint
-from bloomtui.engine.matmul import Matmul, QuantizedLinear
+from bloomtui.engine.compute.matmul import Matmul, QuantizedLinear
+from bloomtui.engine.plan.residency import minimum_budget
 from bloomtui.engine.prepare import PAGE, prepare
-from bloomtui.engine.quant import int4_codes, int4_layout, pack_int4, quantize_int8, unpack_int4
-from bloomtui.engine.residency import minimum_budget
+from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
+from bloomtui.engine.weights.quant import int4_codes, int4_layout, pack_int4, quantize_int8, unpack_int4
 from bloomtui.errors import CancelRequested, UsageError
 from tests.checkpoints import reference_greedy, write_checkpoint
 

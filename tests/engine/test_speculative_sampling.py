@@ -20,13 +20,14 @@ import torch
 from transformers import BloomForCausalLM
 
 from bloomtui import demo_models
-from bloomtui.engine import Engine, EngineOptions, SamplingParams, speculative
+from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
-from bloomtui.engine import tree as tree_module
-from bloomtui.engine.draft_spec import DraftSpec
-from bloomtui.engine.drafting import ModelDrafter, open_draft
-from bloomtui.engine.sampling import Sampler
-from bloomtui.engine.speculative import Proposal, residual, verify
+from bloomtui.engine.decode import speculative
+from bloomtui.engine.decode import tree as tree_module
+from bloomtui.engine.decode.draft_spec import DraftSpec
+from bloomtui.engine.decode.drafting import ModelDrafter, open_draft
+from bloomtui.engine.decode.sampling import Sampler
+from bloomtui.engine.decode.speculative import Proposal, residual, verify
 
 PROMPT = "Repeat after me: the list is sorted in place. Repeat after me: the list is"
 TOKENS = 4

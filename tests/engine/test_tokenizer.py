@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from bloomtui import demo_models
-from bloomtui.engine.tokenizer import Tokenizer
+from bloomtui.engine.weights.tokenizer import Tokenizer
 from bloomtui.errors import CheckpointError
 from tests.checkpoints import Written
 

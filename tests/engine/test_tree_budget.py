@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from bloomtui.engine.tree_budget import _PROBE, _PROBE_EVERY, BRANCH, Choice, TreeBudget
+from bloomtui.engine.decode.tree_budget import _PROBE, _PROBE_EVERY, BRANCH, Choice, TreeBudget
 
 
 def measured(p_first: float, pass_a: float, pass_b: float, draft_round: float, fixed: int | None = None) -> TreeBudget:
@@ -81,7 +81,7 @@ def test_a_fixed_budget_ignores_the_costs_and_room_caps_it() -> None:
 
 
 def test_auto_runs_chains_and_trees_by_turns_and_keeps_the_faster() -> None:
-    from bloomtui.engine.draft_mode import EXPLORE, PROBE, REVISIT, ChainOrTree
+    from bloomtui.engine.decode.draft_mode import EXPLORE, PROBE, REVISIT, ChainOrTree
 
     modes = ChainOrTree()
     speed = {"chain": 100.0, "tree": 150.0}  # tokens per second each mode makes

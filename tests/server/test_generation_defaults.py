@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bloomtui.commands.serve import defaults_line, serve
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.server.request_fields import NO_DEFAULTS, ApiError, parse
 from tests.checkpoints import Written

@@ -56,7 +56,8 @@ def test_a_long_prompt_counts_its_positions_and_its_prefill_work() -> None:
 
 
 def test_the_engine_sizes_copied_for_the_estimate_match_the_engine() -> None:
-    from bloomtui.engine import matmul, model, passes
+    from bloomtui.engine.compute import matmul, model
+    from bloomtui.engine.stream import passes
 
     assert memory_ceiling.PREFILL_ROWS == passes.PREFILL_ROWS
     assert memory_ceiling.SCORE_BYTES == model.SCORE_BYTES

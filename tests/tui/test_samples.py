@@ -329,7 +329,7 @@ def test_snapshot_four_samples_streaming(snap_compare, size: tuple[int, int]) ->
 
 
 def test_samples_settings_sample_and_are_checked() -> None:
-    from bloomtui.engine.generation_config import GenerationDefaults
+    from bloomtui.engine.weights.generation_config import GenerationDefaults
     from bloomtui.errors import UsageError
 
     greedy_model = GenerationDefaults(do_sample=False, repetition_penalty=1.2)

@@ -10,7 +10,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Switch
 
 from bloomtui import locations
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.settings import Settings
 from bloomtui.tui.app import BloomApp
 from bloomtui.tui.engine_handle import ModelSpec

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.residency import budget_for
+from bloomtui.engine.plan.residency import budget_for
+from bloomtui.engine.weights.checkpoint import Checkpoint
 from tests.checkpoints import write_checkpoint
 
 COOKED = termios.ICANON | termios.ECHO | termios.ISIG

@@ -17,8 +17,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from bloomtui.cached_models import CachedModel
-from bloomtui.engine.draft_spec import PROMPT_LOOKUP
-from bloomtui.engine.generation_config import GenerationDefaults
+from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
+from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.errors import UsageError
 from bloomtui.settings import APP_FALLBACK, LABELS, MAX_SAMPLES, Settings
 from bloomtui.sizes import format_size, parse_size

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.direct import probe_direct, viewable
-from bloomtui.engine.disk_profile import disk_profile
-from bloomtui.engine.mapped import FileMaps, can_map
-from bloomtui.engine.memory_guard import available_memory
-from bloomtui.engine.residency import ResidencyPlan, ram_dtype, streamed_refs
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io.direct import probe_direct, viewable
+from bloomtui.engine.io.mapped import FileMaps, can_map
+from bloomtui.engine.plan.disk_profile import disk_profile
+from bloomtui.engine.plan.memory_guard import available_memory
+from bloomtui.engine.plan.residency import ResidencyPlan, ram_dtype, streamed_refs
+from bloomtui.engine.weights.checkpoint import Checkpoint
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import UsageError
 from bloomtui.sizes import format_size
 

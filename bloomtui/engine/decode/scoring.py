@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from bloomtui.engine.compute.model import Alibi, KVCache
 from bloomtui.engine.events import Event, EventSink
-from bloomtui.engine.memory_guard import available_memory, headroom, total_memory
-from bloomtui.engine.model import Alibi, KVCache
-from bloomtui.engine.passes import Segment
+from bloomtui.engine.plan.memory_guard import available_memory, headroom, total_memory
+from bloomtui.engine.stream.passes import Segment
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
-    from bloomtui.engine.open_model import OpenModel
+    from bloomtui.engine.stream.open_model import OpenModel
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bloomtui.engine.config import BloomConfig
-from bloomtui.engine.matmul import DEFAULT, Matmul, Weight
+from bloomtui.engine.compute.matmul import DEFAULT, Matmul, Weight
+from bloomtui.engine.weights.config import BloomConfig
 
 Weights = dict[str, Weight]
 SCORE_BYTES = 64 * 1024**2

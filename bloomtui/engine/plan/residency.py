@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.memory_guard import available_memory, limit_binds
-from bloomtui.engine.reader import CHUNK_BYTES
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io.reader import CHUNK_BYTES
+from bloomtui.engine.plan.memory_guard import available_memory, limit_binds
+from bloomtui.engine.weights.checkpoint import Checkpoint
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import BudgetError
 from bloomtui.sizes import format_size
 

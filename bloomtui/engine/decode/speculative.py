@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bloomtui.engine.sampling import Sampler, logprob
+from bloomtui.engine.decode.sampling import Sampler, logprob
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bloomtui.engine.direct import ALIGN, aligned_buffer, viewable
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io.direct import ALIGN, aligned_buffer, viewable
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
 CHUNK_BYTES = 32 * 1024 * 1024

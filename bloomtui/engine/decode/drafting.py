@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from bloomtui.engine.draft_spec import MAX_DRAFT_TOKENS
+from bloomtui.engine.compute.model import Alibi, KVCache, TreeRows
+from bloomtui.engine.decode.draft_spec import MAX_DRAFT_TOKENS
+from bloomtui.engine.decode.sampling import Sampler
+from bloomtui.engine.decode.speculative import Proposal
+from bloomtui.engine.decode.tree import ROOT, DraftTree, compact
+from bloomtui.engine.decode.tree_budget import BRANCH, Choice
 from bloomtui.engine.events import ignore
-from bloomtui.engine.model import Alibi, KVCache, TreeRows
-from bloomtui.engine.open_model import EngineOptions, ModelPlan, OpenModel
-from bloomtui.engine.residency import budget_for
-from bloomtui.engine.sampling import Sampler
-from bloomtui.engine.speculative import Proposal
-from bloomtui.engine.tree import ROOT, DraftTree, compact
-from bloomtui.engine.tree_budget import BRANCH, Choice
+from bloomtui.engine.plan.residency import budget_for
+from bloomtui.engine.stream.open_model import EngineOptions, ModelPlan, OpenModel
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
 if TYPE_CHECKING:
-    from bloomtui.engine.loader import Prefetcher
-    from bloomtui.engine.passes import Passes
+    from bloomtui.engine.stream.loader import Prefetcher
+    from bloomtui.engine.stream.passes import Passes
 
 _START_TOKENS = 4
 _NGRAM = 3

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
 ALIGN = max(4096, mmap.PAGESIZE)

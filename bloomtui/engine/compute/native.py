@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bloomtui.engine.cpu_profile import cpu_name
-from bloomtui.engine.profile_cache import kept_or_measured
-from bloomtui.engine.quant import int4_layout, pack_int4
+from bloomtui.engine.compute.cpu_profile import cpu_name
+from bloomtui.engine.compute.profile_cache import kept_or_measured
+from bloomtui.engine.weights.quant import int4_layout, pack_int4
 
 SOURCE = Path(__file__).with_name("native_gemv.c")
 MAX_ROWS = 16

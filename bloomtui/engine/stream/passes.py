@@ -21,15 +21,15 @@ import psutil
 import torch
 from torch import Tensor
 
+from bloomtui.engine.compute.matmul import Matmul, row_slice
+from bloomtui.engine.compute.model import SCORE_BYTES, Alibi, KVCache, Span, TreeRows, block_spans, layer_norm
+from bloomtui.engine.compute.native import NativeKernels
 from bloomtui.engine.events import BlockDone, EventSink, PassKind, PhaseChanged, PrefillProgress
-from bloomtui.engine.loader import Prefetcher, WeightStore
-from bloomtui.engine.matmul import Matmul, row_slice
-from bloomtui.engine.model import SCORE_BYTES, Alibi, KVCache, Span, TreeRows, block_spans, layer_norm
-from bloomtui.engine.native import NativeKernels
+from bloomtui.engine.stream.loader import Prefetcher, WeightStore
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
-    from bloomtui.engine.config import BloomConfig
+    from bloomtui.engine.weights.config import BloomConfig
 
 PREFILL_ROWS = 1024
 """Rows taken through a block at once: large enough that upcasting a weight tile is paid over many rows."""

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bloomtui.engine.model import KVCache, TreeRows
-from bloomtui.engine.sampling import Sampler, logprob
+from bloomtui.engine.compute.model import KVCache, TreeRows
+from bloomtui.engine.decode.sampling import Sampler, logprob
 
 ROOT = -1
 """The parent of the root's children: the root is the last token kept, not a node."""

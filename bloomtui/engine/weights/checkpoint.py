@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.config import BloomConfig, Scheme
-from bloomtui.engine.tensorfile import TensorRef, index_file
+from bloomtui.engine.weights.config import BloomConfig, Scheme
+from bloomtui.engine.weights.tensorfile import TensorRef, index_file
 from bloomtui.errors import CheckpointError, ConfigError
 
 # Per-block tensor names, in the order a block is laid out in memory.

@@ -13,22 +13,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bloomtui.engine import cpu_share
-from bloomtui.engine.checkpoint import Checkpoint
-from bloomtui.engine.cpu_profile import cpu_profile
-from bloomtui.engine.cpu_share import CpuShare
+from bloomtui.engine.compute import cpu_share
+from bloomtui.engine.compute.cpu_profile import cpu_profile
+from bloomtui.engine.compute.cpu_share import CpuShare
+from bloomtui.engine.compute.native import chosen
 from bloomtui.engine.engine_options import EngineOptions
 from bloomtui.engine.events import Error, EventSink, LoadProgress, ignore
-from bloomtui.engine.generation_config import GenerationDefaults
-from bloomtui.engine.hub import resolve_model
-from bloomtui.engine.loader import WeightStore, slot_extra
-from bloomtui.engine.memory_guard import fit_budget
-from bloomtui.engine.native import chosen
-from bloomtui.engine.passes import Passes
-from bloomtui.engine.quant import int4_layout
-from bloomtui.engine.read_choice import ReadChoice, choose_reads
-from bloomtui.engine.residency import ResidencyPlan, default_budget, plan_residency
-from bloomtui.engine.tokenizer import Tokenizer
+from bloomtui.engine.plan.memory_guard import fit_budget
+from bloomtui.engine.plan.read_choice import ReadChoice, choose_reads
+from bloomtui.engine.plan.residency import ResidencyPlan, default_budget, plan_residency
+from bloomtui.engine.stream.loader import WeightStore, slot_extra
+from bloomtui.engine.stream.passes import Passes
+from bloomtui.engine.weights.checkpoint import Checkpoint
+from bloomtui.engine.weights.generation_config import GenerationDefaults
+from bloomtui.engine.weights.hub import resolve_model
+from bloomtui.engine.weights.quant import int4_layout
+from bloomtui.engine.weights.tokenizer import Tokenizer
 from bloomtui.errors import BloomtuiError, BudgetError, CancelRequested, CheckpointError, UsageError
 from bloomtui.sizes import format_size
 

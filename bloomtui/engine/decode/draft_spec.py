@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bloomtui.engine.tree_budget import MAX_NODES, TreeBudget
+from bloomtui.engine.decode.tree_budget import MAX_NODES, TreeBudget
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
-    from bloomtui.engine.open_model import OpenModel
     from bloomtui.engine.sampling_params import SamplingParams
+    from bloomtui.engine.stream.open_model import OpenModel
 
 PROMPT_LOOKUP = "prompt-lookup"
 MAX_DRAFT_TOKENS = 8

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bloomtui.engine.direct import ALIGN, DirectReader, Span, aligned_buffer
-from bloomtui.engine.mapped import MADV_POPULATE_READ, Mapping
-from bloomtui.engine.profile_cache import kept_or_measured
+from bloomtui.engine.compute.profile_cache import kept_or_measured
+from bloomtui.engine.io.direct import ALIGN, DirectReader, Span, aligned_buffer
+from bloomtui.engine.io.mapped import MADV_POPULATE_READ, Mapping
 from bloomtui.errors import BloomtuiError
 
 SAMPLE_BYTES = 256 * 1024 * 1024

@@ -13,24 +13,24 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bloomtui.engine.draft_mode import ChainOrTree, Mode
-from bloomtui.engine.draft_spec import seeded_sampling
-from bloomtui.engine.drafting import AdaptiveK, Drafter, ModelDrafter
+from bloomtui.engine.compute.model import KVCache
+from bloomtui.engine.decode.draft_mode import ChainOrTree, Mode
+from bloomtui.engine.decode.draft_spec import seeded_sampling
+from bloomtui.engine.decode.drafting import AdaptiveK, Drafter, ModelDrafter
+from bloomtui.engine.decode.sampling import Sampler, SamplingParams
+from bloomtui.engine.decode.speculative import Proposal, verify
+from bloomtui.engine.decode.textstream import IncrementalDecoder, StopFilter
+from bloomtui.engine.decode.tree import DraftTree, compact, verify_tree
+from bloomtui.engine.decode.tree_budget import MAX_DEPTH
 from bloomtui.engine.events import Cancelled, Done, Drafted, EventSink, PassKind, TokenGenerated
-from bloomtui.engine.model import KVCache
-from bloomtui.engine.sampling import Sampler, SamplingParams
-from bloomtui.engine.speculative import Proposal, verify
-from bloomtui.engine.textstream import IncrementalDecoder, StopFilter
-from bloomtui.engine.tree import DraftTree, compact, verify_tree
-from bloomtui.engine.tree_budget import MAX_DEPTH
 from bloomtui.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from bloomtui.engine.model import TreeRows
-    from bloomtui.engine.open_model import OpenModel
-    from bloomtui.engine.tree_budget import TreeBudget
+    from bloomtui.engine.compute.model import TreeRows
+    from bloomtui.engine.decode.tree_budget import TreeBudget
+    from bloomtui.engine.stream.open_model import OpenModel
 
 _FIRST_CAPACITY = 256
 """New positions a sequence's caches hold before they first grow (they double as needed)."""

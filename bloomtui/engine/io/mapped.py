@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bloomtui.engine.file_guard import broken_lease_error, drop_lease, lease_broken, lease_supported, take_lease
-from bloomtui.engine.reader import CHUNK_BYTES
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.io.file_guard import broken_lease_error, drop_lease, lease_broken, lease_supported, take_lease
+from bloomtui.engine.io.reader import CHUNK_BYTES
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested, CheckpointError
 
 MADV_POPULATE_READ = 22  # Linux >= 5.14; Python's mmap module has no name for it

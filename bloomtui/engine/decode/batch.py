@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bloomtui.engine.compute.model import Alibi
 from bloomtui.engine.events import Cancelled, Done, EventSink, PassKind, PhaseChanged
-from bloomtui.engine.model import Alibi
-from bloomtui.engine.passes import RowsDropped, Segment
+from bloomtui.engine.stream.passes import RowsDropped, Segment
 from bloomtui.errors import CancelRequested
 
 if TYPE_CHECKING:
-    from bloomtui.engine.open_model import OpenModel
-    from bloomtui.engine.passes import Passes
-    from bloomtui.engine.sequence import SequenceRun
+    from bloomtui.engine.decode.sequence import SequenceRun
+    from bloomtui.engine.stream.open_model import OpenModel
+    from bloomtui.engine.stream.passes import Passes
 
 Ended = Done | Cancelled
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bloomtui.engine.profile_cache import kept_or_measured
+from bloomtui.engine.compute.profile_cache import kept_or_measured
 
 _ROWS, _IN, _OUT = 256, 1024, 2048
 _ONE_ROW_REPS = 20

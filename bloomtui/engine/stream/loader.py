@@ -23,19 +23,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bloomtui.engine import hugepages
-from bloomtui.engine.checkpoint import MATRICES, Checkpoint
-from bloomtui.engine.config import Scheme
-from bloomtui.engine.direct import DirectReader, Piece, SpanLayout, aligned_buffer, span_layout
-from bloomtui.engine.file_guard import FileGuard
-from bloomtui.engine.mapped import FileMaps
-from bloomtui.engine.matmul import QuantizedLinear, Weight
-from bloomtui.engine.memory_guard import MemoryGuard
-from bloomtui.engine.model import Weights
-from bloomtui.engine.read_choice import ReadChoice
-from bloomtui.engine.reader import CHUNK_BYTES, TensorReader
-from bloomtui.engine.residency import STREAM_SLOTS, ResidencyPlan, ram_dtype, streamed_refs
-from bloomtui.engine.tensorfile import TensorRef
+from bloomtui.engine.compute.matmul import QuantizedLinear, Weight
+from bloomtui.engine.compute.model import Weights
+from bloomtui.engine.io import hugepages
+from bloomtui.engine.io.direct import DirectReader, Piece, SpanLayout, aligned_buffer, span_layout
+from bloomtui.engine.io.file_guard import FileGuard
+from bloomtui.engine.io.mapped import FileMaps
+from bloomtui.engine.io.reader import CHUNK_BYTES, TensorReader
+from bloomtui.engine.plan.memory_guard import MemoryGuard
+from bloomtui.engine.plan.read_choice import ReadChoice
+from bloomtui.engine.plan.residency import STREAM_SLOTS, ResidencyPlan, ram_dtype, streamed_refs
+from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
+from bloomtui.engine.weights.config import Scheme
+from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 
 Unit = tuple[str, int]

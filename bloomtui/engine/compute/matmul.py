@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bloomtui.engine.native import MAX_ROWS, NativeKernels
-from bloomtui.engine.quant import INT4_ROW_MULTIPLE, int4_layout, unpack_int4
+from bloomtui.engine.compute.native import MAX_ROWS, NativeKernels
+from bloomtui.engine.weights.quant import INT4_ROW_MULTIPLE, int4_layout, unpack_int4
 
 TILE_BYTES = 128 * 1024**2
 """fp32 bytes of one upcast weight tile."""
