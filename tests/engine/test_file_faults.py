@@ -194,7 +194,7 @@ def test_read_error_names_the_file(engine_on, monkeypatch: pytest.MonkeyPatch, p
     def failing_preadv(*_args: object) -> int:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(f"bloomtui.engine.{module}.os.preadv", failing_preadv)
+    monkeypatch.setattr(f"bloomtui.engine.io.{module}.os.preadv", failing_preadv)
     with pytest.raises(CheckpointError, match=rf"{_weights(model)}: read failed \(Input/output error\)"):
         engine.generate("Hello", PARAMS)
 
