@@ -162,12 +162,11 @@ def budget_arg(text: str, model: Path) -> int | None:
         return None
     if text != "min":
         return int(text)
-    from bloomtui.engine.generate import compute_dtype
-    from bloomtui.engine.plan.residency import minimum_budget, plan_residency
-    from bloomtui.engine.stream.loader import slot_extra
+    from bloomtui.engine.plan.model_plan import compute_dtype
+    from bloomtui.engine.plan.residency import minimum_budget
+    from bloomtui.engine.plan.slots import slot_extra
     from bloomtui.engine.weights.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(model)
     itemsize = compute_dtype(ckpt.dtype, None).itemsize
-    least = minimum_budget(ckpt, itemsize)
-    return minimum_budget(ckpt, itemsize, slot_extra(ckpt, plan_residency(ckpt, itemsize, least)))
+    return minimum_budget(ckpt, itemsize, slot_extra(ckpt, itemsize))

@@ -21,7 +21,7 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.decode.draft_spec import DraftSpec
 from bloomtui.engine.decode.drafting import open_draft
 from bloomtui.engine.events import Done
-from bloomtui.engine.generate import compute_dtype
+from bloomtui.engine.plan.model_plan import compute_dtype
 from bloomtui.engine.plan.residency import budget_for, minimum_budget
 from bloomtui.engine.stream.open_model import OpenModel
 from bloomtui.engine.weights.checkpoint import Checkpoint

@@ -18,9 +18,9 @@ def streamed_ranges(model: Path, budget: int) -> list[tuple[Path, int, int]]:
     streamed blocks tensor by tensor (a prepared folder's `.qweight`/`.scales` included), LM-head chunks
     (with their int8 scales), and the new token's embedding row (and its scale)."""
     from bloomtui.engine import EngineOptions
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.plan.model_plan import plan_model
 
-    mp = ModelPlan.make(model, EngineOptions(ram_budget=budget))
+    mp = plan_model(model, EngineOptions(ram_budget=budget))
     ckpt, plan = mp.checkpoint, mp.plan
     ranges = []
     if not (plan.head_resident and ckpt.tied):

@@ -61,18 +61,18 @@ class Settings:
 def full_bytes(model: Path) -> int:
     """Bytes bloomtui holds with everything resident (weights in the compute dtype)."""
     from bloomtui.engine import EngineOptions
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.plan.model_plan import plan_model
 
-    return ModelPlan.make(model, EngineOptions(ram_budget=BIG_BUDGET)).plan.total_bytes
+    return plan_model(model, EngineOptions(ram_budget=BIG_BUDGET)).plan.total_bytes
 
 
 def minimum_bytes(model: Path) -> int:
     """The least budget bloomtui streams `model` under, in the dtype it computes in (as full_bytes)."""
     from bloomtui.engine import EngineOptions
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.plan.model_plan import plan_model
     from bloomtui.engine.plan.residency import minimum_budget
 
-    plan = ModelPlan.make(model, EngineOptions(ram_budget=BIG_BUDGET))
+    plan = plan_model(model, EngineOptions(ram_budget=BIG_BUDGET))
     return minimum_budget(plan.checkpoint, plan.dtype.itemsize)
 
 

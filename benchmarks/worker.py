@@ -267,7 +267,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
     """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode.
     Works on bf16 checkpoints and on prepared (int8/int4) folders, whose matrices run on the fused kernels."""
     from bloomtui.engine.compute.model import Alibi, KVCache, block_forward
-    from bloomtui.engine.generate import compute_dtype
+    from bloomtui.engine.plan.model_plan import compute_dtype
     from bloomtui.engine.plan.residency import ram_dtype
     from bloomtui.engine.stream.loader import assemble
     from bloomtui.engine.weights.checkpoint import Checkpoint

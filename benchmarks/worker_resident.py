@@ -22,9 +22,10 @@ def _force_path(path: str) -> None:
     if path == "auto":
         return
     from bloomtui.engine import generate
+    from bloomtui.engine.compute.cpu_profile import multiplies_upcast
 
     if path == "other":
-        path = "native" if generate.multiplies_upcast(torch.bfloat16) else "upcast"
+        path = "native" if multiplies_upcast(torch.bfloat16) else "upcast"
     generate.Engine.upcast = property(lambda self, up=path == "upcast": up)
 
 

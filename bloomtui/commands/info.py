@@ -21,17 +21,18 @@ def info(args: argparse.Namespace) -> int:
         if args.draft:
             raise UsageError("--draft works with local models only")
         return info_remote(args)
+    from bloomtui.engine.compute.cpu_profile import prefill_path
     from bloomtui.engine.compute.native import describe as native_describe
     from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
     from bloomtui.engine.decode.drafting import budget_after_draft, draft_plan
-    from bloomtui.engine.generate import ModelPlan, prefill_path
+    from bloomtui.engine.plan.model_plan import plan_model
 
     options = engine_options(args)
     draft = None
     if args.draft is not None and args.draft != PROMPT_LOOKUP:
         draft = draft_plan(args.draft, options)
         options = budget_after_draft(options, draft)
-    mp = ModelPlan.make(args.model, options)
+    mp = plan_model(args.model, options)
     ckpt, plan, cfg = mp.checkpoint, mp.plan, mp.checkpoint.config
     disk_stream = sum(ckpt.block_nbytes(i) for i in plan.streamed_blocks)
     if not plan.head_resident:

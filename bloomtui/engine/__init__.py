@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bloomtui.engine.decode.draft_spec import DraftSpec
     from bloomtui.engine.engine_options import EngineOptions
-    from bloomtui.engine.generate import Engine, ModelPlan
+    from bloomtui.engine.generate import Engine
+    from bloomtui.engine.plan.model_plan import ModelPlan
     from bloomtui.engine.sampling_params import SamplingParams
 
 _HOMES = {
     "DraftSpec": "bloomtui.engine.decode.draft_spec",
     "Engine": "bloomtui.engine.generate",
     "EngineOptions": "bloomtui.engine.engine_options",
-    "ModelPlan": "bloomtui.engine.generate",
+    "ModelPlan": "bloomtui.engine.plan.model_plan",
     "SamplingParams": "bloomtui.engine.sampling_params",
 }
 __all__ = ["DraftSpec", "Engine", "EngineOptions", "ModelPlan", "SamplingParams"]

@@ -18,31 +18,9 @@ from bloomtui.engine.decode.sampling import SamplingParams
 from bloomtui.engine.decode.scoring import Scored, score
 from bloomtui.engine.decode.sequence import SequenceRun
 from bloomtui.engine.events import Cancelled, Done, EventSink, LongPrompt, ignore
-from bloomtui.engine.stream.open_model import (
-    DTYPES,
-    EngineOptions,
-    ModelPlan,
-    OpenModel,
-    check_int4_layout,
-    compute_dtype,
-    load_tokenizer,
-    multiplies_upcast,
-    prefill_path,
-)
+from bloomtui.engine.stream.open_model import OpenModel
 from bloomtui.engine.weights.generation_config import context_warning
 from bloomtui.errors import UsageError
-
-__all__ = [
-    "DTYPES",
-    "Engine",
-    "EngineOptions",
-    "ModelPlan",
-    "check_int4_layout",
-    "compute_dtype",
-    "load_tokenizer",
-    "multiplies_upcast",
-    "prefill_path",
-]
 
 
 class Engine(OpenModel):

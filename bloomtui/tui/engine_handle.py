@@ -268,10 +268,10 @@ def check_openable(source: str, options: EngineOptions) -> None:
     """Raise what opening `source` would raise before reading weights: no such folder or cached repo, a broken
     config or layout, a RAM budget it cannot stream under. The automatic budget is checked as the most this
     machine can hold: it is measured against the memory available after the model in use is closed."""
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.plan.model_plan import plan_model
 
     budget = options.ram_budget if options.ram_budget is not None else 1 << 50
-    ModelPlan.make(source, replace(options, ram_budget=budget))
+    plan_model(source, replace(options, ram_budget=budget))
 
 
 def _close(engine: Engine | None) -> None:
@@ -291,10 +291,10 @@ def half_streaming_budget(path: Path, options: EngineOptions) -> int:
     """A budget that keeps about half the blocks resident and streams the rest, so the demo shows both. The LM
     head is streamed too when it outweighs a block (the trained demo's 8192-row head is 3.5 blocks): a plan that
     keeps it would hold every block instead."""
-    from bloomtui.engine.generate import ModelPlan
+    from bloomtui.engine.plan.model_plan import plan_model
     from bloomtui.engine.plan.residency import STREAM_SLOTS, budget_for
 
-    mp = ModelPlan.make(path, replace(options, ram_budget=1 << 50))
+    mp = plan_model(path, replace(options, ram_budget=1 << 50))
     n = mp.plan.n_blocks
     keep_head = mp.plan.head_bytes <= mp.plan.block_bytes
     blocks = max(0, min(n // 2, n - STREAM_SLOTS - 1))

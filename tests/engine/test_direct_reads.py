@@ -15,9 +15,11 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.io import direct as direct_io
 from bloomtui.engine.io.direct import ALIGN, DirectReader, Piece, span_layout
 from bloomtui.engine.plan.disk_profile import DiskProfile, disk_profile
-from bloomtui.engine.plan.read_choice import ReadChoice, choose_reads
+from bloomtui.engine.plan.machine import Machine
+from bloomtui.engine.plan.model_plan import plan_model
+from bloomtui.engine.plan.read_choice import ReadChoice, read_choice, read_mode
 from bloomtui.engine.plan.residency import minimum_budget, plan_residency, streamed_refs
-from bloomtui.engine.stream.loader import direct_layouts, slot_extra
+from bloomtui.engine.plan.slots import direct_layouts, slot_extra
 from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import UsageError
@@ -31,7 +33,7 @@ PARAMS = SamplingParams(max_new_tokens=6, ignore_eos=True)
 def _all_streamed(path: Path, reads: str, itemsize: int = 4) -> EngineOptions:
     """Every block streamed: the smallest budget, with room for direct I/O's aligned slots."""
     ckpt = Checkpoint.open(path)
-    extra = slot_extra(ckpt, plan_residency(ckpt, itemsize, minimum_budget(ckpt, itemsize))) if reads == "direct" else 0
+    extra = slot_extra(ckpt, itemsize) if reads == "direct" else 0
     return EngineOptions(ram_budget=minimum_budget(ckpt, itemsize, extra), reads=reads)
 
 
@@ -214,25 +216,36 @@ def test_a_model_on_tmpfs_streams_directly_or_falls_back(tmp_path: Path) -> None
         folder.rmdir()
 
 
-def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+class Scarce(Machine):
+    """A machine with `available` bytes free whose disk measures as `profile` (None: too small to tell)."""
+
+    def __init__(self, available: int, profile: DiskProfile | None = None) -> None:
+        self.available, self.profile = available, profile
+
+    def available_memory(self) -> int:
+        return self.available
+
+    def disk_profile(self, path: Path, cached_reader: str) -> DiskProfile | None:
+        return self.profile
+
+
+def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model) -> None:  # noqa: ANN001
     ckpt = Checkpoint.open(tiny_model.path)
     plan = plan_residency(ckpt, 4, minimum_budget(ckpt, 4))
-    assert choose_reads(ckpt, plan, torch.float32, None).path in ("mapped", "buffered")
 
-    class Scarce:
-        available = ckpt.total_file_bytes // 2
+    def choose_reads(requested: str | None, machine: Machine = Machine()) -> ReadChoice:  # noqa: B008 - stateless
+        return read_choice(ckpt, plan, torch.float32, read_mode(ckpt, plan, torch.float32, requested, machine), machine)
 
-    monkeypatch.setattr("bloomtui.engine.plan.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: None)  # too small
-    choice = choose_reads(ckpt, plan, torch.float32, "auto")
+    assert choose_reads(None).path in ("mapped", "buffered")
+    scarce = Scarce(ckpt.total_file_bytes // 2)
+    choice = choose_reads("auto", scarce)
     assert choice.direct and choice.drop_cache and "exceed free memory" in choice.reason
 
     def profiled(direct_gbps: float, cached_gbps: float, cached_slowdown: float, compute_gbps: float) -> ReadChoice:
         profile = DiskProfile(
             "mapped", direct_gbps, cached_gbps, direct_gbps, cached_gbps, 1.1, cached_slowdown, compute_gbps
         )
-        monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: profile)
-        return choose_reads(ckpt, plan, torch.float32, "auto")
+        return choose_reads("auto", Scarce(scarce.available, profile))
 
     # Compute-bound (1e-6 GB/s): the pass goes as each reader slows compute, so the slower reader can win.
     assert profiled(0.7, 2.0, cached_slowdown=2.0, compute_gbps=1e-6).direct
@@ -242,13 +255,13 @@ def test_auto_chooses_direct_only_when_the_model_does_not_fit(tiny_model, monkey
     assert not slow.direct and slow.drop_cache and slow.path in ("mapped", "buffered")
     assert "O_DIRECT 0.70 and 0.70 GB/s, compute 1.10x; mapped 2.00 and 2.00 GB/s, compute 2.00x" in slow.reason
     assert "through the page cache, dropped after use" in slow.reason
-    assert choose_reads(ckpt, plan, torch.float32, "direct").direct  # forcing it still forces it
-    forced = choose_reads(ckpt, plan, torch.float32, "cached")
+    assert choose_reads("direct", scarce).direct  # forcing it still forces it
+    forced = choose_reads("cached", scarce)
     assert not forced.direct and forced.drop_cache  # what is cached is dropped again: it cannot stay
     resident = plan_residency(ckpt, 4, 10**10)
-    assert choose_reads(ckpt, resident, torch.float32, "direct").path == ""  # nothing to stream
+    assert read_mode(ckpt, resident, torch.float32, "direct", scarce) is None  # nothing to stream
     with pytest.raises(UsageError, match="--reads must be one of"):
-        choose_reads(ckpt, plan, torch.float32, "fast")
+        choose_reads("fast")
 
 
 def test_cancel_lands_mid_direct_read(tmp_path: Path) -> None:
@@ -295,33 +308,27 @@ def test_the_disk_is_measured_once_per_filesystem(tmp_path: Path, monkeypatch: p
     assert disk_profile(tmp_path / "cache" / "disk-profile.json", "mapped") == first  # same file system
 
 
-def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_budget_holds_direct_reads_aligned_slots(tmp_path: Path) -> None:
     """A direct slot holds a unit's page-aligned spans, a little more than a block: the plan counts it, a
     block streams where the budget would not hold it else, and at the bare minimum `auto` reads through
     the page cache while a forced --reads direct is refused."""
-    from bloomtui.engine.stream.open_model import ModelPlan
     from bloomtui.errors import BudgetError
 
     model = write_checkpoint(tmp_path / "m", preset="small", dtype="float32").path
     ckpt = Checkpoint.open(model)
     least = minimum_budget(ckpt, 4)
-    extra = slot_extra(ckpt, plan_residency(ckpt, 4, least))
+    extra = slot_extra(ckpt, 4)
     assert extra > 0  # spans are rounded out to pages
     block = plan_residency(ckpt, 4, least).block_bytes
     one_resident = least + block  # a block resident, with room to spare for nothing else
     assert len(plan_residency(ckpt, 4, one_resident).resident_blocks) == 1
-    made = ModelPlan.make(model, EngineOptions(ram_budget=one_resident, reads="direct"))
+    made = plan_model(model, EngineOptions(ram_budget=one_resident, reads="direct"))
     assert made.reads.direct and made.plan.slot_extra >= extra and not made.plan.resident_blocks
     assert made.plan.total_bytes <= one_resident
     layouts = direct_layouts(ckpt, made.plan)
     assert max(layout.nbytes for layout in layouts.values()) <= made.plan.slot_bytes
     with pytest.raises(BudgetError, match="direct reads need page-aligned buffers"):
-        ModelPlan.make(model, EngineOptions(ram_budget=least, reads="direct"))
+        plan_model(model, EngineOptions(ram_budget=least, reads="direct"))
 
-    class Scarce:
-        available, total = ckpt.total_file_bytes // 2, 2**40
-
-    monkeypatch.setattr("bloomtui.engine.plan.read_choice.available_memory", lambda: Scarce.available)
-    monkeypatch.setattr("bloomtui.engine.plan.read_choice.disk_profile", lambda _path, _reader: None)
-    auto = ModelPlan.make(model, EngineOptions(ram_budget=least))
+    auto = plan_model(model, EngineOptions(ram_budget=least), Scarce(ckpt.total_file_bytes // 2))
     assert not auto.reads.direct and "aligned buffers" in auto.reads.reason and auto.plan.total_bytes <= least

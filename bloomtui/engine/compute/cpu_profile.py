@@ -99,3 +99,15 @@ def cpu_profile() -> CpuProfile:
     profile = kept_or_measured("cpu-profile.json", key, CpuProfile, measure)
     assert profile is not None
     return profile
+
+
+def multiplies_upcast(dtype: torch.dtype) -> bool:
+    """fp32 tiles for many rows unless the weights are bf16 on a CPU whose bf16 GEMM is fast."""
+    return dtype != torch.bfloat16 or cpu_profile().upcast_bf16
+
+
+def prefill_path(dtype: torch.dtype) -> str:
+    """How many-row passes multiply, for `info`."""
+    if dtype == torch.float32:
+        return "float32 GEMM (int8/int4 matrices dequantised a tile at a time)"
+    return cpu_profile().describe()

@@ -24,9 +24,11 @@ from bloomtui.engine.decode.sampling import Sampler
 from bloomtui.engine.decode.speculative import Proposal
 from bloomtui.engine.decode.tree import ROOT, DraftTree, compact
 from bloomtui.engine.decode.tree_budget import BRANCH, Choice
+from bloomtui.engine.engine_options import EngineOptions
 from bloomtui.engine.events import ignore
+from bloomtui.engine.plan.model_plan import ModelPlan, plan_model
 from bloomtui.engine.plan.residency import budget_for
-from bloomtui.engine.stream.open_model import EngineOptions, ModelPlan, OpenModel
+from bloomtui.engine.stream.open_model import OpenModel
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
@@ -261,7 +263,7 @@ def check_same_tokenizer(target: OpenModel, draft: OpenModel) -> None:
 
 def _draft_options(model: str | Path, options: EngineOptions) -> tuple[str | Path, EngineOptions, str]:
     """(source, options that hold it fully resident, its name) for a draft argument."""
-    probe = ModelPlan.make(model, EngineOptions(dtype=options.dtype))
+    probe = plan_model(model, EngineOptions(dtype=options.dtype))
     ckpt = probe.checkpoint
     budget = budget_for(ckpt, probe.dtype.itemsize, ckpt.n_blocks)
     return model, EngineOptions(ram_budget=budget, dtype=options.dtype, threads=options.threads), probe.path.name
@@ -275,7 +277,7 @@ def _refuse_streaming(plan: ModelPlan, name: str) -> None:
 def draft_plan(model: str | Path, options: EngineOptions) -> ModelPlan:
     """What open_draft would hold, planned without loading a weight (for `info --draft`)."""
     source, draft_options, name = _draft_options(model, options)
-    plan = ModelPlan.make(source, draft_options)
+    plan = plan_model(source, draft_options)
     _refuse_streaming(plan, name)
     return plan
 

@@ -11,15 +11,14 @@ from mapped pages with no copy at all (mapped.py); other tensors are read with p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from bloomtui.engine.io.direct import probe_direct, viewable
-from bloomtui.engine.io.mapped import FileMaps, can_map
-from bloomtui.engine.plan.disk_profile import disk_profile
-from bloomtui.engine.plan.memory_guard import available_memory
+from bloomtui.engine.io.direct import viewable
+from bloomtui.engine.io.mapped import can_map
+from bloomtui.engine.plan.machine import Machine
 from bloomtui.engine.plan.residency import ResidencyPlan, ram_dtype, streamed_refs
 from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.engine.weights.tensorfile import TensorRef
@@ -62,15 +61,36 @@ class ReadChoice:
         return text
 
 
-def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, requested: str | None) -> ReadChoice:
-    """The read path for streaming `checkpoint` under `plan`; `requested` is "auto" (None), "direct" or "cached"."""
+NOTHING_STREAMED = ReadChoice("", False, "every weight is resident")
+
+
+@dataclass(frozen=True)
+class ReadMode:
+    """The decision, before the residency is final: direct I/O or the page cache, and why."""
+
+    direct: bool
+    drop_cache: bool
+    reason: str
+    cached_path: str | None
+    """The page-cache path ("mapped" or "buffered") for this streamed set; None where --reads direct skipped it."""
+
+    def cached_instead(self, why: str) -> ReadMode:
+        assert self.cached_path is not None, "--reads direct is refused, never turned into cached"
+        return replace(self, direct=False, reason=f"{self.reason}; {why}")
+
+
+def read_mode(
+    checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, requested: str | None, machine: Machine
+) -> ReadMode | None:
+    """How `checkpoint`'s streamed weights under `plan` are read: `requested` is "auto" (None), "direct" or
+    "cached". None when nothing streams."""
     mode = requested or "auto"
     if mode not in READ_MODES:
         raise UsageError(f"--reads must be one of {', '.join(READ_MODES)}, got {requested!r}")
     refs = streamed_refs(checkpoint, plan)
     if not refs:
-        return ReadChoice("", False, "every weight is resident")
-    available = available_memory()
+        return None
+    available = machine.available_memory()
     need = checkpoint.total_file_bytes + plan.total_bytes
     fits = need <= available
     if mode != "auto":
@@ -81,10 +101,11 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
         mode = "direct"
         reason = f"the model's files and budget ({format_size(need)}) exceed free memory ({format_size(available)})"
     files = {ref.path for ref in refs}
-    cached = None if mode == "direct" and requested not in (None, "auto") else _cached_reader(refs, files, dtype)
+    forced_direct = mode == "direct" and requested not in (None, "auto")
+    cached = None if forced_direct else _cached_path(refs, files, dtype, machine)
     if cached is not None and mode == "direct":
         largest = max(files, key=lambda path: path.stat().st_size)
-        profile = disk_profile(largest, cached)
+        profile = machine.disk_profile(largest, cached)
         if profile is not None:
             streamed = sum(ref.nbytes for ref in refs)
             # Every weight is multiplied once a pass: the files' bytes are close enough (int8/int4 scales,
@@ -94,19 +115,25 @@ def choose_reads(checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype
             if not profile.prefer_direct(streamed, computed):
                 mode = "cached"
                 reason += ", so through the page cache, dropped after use"
-    if mode == "direct":
-        refused = tuple(sorted(path for path in files if not probe_direct(path)))
-        in_place = all(ram_dtype(ref, dtype) == ref.dtype and viewable(ref) for ref in refs)
-        return ReadChoice("direct" if in_place else "direct-staged", not fits, reason, refused)
-    assert cached is not None
-    return ReadChoice(cached, not fits, reason)
+    return ReadMode(mode == "direct", not fits, reason, cached)
 
 
-def _cached_reader(refs: list[TensorRef], files: set[Path], dtype: torch.dtype) -> str:
+def read_choice(
+    checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, mode: ReadMode | None, machine: Machine
+) -> ReadChoice:
+    """The read path for the final `plan`: direct I/O probes each streamed file for O_DIRECT."""
+    if mode is None:
+        return NOTHING_STREAMED
+    if not mode.direct:
+        assert mode.cached_path is not None
+        return ReadChoice(mode.cached_path, mode.drop_cache, mode.reason)
+    refs = streamed_refs(checkpoint, plan)
+    refused = tuple(sorted(path for path in {ref.path for ref in refs} if not machine.takes_direct(path)))
+    in_place = all(ram_dtype(ref, dtype) == ref.dtype and viewable(ref) for ref in refs)
+    return ReadChoice("direct" if in_place else "direct-staged", mode.drop_cache, mode.reason, refused)
+
+
+def _cached_path(refs: list[TensorRef], files: set[Path], dtype: torch.dtype, machine: Machine) -> str:
     """The page-cache path for these streamed tensors: mapped where all can be used in place, else buffered."""
-    maps = FileMaps(drop_cache=False)
-    try:
-        mapped = all(can_map(ref, ram_dtype(ref, dtype)) for ref in refs) and maps.can_lease(files)
-    finally:
-        maps.close()
+    mapped = all(can_map(ref, ram_dtype(ref, dtype)) for ref in refs) and machine.can_lease(files)
     return "mapped" if mapped else "buffered"

@@ -2,7 +2,7 @@
 
 The prefetcher is a thread that walks the streamed units (blocks, then LM-head chunks when the head is not
 resident) in pass order, wrapping around to the first streamed block for the next token, filling one of
-two slots while the other is being computed on. How a slot is filled is chosen per model (read_choice.py):
+two slots while the other is being computed on. How a slot is filled is chosen per model (plan/read_choice.py):
 direct I/O into an aligned buffer mirroring the unit's file spans (direct.py), a file mapping faulted in
 place (mapped.py), or pread into a buffer shaped as a block's tensors.
 
@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,20 +26,19 @@ from torch import Tensor
 from bloomtui.engine.compute.matmul import QuantizedLinear, Weight
 from bloomtui.engine.compute.model import Weights
 from bloomtui.engine.io import hugepages
-from bloomtui.engine.io.direct import DirectReader, Piece, SpanLayout, aligned_buffer, span_layout
+from bloomtui.engine.io.direct import DirectReader, SpanLayout, aligned_buffer
 from bloomtui.engine.io.file_guard import FileGuard
 from bloomtui.engine.io.mapped import FileMaps
 from bloomtui.engine.io.reader import CHUNK_BYTES, TensorReader
 from bloomtui.engine.plan.memory_guard import MemoryGuard
-from bloomtui.engine.plan.read_choice import ReadChoice
-from bloomtui.engine.plan.residency import STREAM_SLOTS, ResidencyPlan, ram_dtype, streamed_refs
+from bloomtui.engine.plan.model_plan import ModelPlan
+from bloomtui.engine.plan.residency import STREAM_SLOTS, ram_dtype, streamed_refs
+from bloomtui.engine.plan.slots import Unit, direct_layouts
 from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
 from bloomtui.engine.weights.config import Scheme
 from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 
-Unit = tuple[str, int]
-"""("block", index) or ("head", chunk)."""
 _POLL_SECONDS = 0.05
 
 
@@ -63,30 +62,6 @@ def assemble(raw: dict[str, Tensor], scheme: Scheme | None) -> Weights:
 def int8_rows(q: Tensor, scales: Tensor | None) -> Weight:
     """An embedding/head matrix (or rows of it) as held: plain, or int8 rows with their scales."""
     return q if scales is None else QuantizedLinear(8, q, scales, 0, tuple(q.shape))
-
-
-def unit_pieces(checkpoint: Checkpoint, plan: ResidencyPlan, unit: tuple[str, int]) -> list[Piece]:
-    """The stored tensors (or head rows) one streamed unit of a pass reads."""
-    if unit[0] == "block":
-        return [Piece(name, ref) for name, ref in checkpoint.blocks[unit[1]].items()]
-    r0, r1 = plan.head_chunk_range(unit[1])
-    row = checkpoint.head.shape[1]
-    pieces = [Piece("head", checkpoint.head, r0 * row, (r1 - r0) * row)]
-    return pieces + ([Piece("scales", checkpoint.head_scales, r0, r1 - r0)] if checkpoint.head_scales else [])
-
-
-def direct_layouts(checkpoint: Checkpoint, plan: ResidencyPlan) -> dict[tuple[str, int], SpanLayout]:
-    """Each streamed unit's file spans, for direct I/O in place."""
-    return {unit: span_layout(unit_pieces(checkpoint, plan, unit)) for unit in plan.pass_units()}
-
-
-def slot_extra(checkpoint: Checkpoint, plan: ResidencyPlan) -> int:
-    """Bytes a direct slot needs beyond a block: page alignment of each span, and gaps merged into spans. Taken
-    over every block and head chunk, streamed under `plan` or not, so it holds for any residency (a head chunk's
-    rows follow from the block size alone)."""
-    every = replace(plan, resident_blocks=frozenset(), head_resident=False)
-    layouts = direct_layouts(checkpoint, every)
-    return max(0, max((layout.nbytes for layout in layouts.values()), default=0) - plan.block_bytes)
 
 
 class Slot:
@@ -132,10 +107,11 @@ class Fetched:
 class WeightStore:
     """Resident weights of one model in the compute dtype, plus what streaming needs."""
 
-    def __init__(self, checkpoint: Checkpoint, plan: ResidencyPlan, dtype: torch.dtype, reads: ReadChoice) -> None:
+    def __init__(self, model_plan: ModelPlan) -> None:
+        checkpoint, plan, reads = model_plan.checkpoint, model_plan.plan, model_plan.reads
         self.checkpoint = checkpoint
         self.plan = plan
-        self.dtype = dtype
+        self.dtype = model_plan.dtype
         self.reads = reads
         self.drop_cache = reads.drop_cache
         self.small: dict[str, Tensor] = {}
