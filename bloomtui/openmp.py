@@ -5,7 +5,7 @@ browser, another torch program) the spinning starves the very thread it waits fo
 project's 2-core machine, bloom-560m shape, bf16, decode per token: quiet 0.062 s with the default spin,
 0.067 s with a short spin, 0.082 s with sleeping waiters (OMP_WAIT_POLICY=PASSIVE); beside one busy process
 1.2-1.4 s with the default spin, 0.15-0.27 s with a short spin (a team of 2; the engine now sizes its team
-to the cores other programs leave, engine/cpu_share.py). So a short spin is the default; `bloomtui
+to the cores other programs leave, engine/compute/cpu_share.py). So a short spin is the default; `bloomtui
 measure-openmp` times the three on this machine (quiet, and beside a program that takes half a core in
 bursts, which no team size avoids) and keeps the best, which later runs then apply. A user's own OpenMP
 settings win.

@@ -57,7 +57,7 @@ while True:
     time.sleep(0.004)
 """
 """Half a core, taken and given back every few ms: as streamed reads or an app's UI take it. (A program that
-holds a whole core the engine leaves alone by sizing its team to the cores left; see engine/cpu_share.py.
+holds a whole core the engine leaves alone by sizing its team to the cores left; see engine/compute/cpu_share.py.
 Half a core it cannot leave: there, how the team's threads wait at each barrier decides.)"""
 BUSY_THRESHOLD = 0.3
 """Cores other programs may hold while the quiet runs are measured."""
