@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 import os
 import re
 import signal
@@ -330,31 +331,24 @@ def _model_or_demo(args: argparse.Namespace) -> None:
         raise UsageError("give the FILE to score (a UTF-8 text file)")
 
 
+_COMMANDS = {
+    "generate": "generate",
+    "perplexity": "perplexity",
+    "serve": "serve",
+    "info": "info",
+    "measure-openmp": "measure_openmp",
+}
+"""Commands whose function `bloomtui.commands.<name>.<name>` is imported only when it runs (start-up time)."""
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "generate":
-        from bloomtui.commands.generate import generate
-
-        return generate(args)
-    if args.command == "perplexity":
-        from bloomtui.commands.perplexity import perplexity
-
-        return perplexity(args)
-    if args.command == "serve":
-        from bloomtui.commands.serve import serve
-
-        return serve(args)
+    if (name := _COMMANDS.get(args.command)) is not None:
+        module = importlib.import_module(f"bloomtui.commands.{name}")
+        return getattr(module, name)(args)
     if args.command == "prepare":
         return _prepare(args)
-    if args.command == "info":
-        from bloomtui.commands.info import info
-
-        return info(args)
     if args.command == "demo-model":
         return _demo_model(args)
-    if args.command == "measure-openmp":
-        from bloomtui.commands.measure_openmp import measure_openmp
-
-        return measure_openmp(args)
     if args.command == "download":
         from bloomtui.engine.weights.hub import download_model
 
