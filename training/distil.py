@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,8 @@ from transformers import BloomForCausalLM
 
 from bloomtui import demo_models
 from training.corpus import DEFAULT_SOURCES, split
-from training.train import SEQ_LEN, fit_schedule, heldout_nll, save, token_stream
+from training.loop import Loop, warmup_cosine
+from training.train import SEQ_LEN, heldout_nll, token_stream
 
 NAME = "trained-draft"
 BATCH = 16
@@ -73,13 +73,6 @@ def agreement(student: BloomForCausalLM, teacher: BloomForCausalLM, ids: torch.T
     }
 
 
-def lr_at(step: int, total: int) -> float:
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    progress = min(1.0, (step - WARMUP) / max(1, total - WARMUP))
-    return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def corpus(sources: Path) -> tuple[torch.Tensor, torch.Tensor]:
     tokenizer = Tokenizer.from_file(str(demo_models.path("trained") / "tokenizer.json"))
     train_texts, heldout_texts = split(sources)
@@ -91,58 +84,39 @@ def distil(args: argparse.Namespace) -> None:
     train_ids, heldout_ids = corpus(args.sources)
     run = args.work / "distil"
     run.mkdir(parents=True, exist_ok=True)
-    checkpoint = run / "checkpoint.pt"
     teacher = load(demo_models.path("trained")).eval()
     student = load(demo_models.path(NAME))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0)
-    state = {"step": 0, "total_steps": None, "tokens": 0, "seconds": 0.0}
-    generator = torch.Generator().manual_seed(args.seed)
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        student.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        state = saved["state"]
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(input_ids=batch).logits
+        return kl_loss(student(input_ids=batch).logits, target)
+
+    loop = Loop(
+        model=student,
+        optimizer=torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.0),
+        generator=torch.Generator().manual_seed(args.seed),
+        checkpoint=run / "checkpoint.pt",
+        log_path=run / "log.jsonl",
+        train_ids=train_ids,
+        seq_len=SEQ_LEN,
+        batch_size=BATCH,
+        lr_at=lambda step, total: warmup_cosine(step, total, LR, WARMUP),
+        loss=loss,
+        loss_name="kl",
+        # its held-out "kl" overwrites the batch's on these lines, as in the shipped log-distil.jsonl
+        evaluate=lambda: agreement(student, teacher, heldout_ids, windows=8),
+    )
+    resumed = loop.resume()
+    state = loop.state
+    if resumed:
         print(f"resumed at step {state['step']} of {state['total_steps']}", flush=True)
     else:
         state["before"] = agreement(student, teacher, heldout_ids)
         print(json.dumps({"before": state["before"]}), flush=True)
-    log = (run / "log.jsonl").open("a")
-    deadline = time.monotonic() + args.minutes * 60
-    last_save = time.monotonic()
-    run_start, first = time.perf_counter(), state["step"]
-    while state["total_steps"] is None or state["step"] < state["total_steps"]:
-        if time.monotonic() > deadline:
-            print("time budget spent; run again to resume", flush=True)
-            break
-        started = time.perf_counter()
-        starts = torch.randint(0, len(train_ids) - SEQ_LEN - 1, (BATCH,), generator=generator)
-        batch = torch.stack([train_ids[s : s + SEQ_LEN] for s in starts.tolist()])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["step"], state["total_steps"] or 10**9)
-        with torch.no_grad():
-            target = teacher(input_ids=batch).logits
-        loss = kl_loss(student(input_ids=batch).logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        state["step"] += 1
-        state["tokens"] += batch.numel()
-        state["seconds"] += time.perf_counter() - started
-        fit_schedule(state, first, run_start, deadline)
-        if state["step"] % args.log_every == 0:
-            entry = {"step": state["step"], "kl": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"]}
-            if state["step"] % (args.log_every * 10) == 0:
-                entry.update(agreement(student, teacher, heldout_ids, windows=8))
-            print(json.dumps(entry), flush=True)
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-        if time.monotonic() - last_save > args.save_minutes * 60:
-            save(checkpoint, student, optimizer, generator, state)
-            last_save = time.monotonic()
+    loop.run(args.minutes, args.log_every, args.save_minutes)
     state["after"] = agreement(student, teacher, heldout_ids)
-    save(checkpoint, student, optimizer, generator, state)
+    loop.save()
     print(json.dumps({"before": state.get("before"), "after": state["after"]}), flush=True)
 
 

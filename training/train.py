@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from transformers import BloomConfig, BloomForCausalLM
 from bloomtui import demo_models
 from bloomtui.demo import save_tokenizer_files, train_byte_bpe
 from training.corpus import DEFAULT_SOURCES, HELDOUT_PERCENT, split
+from training.loop import Loop, warmup_cosine
 
 VOCAB_SIZE = 8192
 SEQ_LEN = 256
@@ -87,13 +87,6 @@ def bloom_config(recipe: Recipe) -> BloomConfig:
     )
 
 
-def lr_at(step: int, total: int, recipe: Recipe) -> float:
-    if step < recipe.warmup and total > recipe.warmup * 2:
-        return recipe.lr * (step + 1) / recipe.warmup
-    progress = min(1.0, (step - recipe.warmup) / max(1, total - recipe.warmup))
-    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 @torch.no_grad()
 def heldout_nll(model: BloomForCausalLM, ids: torch.Tensor, windows: int = 32) -> float:
     """Mean next-token NLL over the first `windows` consecutive SEQ_LEN windows of the held-out stream."""
@@ -108,20 +101,6 @@ def heldout_nll(model: BloomForCausalLM, ids: torch.Tensor, windows: int = 32) -
     return total / count
 
 
-def fit_schedule(state: dict, first_step: int, run_start: float, deadline: float) -> None:
-    """Every 20 steps: end the schedule when this run's time budget does. Its length follows the speed
-    measured so far in this run (an average, so a busy machine bends the cosine smoothly); a resumed run with
-    a new budget re-fits the schedule from where it stands (a warm restart)."""
-    done = state["step"] - first_step
-    if done == 0 or done % 20:
-        return
-    per_step = (time.perf_counter() - run_start) / done
-    fits = state["step"] + int((deadline - time.monotonic()) * 0.98 / per_step)
-    if state["total_steps"] is None or abs(fits - state["total_steps"]) > 10:
-        state["total_steps"] = max(state["step"] + 1, fits)
-        print(f"{per_step:.2f} s/step: schedule ends at step {state['total_steps']}", flush=True)
-
-
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.model]
@@ -130,7 +109,6 @@ def train(args: argparse.Namespace) -> None:
     train_ids, heldout_ids = token_stream(tokenizer, train_texts), token_stream(tokenizer, heldout_texts)
     run = args.work / args.model
     run.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = run / "checkpoint.pt"
 
     torch.manual_seed(args.seed)
     model = BloomForCausalLM(bloom_config(recipe))
@@ -141,15 +119,22 @@ def train(args: argparse.Namespace) -> None:
         lr=recipe.lr,
         betas=(0.9, 0.95),
     )
-    state = {"step": 0, "total_steps": None, "tokens": 0, "seconds": 0.0}
-    generator = torch.Generator().manual_seed(args.seed)
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        state = saved["state"]
-        print(f"resumed {args.model} at step {state['step']} of {state['total_steps']}", flush=True)
+    loop = Loop(
+        model=model,
+        optimizer=optimizer,
+        generator=torch.Generator().manual_seed(args.seed),
+        checkpoint=run / "checkpoint.pt",
+        log_path=run / "log.jsonl",
+        train_ids=train_ids,
+        seq_len=SEQ_LEN,
+        batch_size=recipe.batch,
+        lr_at=lambda step, total: warmup_cosine(step, total, recipe.lr, recipe.warmup, short_skips_warmup=True),
+        loss=lambda batch: model(input_ids=batch, labels=batch).loss,
+        log_fields=lambda state: {"tokens": state["tokens"], "tok_per_s": round(state["tokens"] / state["seconds"])},
+        evaluate=lambda: {"heldout_nll": round(heldout_nll(model, heldout_ids), 4)},
+    )
+    if loop.resume():
+        print(f"resumed {args.model} at step {loop.state['step']} of {loop.state['total_steps']}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"{args.model}: {params / 1e6:.2f}M parameters, {len(train_ids):,} train tokens, "
@@ -157,66 +142,16 @@ def train(args: argparse.Namespace) -> None:
         flush=True,
     )
 
-    log = (run / "log.jsonl").open("a")
-    deadline = time.monotonic() + args.minutes * 60
-    last_save = time.monotonic()
     model.train()
-    run_start, run_first_step = time.perf_counter(), state["step"]
+    state = loop.state
     if args.minutes > 0 and state["total_steps"] is not None and state["step"] >= state["total_steps"]:
         state["total_steps"] = None  # finished before: a new budget continues it with a fresh schedule
-    while state["total_steps"] is None or state["step"] < state["total_steps"]:
-        if time.monotonic() > deadline:
-            print("time budget spent; run again to resume", flush=True)
-            break
-        started = time.perf_counter()
-        starts = torch.randint(0, len(train_ids) - SEQ_LEN - 1, (recipe.batch,), generator=generator)
-        batch = torch.stack([train_ids[s : s + SEQ_LEN] for s in starts.tolist()])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["step"], state["total_steps"] or 10**9, recipe)
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        state["step"] += 1
-        state["tokens"] += batch.numel()
-        state["seconds"] += time.perf_counter() - started
-        fit_schedule(state, run_first_step, run_start, deadline)
-        if state["step"] % args.log_every == 0:
-            entry = {
-                "step": state["step"],
-                "loss": round(loss.item(), 4),
-                "lr": optimizer.param_groups[0]["lr"],
-                "tokens": state["tokens"],
-                "tok_per_s": round(state["tokens"] / state["seconds"]),
-            }
-            if state["step"] % (args.log_every * 10) == 0:
-                entry["heldout_nll"] = round(heldout_nll(model, heldout_ids), 4)
-            print(json.dumps(entry), flush=True)
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-        if time.monotonic() - last_save > args.save_minutes * 60:
-            save(checkpoint_path, model, optimizer, generator, state)
-            last_save = time.monotonic()
-    save(checkpoint_path, model, optimizer, generator, state)
+    loop.run(args.minutes, args.log_every, args.save_minutes)
+    loop.save()  # before the full held-out pass, which takes a while
     nll = heldout_nll(model, heldout_ids, windows=10**9)
     state["heldout_nll"] = nll
-    save(checkpoint_path, model, optimizer, generator, state)
+    loop.save()
     print(f"held-out NLL {nll:.4f}, perplexity {math.exp(nll):.2f} over {len(heldout_ids):,} tokens", flush=True)
-
-
-def save(path: Path, model, optimizer, generator, state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "state": state,
-        },
-        tmp,
-    )
-    tmp.replace(path)
 
 
 _CARD = """# bloomtui demo model `{name}`
