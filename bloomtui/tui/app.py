@@ -51,7 +51,8 @@ from bloomtui.settings import MAX_SAMPLES, Settings, load_settings, save_setting
 from bloomtui.tui import signals
 from bloomtui.tui.commands import palette_commands
 from bloomtui.tui.crash_log import crash_message, write_crash_log
-from bloomtui.tui.engine_handle import DEMO, EngineHandle, ModelSpec, Opener, import_engine, open_engine
+from bloomtui.tui.engine_handle import DEMO, ModelSpec, Opener, import_engine, open_engine
+from bloomtui.tui.handle import EngineHandle
 from bloomtui.tui.history import load_history, save_history
 from bloomtui.tui.opening import KeptModel, ModelOpening
 from bloomtui.tui.pending_text import PendingText

@@ -1,6 +1,6 @@
 """The app's view of an engine: open a model (or the built-in demo) and describe it for the panel.
 
-The app talks to `EngineHandle`, not to `Engine`, so tests and snapshots can swap in a scripted engine.
+The app talks to an `EngineHandle` (handle.py), not to `Engine`, so tests and snapshots can swap in a scripted engine.
 Everything here runs in a worker thread: opening reads weights.
 
 The engine's modules (torch: seconds to import) load only here, inside the functions that open a
@@ -17,13 +17,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import psutil
 
-from bloomtui.engine import DraftSpec, EngineOptions, SamplingParams, events
+from bloomtui.engine import DraftSpec, EngineOptions, events
 from bloomtui.engine.decode.draft_spec import PROMPT_LOOKUP
 from bloomtui.errors import BloomtuiError
+from bloomtui.tui.handle import Batch, DraftRequest, EngineHandle, Results
 from bloomtui.tui.run_state import ModelInfo
 
 if TYPE_CHECKING:
@@ -58,58 +59,12 @@ class ModelSpec:
 DEMO = ModelSpec(demo=True)
 
 
-@dataclass(frozen=True)
-class DraftRequest:
-    """How a run drafts: PROMPT_LOOKUP, or the draft model the handle opened (`ModelSpec.draft`)."""
-
-    source: str
-    tokens: int | None = None
-    """Fixed K; None adapts."""
-    tree: int | str | None = None
-    """Token trees (DraftSpec.tree): "auto", a node count, or None/"off" for chains."""
-
-
-class EngineHandle(Protocol):
-    info: ModelInfo
-    baseline_rss: int
-    """Process RSS just before the model loaded: the runtime the RAM budget does not cover."""
-    multi_sequence: bool
-    """Whether one run may carry several sequences (samples side by side); a server runs one. A handle without
-    the attribute (a wrapper in a test) counts as False."""
-
-    def generate(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> events.Done | events.Cancelled: ...
-
-    def generate_many(
-        self,
-        prompts: list[str],
-        params: list[SamplingParams],
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> list[events.Done | events.Cancelled]:
-        """prompts[i] with params[i], side by side in shared passes; events carry `sequence=i`."""
-
-    def draft_name(self, draft: DraftRequest | None) -> str | None:
-        """What drafts a run asked to draft with `draft`, for the panel; None when nothing will."""
-
-    def rss(self) -> int: ...
-
-    def close(self) -> None: ...
-
-
 Release = Callable[[], None]
 """Called by an opener once `spec` passed the checks that need no weights, before it loads any."""
 Opener = Callable[[ModelSpec, EngineOptions, events.EventSink, StatusSink, threading.Event, Release], EngineHandle]
 
 
-class RealEngine:
+class RealEngine(EngineHandle):
     """An open `Engine` plus what the panel shows about it."""
 
     multi_sequence = True
@@ -150,25 +105,10 @@ class RealEngine:
             draft_bytes=draft.model_plan.plan.total_bytes if draft is not None else 0,
         )
 
-    def generate(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> events.Done | events.Cancelled:
-        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel, draft=self._draft_spec(draft))
-
-    def generate_many(
-        self,
-        prompts: list[str],
-        params: list[SamplingParams],
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> list[events.Done | events.Cancelled]:
-        return self.engine.generate_many(prompts, params, on_event, cancel, self._draft_spec(draft))
+    def _run(self, batch: Batch) -> Results:
+        return self.engine.generate_many(
+            batch.prompts, batch.params, batch.on_event, batch.cancel, self._draft_spec(batch.draft)
+        )
 
     def _draft_spec(self, draft: DraftRequest | None) -> DraftSpec | None:
         if draft is None:
@@ -183,9 +123,6 @@ class RealEngine:
             return None
         name = "prompt lookup" if spec.model is None else _short_name(draft.source)
         return f"{name} · tree {spec.tree}" if spec.trees else name
-
-    def rss(self) -> int:
-        return psutil.Process().memory_info().rss
 
     def close(self) -> None:
         self.engine.close()

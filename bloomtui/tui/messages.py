@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from bloomtui.engine import events
-from bloomtui.tui.engine_handle import EngineHandle, ModelSpec
+from bloomtui.tui.engine_handle import ModelSpec
+from bloomtui.tui.handle import EngineHandle
 
 
 @dataclass

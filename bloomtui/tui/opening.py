@@ -19,7 +19,8 @@ from textual.worker import Worker, get_current_worker
 from bloomtui.engine import EngineOptions, events
 from bloomtui.errors import BloomtuiError, CancelRequested
 from bloomtui.settings import Settings
-from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener
+from bloomtui.tui.engine_handle import ModelSpec, Opener
+from bloomtui.tui.handle import DraftRequest, EngineHandle
 from bloomtui.tui.messages import EngineFailed, EngineOpened
 from bloomtui.tui.remote_state import RemoteInfo, RemoteTracker, tracker_for
 from bloomtui.tui.run_state import RunTracker

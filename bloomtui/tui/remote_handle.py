@@ -10,57 +10,33 @@ import threading
 from typing import TYPE_CHECKING
 
 import httpx
-import psutil
 
-from bloomtui.engine import EngineOptions, SamplingParams, events
-from bloomtui.errors import UsageError
+from bloomtui.engine import EngineOptions, events
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.connection import RemoteOptions
-from bloomtui.tui.engine_handle import DraftRequest, EngineHandle, ModelSpec, Opener, Release, StatusSink
+from bloomtui.tui.engine_handle import ModelSpec, Opener, Release, StatusSink
+from bloomtui.tui.handle import Batch, EngineHandle, Results
 from bloomtui.tui.remote_state import RemoteInfo
 
 if TYPE_CHECKING:
     from bloomtui.remote.engine import RemoteEngine  # imported on connect: it brings httpx
 
 
-class RemoteHandle:
+class RemoteHandle(EngineHandle):
+    """A `RemoteEngine` as the app's handle: one sequence per request, drafting left to the server."""
+
     multi_sequence = False
     """A server streams one sequence per request: the app runs one sample (and says so)."""
+    one_sequence_error = "a server runs one sequence at a time (samples work with local models only)"
 
     def __init__(self, engine: RemoteEngine) -> None:
         self.engine = engine
-        self.baseline_rss = 0
         host = httpx.URL(engine.url).host
         self.info = RemoteInfo(name=f"{engine.model} @ {host}", url=engine.url, model=engine.model)
 
-    def generate(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> events.Done | events.Cancelled:
+    def _run(self, batch: Batch) -> Results:
         # A server decodes on its own: drafting is local only (the app says so when it connects).
-        return self.engine.generate(prompt, params, on_event=on_event, cancel=cancel)
-
-    def generate_many(
-        self,
-        prompts: list[str],
-        params: list[SamplingParams],
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: DraftRequest | None = None,
-    ) -> list[events.Done | events.Cancelled]:
-        if len(prompts) != 1:
-            raise UsageError("a server runs one sequence at a time (samples work with local models only)")
-        return [self.generate(prompts[0], params[0], on_event, cancel)]
-
-    def draft_name(self, draft: DraftRequest | None) -> str | None:
-        return None
-
-    def rss(self) -> int:
-        return psutil.Process().memory_info().rss
+        return [self.engine.generate(batch.prompts[0], batch.params[0], on_event=batch.on_event, cancel=batch.cancel)]
 
     def close(self) -> None:
         self.engine.close()
@@ -84,6 +60,6 @@ def with_remote(opener: Opener, options: RemoteOptions) -> Opener:
         on_status("connecting to the server")
         handle = RemoteHandle(RemoteEngine.open(spec.source or "", options))
         release()  # connected: a server costs this process no memory, so the model in use could stay till now
-        return handle  # type: ignore[return-value]
+        return handle
 
     return open_any

@@ -1,6 +1,6 @@
 """What the remote panel shows: events of a served model's runs folded into immutable snapshots.
 
-The counterpart of `run_state.RunTracker` (same methods, so the app drives either): a server reports no
+The counterpart of `run_state.RunTracker` (same methods and base, so the app drives either): a server reports no
 blocks, reads or memory, so the snapshot holds only what the stream tells us: connection state, time to the
 first token, the token rate and its recent history, tokens and an ETA; and from a `bloomtui serve`, its
 figures (the latest pass's rows, time and reads, its running and queued requests).
@@ -8,14 +8,13 @@ figures (the latest pass's rows, time and reads, its running and queued requests
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from bloomtui.engine import events
 from bloomtui.remote import is_remote_url
 from bloomtui.remote.events import RemoteDone, RemoteNotice, RemoteStatus, ServerFigures
-from bloomtui.tui.run_state import HISTORY, RunTracker, State
+from bloomtui.tui.run_state import RunTracker, done_message
+from bloomtui.tui.snapshot_tracker import Live, Snapshot, SnapshotTracker
 
 CONNECTION = {"connecting": "connecting", "waiting": "waiting for the first token", "streaming": "streaming"}
 
@@ -33,10 +32,7 @@ class RemoteInfo:
 
 
 @dataclass(frozen=True)
-class RemoteSnapshot:
-    version: int = 0
-    state: State = "empty"
-    message: str = ""
+class RemoteSnapshot(Snapshot):
     model: RemoteInfo | None = None
     connection: str = "not connected"
     first_token_seconds: float | None = None
@@ -51,28 +47,11 @@ class RemoteSnapshot:
     """What a `bloomtui serve` reports with its tokens (its passes, reads and load); None from other servers."""
 
 
-@dataclass
-class _Live:
-    snap: RemoteSnapshot = field(default_factory=RemoteSnapshot)
-    run: int = 0
-    token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
-
-
-class RemoteTracker:
-    """Thread-safe fold of a remote run's events into `RemoteSnapshot`s; events of an older run are ignored."""
+class RemoteTracker(SnapshotTracker[RemoteSnapshot]):
+    """A served model's events folded into `RemoteSnapshot`s."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live = _Live()
-
-    def snapshot(self) -> RemoteSnapshot:
-        with self._lock:
-            return self._live.snap
-
-    def _set(self, **changes: object) -> None:
-        live = self._live
-        live.snap = replace(live.snap, version=live.snap.version + 1, **changes)  # type: ignore[arg-type]
+        super().__init__(Live(RemoteSnapshot()))
 
     def loading(self, what: str, done: int = 0, total: int = 0) -> None:
         with self._lock:
@@ -80,7 +59,7 @@ class RemoteTracker:
 
     def opened(self, model: RemoteInfo, rss: int | None = None, baseline_rss: int = 0) -> None:
         with self._lock:
-            self._live = _Live(snap=self._live.snap, run=self._live.run)
+            self._reopen()
             self._set(state="idle", model=model, message="", connection="connected", first_token_seconds=None, tokens=0)
 
     def failed(self, message: str, *, keep_model: bool = True) -> None:
@@ -92,9 +71,7 @@ class RemoteTracker:
         """A new run (a server decodes alone, one sequence at a time: `draft_name` and `sequences` are accepted for
         the tracker interface and unused)."""
         with self._lock:
-            live = self._live
-            live.run = run
-            live.token_seconds.clear()
+            self._begin(run)
             self._set(
                 state="running",
                 message="sending the prompt",
@@ -106,36 +83,31 @@ class RemoteTracker:
                 eta=None,
             )
 
-    def feed(self, run: int, event: events.Event) -> None:
-        with self._lock:
-            if run != self._live.run:
-                return
-            if isinstance(event, RemoteStatus):
-                self._set(connection=CONNECTION.get(event.state, event.state), message=CONNECTION[event.state])
-            elif isinstance(event, events.TokenGenerated):
-                self._token(event)
-            elif isinstance(event, RemoteNotice):
-                self._set(notice=event.message)
-            elif isinstance(event, ServerFigures):
-                self._set(server=event)
-            elif isinstance(event, events.Done):
-                rate = event.tokens_per_second or self._live.snap.tokens_per_second
-                reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
-                note = f" ({event.count_note})" if isinstance(event, RemoteDone) and event.count_note else ""
-                message = f"{event.new_tokens} tokens{note} · {reasons.get(event.stop_reason, event.stop_reason)}"
-                self._set(
-                    state="done",
-                    message=message,
-                    tokens=event.new_tokens,
-                    tokens_per_second=rate,
-                    connection="closed",
-                    eta=None,
-                )
-            elif isinstance(event, events.Cancelled):
-                message = f"after {event.new_tokens} tokens"  # shown after "cancelled"
-                self._set(state="cancelled", message=message, connection="closed by us", eta=None)
-            elif isinstance(event, events.Error):
-                self._set(state="error", message=event.message, connection="failed", eta=None)
+    def _fold(self, event: events.Event) -> None:
+        if isinstance(event, RemoteStatus):
+            self._set(connection=CONNECTION.get(event.state, event.state), message=CONNECTION[event.state])
+        elif isinstance(event, events.TokenGenerated):
+            self._token(event)
+        elif isinstance(event, RemoteNotice):
+            self._set(notice=event.message)
+        elif isinstance(event, ServerFigures):
+            self._set(server=event)
+        elif isinstance(event, events.Done):
+            rate = event.tokens_per_second or self._live.snap.tokens_per_second
+            note = f" ({event.count_note})" if isinstance(event, RemoteDone) and event.count_note else ""
+            self._set(
+                state="done",
+                message=done_message(event, note),
+                tokens=event.new_tokens,
+                tokens_per_second=rate,
+                connection="closed",
+                eta=None,
+            )
+        elif isinstance(event, events.Cancelled):
+            message = f"after {event.new_tokens} tokens"  # shown after "cancelled"
+            self._set(state="cancelled", message=message, connection="closed by us", eta=None)
+        elif isinstance(event, events.Error):
+            self._set(state="error", message=event.message, connection="failed", eta=None)
 
     def _token(self, event: events.TokenGenerated) -> None:
         live = self._live

@@ -1,24 +1,19 @@
 """What the engine panel shows, folded from engine events into immutable snapshots.
 
 The engine thread calls `RunTracker.feed` for every event (hundreds a second on a small model); the UI
-polls `snapshot()` a few times a second and redraws only when `version` moved. Everything shown is
-computed from event data, not the wall clock, so a scripted event stream gives the same picture every time.
+polls `snapshot()` a few times a second and redraws only when `version` moved (snapshot_tracker.py). Everything
+shown is computed from event data, not the wall clock, so a scripted event stream gives the same picture every time.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from bloomtui.engine import events
 from bloomtui.tui.memory_ceiling import run_bytes
 from bloomtui.tui.sample_rates import SampleRates
+from bloomtui.tui.snapshot_tracker import Live, Snapshot, SnapshotTracker, State
 
-State = Literal["empty", "loading", "idle", "running", "done", "cancelled", "error"]
-HISTORY = 40
-"""Streamed-block read speeds kept for the sparkline."""
 RUN_ALLOWANCE = 32 * 1000**2
 """RSS a run adds beyond its KV cache: torch's allocator pools, the worker thread's malloc arena, activations and
 Python objects (about 20 MB measured on the demo model; on a real model, lost in the rounding of its budget)."""
@@ -67,11 +62,7 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class PanelSnapshot:
-    version: int = 0
-    state: State = "empty"
-    message: str = ""
-    """One line under the title: what is loading, the stop reason, the error."""
+class PanelSnapshot(Snapshot):
     model: ModelInfo | None = None
     phase: str = ""
     block: int = -1
@@ -145,33 +136,20 @@ class _Pass:
 
 
 @dataclass
-class _Live:
-    """Mutable state, only touched under the tracker's lock."""
-
-    snap: PanelSnapshot = field(default_factory=PanelSnapshot)
-    run: int = 0
+class _Live(Live[PanelSnapshot]):
     current: _Pass = field(default_factory=_Pass)
     block_seconds: dict[tuple[str, int], float] = field(default_factory=dict)
-    token_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=8))
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     samples: SampleRates | None = None
     """The samples' speeds, for a run of several."""
 
 
-class RunTracker:
-    """Thread-safe fold of engine events into `PanelSnapshot`s; events of an older run are ignored."""
+class RunTracker(SnapshotTracker[PanelSnapshot]):
+    """Engine events folded into `PanelSnapshot`s."""
+
+    _live: _Live
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live = _Live()
-
-    def snapshot(self) -> PanelSnapshot:
-        with self._lock:
-            return self._live.snap
-
-    def _set(self, **changes: object) -> None:
-        live = self._live
-        live.snap = replace(live.snap, version=live.snap.version + 1, **changes)
+        super().__init__(_Live(PanelSnapshot()))
 
     # --- model lifecycle (UI thread or open worker) ---
 
@@ -181,7 +159,7 @@ class RunTracker:
 
     def opened(self, model: ModelInfo, rss: int | None, baseline_rss: int = 0) -> None:
         with self._lock:
-            self._live = _Live(snap=self._live.snap, run=self._live.run)
+            self._reopen()
             self._set(
                 state="idle",
                 model=model,
@@ -216,10 +194,9 @@ class RunTracker:
     def start(self, run: int, max_tokens: int, draft_name: str = "", sequences: int = 1) -> None:
         """A new run of `sequences` samples: later events of older runs are dropped from now on."""
         with self._lock:
+            self._begin(run)
             live = self._live
-            live.run = run
             live.current = _Pass()
-            live.token_seconds.clear()
             live.samples = SampleRates(sequences) if sequences > 1 else None
             self._set(
                 state="running",
@@ -249,50 +226,45 @@ class RunTracker:
                 aggregate_rate=None,
             )
 
-    def feed(self, run: int, event: events.Event) -> None:
-        with self._lock:
-            if run != self._live.run:
-                return
-            if isinstance(event, events.PhaseChanged):
-                self._phase(event)
-            elif isinstance(event, events.BlockDone):
-                self._block(event)
-            elif isinstance(event, events.PrefillProgress):
-                self._set(
-                    prefill_tokens=event.tokens,
-                    prompt_tokens=max(self._live.snap.prompt_tokens, event.tokens),
-                    prefill_done=event.done,
-                    prefill_total=event.total,
-                    eta_pass=event.eta_seconds,
-                    message=f"prefill · {event.tokens} tokens",
-                )
-            elif isinstance(event, events.TokenGenerated):
-                self._token(event)
-            elif isinstance(event, events.Drafted):
-                # A tree proposes all its nodes (`ids` is only its likeliest line), as the engine counts.
-                snap = self._live.snap
-                proposed = event.nodes or len(event.ids)
-                tree = {"draft_nodes": event.nodes, "draft_tree_nodes": snap.draft_tree_nodes + event.nodes}
-                self._set(draft_proposed=snap.draft_proposed + proposed, **(tree if event.nodes else {}))
-            elif isinstance(event, events.LoadProgress):
-                self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
-            elif isinstance(event, events.Done | events.Cancelled) and self._live.samples is not None:
-                self._sample_ended(self._live.samples, event)
-            elif isinstance(event, events.Done):
-                # The run's own rate (decode passes only) replaces the recent-token average, so the panel
-                # and the output's status line agree.
-                if event.tokens_per_second > 0:
-                    self._set(seconds_per_token=1 / event.tokens_per_second)
-                if event.passes:  # the engine's own counts settle what the events added up to
-                    self._set(
-                        passes=event.passes, draft_proposed=event.draft_proposed, draft_accepted=event.draft_accepted
-                    )
-                self._set(prompt_tokens=event.prompt_tokens)
-                self._finish("done", done_message(event))
-            elif isinstance(event, events.Cancelled):
-                self._finish("cancelled", f"after {event.new_tokens} tokens")  # shown after "cancelled"
-            elif isinstance(event, events.Error):
-                self._finish("error", event.message)
+    def _fold(self, event: events.Event) -> None:
+        if isinstance(event, events.PhaseChanged):
+            self._phase(event)
+        elif isinstance(event, events.BlockDone):
+            self._block(event)
+        elif isinstance(event, events.PrefillProgress):
+            self._set(
+                prefill_tokens=event.tokens,
+                prompt_tokens=max(self._live.snap.prompt_tokens, event.tokens),
+                prefill_done=event.done,
+                prefill_total=event.total,
+                eta_pass=event.eta_seconds,
+                message=f"prefill · {event.tokens} tokens",
+            )
+        elif isinstance(event, events.TokenGenerated):
+            self._token(event)
+        elif isinstance(event, events.Drafted):
+            # A tree proposes all its nodes (`ids` is only its likeliest line), as the engine counts.
+            snap = self._live.snap
+            proposed = event.nodes or len(event.ids)
+            tree = {"draft_nodes": event.nodes, "draft_tree_nodes": snap.draft_tree_nodes + event.nodes}
+            self._set(draft_proposed=snap.draft_proposed + proposed, **(tree if event.nodes else {}))
+        elif isinstance(event, events.LoadProgress):
+            self._set(state="loading", message=event.what, load_done=event.done_bytes, load_total=event.total_bytes)
+        elif isinstance(event, events.Done | events.Cancelled) and self._live.samples is not None:
+            self._sample_ended(self._live.samples, event)
+        elif isinstance(event, events.Done):
+            # The run's own rate (decode passes only) replaces the recent-token average, so the panel
+            # and the output's status line agree.
+            if event.tokens_per_second > 0:
+                self._set(seconds_per_token=1 / event.tokens_per_second)
+            if event.passes:  # the engine's own counts settle what the events added up to
+                self._set(passes=event.passes, draft_proposed=event.draft_proposed, draft_accepted=event.draft_accepted)
+            self._set(prompt_tokens=event.prompt_tokens)
+            self._finish("done", done_message(event))
+        elif isinstance(event, events.Cancelled):
+            self._finish("cancelled", f"after {event.new_tokens} tokens")  # shown after "cancelled"
+        elif isinstance(event, events.Error):
+            self._finish("error", event.message)
 
     def _phase(self, event: events.PhaseChanged) -> None:
         live = self._live
@@ -399,9 +371,12 @@ class RunTracker:
         self._set(state=state, message=message, phase="", block=-1, eta_pass=None, eta_run=None, prefill_tokens=0)
 
 
-def done_message(done: events.Done) -> str:
-    reasons = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
-    return f"{done.new_tokens} tokens · {reasons.get(done.stop_reason, done.stop_reason)}"
+STOP_REASONS = {"eos": "end of text", "stop": "stop string", "length": "token limit"}
+
+
+def done_message(done: events.Done, note: str = "") -> str:
+    """The count and why the run stopped; `note` (how a server's count was found) follows the count."""
+    return f"{done.new_tokens} tokens{note} · {STOP_REASONS.get(done.stop_reason, done.stop_reason)}"
 
 
 def samples_message(done: list[events.Done]) -> str:

@@ -25,7 +25,7 @@ from bloomtui.engine.decode.draft_spec import AUTO, seeded_sampling
 from bloomtui.engine.sampling_params import SamplingParams, sample_params
 from bloomtui.errors import BloomtuiError, UsageError
 from bloomtui.settings import Settings
-from bloomtui.tui.engine_handle import DraftRequest, EngineHandle
+from bloomtui.tui.handle import DraftRequest, EngineHandle
 from bloomtui.tui.history import remember
 from bloomtui.tui.messages import LongPromptWarned, RunEnded
 from bloomtui.tui.pending_text import PendingText

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bloomtui.engine import EngineOptions, SamplingParams, events
 from bloomtui.errors import BudgetError
 from bloomtui.tui.engine_handle import ModelSpec, Release, StatusSink
+from bloomtui.tui.handle import Batch, EngineHandle, Results
 from bloomtui.tui.run_state import ModelInfo
 
 N_BLOCKS = 24
@@ -56,7 +57,7 @@ def fake_info(n_blocks: int = N_BLOCKS) -> ModelInfo:
 
 
 @dataclass
-class ScriptedEngine:
+class ScriptedEngine(EngineHandle):
     """Emits a deterministic pass per token; holds at (`hold_token`, `hold_block`), and at each of `hold_tokens`,
     until released or cancelled (each hold takes its own release)."""
 
@@ -88,9 +89,6 @@ class ScriptedEngine:
         if self.hold_tokens:
             self.release.clear()
 
-    def draft_name(self, draft: object) -> str | None:
-        return None
-
     multi_sequence: bool = True
     sample_lengths: tuple[int, ...] = ()
     """Tokens sample i writes before its end of text (default: every sample runs to max_new_tokens)."""
@@ -102,25 +100,9 @@ class ScriptedEngine:
         shift = (3 * sequence) % len(self.pieces)
         return self.pieces[shift:] + self.pieces[:shift]
 
-    def generate(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: object = None,
-    ) -> events.Done | events.Cancelled:
-        return self.generate_many([prompt], [params], on_event, cancel, draft)[0]
-
-    def generate_many(
-        self,
-        prompts: list[str],
-        params: list[SamplingParams],
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: object = None,
-    ) -> list[events.Done | events.Cancelled]:
+    def _run(self, batch: Batch) -> Results:
         """One pass per step for every sample still running; a sample ends (Done) at its length."""
+        prompts, params, on_event, cancel = batch.prompts, batch.params, batch.on_event, batch.cancel
         self.runs += 1
         self.params_asked.append(list(params))
         gen, n = self.runs, self.info.n_blocks

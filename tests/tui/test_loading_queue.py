@@ -15,11 +15,12 @@ from textual import events as events_module
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from bloomtui.engine import EngineOptions, SamplingParams, events
+from bloomtui.engine import EngineOptions, events
 from bloomtui.errors import CancelRequested, CheckpointError
 from bloomtui.settings import Settings
 from bloomtui.tui.app import BloomApp
 from bloomtui.tui.engine_handle import DEMO, ModelSpec, Release, StatusSink
+from bloomtui.tui.handle import Batch, Results
 from bloomtui.tui.screens.model_picker import ModelPickerScreen
 from bloomtui.tui.widgets.status_line import summary
 from tests.tui.fakes import PIECES, ScriptedEngine, ScriptedOpener
@@ -182,16 +183,9 @@ LONG = "the prompt is 30 tokens, 3.8x the 8-token context this model was trained
 class LongPromptEngine(ScriptedEngine):
     """Says, as the real engine does before its prefill, that the prompt is past the training context."""
 
-    def generate_many(
-        self,
-        prompts: list[str],
-        params: list[SamplingParams],
-        on_event: events.EventSink,
-        cancel: threading.Event,
-        draft: object = None,
-    ) -> list[events.Done | events.Cancelled]:
-        on_event(events.LongPrompt(self.runs + 1, 30, 8, LONG))
-        return super().generate_many(prompts, params, on_event, cancel, draft)
+    def _run(self, batch: Batch) -> Results:
+        batch.on_event(events.LongPrompt(self.runs + 1, 30, 8, LONG))
+        return super()._run(batch)
 
 
 async def test_a_prompt_past_the_training_context_is_noticed_and_still_runs() -> None:

@@ -1,23 +1,26 @@
-"""Pure pieces of the app: settings, locations, cache discovery, history, transcript, the panel's fold."""
+"""Pure pieces of the app: settings, locations, cache discovery, history, transcript, the panel's fold, handles."""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bloomtui import locations
 from bloomtui.cached_models import CachedModel, find_cached_blooms
-from bloomtui.engine import events
+from bloomtui.engine import SamplingParams, events
 from bloomtui.errors import UsageError
 from bloomtui.settings import Settings, load_settings, save_settings
 from bloomtui.tui.history import LIMIT, load_history, remember, save_history
+from bloomtui.tui.remote_handle import RemoteHandle
 from bloomtui.tui.run_state import RunTracker
 from bloomtui.tui.screens.settings import draft_choices, parse_form
 from bloomtui.tui.transcript import to_markdown
 from bloomtui.tui.widgets.run_output import Exchange, printable
-from tests.tui.fakes import fake_info
+from tests.tui.fakes import ScriptedEngine, fake_info
 
 # --- settings ---
 
@@ -328,3 +331,20 @@ def test_pending_text_keeps_order_and_guesses_are_consumed_by_the_pieces_that_ma
     assert (output.exchange.text, output.guess) == ("A list", " is")
     output.extend([pieces[0].__class__(1, " was")])  # differs: the guess is gone
     assert (output.exchange.text, output.guess) == ("A list was", "")
+
+
+# --- handles ---
+
+
+def test_a_handle_runs_one_prompt_as_a_batch_of_one_and_one_sequence_handles_refuse_more() -> None:
+    seen: list[events.Event] = []
+    one = ScriptedEngine(multi_sequence=False)
+    done = one.generate("p", SamplingParams(max_new_tokens=3), seen.append, threading.Event())
+    assert isinstance(done, events.Done) and done.new_tokens == 3 and seen[-1] == done
+    params = [SamplingParams(max_new_tokens=3)] * 2
+    with pytest.raises(UsageError, match="one sequence at a time"):
+        one.generate_many(["p", "q"], params, seen.append, threading.Event())
+    assert one.runs == 1  # refused before it ran
+    served = SimpleNamespace(url="http://server:8000/v1", model="bloom", generate=None)
+    with pytest.raises(UsageError, match="a server runs one sequence at a time"):
+        RemoteHandle(served).generate_many(["p", "q"], params, seen.append, threading.Event())  # type: ignore[arg-type]

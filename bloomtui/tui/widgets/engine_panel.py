@@ -15,27 +15,9 @@ from textual.widgets import ProgressBar, Sparkline, Static
 from bloomtui.sizes import format_size
 from bloomtui.tui.run_state import PanelSnapshot, memory_ceiling
 from bloomtui.tui.widgets.block_map import BlockMap
+from bloomtui.tui.widgets.panel_parts import DrawnWhenShown, mark_state, seconds, state_text
 
-STATE_ICONS = {
-    "empty": "○ no model",
-    "loading": "◌ loading",
-    "idle": "● ready",
-    "running": "▶ running",
-    "done": "✔ done",
-    "cancelled": "■ cancelled",
-    "error": "✖ error",
-}
 QUEUED = "queued: runs when the model is open"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    return f"{value / 60:.0f} min"
 
 
 def _rate(mbps: float | None) -> str:
@@ -44,7 +26,7 @@ def _rate(mbps: float | None) -> str:
     return f"{mbps / 1000:.2f} GB/s" if mbps >= 1000 else f"{mbps:.0f} MB/s"
 
 
-class EnginePanel(VerticalScroll):
+class EnginePanel(DrawnWhenShown, VerticalScroll):
     DEFAULT_CSS = """
     EnginePanel { height: 1fr; }
     EnginePanel ProgressBar { width: 100%; }
@@ -56,8 +38,6 @@ class EnginePanel(VerticalScroll):
         self.snapshot = PanelSnapshot()
         self._shown: dict[str, str | Text] = {}
         """What each line shows now, so an unchanged line is not updated."""
-        self._drawn = False
-        """Whether `snapshot` is on screen (False while the panel is hidden)."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="panel-model", markup=False)
@@ -77,20 +57,9 @@ class EnginePanel(VerticalScroll):
 
     def on_mount(self) -> None:
         self.border_title = "Engine"
-        self._draw()
-
-    def on_show(self) -> None:
-        if not self._drawn:
-            self._draw()
-
-    def show(self, snap: PanelSnapshot) -> None:
-        self.snapshot = snap
-        self._drawn = False
-        if self.display:
-            self._draw()
+        self._draw_now()
 
     def _draw(self) -> None:
-        self._drawn = True
         snap = self.snapshot
         model = snap.model
         if model is None:
@@ -103,15 +72,11 @@ class EnginePanel(VerticalScroll):
                 f"{len(model.streamed_blocks)} streamed"
                 + (f"\ndraft model {model.draft} · {format_size(model.draft_bytes)}" if model.draft else ""),
             )
-        state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
-        if snap.message:
-            state.append(f" · {snap.message}")
+        state = state_text(snap.state, snap.message)
         if snap.queued:
             state.append(f"\n{QUEUED}", style="bold")
         self._update("#panel-state", state)
-        self.set_class(snap.state == "error", "-error")
-        self.set_class(snap.state == "cancelled", "-cancelled")
-        self.set_class(snap.state == "running", "-running")
+        mark_state(self, snap.state)
         self._show_pass(snap)
         self._show_read(snap)
         self._show_memory(snap)
@@ -183,7 +148,7 @@ class EnginePanel(VerticalScroll):
 
     def _show_tokens(self, snap: PanelSnapshot) -> None:
         limit = f"/{snap.max_tokens}" if snap.max_tokens else ""
-        per_token = f"{_seconds(snap.seconds_per_token)}/tok"
+        per_token = f"{seconds(snap.seconds_per_token)}/tok"
         samples = self.query_one("#panel-samples", Static)
         samples.display = snap.sequences > 1
         if snap.sequences > 1:  # the rates are the samples line's
@@ -192,7 +157,7 @@ class EnginePanel(VerticalScroll):
         else:
             rate = f" · {1 / snap.seconds_per_token:.1f} tok/s" if snap.seconds_per_token else ""
             self._update("#panel-tokens", f"tokens {snap.tokens}{limit} · {per_token}{rate}")
-        self._update("#panel-eta", f"ETA    pass {_seconds(snap.eta_pass)} · run {_seconds(snap.eta_run)}")
+        self._update("#panel-eta", f"ETA    pass {seconds(snap.eta_pass)} · run {seconds(snap.eta_run)}")
         draft = self.query_one("#panel-draft", Static)
         draft.display = bool(snap.draft_name)
         if snap.draft_name:

@@ -14,7 +14,7 @@ from textual.widgets import ProgressBar, Sparkline, Static
 from bloomtui.remote.events import ServerFigures
 from bloomtui.sizes import format_size
 from bloomtui.tui.remote_state import RemoteSnapshot
-from bloomtui.tui.widgets.engine_panel import STATE_ICONS, _seconds
+from bloomtui.tui.widgets.panel_parts import mark_state, seconds, state_text
 
 
 class RemotePanel(VerticalScroll):
@@ -69,14 +69,10 @@ class RemotePanel(VerticalScroll):
         self.snapshot = snap
         model = snap.model
         self._update("#remote-server", f"{model.model}\n{model.url}" if model else "No server connected")
-        state = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
-        if snap.message:
-            state.append(f" · {snap.message}")
-        self._update("#remote-state", state)
-        for name in ("error", "cancelled", "running"):
-            self.set_class(snap.state == name, f"-{name}")
+        self._update("#remote-state", state_text(snap.state, snap.message))
+        mark_state(self, snap.state)
         self._update("#remote-connection", f"link   {snap.connection}")
-        self._update("#remote-first", f"first token {_seconds(snap.first_token_seconds)}")
+        self._update("#remote-first", f"first token {seconds(snap.first_token_seconds)}")
         rate = f"{snap.tokens_per_second:.1f} tok/s" if snap.tokens_per_second else "—"
         self._update("#remote-rate", f"rate   {rate}")
         self.query_one("#remote-spark", Sparkline).data = list(snap.rate_history)
@@ -84,7 +80,7 @@ class RemotePanel(VerticalScroll):
         self._update("#remote-tokens", f"tokens {snap.tokens}{limit}")
         bar = self.query_one("#remote-progress", ProgressBar)
         bar.update(total=max(1, snap.max_tokens), progress=min(snap.tokens, max(1, snap.max_tokens)))
-        self._update("#remote-eta", f"ETA    {_seconds(snap.eta)}")
+        self._update("#remote-eta", f"ETA    {seconds(snap.eta)}")
         self._update("#remote-figures", server_lines(snap.server))
         self._update("#remote-notice", f"note: {snap.notice}" if snap.notice else "")
 

@@ -63,44 +63,68 @@ class Exchange:
         return guess, changed
 
 
-class RunOutput(Widget):
-    """`guess` is a draft's proposal not yet verified: shown dimmed after the text, never part of the exchange."""
+class ExchangeView(Widget):
+    """An exchange's continuation as it streams, for a run of one (RunOutput) and a sample's pane alike: its text,
+    then `guess` (a draft's proposal not yet verified: dimmed, never part of the exchange), then a cursor while it
+    runs or how it ended. The styles of those parts are set here once."""
 
     COMPONENT_CLASSES = {
-        "run-output--guess",
-        "run-output--header",
-        "run-output--prompt",
-        "run-output--text",
-        "run-output--running",
-        "run-output--done",
-        "run-output--cancelled",
-        "run-output--error",
+        "exchange-view--text",
+        "exchange-view--guess",
+        "exchange-view--running",
+        "exchange-view--done",
+        "exchange-view--cancelled",
+        "exchange-view--error",
     }
     DEFAULT_CSS = """
-    RunOutput { height: auto; padding: 0 1; }
-    RunOutput > .run-output--header { color: $text-muted; }
-    RunOutput > .run-output--prompt { color: $text-accent; text-style: bold; }
-    RunOutput > .run-output--text { color: $text; }
-    RunOutput > .run-output--guess { color: $text-disabled; text-style: italic; }
-    RunOutput > .run-output--running { color: $text-muted; text-style: italic; }
-    RunOutput > .run-output--done { color: $text-success; }
-    RunOutput > .run-output--cancelled { color: $text-warning; text-style: bold; }
-    RunOutput > .run-output--error { color: $text-error; text-style: bold; }
+    ExchangeView > .exchange-view--text { color: $text; }
+    ExchangeView > .exchange-view--guess { color: $text-disabled; text-style: italic; }
+    ExchangeView > .exchange-view--running { color: $text-muted; text-style: italic; }
+    ExchangeView > .exchange-view--done { color: $text-success; }
+    ExchangeView > .exchange-view--cancelled { color: $text-warning; text-style: bold; }
+    ExchangeView > .exchange-view--error { color: $text-error; text-style: bold; }
     """
 
-    def __init__(self, run: int, exchange: Exchange, **kwargs: object) -> None:
+    def __init__(self, exchange: Exchange, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.run = run
         self.exchange = exchange
         self.guess = ""
-        self._laid_out: tuple[int, int] = (0, 0)
-        """(width, height) of the text when a layout was last asked for."""
 
     def extend(self, pieces: Iterable[Piece]) -> None:
         """Verified pieces and guesses in the order they came, then one redraw."""
         self.guess, changed = self.exchange.take(pieces, self.guess)
         if changed:
-            self._refresh_text()
+            self._text_changed()
+
+    def _text_changed(self) -> None:
+        self.refresh(layout=True)
+
+    def finish(self, outcome: str, status: str) -> None:
+        self.exchange.outcome, self.exchange.status = outcome, status
+        self.guess = ""
+        self.refresh(layout=True)
+
+    def _continuation(self, text: Text) -> Text:
+        """`text` with the continuation after it, each part in its style."""
+        style = self.get_component_rich_style
+        return continuation(text, self.exchange, self.guess, lambda part: style(f"exchange-view--{part}"))
+
+
+class RunOutput(ExchangeView):
+    """A run that writes one continuation: a header, the prompt styled apart, then the continuation."""
+
+    COMPONENT_CLASSES = {"run-output--header", "run-output--prompt"}
+    DEFAULT_CSS = """
+    RunOutput { height: auto; padding: 0 1; }
+    RunOutput > .run-output--header { color: $text-muted; }
+    RunOutput > .run-output--prompt { color: $text-accent; text-style: bold; }
+    """
+
+    def __init__(self, run: int, exchange: Exchange, **kwargs: object) -> None:
+        super().__init__(exchange, **kwargs)
+        self.run = run
+        self._laid_out: tuple[int, int] = (0, 0)
+        """(width, height) of the text when a layout was last asked for."""
 
     def _size_updated(self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True) -> bool:
         # Textual asks for another layout of the whole screen when a widget's size changed in the one just done:
@@ -108,7 +132,7 @@ class RunOutput(Widget):
         # adds would cost a second frame.
         return super()._size_updated(size, virtual_size, container_size, layout=False)
 
-    def _refresh_text(self) -> None:
+    def _text_changed(self) -> None:
         """A new layout (a full one of the screen in Textual) only when the text wrapped onto more lines; most
         appends of a fast run fill the line they are on, and a repaint of this widget is all they need."""
         width = self.content_size.width
@@ -122,17 +146,12 @@ class RunOutput(Widget):
             self._laid_out = size
             self.refresh(layout=True)
 
-    def finish(self, outcome: str, status: str) -> None:
-        self.exchange.outcome, self.exchange.status = outcome, status
-        self.guess = ""
-        self.refresh(layout=True)
-
     def render(self) -> Text:
         style = self.get_component_rich_style
         text = Text()
         text.append(f"#{self.run} · {self.exchange.model}\n", style("run-output--header"))
         text.append(printable(self.exchange.prompt), style("run-output--prompt"))
-        return continuation(text, self.exchange, self.guess, lambda part: style(f"run-output--{part}"))
+        return self._continuation(text)
 
 
 def continuation(text: Text, exchange: Exchange, guess: str, style: Callable[[str], Style]) -> Text:

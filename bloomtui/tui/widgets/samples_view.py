@@ -25,7 +25,7 @@ from textual.widgets import Static
 from bloomtui.tui.pending_text import Piece
 from bloomtui.tui.run_state import run_status
 from bloomtui.tui.samples_state import SampleSet
-from bloomtui.tui.widgets.run_output import Exchange, continuation, printable
+from bloomtui.tui.widgets.run_output import Exchange, ExchangeView, printable
 
 MIN_PANE_WIDTH = 24
 """Columns a side-by-side pane keeps at least (its text wraps at about 22)."""
@@ -45,17 +45,9 @@ def grid_shape(count: int, width: int, stacked: bool) -> tuple[int, int]:
     return math.ceil(count / rows), rows
 
 
-class SamplePane(Widget):
-    """One sample's continuation; `guess` is its draft's proposal not yet verified (dimmed, never kept)."""
+class SamplePane(ExchangeView):
+    """One sample's continuation, under a title rule with its number."""
 
-    COMPONENT_CLASSES = {
-        "sample-pane--text",
-        "sample-pane--guess",
-        "sample-pane--running",
-        "sample-pane--done",
-        "sample-pane--cancelled",
-        "sample-pane--error",
-    }
     DEFAULT_CSS = """
     SamplePane {
         height: auto;
@@ -65,19 +57,11 @@ class SamplePane(Widget):
     }
     SamplePane:hover { border-top: solid $primary; }
     SamplePane.-picked { border-top: heavy $accent; border-title-color: $accent; border-title-style: bold; }
-    SamplePane > .sample-pane--text { color: $text; }
-    SamplePane > .sample-pane--guess { color: $text-disabled; text-style: italic; }
-    SamplePane > .sample-pane--running { color: $text-muted; text-style: italic; }
-    SamplePane > .sample-pane--done { color: $text-success; }
-    SamplePane > .sample-pane--cancelled { color: $text-warning; text-style: bold; }
-    SamplePane > .sample-pane--error { color: $text-error; text-style: bold; }
     """
 
     def __init__(self, exchange: Exchange, index: int, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.exchange = exchange
+        super().__init__(exchange, **kwargs)
         self.index = index
-        self.guess = ""
         self.tail = True
         """Show the end of the text in a fixed height (while the run goes), not all of it."""
         self._title()
@@ -87,17 +71,12 @@ class SamplePane(Widget):
         self.border_title = f"{key} · {self.exchange.label}" + (" · picked" if self.exchange.picked else "")
         self.set_class(self.exchange.picked, "-picked")
 
-    def extend(self, pieces: Iterable[Piece]) -> None:
-        self.guess, changed = self.exchange.take(pieces, self.guess)
-        if changed:
-            self.refresh(layout=not self.tail)  # a fixed height needs no new layout
+    def _text_changed(self) -> None:
+        self.refresh(layout=not self.tail)  # a fixed height needs no new layout
 
     def finish(self, outcome: str, status: str) -> None:
-        if self.exchange.outcome != "running":
-            return  # already ended (its own end arrived before the run's)
-        self.exchange.outcome, self.exchange.status = outcome, status
-        self.guess = ""
-        self.refresh(layout=True)
+        if self.exchange.outcome == "running":  # else already ended (its own end arrived before the run's)
+            super().finish(outcome, status)
 
     def show_picked(self) -> None:
         self._title()
@@ -107,8 +86,7 @@ class SamplePane(Widget):
         return super()._size_updated(size, virtual_size, container_size, layout=layout and not self.tail)
 
     def render(self) -> Text:
-        style = self.get_component_rich_style
-        text = continuation(Text(), self.exchange, self.guess, lambda part: style(f"sample-pane--{part}"))
+        text = self._continuation(Text())
         height, width = self.content_size.height, self.content_size.width
         if not self.tail or height <= 0 or width <= 0:
             return text

@@ -7,12 +7,12 @@ from textual.widgets import Static
 
 from bloomtui.sizes import format_size
 from bloomtui.tui.run_state import PanelSnapshot
-from bloomtui.tui.widgets.engine_panel import STATE_ICONS, _seconds
+from bloomtui.tui.widgets.panel_parts import DrawnWhenShown, mark_state, seconds, state_text
 
 
 def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
     """State first (it matters most when the line is cut), then progress, speed and memory."""
-    line = Text(STATE_ICONS.get(snap.state, snap.state), style="bold")
+    line = state_text(snap.state)
     n_blocks = snap.model.n_blocks if snap.model else 0
     parts: list[str] = ["run queued"] if snap.queued else []
     if snap.state == "loading":
@@ -32,7 +32,7 @@ def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
         else:
             parts.append(f"{snap.tokens}{limit} tok")
         if snap.seconds_per_token:
-            parts.append(f"{_seconds(snap.seconds_per_token)}/tok")
+            parts.append(f"{seconds(snap.seconds_per_token)}/tok")
         if snap.draft_name and snap.acceptance is not None:
             parts.append(f"draft {snap.acceptance:.0%} kept")
     elif snap.message:
@@ -47,7 +47,9 @@ def summary(snap: PanelSnapshot, toggle_key: str) -> Text:
     return line
 
 
-class StatusLine(Static):
+class StatusLine(DrawnWhenShown, Static):
+    """Drawn now if the line is displayed, else when it is shown (it is hidden beside a side panel)."""
+
     DEFAULT_CSS = """
     StatusLine { height: 1; text-wrap: nowrap; text-overflow: ellipsis; padding: 0 1; }
     """
@@ -56,22 +58,8 @@ class StatusLine(Static):
         super().__init__(markup=False, **kwargs)  # type: ignore[arg-type]
         self.toggle_key = toggle_key
         self.snapshot = PanelSnapshot()
-        self._drawn = False
-
-    def show(self, snap: PanelSnapshot) -> None:
-        """Drawn now if the line is displayed, else when it is shown (it is hidden beside a side panel)."""
-        self.snapshot = snap
-        self._drawn = False
-        if self.display:
-            self._draw()
-
-    def on_show(self) -> None:
-        if not self._drawn:
-            self._draw()
 
     def _draw(self) -> None:
-        self._drawn = True
         snap = self.snapshot
         self.update(summary(snap, self.toggle_key), layout=False)  # always one line
-        self.set_class(snap.state == "error", "-error")
-        self.set_class(snap.state == "running", "-running")
+        mark_state(self, snap.state, ("error", "running"))  # app.tcss colours no cancelled line
