@@ -2,7 +2,8 @@
 
 Every consumer (the Textual app, the headless CLI, the benchmarks) reads the same stream. Events are
 small frozen dataclasses; `generation` numbers the run so a UI can drop stale events from a cancelled one.
-`to_json()` gives the CLI's `--json` objects.
+`to_json()` gives the CLI's `--json` objects. The remote client and perplexity scoring add their own kinds on
+the same base (bloomtui.remote.events, decode/scoring.py).
 """
 
 from __future__ import annotations
@@ -10,54 +11,68 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+
+    def dataclass_transform(**_kwargs: object) -> Callable[[type], type]:
+        """Only type checkers read it (PEP 681; `typing` has it from 3.11 on, and 3.10 is supported)."""
+        return lambda cls: cls
+
 
 Phase = Literal["loading", "reading", "computing", "sampling"]
 PassKind = Literal["prefill", "decode", "score", "verify"]
 
 
+@dataclass_transform(frozen_default=True)
 @dataclass(frozen=True)
 class Event:
-    """Base class: every event names its kind in `event` for JSON consumers."""
+    """Base class: every event names its kind in `event` for JSON consumers.
+
+    A subclass is a frozen dataclass without a decorator, and names its kind in the class line:
+    `class LoadProgress(Event, event="load")` (one that names none keeps its parent's). Decorating it again
+    fails: a frozen dataclass cannot be made one twice."""
 
     event: ClassVar[str] = "event"
     generation: int
+
+    def __init_subclass__(cls, event: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if event is not None:
+            cls.event = event
+        dataclass(frozen=True)(cls)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         return {"event": self.event, **data}
 
 
-@dataclass(frozen=True)
-class LoadProgress(Event):
+class LoadProgress(Event, event="load"):
     """Resident weights being read into RAM when a model opens (generation is 0)."""
 
-    event: ClassVar[str] = "load"
     done_bytes: int
     total_bytes: int
     what: str
 
 
-@dataclass(frozen=True)
-class PhaseChanged(Event):
+class PhaseChanged(Event, event="phase"):
     """The engine moved to another phase of a pass: waiting on a read, computing a block, or sampling.
 
     Lossy status: a UI may show only the latest one."""
 
-    event: ClassVar[str] = "phase"
     phase: Phase
     index: int
     total: int
 
 
-@dataclass(frozen=True)
-class BlockDone(Event):
+class BlockDone(Event, event="block"):
     """One transformer block finished for the current pass.
 
     `bytes` and `read_seconds` are what the prefetcher read from disk for this block (0 when resident);
     `wait_seconds` is how long compute stalled waiting for those bytes."""
 
-    event: ClassVar[str] = "block"
     index: int
     total: int
     kind: PassKind
@@ -72,13 +87,11 @@ class BlockDone(Event):
     """Positions this pass carries: the prompt's length in prefill, 1 per decoded token, 1 + K verifying K drafts."""
 
 
-@dataclass(frozen=True)
-class PrefillProgress(Event):
+class PrefillProgress(Event, event="prefill"):
     """Progress of a many-row pass (a prompt's prefill, a perplexity window), at most ~4 times a second.
 
     `done`/`total` count (block, row) steps: rows x blocks; `eta_seconds` extrapolates the pass so far."""
 
-    event: ClassVar[str] = "prefill"
     tokens: int
     done: int
     total: int
@@ -88,8 +101,7 @@ class PrefillProgress(Event):
     eta_seconds: float
 
 
-@dataclass(frozen=True)
-class TokenGenerated(Event):
+class TokenGenerated(Event, event="token"):
     """A new token. `text` is the decoded piece that became final with it (may be empty while a
     multi-byte character or a possible stop string is incomplete); `logprob` is the log-softmax of the
     raw logits at the chosen id; `seconds` is the wall time of the pass that produced it.
@@ -97,7 +109,6 @@ class TokenGenerated(Event):
     A remote server streams text pieces only: there `id` is -1, `logprob` None, and `seconds` the time since
     the previous piece (the first: since the request was sent)."""
 
-    event: ClassVar[str] = "token"
     index: int
     id: int
     text: str
@@ -112,13 +123,11 @@ class TokenGenerated(Event):
     """A draft proposed it and the pass verified it (kept); False for a token the target chose itself."""
 
 
-@dataclass(frozen=True)
-class Drafted(Event):
+class Drafted(Event, event="draft"):
     """A draft proposed `ids` as the tokens from `index` on; the next pass verifies them. `text` is how they
     would read if kept. TokenGenerated events follow for what the target keeps (a prefix of `ids`, then one
     token of its own); until then they are guesses, never part of the output."""
 
-    event: ClassVar[str] = "draft"
     index: int
     ids: tuple[int, ...]
     text: str
@@ -128,11 +137,9 @@ class Drafted(Event):
     chain."""
 
 
-@dataclass(frozen=True)
-class Done(Event):
+class Done(Event, event="done"):
     """Generation finished. `stop_reason` is "eos", "stop", or "length"."""
 
-    event: ClassVar[str] = "done"
     token_ids: tuple[int, ...]
     text: str
     prompt_tokens: int
@@ -160,34 +167,28 @@ class Done(Event):
         return self.draft_accepted / self.draft_proposed if self.draft_proposed else None
 
 
-@dataclass(frozen=True)
-class Cancelled(Event):
+class Cancelled(Event, event="cancelled"):
     """The cancel flag was seen; the partial result is kept. The engine is ready for the next prompt."""
 
-    event: ClassVar[str] = "cancelled"
     token_ids: tuple[int, ...]
     text: str
     new_tokens: int
     sequence: int = 0
 
 
-@dataclass(frozen=True)
-class LongPrompt(Event):
+class LongPrompt(Event, event="long_prompt"):
     """A prompt longer than the model's training context: it runs (ALiBi has no hard limit), but the text it
     writes past that length gets worse. `message` is one line for the user."""
 
-    event: ClassVar[str] = "long_prompt"
     tokens: int
     context: int
     message: str
     sequence: int = 0
 
 
-@dataclass(frozen=True)
-class Error(Event):
+class Error(Event, event="error"):
     """Generation failed; `message` is one line for the user."""
 
-    event: ClassVar[str] = "error"
     message: str
 
 

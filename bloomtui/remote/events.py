@@ -1,9 +1,12 @@
-"""Events only a remote run emits; consumers that do not know them ignore them, as they may any event."""
+"""Events only a remote run emits; consumers that do not know them ignore them, as they may any event.
+
+A remote run speaks the engine's vocabulary (bloomtui.engine.events: TokenGenerated, Done, Cancelled, Error);
+these are the few kinds it adds, on the same `Event` base.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from bloomtui.engine.events import Done, Event
 
@@ -23,17 +26,14 @@ COUNT_NOTES: dict[CountSource, str] = {
 """How a summary qualifies the count; the server's own count needs no word."""
 
 
-@dataclass(frozen=True)
-class RemoteStatus(Event):
+class RemoteStatus(Event, event="remote"):
     """Where a remote run stands: "connecting" to `url`, "waiting" for the first token, or "streaming"."""
 
-    event: ClassVar[str] = "remote"
     state: RemoteState
     url: str
     model: str
 
 
-@dataclass(frozen=True)
 class RemoteDone(Done):
     """A remote run's Done (still a `Done` with event "done"), saying where `new_tokens` came from."""
 
@@ -45,21 +45,17 @@ class RemoteDone(Done):
         return COUNT_NOTES.get(self.token_count_source, self.token_count_source)
 
 
-@dataclass(frozen=True)
-class RemoteNotice(Event):
+class RemoteNotice(Event, event="notice"):
     """Something the user should know once, e.g. that the server refused an optional sampling field."""
 
-    event: ClassVar[str] = "notice"
     message: str
 
 
-@dataclass(frozen=True)
-class ServerFigures(Event):
+class ServerFigures(Event, event="server"):
     """What a `bloomtui serve` reports with each streamed token (other servers send nothing like it): the
     latest pass over its weights (`pass_rows` rows, the sequences of every running request, in
     `pass_seconds`, `pass_read_bytes` read from disk at `read_mb_per_s`), and its load."""
 
-    event: ClassVar[str] = "server"
     pass_rows: int
     pass_seconds: float
     pass_read_bytes: int

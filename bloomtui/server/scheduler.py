@@ -63,8 +63,26 @@ class Job:
 
 
 @dataclass
-class Totals:
-    """What /metrics reports: counters since the server started, and the state now."""
+class BlockCosts:
+    """BlockDone events added up: the bytes streamed from disk, and the seconds spent reading them, waiting for
+    them and computing."""
+
+    bytes_read: int = 0
+    read_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    def add(self, event: BlockDone) -> None:
+        self.bytes_read += event.bytes
+        self.read_seconds += event.read_seconds
+        self.wait_seconds += event.wait_seconds
+        self.compute_seconds += event.compute_seconds
+
+
+@dataclass
+class Totals(BlockCosts):
+    """What /metrics reports: counters since the server started (the blocks' costs among them), and the state
+    now."""
 
     requests: int = 0
     requests_cancelled: int = 0
@@ -73,31 +91,25 @@ class Totals:
     generated_tokens: int = 0
     passes: int = 0
     rows: int = 0
-    bytes_read: int = 0
-    read_seconds: float = 0.0
-    wait_seconds: float = 0.0
-    compute_seconds: float = 0.0
     running: int = 0
     queued: int = 0
 
 
 @dataclass
-class PassFigures:
-    """One pass over the weights: the rows it carried, its wall time, what it read from disk."""
+class PassFigures(BlockCosts):
+    """One pass over the weights: the rows it carried, its wall time, what its blocks cost."""
 
     rows: int = 0
     started: float = 0.0
     seconds: float = 0.0
-    bytes: int = 0
-    read_seconds: float = 0.0
 
     def report(self, totals: Totals) -> dict[str, float | int]:
         """What a stream chunk tells the client about the server (the `bloomtui` field)."""
         return {
             "pass_rows": self.rows,
             "pass_seconds": round(self.seconds, 4),
-            "pass_read_bytes": self.bytes,
-            "read_mb_per_s": round(self.bytes / self.read_seconds / 1e6, 1) if self.read_seconds else 0.0,
+            "pass_read_bytes": self.bytes_read,
+            "read_mb_per_s": round(self.bytes_read / self.read_seconds / 1e6, 1) if self.read_seconds else 0.0,
             "running": totals.running,
             "queued": totals.queued,
             "passes": totals.passes,
@@ -254,17 +266,12 @@ class Scheduler:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, BlockDone):
-            t = self.totals
-            t.bytes_read += event.bytes
-            t.read_seconds += event.read_seconds
-            t.wait_seconds += event.wait_seconds
-            t.compute_seconds += event.compute_seconds
+            self.totals.add(event)
             if event.index == 0:
-                t.passes += 1
-                t.rows += event.rows
+                self.totals.passes += 1
+                self.totals.rows += event.rows
                 self._pass = PassFigures(rows=event.rows, started=time.perf_counter() - event.compute_seconds)
-            self._pass.bytes += event.bytes
-            self._pass.read_seconds += event.read_seconds
+            self._pass.add(event)
             if event.index == event.total - 1:
                 self._pass.seconds = time.perf_counter() - self._pass.started
                 self.last_pass = self._pass

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,28 +26,28 @@ if TYPE_CHECKING:
     from bloomtui.engine.stream.open_model import OpenModel
 
 
-@dataclass(frozen=True)
-class WindowScored(Event):
-    """One window of a perplexity run finished."""
+class ScoredTokens(Event):
+    """`tokens` predicted tokens scored in `seconds`: `nll` is the mean of their negative log-likelihoods."""
 
-    event: ClassVar[str] = "window"
+    tokens: int
+    nll: float
+    seconds: float
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+
+class WindowScored(ScoredTokens, event="window"):
+    """One window of a perplexity run finished (`seconds`: its share of the pass it rode)."""
+
     index: int
     total: int
-    tokens: int
-    nll: float
-    """Mean NLL of this window's predictions."""
-    seconds: float
 
 
-@dataclass(frozen=True)
-class Scored(Event):
-    """A perplexity run finished: `tokens` predicted tokens, `nll` their mean negative log-likelihood."""
+class Scored(ScoredTokens, event="scored"):
+    """A perplexity run finished, its windows taken together."""
 
-    event: ClassVar[str] = "scored"
-    perplexity: float
-    tokens: int
-    nll: float
-    seconds: float
     windows: int
     bytes_read: int
     peak_rss: int
@@ -123,22 +122,18 @@ def score(
             seconds = (time.perf_counter() - t0) / len(group)
             row = 0
             for window in group:
-                window_nll = float(nll[row : row + len(window) - 1].sum())
-                row += len(window) - 1
+                predicted = len(window) - 1
+                window_nll = float(nll[row : row + predicted].sum())
+                row += predicted
                 total_nll += window_nll
-                total_tokens += len(window) - 1
-                emit(
-                    WindowScored(
-                        generation, index, len(windows), len(window) - 1, window_nll / (len(window) - 1), seconds
-                    )
-                )
+                total_tokens += predicted
+                mean = window_nll / predicted
+                emit(WindowScored(generation, predicted, mean, seconds, index=index, total=len(windows)))
                 index += 1
-    mean = total_nll / total_tokens
     return Scored(
         generation,
-        perplexity=math.exp(mean),
         tokens=total_tokens,
-        nll=mean,
+        nll=total_nll / total_tokens,
         seconds=time.perf_counter() - started,
         windows=len(windows),
         bytes_read=passes.bytes_read,
