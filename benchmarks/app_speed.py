@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import commit_stamp, update_section
+from benchmarks.common import Section, commit_stamp
 from bloomtui import demo_models
 
 PROMPT = "The most important thing to remember about lists is that"
 SIZE = (140, 45)
-BEGIN, END = "<!-- app-speed:begin -->", "<!-- app-speed:end -->"
+SECTION = Section("app-speed")
 RATE = re.compile(r"([0-9.]+) tok(?:ens)?/s")
 
 
@@ -100,9 +100,8 @@ def _common(args: argparse.Namespace) -> str:
 def section(cli: list[float], app: list[float], args: argparse.Namespace) -> str:
     c, a = statistics.median(cli), statistics.median(app)
     runs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
-    return "\n".join(
+    return SECTION.text(
         [
-            BEGIN,
             "## The app against the CLI, same job, real terminal",
             "",
             f"`python -m benchmarks.app_speed --repeats {args.repeats} --tokens {args.tokens} --budget {args.budget}` "
@@ -116,18 +115,16 @@ def section(cli: list[float], app: list[float], args: argparse.Namespace) -> str
             f"| the app (`bloomtui --demo`, prompt typed, ctrl+j) | {a:.1f} | {runs(app)} | **{a / c:.2f}x** |",
             "",
             f"Goal (issue 20): the app within 0.9x of the CLI: **{'met' if a / c >= 0.9 else 'not met'}**.",
-            END,
         ]
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--budget", default="14.7MB")
     parser.add_argument("--timeout", type=float, default=180)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("needs tmux (apt-get install tmux)")
@@ -140,9 +137,7 @@ def main() -> None:
             app.append(app_rate(args, Path(tmp) / f"app{i}"))
             print(f"run {i + 1}: CLI {cli[-1]:.1f} tokens/s, app {app[-1]:.1f} tokens/s", file=sys.stderr)
     text = section(cli, app, args)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(text, args.update)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,10 +28,21 @@ import time
 from pathlib import Path
 
 from benchmarks.checkpoints import ensure, full_specs
-from benchmarks.common import RESULT_TAG, commit_stamp, cpu_summary, long_prompt, peak_rss, update_section
-from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, REPO
+from benchmarks.common import (
+    BIG_BUDGET,
+    REPO,
+    RESULT_TAG,
+    Section,
+    commit_stamp,
+    cpu_summary,
+    long_prompt,
+    peak_rss,
+    say,
+    table_head,
+)
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK
 
-BEGIN, END = "<!-- batch:begin -->", "<!-- batch:end -->"
+SECTION = Section("batch")
 SETTINGS = {"resident": (None, None), "streamed warm": ("quarter", "cached"), "streamed cold": ("quarter", "direct")}
 PROMPT = "The history of the printing press begins"
 PLOT = Path("benchmarks/results/batch-tokens.svg")
@@ -46,7 +58,7 @@ def worker_generate(model: Path, n: int, tokens: int, budget: int | None, reads:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
     from bloomtui.engine.sampling_params import sample_params
 
-    engine = Engine.open(model, EngineOptions(ram_budget=budget or 1 << 40, reads=reads))
+    engine = Engine.open(model, EngineOptions(ram_budget=budget or BIG_BUDGET, reads=reads))
     params = SamplingParams(max_new_tokens=tokens, temperature=0.8, seed=0, ignore_eos=True)
     engine.generate(PROMPT, SamplingParams(max_new_tokens=2))  # warms the page cache (and torch) for all
     results = engine.generate_many([PROMPT] * n, sample_params(params, n))
@@ -95,7 +107,7 @@ def _spawn(*args: str) -> dict:
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**__import__("os").environ, **BLOOMTUI_ENV},
+        env={**os.environ, **BLOOMTUI_ENV},
         timeout=1800,
     )
     for line in proc.stdout.splitlines():
@@ -166,7 +178,6 @@ def section(
     sizes = sorted(next(iter(gen.values())))
     ppl_args = " --skip-ppl" if args.skip_ppl else f" --ppl-tokens {args.ppl_tokens} --ppl-contexts {args.ppl_contexts}"
     lines = [
-        BEGIN,
         "## Several sequences per pass",
         "",
         f"`python -m benchmarks.batch --sizes {args.sizes} --tokens {args.tokens} --repeats {args.repeats}"
@@ -178,8 +189,7 @@ def section(
         "",
         f"![aggregate tokens/s against N]({PLOT.as_posix()})",
         "",
-        "| setting | " + " | ".join(f"N={n}" for n in sizes) + " | knee |",
-        "|---|" + "---|" * (len(sizes) + 1),
+        *table_head("setting", *(f"N={n}" for n in sizes), "knee"),
     ]
     for s, pts in med.items():
         cells = [f"{pts[n]:.1f} ({pts[n] / pts[1]:.2f}x)" for n in sizes]
@@ -201,17 +211,15 @@ def section(
             same = all(abs(r["nll"] - runs["1"][0]["nll"]) <= 1e-6 * runs["1"][0]["nll"] for r in runs["default"])
             batch = runs["default"][0]["batch"]
             lines.append(f"| {s} | {one:.1f} | {many:.1f} ({batch} per pass) | {one / many:.2f}x | {same} |")
-    lines += [
-        "",
+    goals = (
         "Goals (issue 17): streamed, 4 sequences >= 3.2x the aggregate tokens/s of 1 and 8 >= 5.5x; resident 4 >= "
-        "1.5x; perplexity of a 16k-token file streamed >= 2.5x faster than one window per pass.",
-        END,
-    ]
-    return "\n".join(lines)
+        "1.5x; perplexity of a 16k-token file streamed >= 2.5x faster than one window per pass."
+    )
+    return SECTION.text([*lines, "", goals])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--sizes", default="1,2,4,8,16")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -219,7 +227,6 @@ def main() -> None:
     parser.add_argument("--ppl-contexts", default="1024,128", help="window lengths to score with")
     parser.add_argument("--skip-ppl", action="store_true")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     args = parser.parse_args()
     model = ensure(full_specs()["bf16"], args.work)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -230,7 +237,7 @@ def main() -> None:
                 extra = _budget_args(model, budget) + (["--reads", reads] if reads else [])
                 r = _spawn("generate", str(model), "--n", str(n), "--tokens", str(args.tokens), *extra)
                 gen[name].setdefault(n, []).append(r)
-                print(f"{name} N={n}: {r['tokens_per_s']:.1f} tokens/s ({r['reads'] or 'resident'})", file=sys.stderr)
+                say(f"{name} N={n}: {r['tokens_per_s']:.1f} tokens/s ({r['reads'] or 'resident'})")
     ppl: dict[str, dict[str, list[dict]]] = {}
     if not args.skip_ppl:
         from transformers import AutoTokenizer
@@ -245,16 +252,12 @@ def main() -> None:
                         extra += ["--batch", batch] if batch != "default" else []
                         r = _spawn("ppl", str(model), "--text", str(text), *extra)
                         ppl.setdefault(f"{name}, windows of {context}", {}).setdefault(batch, []).append(r)
-                        say = f"ppl {name} context {context} batch {batch}: {r['seconds']:.1f} s (batch {r['batch']})"
-                        print(say, file=sys.stderr)
+                        say(f"ppl {name} context {context} batch {batch}: {r['seconds']:.1f} s (batch {r['batch']})")
     plot_svg(medians(gen), REPO / PLOT)
     (REPO / "benchmarks" / "results" / "batch.json").write_text(
         json.dumps({"generate": gen, "ppl": ppl}, indent=1) + "\n"
     )
-    text_out = section(gen, ppl, args)
-    print(text_out)
-    if args.update:
-        update_section(args.update, text_out, BEGIN, END)
+    SECTION.publish(section(gen, ppl, args), args.update)
 
 
 def worker_main(argv: list[str]) -> None:

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
-from benchmarks.common import commit_stamp, cpu_summary, update_section
-from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.common import BIG_BUDGET, Section, commit_stamp, cpu_summary, say
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 
-BEGIN, END = "<!-- busy:begin -->", "<!-- busy:end -->"
+SECTION = Section("busy")
 SETUPS = ("quiet", "busy, fixed team", "busy, sized team")
 
 
@@ -43,12 +43,28 @@ def _decode(model: Path, tokens: int, threads: int | None, busy: bool) -> float:
     return job.runs[0]["decode_s"]
 
 
+def section(times: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> str:
+    lines = [
+        "## Beside a busy program",
+        "",
+        f"`python -m benchmarks.busy --repeats {args.repeats} --tokens {args.tokens}` ({commit_stamp()}, "
+        f"{cpu_summary()}): bloom-560m's shape wholly resident, greedy, decode s/token "
+        "(median of the runs); busy = one other process spinning on a core.",
+        "",
+        "| weights | quiet | busy, team fixed at the core count | busy, team sized by the engine | sized ÷ quiet |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(name for name, _ in times):
+        q, f, s = (statistics.median(times[(name, setup)]) for setup in SETUPS)
+        lines.append(f"| {name} | {q:.3f} | {f:.3f} ({f / q:.2f}x) | {s:.3f} ({s / q:.2f}x) | **{s / q:.2f}x** |")
+    return SECTION.text([*lines, "", "Goal (issue 16): busy <= 2.2x quiet (a fair share of two cores)."])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     args = parser.parse_args()
     spec = full_specs()["bf16"]
     source = ensure(spec, args.work)
@@ -64,26 +80,8 @@ def main() -> None:
                 fixed = cores if setup == "busy, fixed team" else None
                 seconds = _decode(model, args.tokens, fixed, setup != "quiet")
                 times.setdefault((name, setup), []).append(seconds)
-                print(f"{name} {setup}: {seconds:.3f} s/token", file=sys.stderr, flush=True)
-    lines = [
-        BEGIN,
-        "## Beside a busy program",
-        "",
-        f"`python -m benchmarks.busy --repeats {args.repeats} --tokens {args.tokens}` ({commit_stamp()}, "
-        f"{cpu_summary()}): bloom-560m's shape wholly resident, greedy, decode s/token "
-        "(median of the runs); busy = one other process spinning on a core.",
-        "",
-        "| weights | quiet | busy, team fixed at the core count | busy, team sized by the engine | sized ÷ quiet |",
-        "|---|---|---|---|---|",
-    ]
-    for name in models:
-        q, f, s = (statistics.median(times[(name, setup)]) for setup in SETUPS)
-        lines.append(f"| {name} | {q:.3f} | {f:.3f} ({f / q:.2f}x) | {s:.3f} ({s / q:.2f}x) | **{s / q:.2f}x** |")
-    lines += ["", "Goal (issue 16): busy <= 2.2x quiet (a fair share of two cores).", END]
-    text = "\n".join(lines)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+                say(f"{name} {setup}: {seconds:.3f} s/token")
+    SECTION.publish(section(times, args), args.update)
 
 
 if __name__ == "__main__":

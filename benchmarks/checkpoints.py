@@ -53,15 +53,20 @@ class PreparedSpec:
 
 
 STAMP = ".bench-source"
+_SETS = {
+    False: ("bloom-560m-shape", "560m", "bloom-176b-width-3-blocks", demo.DemoShape(3, 14336, 112, 1024)),
+    True: ("quick-medium", "medium", "quick-wide-3-blocks", demo.DemoShape(3, 512, 8, 1024)),
+}
+"""Full and quick (tiny, for a test of the harness) sets: the regular models' name prefix and bloomtui.demo
+preset, and the wide blocks' name prefix and shape (the full set's: 3 blocks of BLOOM-176B's width)."""
 
 
 def prepared_specs(quick: bool) -> dict[str, PreparedSpec]:
     """int8/int4 copies of the bf16 model and of the trained demo model (the quality rows)."""
     trained = str(demo_models.path("trained"))
-    prefix = "quick-medium" if quick else "bloom-560m-shape"
+    prefix, _, wide, _ = _SETS[quick]
     out = {f"bf16_{w}": PreparedSpec(f"{prefix}-{w}", "bf16", w) for w in ("int8", "int4")}
     out |= {f"trained_{w}": PreparedSpec(f"trained-{w}", trained, w) for w in ("int8", "int4")}
-    wide = "quick-wide-3-blocks" if quick else "bloom-176b-width-3-blocks"
     out["wide_int4"] = PreparedSpec(f"{wide}-int4", "wide", "int4")
     return out
 
@@ -86,34 +91,22 @@ def ensure_prepared(spec: PreparedSpec, source: Path, work: Path, say: Callable[
     return path
 
 
-def full_specs() -> dict[str, ModelSpec]:
+def _specs(quick: bool) -> dict[str, ModelSpec]:
+    prefix, preset, wide, shape = _SETS[quick]
     return {
-        "bf16": ModelSpec("bloom-560m-shape-bf16", "560m", "safetensors", "bfloat16"),
-        "fp32": ModelSpec("bloom-560m-shape-fp32", "560m", "safetensors", "float32"),
-        "seed": ModelSpec("bloom-560m-shape-bf16-bigscience", "560m", "bigscience", "bfloat16"),
-        "wide": ModelSpec(
-            "bloom-176b-width-3-blocks-bf16",
-            None,
-            "safetensors-underscore",
-            "bfloat16",
-            demo.DemoShape(n_layer=3, hidden_size=14336, n_head=112, vocab_size=1024),
-        ),
+        "bf16": ModelSpec(f"{prefix}-bf16", preset, "safetensors", "bfloat16"),
+        "fp32": ModelSpec(f"{prefix}-fp32", preset, "safetensors", "float32"),
+        "seed": ModelSpec(f"{prefix}-bf16-bigscience", preset, "bigscience", "bfloat16"),
+        "wide": ModelSpec(f"{wide}-bf16", None, "safetensors-underscore", "bfloat16", shape),
     }
+
+
+def full_specs() -> dict[str, ModelSpec]:
+    return _specs(quick=False)
 
 
 def quick_specs() -> dict[str, ModelSpec]:
-    return {
-        "bf16": ModelSpec("quick-medium-bf16", "medium", "safetensors", "bfloat16"),
-        "fp32": ModelSpec("quick-medium-fp32", "medium", "safetensors", "float32"),
-        "seed": ModelSpec("quick-medium-bf16-bigscience", "medium", "bigscience", "bfloat16"),
-        "wide": ModelSpec(
-            "quick-wide-3-blocks-bf16",
-            None,
-            "safetensors-underscore",
-            "bfloat16",
-            demo.DemoShape(n_layer=3, hidden_size=512, n_head=8, vocab_size=1024),
-        ),
-    }
+    return _specs(quick=True)
 
 
 def ensure(spec: ModelSpec, work: Path, say=print) -> Path:  # noqa: ANN001 - a print-like callable

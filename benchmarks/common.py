@@ -1,13 +1,16 @@
-"""Small helpers shared by the harness and its workers: page-cache eviction, RSS, byte ranges, timing."""
+"""Small helpers shared by the harness, its workers and the commands that measure a section of their own:
+page-cache eviction, RSS, byte ranges, budgets, and the sections they write into BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
-import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -28,6 +31,12 @@ RESULT_TAG = "BENCH_RESULT "
 REPO = Path(__file__).resolve().parent.parent
 HELDOUT = REPO / "training" / "heldout-sample.txt"
 READ_CHUNK = 32 * 1024 * 1024  # the engine reads in 32 MiB preadv chunks; the floor uses the same
+BIG_BUDGET = 1 << 40  # "everything resident"
+
+
+def say(text: str) -> None:
+    """Progress on stderr: stdout carries a worker's result or a command's section."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def peak_rss() -> int:
@@ -68,10 +77,6 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin"))
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 class RangeEvictor:
     """Evicts byte ranges of checkpoint files, keeping one descriptor per file."""
 
@@ -93,6 +98,15 @@ class RangeEvictor:
         self._fds.clear()
 
 
+def spans(refs) -> list[tuple[Path, int, int]]:  # noqa: ANN001 - TensorRefs
+    """Byte spans (file, offset, length) covering the refs, one per file."""
+    by_file: dict[Path, list[int]] = {}
+    for ref in refs:
+        lo_hi = by_file.setdefault(ref.path, [ref.offset, ref.offset + ref.nbytes])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], ref.offset), max(lo_hi[1], ref.offset + ref.nbytes)
+    return [(path, lo, hi - lo) for path, (lo, hi) in by_file.items()]
+
+
 def long_prompt(tokenizer, tokens: int) -> str:  # noqa: ANN001 - a transformers tokenizer
     """About `tokens` tokens of English (the held-out sample, repeated as needed), cut on a token boundary so
     that every contender's tokenizer gives the same ids for the same text."""
@@ -104,25 +118,61 @@ def long_prompt(tokenizer, tokens: int) -> str:  # noqa: ANN001 - a transformers
     return tokenizer.decode(ids[:tokens])
 
 
-def kept_section(markdown: str, begin: str, end: str) -> str:
-    """A section between its markers in an older report ("" if it has none)."""
-    if begin not in markdown or end not in markdown:
-        return ""
-    return begin + markdown.split(begin, 1)[1].split(end, 1)[0] + end
+@dataclass(frozen=True)
+class Section:
+    """A BENCHMARKS.md section that a command of its own measures, between `<!-- name:begin -->` and
+    `<!-- name:end -->`: the command's --update puts it in place, and the harness keeps it when it rewrites the
+    rest. Every such command writes its section through here."""
+
+    name: str
+
+    @property
+    def begin(self) -> str:
+        return f"<!-- {self.name}:begin -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- {self.name}:end -->"
+
+    def text(self, lines: list[str]) -> str:
+        """The section's Markdown: its lines between its markers."""
+        return "\n".join([self.begin, *lines, self.end])
+
+    def kept(self, markdown: str) -> str:
+        """This section as an older report has it ("" if it has none)."""
+        if self.begin not in markdown or self.end not in markdown:
+            return ""
+        return self.begin + markdown.split(self.begin, 1)[1].split(self.end, 1)[0] + self.end
+
+    def update(self, path: Path | None, text: str) -> None:
+        """Put `text` (this section, markers included) in place of its older self in `path`, or before the
+        method notes when it has none yet; nothing without a path or a text."""
+        if path is None or not text:
+            return
+        old = path.read_text() if path.exists() else ""
+        if self.begin in old and self.end in old:
+            new = old.split(self.begin)[0] + text + old.split(self.end, 1)[1]
+        else:
+            marker = "\n## Method notes"
+            new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
+        path.write_text(new)
+
+    def publish(self, text: str, path: Path | None) -> None:
+        """Print the section and, given a file (--update), write it there."""
+        print(text)
+        self.update(path, text)
+
+    @staticmethod
+    def parser(doc: str) -> argparse.ArgumentParser:
+        """A measuring command's parser: its module docstring as help, and --update FILE."""
+        parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
+        return parser
 
 
-def update_section(path: Path, text: str, begin: str, end: str) -> None:
-    """Put `text` (which starts with `begin` and ends with `end`) in place of that section of `path`, or before
-    its method notes when it has none yet."""
-    if not text:
-        return
-    old = path.read_text() if path.exists() else ""
-    if begin in old and end in old:
-        new = old.split(begin)[0] + text + old.split(end, 1)[1]
-    else:
-        marker = "\n## Method notes"
-        new = old.replace(marker, "\n" + text + "\n" + marker, 1) if marker in old else old + "\n" + text + "\n"
-    path.write_text(new)
+def table_head(*columns: str) -> list[str]:
+    """A Markdown table's header row and the rule under it."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def commit_stamp() -> str:
@@ -170,3 +220,29 @@ def budget_arg(text: str, model: Path) -> int | None:
     ckpt = Checkpoint.open(model)
     itemsize = compute_dtype(ckpt.dtype, None).itemsize
     return minimum_budget(ckpt, itemsize, slot_extra(ckpt, itemsize))
+
+
+# The budgets the harness (run.py) and tree_cost.py both plan with: here, so that neither imports the other.
+
+
+def full_bytes(model: Path) -> int:
+    """Bytes bloomtui holds with everything resident (weights in the compute dtype)."""
+    from bloomtui.engine import EngineOptions
+    from bloomtui.engine.plan.model_plan import plan_model
+
+    return plan_model(model, EngineOptions(ram_budget=BIG_BUDGET)).plan.total_bytes
+
+
+def minimum_bytes(model: Path) -> int:
+    """The least budget bloomtui streams `model` under, in the dtype it computes in (as full_bytes)."""
+    from bloomtui.engine import EngineOptions
+    from bloomtui.engine.plan.model_plan import plan_model
+    from bloomtui.engine.plan.residency import minimum_budget
+
+    plan = plan_model(model, EngineOptions(ram_budget=BIG_BUDGET))
+    return minimum_budget(plan.checkpoint, plan.dtype.itemsize)
+
+
+def quarter_bytes(model: Path) -> int:
+    """The streaming budget the harness and the tree-cost runs use: 1/4 of `model` resident, or its minimum."""
+    return max(full_bytes(model) // 4, minimum_bytes(model))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DRAFT_PROMPTS as PROMPTS
-from benchmarks.common import commit_stamp, cpu_summary, update_section
+from benchmarks.common import Section, commit_stamp, cpu_summary
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine.decode.draft_spec import DraftSpec
 from bloomtui.engine.decode.drafting import open_draft
@@ -26,7 +26,7 @@ from bloomtui.engine.plan.residency import budget_for, minimum_budget
 from bloomtui.engine.stream.open_model import OpenModel
 from bloomtui.engine.weights.checkpoint import Checkpoint
 
-BEGIN, END = "<!-- trees:begin -->", "<!-- trees:end -->"
+SECTION = Section("trees")
 
 
 def quarter_budget(model: str) -> int:
@@ -112,7 +112,6 @@ def main() -> None:
             + ["--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats), "--states", args.states]
         )
         head = [
-            BEGIN,
             "## Token trees",
             "",
             f"`{command}` ({commit_stamp()}, {cpu_summary()}): {setting}. Warm: the streamed blocks stay in the page "
@@ -120,7 +119,7 @@ def main() -> None:
             "disk). The draft model is held resident beside the budget.",
             "",
         ]
-        update_section(args.update, "\n".join([*head, *lines, "", END]), BEGIN, END)
+        SECTION.update(args.update, SECTION.text([*head, *lines, ""]))
     if draft_engine is not None:
         draft_engine.close()
 

@@ -14,13 +14,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import RESULT_TAG
+from benchmarks.common import REPO, RESULT_TAG
 from benchmarks.memlimit import memory_limit
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = Path("/tmp/bloomtui-bench")
-BIG_BUDGET = 1 << 40  # "everything resident"
 # The bloomtui CLI and app set these before torch loads (bloomtui/openmp.py: a short OpenMP spin, which on a
 # busy 2-core machine is worth several x); the engine API alone does not, so bloomtui's runs get them here as
 # its users do. transformers runs once without them (as its users run it) and once with them.

@@ -34,20 +34,22 @@ from pathlib import Path
 
 from benchmarks.checkpoints import PreparedSpec, ensure, ensure_prepared, full_specs
 from benchmarks.common import (
+    BIG_BUDGET,
     PROMPT,
     RESULT_TAG,
+    Section,
     commit_stamp,
     cpu_summary,
     evict,
     long_prompt,
     peak_rss,
-    update_section,
+    say,
     weight_files,
 )
-from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
 from benchmarks.memlimit import unavailable
 
-BEGIN, END = "<!-- llamacpp:begin -->", "<!-- llamacpp:end -->"
+SECTION = Section("llamacpp")
 PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
 """bloomtui's weights against llama.cpp's nearest format."""
 _FTYPES = {"Q8_0": 7, "Q4_0": 2}
@@ -65,7 +67,7 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def converter(work: Path, say) -> Path:  # noqa: ANN001 - print-like
+def converter(work: Path) -> Path:
     """The llama.cpp sources (converter and gguf-py) of the installed llama-cpp-python, fetched once."""
     version = metadata.version("llama_cpp_python")
     src = work / f"llama.cpp-{version}"
@@ -86,14 +88,14 @@ def converter(work: Path, say) -> Path:  # noqa: ANN001 - print-like
     return src
 
 
-def ensure_gguf(model: Path, kind: str, work: Path, say) -> Path:  # noqa: ANN001 - print-like
+def ensure_gguf(model: Path, kind: str, work: Path) -> Path:
     out = work / "gguf" / f"{model.name}-{kind}.gguf"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "f16":
         say(f"converting {model.name} to GGUF f16 ...")
-        src = converter(work, say)
+        src = converter(work)
         run = subprocess.run(
             [sys.executable, "-c", CONVERT, str(src), str(model), str(out)], capture_output=True, text=True
         )
@@ -102,7 +104,7 @@ def ensure_gguf(model: Path, kind: str, work: Path, say) -> Path:  # noqa: ANN00
         return out
     import llama_cpp
 
-    f16 = ensure_gguf(model, "f16", work, say)
+    f16 = ensure_gguf(model, "f16", work)
     say(f"quantising {f16.name} to {kind} ...")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _FTYPES[kind]
@@ -193,7 +195,7 @@ def _med(job: Job, key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     sub = parser.add_subparsers(dest="command")
     w = sub.add_parser("worker")
     w.add_argument("--gguf", type=Path, required=True)
@@ -205,7 +207,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     parser.add_argument("--note", default="", help="a sentence for the section, e.g. how llama.cpp was built")
     parser.add_argument(
         "--limited-tokens", type=int, default=8,
@@ -215,15 +216,11 @@ def main() -> None:
     if args.command == "worker":
         worker(args)
         return
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     bf16 = ensure(full_specs()["bf16"], args.work, say)
     models = {"bf16": bf16}
     for weights in ("int8", "int4"):
         models[weights] = ensure_prepared(PreparedSpec(f"{bf16.name}-{weights}", "bf16", weights), bf16, args.work, say)
-    ggufs = {kind: ensure_gguf(bf16, kind, args.work, say) for _, kind in PAIRS}
+    ggufs = {kind: ensure_gguf(bf16, kind, args.work) for _, kind in PAIRS}
     n, budget = ["--tokens", str(args.tokens)], ["--budget", str(BIG_BUDGET)]
     pre = ["--prompt-tokens", str(args.prompt_tokens), "--reps", "2"]
     jobs: dict[str, Job] = {}
@@ -243,10 +240,7 @@ def main() -> None:
                 evict([path for model in models.values() for path in weight_files(model)] + list(ggufs.values()))
             (run_llama if name.startswith("llama.cpp") else run_job)(job)
             say(f"{name}: {job.runs[-1] if job.runs else job.errors}")
-    text = section(jobs, args, time.perf_counter() - t0, limit)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(section(jobs, args, time.perf_counter() - t0, limit), args.update)
 
 
 def limited_jobs(jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, args: argparse.Namespace) -> int:
@@ -254,7 +248,7 @@ def limited_jobs(jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, ar
     budget, which reads the limit; llama.cpp mapping its GGUF as it does by default. Returns the limit."""
     why = unavailable()
     if why:
-        print(f"no runs under a memory limit: {why}", file=sys.stderr)
+        say(f"no runs under a memory limit: {why}")
         return 0
     limit = sum(p.stat().st_size for p in weight_files(bf16)) // 4 + 600 * 1000**2
     n = ["--tokens", str(args.limited_tokens)]
@@ -275,7 +269,6 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float, limi
     except metadata.PackageNotFoundError:
         version = "(not installed)"
     out = [
-        BEGIN,
         "## bloomtui against llama.cpp, in RAM",
         "",
         f"`python -m benchmarks.llamacpp --tokens {args.tokens} --repeats {args.repeats} --prompt-tokens "
@@ -310,9 +303,8 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float, limi
         f"at **{floor / _med(bf16, 'decode_mean_s'):.2f}x** of it (goal: >= 0.7x).",
         *limited_section(jobs, args, limit),
         "",
-        END,
     ]
-    return "\n".join(out)
+    return SECTION.text(out)
 
 
 def limited_section(jobs: dict[str, Job], args: argparse.Namespace, limit: int) -> list[str]:

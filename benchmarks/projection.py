@@ -12,7 +12,6 @@ T_s = S / bw + C            no overlap at all (an upper bound)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,17 +108,8 @@ def project(budget: int, bandwidth: float, block_compute_s: float, weights: str 
     return Projection(budget, k, head_resident, streamed, streamed / bandwidth, compute)
 
 
-# Prefill (many rows) is compute-bound: FLOPs = 2 * block params * T + attention (QK^T and PV over the causal
-# pairs of T tokens: 2 * 2 * hidden * T(T+1)/2 per block). The head runs for the last row only.
-BLOCK_PARAMS = 12 * HIDDEN * HIDDEN + 13 * HIDDEN
-
-
 def prefill_flops(tokens: int, n_layer: int = N_BLOCKS, hidden: int = HIDDEN) -> float:
+    """Prefill (many rows) is compute-bound: FLOPs = 2 * block params * T + attention (QK^T and PV over the causal
+    pairs of T tokens: 2 * 2 * hidden * T(T+1)/2 per block). The head runs for the last row only."""
     params = n_layer * (12 * hidden * hidden + 13 * hidden)
     return 2.0 * params * tokens + n_layer * 2.0 * hidden * tokens * (tokens + 1)
-
-
-def fmt_seconds(s: float) -> str:
-    if math.isnan(s):
-        return "n/a"
-    return f"{s:.3g}"

@@ -21,18 +21,17 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.checkpoints import ModelSpec, PreparedSpec, ensure, ensure_prepared, full_specs, quick_specs
-from benchmarks.common import commit_stamp, cpu_summary, evict, update_section, weight_files
-from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.common import BIG_BUDGET, Section, commit_stamp, cpu_summary, evict, say, weight_files
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
 from bloomtui import demo
 from bloomtui.sizes import format_size
 
-BEGIN, END = "<!-- reads:begin -->", "<!-- reads:end -->"
+SECTION = Section("reads")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Case:
     """Too big to hold resident and in the page cache at once here: no warm row."""
 
 
-def models(args: argparse.Namespace, say) -> list[Case]:  # noqa: ANN001 - print-like
+def models(args: argparse.Namespace) -> list[Case]:
     work = args.work
     specs = quick_specs() if args.quick else full_specs()
     shape = demo.DemoShape(3, 384, 6, 1024) if args.quick else demo.DemoShape(4, 4096, 32, 1024)
@@ -119,7 +118,6 @@ def _s(value: float) -> str:
 
 def section(results: list[tuple[Case, dict[str, Job]]], args: argparse.Namespace) -> str:
     lines = [
-        BEGIN,
         "## Streamed reads against compute: direct I/O and the page cache",
         "",
         f"`python -m benchmarks.reads{' --quick' if args.quick else ''} --tokens {args.tokens} --repeats "
@@ -168,13 +166,12 @@ def section(results: list[tuple[Case, dict[str, Job]]], args: argparse.Namespace
         "",
         "Goals (issue 16): compute while streaming <= 1.25x alone; a cold pass <= 1.15x max(streamed bytes / the "
         "best plain cold reader, resident pass); a warm pass <= 1.25x the resident pass.",
-        END,
     ]
-    return "\n".join(lines)
+    return SECTION.text(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="small checkpoints (a test of the benchmark)")
     parser.add_argument("--tokens", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each job, interleaved (176B width: 1)")
@@ -182,14 +179,9 @@ def main() -> None:
     parser.add_argument("--only-wide", action="store_true", help="only the 176B-width blocks")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     args = parser.parse_args()
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     results = []
-    for case in models(args, say):
+    for case in models(args):
         jobs = jobs_for(case, 3 if case.cold_only else args.tokens, args.timeout)
         for _ in range(1 if case.cold_only else args.repeats):  # a shared disk drifts: interleave the repeats
             for name, job in jobs.items():
@@ -200,10 +192,7 @@ def main() -> None:
                 say(f"{case.label} / {name}: {time.perf_counter() - t0:.0f} s {job.errors or ''}")
         results.append((case, jobs))
         evict(weight_files(case.model))
-    text = section(results, args)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(section(results, args), args.update)
 
 
 if __name__ == "__main__":

@@ -7,73 +7,20 @@ import math
 from pathlib import Path
 
 from benchmarks import report_drafting as drafting
+from benchmarks import report_prefill as prefill
 from benchmarks import report_sections as sections
 from benchmarks.report_big import big_section
-from benchmarks.report_format import med as _med
-from benchmarks.report_format import num as _s
-from benchmarks.report_format import ratio as _ratio
-from benchmarks.report_format import size as _size
+from benchmarks.report_common import Goal, Lookup, Summary, floor_goal
+from benchmarks.report_common import med as _med
+from benchmarks.report_common import num as _s
+from benchmarks.report_common import ratio as _ratio
+from benchmarks.report_common import size as _size
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 from bloomtui.sizes import format_size
 
 RSS_SLACK = 600 * 1000**2  # goal: peak RSS <= budget + KV cache + 600 MB
 
 GEN_KINDS = ("hf", "accelerate", "bloomtui", "seed")
-
-
-class Summary:
-    """Medians over the repeats of one job."""
-
-    def __init__(self, job: dict) -> None:
-        self.job = job
-        self.name: str = job["name"]
-        self.group: str = job["group"]
-        self.kind: str = job["args"][0]
-        self.runs: list[dict] = job["runs"]
-        self.errors: list[str] = job["errors"]
-        self.command: str = job["command"]
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.runs)
-
-    def med(self, key: str) -> float:
-        return _med([r.get(key) for r in self.runs])
-
-    @property
-    def decode(self) -> float:
-        """Seconds per decode token (for floors: per token's worth of reads or copies)."""
-        if self.kind == "rawread":
-            return _med([_med(r["token_s"]) for r in self.runs])
-        return self.med("decode_s")
-
-    @property
-    def decode_range(self) -> tuple[float, float]:
-        if self.kind == "rawread":
-            values = [_med(r["token_s"]) for r in self.runs]
-        else:
-            values = [r["decode_s"] for r in self.runs if r.get("decode_s") is not None]
-        return (min(values), max(values)) if values else (math.nan, math.nan)
-
-    @property
-    def peak_rss(self) -> float:
-        return max((r["peak_rss"] for r in self.runs), default=math.nan)
-
-    @property
-    def ids(self) -> list[int] | None:
-        return self.runs[0].get("ids") if self.runs else None
-
-    def phase(self, key: str) -> float:
-        """Median over runs of the per-decode-token median of a BlockDone sum (compute, wait, read, bytes)."""
-        return _med([_med([b[key] for b in r["blocks"][1:]]) for r in self.runs if r.get("blocks")])
-
-    @property
-    def bytes_per_token(self) -> float:
-        if self.kind == "rawread":
-            return self.med("bytes")
-        if self.kind == "bloomtui":
-            return _med([r["bytes_read"] / len(r["token_s"]) for r in self.runs if r.get("bytes_read") is not None])
-        return math.nan
 
 
 def _match(ids: list[int] | None, ref: list[int] | None) -> str:
@@ -119,14 +66,9 @@ def _floor_row(name: str, seconds: float, note: str) -> str:
     return f"| {name} | | | | {_s(seconds)} | {_s(1 / seconds) if seconds else 'n/a'} | | | {note} | |"
 
 
-def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, str, str, bool | None]]:
-    """(goal, measured, target, met) rows."""
-    rows: list[tuple[str, str, str, bool | None]] = []
-
-    def get(group: str, name: str) -> Summary | None:
-        s = by.get((group, name))
-        return s if s is not None and s.ok else None
-
+def goals(get: Lookup) -> list[Goal]:
+    """The goal rows of the harness's own tables (bf16/fp32, streaming, the seed's method, peak RSS)."""
+    rows: list[Goal] = []
     env = " ".join(f"{k}={v}" for k, v in OPENMP_DEFAULTS.items())
     for group in ("bf16", "fp32"):
         # Same OpenMP environment on both sides, each way: transformers as its users run it against bloomtui
@@ -154,21 +96,12 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
             rows.append((f"fully in RAM decode, {group}", "missing run", ">= 1.05x", None))
     resident = get("bf16", "bloomtui resident")
     for state in ("warm", "cold"):
-        st, raw = get("bf16", f"bloomtui stream {state}"), get("bf16", f"raw read {state}")
-        if st and raw and resident:
-            floor = max(raw.decode, resident.decode)
-            r = st.decode / floor
-            rows.append(
-                (
-                    f"streaming (budget ~1/4 of the model), page cache {state}: s/token ÷ "
-                    "max(raw read of the streamed bytes, resident s/token)",
-                    f"{r:.2f}x ({_s(st.decode)} vs max({_s(raw.decode)}, {_s(resident.decode)}) s)",
-                    "<= 1.15x",
-                    r <= 1.15,
-                )
-            )
-        else:
-            rows.append((f"streaming, {state}", "missing run", "<= 1.15x", None))
+        goal = (
+            f"streaming (budget ~1/4 of the model), page cache {state}: s/token ÷ "
+            "max(raw read of the streamed bytes, resident s/token)"
+        )
+        stream, raw = get("bf16", f"bloomtui stream {state}"), get("bf16", f"raw read {state}")
+        rows.append(floor_goal(goal, stream, raw, resident, f"streaming, {state}"))
     for state in ("warm", "cold"):
         seed, bt = get("seed", f"seed method {state}"), get("seed", f"bloomtui all streamed {state}")
         if seed and bt:
@@ -185,8 +118,8 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
             )
         else:
             rows.append((f"vs the seed method, {state}", "missing run", ">= 3x", None))
-    rows += sections.compressed_goals(sections.Lookup(by))
-    for (_group, name), s in sorted(by.items()):
+    rows += sections.compressed_goals(get)
+    for (_group, name), s in sorted(get.by.items()):
         if s.kind != "bloomtui" or not s.ok or "resident" in name:
             continue
         run = s.runs[0]
@@ -203,13 +136,8 @@ def goals(by: dict[tuple[str, str], Summary], membw: float) -> list[tuple[str, s
     return rows
 
 
-def _findings(by: dict[tuple[str, str], Summary], raw: dict, membw: float) -> list[str]:
+def _findings(get: Lookup, raw: dict, membw: float) -> list[str]:
     """Bullets computed from this run's numbers (each only when its runs succeeded)."""
-
-    def get(group: str, name: str) -> Summary | None:
-        s = by.get((group, name))
-        return s if s is not None and s.ok else None
-
     lines = []
     env = " ".join(f"{k}={v}" for k, v in OPENMP_DEFAULTS.items())
     for group in ("bf16", "fp32"):
@@ -224,7 +152,7 @@ def _findings(by: dict[tuple[str, str], Summary], raw: dict, membw: float) -> li
                 f"speed; the memory floor ({format_size(weights)} / {membw / 1e9:.1f} GB/s = "
                 f"{_s(weights / membw)} s) caps any contender at {hf.decode / (weights / membw):.2f}x."
             )
-    seed_c, bt_c, raw_c = get("seed", "seed method cold"), get("seed", "bloomtui all streamed cold"), None
+    seed_c, bt_c = get("seed", "seed method cold"), get("seed", "bloomtui all streamed cold")
     raw_c = get("seed", "raw read all cold")
     if seed_c and bt_c and raw_c:
         lines.append(
@@ -303,14 +231,14 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "| goal | measured | target | met |",
         "|---|---|---|---|",
     ]
-    get = sections.Lookup(by)
-    extra = sections.prefill_goals(get, raw) + sections.quality_goals(get) + drafting.draft_goals(get)
+    get = Lookup(by)
+    extra = prefill.prefill_goals(get, raw) + sections.quality_goals(get) + drafting.draft_goals(get)
     if raw.get("big"):
         extra += sections.int4_projection_goal(raw)
-    for goal, measured, target, met in goals(by, membw) + extra:
+    for goal, measured, target, met in goals(get) + extra:
         verdict = "(info)" if goal.startswith("(not") else "n/a" if met is None else "yes" if met else "**no**"
         out.append(f"| {goal} | {measured} | {target} | {verdict} |")
-    findings = _findings(by, raw, membw) + sections.findings(sections.Lookup(by), raw)
+    findings = _findings(get, raw, membw) + sections.findings(get, raw)
     if findings:
         out += ["", "## What the numbers say", "", *findings]
     models = raw["models"]
@@ -373,7 +301,7 @@ def markdown(raw: dict, chart: Path | None) -> str:
     if "bf16_int4" in models:
         out += sections.compressed_section(get, raw, GEN_HEADER, _gen_row, _floor_row)
     if any(s.group.startswith("prefill") for s in jobs):
-        out += sections.long_prompt_section(get, raw)
+        out += prefill.long_prompt_section(get, raw)
     if any(s.group == "quality" for s in jobs):
         out += sections.quality_section(get, raw)
     if any(s.group == "draft" for s in jobs):

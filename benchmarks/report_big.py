@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 from benchmarks import projection as proj
-from benchmarks.report_format import med as _med
-from benchmarks.report_format import num as _s
-from benchmarks.report_format import size as _size
+from benchmarks.report_common import med as _med
+from benchmarks.report_common import num as _s
+from benchmarks.report_common import size as _size
 from bloomtui.sizes import format_size
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 
 from benchmarks import projection as proj
-from benchmarks.report_sections import Goal, Lookup, _r, _s
+from benchmarks.report_common import Goal, Lookup, Summary
+from benchmarks.report_common import num as _s
+from benchmarks.report_common import ratio as _r
 from bloomtui.sizes import format_size
 
 DRAFT_TARGET = 1.8
@@ -21,7 +24,7 @@ PROMPTS = ("story", "repeat", "no-repeat")
 DRAFTS = ("plain", "trained-draft", "prompt-lookup")
 
 
-def _per_token(summary) -> float:  # noqa: ANN001 - a report.Summary
+def _per_token(summary: Summary) -> float:
     """Mean decode seconds per token (total decode time / tokens): a pass's tokens share its time, so the
     mean, not the per-token median, is what a reader waits."""
     return summary.med("decode_mean_s")
@@ -129,7 +132,7 @@ def draft_section(get: Lookup, raw: dict) -> list[str]:
     return out
 
 
-def _rows_compute(run: dict) -> dict[int, float]:
+def rows_compute(run: dict) -> dict[int, float]:
     """Measured compute of one full-width block for 1, 5 and 9 rows (bigblock)."""
     out = {1: statistics.median(run["decode_compute_s"])}
     for rows, values in (run.get("rows_compute_s") or {}).items():
@@ -137,7 +140,7 @@ def _rows_compute(run: dict) -> dict[int, float]:
     return out
 
 
-def _interpolate(points: dict[int, float], rows: int) -> float:
+def interpolate(points: dict[int, float], rows: int) -> float:
     xs = sorted(points)
     lo = max((x for x in xs if x <= rows), default=xs[0])
     hi = min((x for x in xs if x >= rows), default=xs[-1])
@@ -152,7 +155,7 @@ def tokens_per_pass(acceptance: float, k: int) -> float:
     return k + 1 if acceptance >= 1 else (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
-def best_k(pass_s, draft_s: float, acceptance: float) -> tuple[int, float]:  # noqa: ANN001 - rows -> seconds
+def best_k(pass_s: Callable[[int], float], draft_s: float, acceptance: float) -> tuple[int, float]:
     """(K, s/token) minimising (verify pass with K + 1 rows + K draft tokens) / tokens per pass."""
     options = [((pass_s(k + 1) + k * draft_s) / tokens_per_pass(acceptance, k), k) for k in range(1, MAX_K + 1)]
     seconds, k = min(options)
@@ -184,7 +187,7 @@ def projection_lines(get: Lookup, raw: dict) -> list[str]:
         if not runs:
             continue
         run = runs[0]
-        compute = _rows_compute(run)
+        compute = rows_compute(run)
         block_b, head_b = proj.sizes(weights)
         bw_here = run["block_bytes"] / statistics.median(run["read_s"])
         for bw, disk in ((bw_here, f"{bw_here / 1e9:.2f} GB/s (here)"), (7e9, "7 GB/s")):
@@ -193,7 +196,7 @@ def projection_lines(get: Lookup, raw: dict) -> list[str]:
                 continue
 
             def pass_s(rows: int, plain=plain, compute=compute, block_b=block_b, head_b=head_b) -> float:  # noqa: ANN001
-                c = _interpolate(compute, rows)
+                c = interpolate(compute, rows)
                 return max(plain.read_s, proj.N_BLOCKS * c + head_b * c / block_b)
 
             cells = []

@@ -1,50 +1,22 @@
-"""Report sections for compressed weights, long prompts, quality and BLOOM-176B int4 (used by report.py)."""
+"""Report sections for compressed weights, quality and BLOOM-176B int4, and the bullets they add to "What the
+numbers say" (used by report.py; long prompts are report_prefill.py's)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import projection as proj
-from benchmarks.report_format import num as _s
-from benchmarks.report_format import ratio as _r
+from benchmarks.report_common import Goal, Lookup, Summary, agreement, floor_goal, ratio_goal
+from benchmarks.report_common import num as _s
+from benchmarks.report_common import ratio as _r
+from benchmarks.report_prefill import path_finding
 from bloomtui.sizes import format_size
-
-Goal = tuple[str, str, str, bool | None]
 
 SCHEMES = ("bf16", "int8", "int4")
 INT4_PROJECTION_TARGET = 13.0  # s/token, BLOOM-176B int4, 10 GB budget, 7 GB/s (issue 8)
-PREFILL_VS_HF = 2.5  # issue 12: prefill >= 2.5x transformers' bf16 forward
-PREFILL_VS_FP32_PEAK = 0.7  # ... and >= 0.7x the fp32 GEMM peak
-NOT_SLOWER = 1.05  # "not slower than today", with 5% for a shared machine's noise
-CANCEL_TARGET = 1.0
 PPL_TARGETS = {"int8": 1.01, "int4": 1.06}
-DESKTOP_GFLOPS = (150, 300, 600)
-
-
-def agreement(ids: list[int] | None, ref: list[int] | None) -> str:
-    """How far two greedy id sequences agree: the equal prefix and equal positions."""
-    if not ids or not ref:
-        return "n/a"
-    n = min(len(ids), len(ref))
-    prefix = next((i for i in range(n) if ids[i] != ref[i]), n)
-    same = sum(a == b for a, b in zip(ids[:n], ref[:n], strict=True))
-    return f"all {n} equal" if prefix == n else f"first {prefix}/{n} equal, {same}/{n} positions"
-
-
-class Lookup:
-    """Finds successful job summaries by (group, name)."""
-
-    def __init__(self, by: dict) -> None:  # (group, name) -> report.Summary
-        self.by = by
-
-    def __call__(self, group: str, name: str):  # noqa: ANN204 - a report.Summary or None
-        s = self.by.get((group, name))
-        return s if s is not None and s.ok else None
-
-    def run(self, group: str, name: str) -> dict | None:
-        s = self(group, name)
-        return s.runs[0] if s else None
 
 
 # --- compressed weights ----------------------------------------------------------------------------------
@@ -55,58 +27,26 @@ def compressed_goals(get: Lookup) -> list[Goal]:
     bf = get("bf16", "bloomtui resident")
     for scheme, target in (("int8", 1.5), ("int4", 2.0)):
         q = get(scheme, "bloomtui resident")
-        if bf and q:
-            r = bf.decode / q.decode
-            rows.append(
-                (
-                    f"compressed, fully in RAM decode: {scheme} tokens/s ÷ bf16 tokens/s (bloomtui, same shape)",
-                    f"{r:.2f}x ({_s(q.decode)} vs {_s(bf.decode)} s/token)",
-                    f">= {target}x",
-                    r >= target,
-                )
-            )
-        else:
-            rows.append((f"compressed, fully in RAM decode, {scheme}", "missing run", f">= {target}x", None))
+        goal = f"compressed, fully in RAM decode: {scheme} tokens/s ÷ bf16 tokens/s (bloomtui, same shape)"
+        missing = (f"compressed, fully in RAM decode, {scheme}", "missing run", f">= {target}x", None)
+        rows.append(ratio_goal(goal, q.decode, bf.decode, target) if bf and q else missing)
+    quarter = "RAM budget 1/4 of the bf16 model"
     bw, qw = get("bf16", "bloomtui stream warm"), get("int4", "bloomtui stream warm")
     if bw and qw:
-        r = bw.decode / qw.decode
-        rows.append(
-            (
-                "compressed, RAM budget 1/4 of the bf16 model, warm: int4 tokens/s ÷ bf16 tokens/s",
-                f"{r:.2f}x ({_s(qw.decode)} vs {_s(bw.decode)} s/token)",
-                ">= 2x",
-                r >= 2,
-            )
-        )
+        rows.append(ratio_goal(f"compressed, {quarter}, warm: int4 tokens/s ÷ bf16 tokens/s", qw.decode, bw.decode, 2))
     bc, qc = get("bf16", "bloomtui stream cold"), get("int4", "bloomtui stream cold")
     if bc and qc:
-        r = qc.decode / bc.decode
-        rows.append(
-            (
-                "compressed, RAM budget 1/4 of the bf16 model, cold: int4 s/token ÷ bf16 s/token",
-                f"{r:.2f}x ({_s(qc.decode)} vs {_s(bc.decode)} s/token)",
-                "<= 0.35x",
-                r <= 0.35,
-            )
-        )
+        goal = f"compressed, {quarter}, cold: int4 s/token ÷ bf16 s/token"
+        rows.append(ratio_goal(goal, qc.decode, bc.decode, 0.35, at_most=True))
     for scheme in ("int8", "int4"):
         resident = get(scheme, "bloomtui resident")
         for state in ("warm", "cold"):
-            st, raw = get(scheme, f"bloomtui stream {state}"), get(scheme, f"raw read {state}")
-            if st and raw and resident:
-                floor = max(raw.decode, resident.decode)
-                r = st.decode / floor
-                rows.append(
-                    (
-                        f"compressed {scheme}, RAM budget 1/4 of the bf16 model, {state}: s/token ÷ max(raw read of "
-                        "its streamed bytes, its resident s/token)",
-                        f"{r:.2f}x ({_s(st.decode)} vs max({_s(raw.decode)}, {_s(resident.decode)}) s)",
-                        "<= 1.15x",
-                        r <= 1.15,
-                    )
-                )
-            else:
-                rows.append((f"compressed {scheme}, streaming {state}", "missing run", "<= 1.15x", None))
+            goal = (
+                f"compressed {scheme}, {quarter}, {state}: s/token ÷ max(raw read of "
+                "its streamed bytes, its resident s/token)"
+            )
+            stream, raw = get(scheme, f"bloomtui stream {state}"), get(scheme, f"raw read {state}")
+            rows.append(floor_goal(goal, stream, raw, resident, f"compressed {scheme}, streaming {state}"))
     seed, q = get("seed", "seed method cold"), get("int4", "bloomtui all streamed cold")
     if seed and q:
         r = seed.decode / q.decode
@@ -128,7 +68,13 @@ def compressed_goals(get: Lookup) -> list[Goal]:
     return rows
 
 
-def compressed_section(get: Lookup, raw: dict, gen_header: str, gen_row, floor_row) -> list[str]:  # noqa: ANN001
+def compressed_section(
+    get: Lookup,
+    raw: dict,
+    gen_header: str,
+    gen_row: Callable[[Summary, Summary | None, float | None], str],
+    floor_row: Callable[[str, float, str], str],
+) -> list[str]:
     budgets, models = raw["budgets"], raw["models"]
     bf_res = get("bf16", "bloomtui resident")
     out = [
@@ -149,17 +95,16 @@ def compressed_section(get: Lookup, raw: dict, gen_header: str, gen_row, floor_r
     ]
     bf_w, bf_c = get("bf16", "bloomtui stream warm"), get("bf16", "bloomtui stream cold")
     for scheme in SCHEMES:
-        group = scheme
         res, w, c = (
-            get(group, "bloomtui resident"),
-            get(group, "bloomtui stream warm"),
-            get(group, "bloomtui stream cold"),
+            get(scheme, "bloomtui resident"),
+            get(scheme, "bloomtui stream warm"),
+            get(scheme, "bloomtui stream cold"),
         )
-        rw, rc = get(group, "raw read warm"), get(group, "raw read cold")
+        rw, rc = get(scheme, "raw read warm"), get(scheme, "raw read cold")
         seed_group = "seed" if scheme == "bf16" else scheme
         aw, ac = get(seed_group, "bloomtui all streamed warm"), get(seed_group, "bloomtui all streamed cold")
 
-        def floor(x, raw_read, res=res):  # noqa: ANN001, ANN202 - report.Summary or None
+        def floor(x: Summary | None, raw_read: Summary | None, res: Summary | None = res) -> float:
             if not (x and raw_read and res):
                 return math.nan
             return x.decode / max(raw_read.decode, res.decode)
@@ -192,176 +137,6 @@ def compressed_section(get: Lookup, raw: dict, gen_header: str, gen_row, floor_r
                 out.append(
                     floor_row(f"floor: {s.name} of the streamed bytes", s.decode, format_size(s.bytes_per_token))
                 )
-    out.append("")
-    return out
-
-
-# --- long prompts ----------------------------------------------------------------------------------------
-
-
-def _peaks(get: Lookup) -> tuple[float, float]:
-    g = get.run("prefill", "GEMM peak")
-    return (g["float32_gflops"], g["bfloat16_gflops"]) if g else (math.nan, math.nan)
-
-
-def _model_shape(folder: str) -> tuple[int, int]:
-    import json
-
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    return cfg["n_layer"], cfg["hidden_size"]
-
-
-def _prefill_groups(raw: dict) -> list[tuple[int, str]]:
-    return [(n, f"prefill {n}") for n in raw["settings"].get("prompt_lengths", ())]
-
-
-def _path_label(run: dict) -> str:
-    if run.get("dtype") == "float32":
-        return "fp32 GEMM"
-    if run.get("upcast") is None:
-        return "engine's own"
-    return "fp32 tiles (upcast)" if run["upcast"] else "bf16 GEMM (native)"
-
-
-def prefill_goals(get: Lookup, raw: dict) -> list[Goal]:
-    rows: list[Goal] = []
-    fp32_peak, _ = _peaks(get)
-    n_layer, hidden = _model_shape(raw["models"]["bf16"])
-    for tokens, group in _prefill_groups(raw):
-        bt, hf = get.run(group, "bloomtui bf16, path it chooses"), get.run(group, "transformers bf16 forward")
-        if bt and hf:
-            r = hf["prefill_s"] / bt["prefill_s"]
-            rows.append(
-                (
-                    f"prefill of {bt['prompt_tokens']} tokens, bf16 560m shape: transformers' forward s ÷ bloomtui "
-                    "s (the path bloomtui chooses)",
-                    f"{r:.2f}x ({_s(bt['prefill_s'])} vs {_s(hf['prefill_s'])} s; {_path_label(bt)})",
-                    f">= {PREFILL_VS_HF}x",
-                    r >= PREFILL_VS_HF,
-                )
-            )
-            gflops = proj.prefill_flops(bt["prompt_tokens"], n_layer, hidden) / bt["prefill_s"] / 1e9
-            r = gflops / fp32_peak
-            rows.append(
-                (
-                    f"prefill of {bt['prompt_tokens']} tokens, bf16: FLOPS achieved ÷ this machine's fp32 GEMM peak",
-                    f"{r:.2f}x ({gflops:.0f} vs {fp32_peak:.0f} GFLOPS)",
-                    f">= {PREFILL_VS_FP32_PEAK}x",
-                    r >= PREFILL_VS_FP32_PEAK if not math.isnan(r) else None,
-                )
-            )
-        else:
-            rows.append((f"prefill of ~{tokens} tokens, bf16", "missing run", f">= {PREFILL_VS_HF}x", None))
-        new, old = get.run(group, "bloomtui fp32"), get.run(group, "bloomtui fp32, engine before chunked prefill")
-        if new and old:
-            r = new["prefill_s"] / old["prefill_s"]
-            rows.append(
-                (
-                    f"prefill of {new['prompt_tokens']} tokens, fp32 560m shape: bloomtui s ÷ the engine before "
-                    "chunked prefill s (not slower than today)",
-                    f"{r:.2f}x ({_s(new['prefill_s'])} vs {_s(old['prefill_s'])} s)",
-                    f"<= {NOT_SLOWER}x",
-                    r <= NOT_SLOWER,
-                )
-            )
-    cancel = get.run("prefill", "cancel during a long prefill")
-    if cancel:
-        worst = max(cancel["latency_s"])
-        rows.append(
-            (
-                f"cancel during a {cancel['prompt_tokens']}-token prefill (set {cancel['after_s']:g} s in): time until "
-                "generate returns, worst of "
-                f"{len(cancel['latency_s'])}",
-                f"{_s(worst)} s ({', '.join(_s(x) for x in cancel['latency_s'])}; returned Cancelled: "
-                f"{sum(cancel['cancelled'])}/{len(cancel['cancelled'])})",
-                f"<= {CANCEL_TARGET:g} s",
-                worst <= CANCEL_TARGET and all(cancel["cancelled"]),
-            )
-        )
-    else:
-        rows.append(("cancel during a long prefill", "missing run", f"<= {CANCEL_TARGET:g} s", None))
-    return rows
-
-
-def long_prompt_section(get: Lookup, raw: dict) -> list[str]:
-    fp32_peak, bf16_peak = _peaks(get)
-    gemm = get.run("prefill", "GEMM peak")
-    n_layer, hidden = _model_shape(raw["models"]["bf16"])
-    chooses = next((r for _, g in _prefill_groups(raw) if (r := get.run(g, "bloomtui bf16, path it chooses"))), None)
-    out = [
-        "## Long prompts: prefill",
-        "",
-        f"Prompts of the held-out English sample (training/heldout-sample.txt) cut to N tokens, on "
-        f"`{Path(raw['models']['bf16']).name}` and `{Path(raw['models']['fp32']).name}`, fully resident. bloomtui: "
-        "time to first token of `generate(max_new_tokens=1)` (embedding, every block in row chunks of "
-        "`PREFILL_ROWS`, ln_f, the head for the last row, sampling), after a 64-token warm-up in the same process. "
-        "transformers: one `model(input_ids, logits_to_keep=1)` call on the same ids (the head for the last row "
-        "only, as bloomtui and transformers' own `generate` do), after a warm-up.",
-        "",
-        "FLOPs counted: `2 * P * T + n_layer * 2 * H * T * (T + 1)` with P = parameters in the blocks "
-        f"({n_layer} x (12 H^2 + 13 H), H = {hidden}), T prompt tokens; the second term is attention's QK^T and PV "
-        "over the causal pairs. Embedding, head and softmax are not counted.",
-        "",
-        f"- GEMM peak on this machine (torch.matmul, {gemm['size'] if gemm else '?'}^3, best of 3): "
-        f"**fp32 {_s(fp32_peak)} GFLOPS, bf16 {_s(bf16_peak)} GFLOPS**.",
-        f"- The path bloomtui chooses here (`cpu_profile()`, cached per machine; `bloomtui info` prints it): "
-        f"{chooses['profile'] if chooses else 'n/a'}. "
-        + (
-            "This CPU has native bf16 arithmetic (AVX512-BF16), so the bf16 GEMM wins and the fp32-tile (upcast) "
-            "path is not chosen; it is still measured below, forced."
-            if chooses and chooses.get("chosen_upcast") is False
-            else "The other path is measured below, forced."
-        ),
-        "",
-        "| prompt tokens | contender | multiply path | prefill s (runs) | GFLOPS | ÷ fp32 peak | ÷ bf16 peak "
-        "| transformers bf16 s ÷ this |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for _tokens, group in _prefill_groups(raw):
-        hf = get.run(group, "transformers bf16 forward")
-        for s in get.by.values():
-            if s.group != group:
-                continue
-            if not s.ok:
-                out.append(f"| | {s.name} | failed: {'; '.join(dict.fromkeys(s.errors))} | | | | | |")
-                continue
-            r = s.runs[0]
-            label = _path_label(r) if s.kind == "prefill" else ("bf16" if "bf16" in s.name else "fp32")
-            gflops = proj.prefill_flops(r["prompt_tokens"], n_layer, hidden) / r["prefill_s"] / 1e9
-            out.append(
-                f"| {r['prompt_tokens']} | {s.name} | {label} | {_s(r['prefill_s'])} "
-                f"({', '.join(_s(x) for x in r['runs_s'])}) | {gflops:.0f} | {_r(gflops / fp32_peak)} | "
-                f"{_r(gflops / bf16_peak)} | {_r(hf['prefill_s'] / r['prefill_s']) if hf else 'n/a'} |"
-            )
-    cancel = get.run("prefill", "cancel during a long prefill")
-    if cancel:
-        out += [
-            "",
-            f"Cancel: `generate` of a {cancel['prompt_tokens']}-token prompt in a thread, the cancel event set "
-            f"{cancel['after_s']:g} s in (mid-prefill), time until `generate` returns: "
-            f"{', '.join(_s(x) for x in cancel['latency_s'])} s "
-            f"(returned `Cancelled` {sum(cancel['cancelled'])}/{len(cancel['cancelled'])}).",
-        ]
-    out += [
-        "",
-        "Projection, BLOOM-176B prefill (compute-bound: FLOPs / sustained GFLOPS; the 352 GB of bf16 weights are "
-        "also read once, 50 s at 7 GB/s, overlapped). The seed's desktop (i5 11th gen, 6 cores, AVX-512 without "
-        "BF16, 16 GB): an assumed sustained fp32 GEMM rate of 150 / 300 / 600 GFLOPS (its theoretical fp32 peak is "
-        "~800 GFLOPS; bloomtui multiplies in fp32 tiles there, as its bf16 GEMM is slower).",
-        "",
-        "| prompt tokens | FLOPs | at 150 GFLOPS | at 300 GFLOPS | at 600 GFLOPS | at the rate bloomtui reached here "
-        "(longest prompt above, bf16) |",
-        "|---|---|---|---|---|---|",
-    ]
-    measured = [r for _, g in _prefill_groups(raw) if (r := get.run(g, "bloomtui bf16, path it chooses"))]
-    here = measured[-1] if measured else None  # the longest prompt's rate
-    rate = proj.prefill_flops(here["prompt_tokens"], n_layer, hidden) / here["prefill_s"] if here else math.nan
-    for tokens in (1000, 3000):
-        flops = proj.prefill_flops(tokens)
-        cells = [f"{flops / g / 1e9 / 60:.0f} min" for g in DESKTOP_GFLOPS]
-        out.append(
-            f"| {tokens} | {flops:.3g} | {' | '.join(cells)} | {flops / rate / 3600:.1f} h ({rate / 1e9:.0f} GFLOPS) |"
-        )
     out.append("")
     return out
 
@@ -485,18 +260,7 @@ def findings(get: Lookup, raw: dict) -> list[str]:
         lines.append(
             f"- Under the same {format_size(raw['budgets']['quarter_bf16'])} budget: " + "; ".join(parts) + "."
         )
-    chosen = other = None
-    for _tokens, group in _prefill_groups(raw):
-        chosen, other = (
-            get.run(group, "bloomtui bf16, path it chooses"),
-            get.run(group, "bloomtui bf16, other path forced"),
-        )
-    if chosen and other:
-        lines.append(
-            f"- Prefill of {chosen['prompt_tokens']} tokens, bf16: the path bloomtui chooses here "
-            f"({_path_label(chosen)}) takes {_s(chosen['prefill_s'])} s, the other path forced ({_path_label(other)}) "
-            f"{_s(other['prefill_s'])} s ({other['prefill_s'] / chosen['prefill_s']:.2f}x)."
-        )
+    lines += path_finding(get, raw)
     times = {s: get.run("quality", QUALITY_NAMES[s]) for s in SCHEMES}
     if all(times.values()):
         lines.append(

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 
 from benchmarks import checkpoints
-from benchmarks.common import evict, weight_files
-from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, REPO, Job, env_label, run_job
+from benchmarks.common import BIG_BUDGET, HELDOUT, REPO, evict, full_bytes, minimum_bytes, quarter_bytes, weight_files
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, env_label, run_job
 from bloomtui import demo_models
 
 # Quick mode runs two contenders at once; one thread each keeps them from fighting over the 2 cores.
@@ -58,28 +58,15 @@ class Settings:
     """In-process pairs of 1-row and 5-row passes per verify-cost run."""
 
 
-def full_bytes(model: Path) -> int:
-    """Bytes bloomtui holds with everything resident (weights in the compute dtype)."""
-    from bloomtui.engine import EngineOptions
-    from bloomtui.engine.plan.model_plan import plan_model
-
-    return plan_model(model, EngineOptions(ram_budget=BIG_BUDGET)).plan.total_bytes
-
-
-def minimum_bytes(model: Path) -> int:
-    """The least budget bloomtui streams `model` under, in the dtype it computes in (as full_bytes)."""
-    from bloomtui.engine import EngineOptions
-    from bloomtui.engine.plan.model_plan import plan_model
-    from bloomtui.engine.plan.residency import minimum_budget
-
-    plan = plan_model(model, EngineOptions(ram_budget=BIG_BUDGET))
-    return minimum_budget(plan.checkpoint, plan.dtype.itemsize)
+def job_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
+    """A job's environment, with quick mode's one thread per process."""
+    return {**env, **QUICK_ENV} if s.quick else dict(env)
 
 
 def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Job], dict]:
     bf16, fp32, seed = models["bf16"], models["fp32"], models["seed"]
     offload = work / "accelerate-offload"
-    quarter = max(full_bytes(bf16) // 4, minimum_bytes(bf16))
+    quarter = quarter_bytes(bf16)
     budgets = {"quarter_bf16": quarter, "full_bf16": full_bytes(bf16), "full_fp32": full_bytes(fp32)}
     budgets["min_seed"] = minimum_bytes(seed)
     n, cold, reads = str(s.tokens), str(s.cold_tokens), str(s.read_tokens)
@@ -88,7 +75,7 @@ def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Jo
         argv = [*args, *(["--tokens", tokens] if tokens else [])]
         if env is None:  # bloomtui runs as its CLI and app run it (see BLOOMTUI_ENV)
             env = BLOOMTUI_ENV if args[0] in ("bloomtui", "bigblock", "verify") else {}
-        return Job(name, group, argv, s.repeats, s.timeout, {**env, **QUICK_ENV} if s.quick else dict(env))
+        return Job(name, group, argv, s.repeats, s.timeout, job_env(s, env))
 
     b16 = ["--model", str(bf16)]
     f32 = ["--model", str(fp32)]
@@ -128,7 +115,7 @@ def plan_jobs(models: dict[str, Path], s: Settings, work: Path) -> tuple[list[Jo
     jobs += long_prompt_jobs(models, s, work)
     jobs += quality_jobs(models, s)
     budgets["min_int4"] = minimum_bytes(models["bf16_int4"])
-    budgets["quarter_trained"] = max(full_bytes(models["trained"]) // 4, minimum_bytes(models["trained"]))
+    budgets["quarter_trained"] = quarter_bytes(models["trained"])
     jobs += draft_jobs(models, s, budgets, job)
     return jobs, budgets
 
@@ -162,8 +149,7 @@ def compressed_jobs(models: dict[str, Path], s: Settings, quarter: int, job) -> 
 def long_prompt_jobs(models: dict[str, Path], s: Settings, work: Path) -> list[Job]:
     """Prefill of long prompts, fully resident, one job per contender and length (run once: each repeats
     in-process), the GEMM peak, and cancel latency during a long prefill."""
-    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else dict(BLOOMTUI_ENV)
-    hf_env = dict(QUICK_ENV) if s.quick else {}
+    env, hf_env = job_env(s, BLOOMTUI_ENV), job_env(s, {})
     old = _engine_before_chunked_prefill(work)
     jobs = [Job("GEMM peak", "prefill", ["gemm", "--size", str(s.gemm_size)], 1, s.timeout, hf_env)]
     for tokens, reps in zip(s.prompt_lengths, s.prefill_reps, strict=True):
@@ -223,8 +209,6 @@ DRAFT_CASES = (
 def draft_jobs(models: dict[str, Path], s: Settings, budgets: dict, job) -> list[Job]:  # noqa: ANN001
     """Speculative decoding on the trained demo at a 1/4 budget, warm and cold, with its shipped draft and with
     prompt lookup; and the price of verifying: one pass of 5 rows vs 1 row, bloom-560m shape at 1/4 budget."""
-    from bloomtui import demo_models
-
     tokens = str(s.draft_tokens)
     target = ["--model", str(models["trained"]), "--budget", str(budgets["quarter_trained"])]
     jobs = []
@@ -246,9 +230,7 @@ def draft_jobs(models: dict[str, Path], s: Settings, budgets: dict, job) -> list
 
 def quality_jobs(models: dict[str, Path], s: Settings) -> list[Job]:
     """Perplexity of the held-out sample and a greedy continuation on the trained demo model, per scheme."""
-    from benchmarks.common import HELDOUT
-
-    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else dict(BLOOMTUI_ENV)
+    env = job_env(s, BLOOMTUI_ENV)
     args = [
         "--text",
         str(HELDOUT),
@@ -314,7 +296,7 @@ def big_section(models: dict[str, Path], s: Settings) -> dict:
     """Full-width blocks, bf16 and int4: cold per-block read + 1-token compute, then bloomtui streaming every
     block cold."""
     out: dict = {"model": str(models["wide"]), "model_int4": str(models.get("wide_int4", ""))}
-    env = {**BLOOMTUI_ENV, **QUICK_ENV} if s.quick else BLOOMTUI_ENV
+    env = job_env(s, BLOOMTUI_ENV)
     parts = [("", models["wide"])] + ([("_int4", models["wide_int4"])] if "wide_int4" in models else [])
     for suffix, model in parts:
         label = "176B-width" + (" int4" if suffix else "")
@@ -446,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
     from benchmarks import app_speed, batch, busy, draft_speed, llamacpp, reads, report, serving, startup, tree_cost
-    from benchmarks.common import kept_section, update_section
 
     artifacts = out.parent / "benchmarks" / "results"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -457,8 +438,8 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
     # Sections measured by their own commands keep their place and stamp.
     own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, llamacpp, startup)
-    for begin, end in ((m.BEGIN, m.END) for m in own):
-        update_section(out, kept_section(old_text, begin, end), begin, end)
+    for section in (m.SECTION for m in own):
+        section.update(out, section.kept(old_text))
     return 0
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import httpx
 
 from benchmarks.checkpoints import ensure, full_specs
-from benchmarks.common import commit_stamp, cpu_summary, update_section
+from benchmarks.common import Section, commit_stamp, cpu_summary, say, table_head
 from benchmarks.draft_speed import quarter_budget
 from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK
 
-BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
+SECTION = Section("serving")
 PROMPTS = [
     "The history of the printing press begins",
     "In the middle of the night the lighthouse keeper",
@@ -118,13 +118,39 @@ def joining(url: str, tokens: int) -> dict[str, float]:
     return {"ttft": late["times"][0] - late["sent"], "pass": statistics.median(gaps), "prefill": prefill}
 
 
+def section(rates: dict[int, list[float]], joins: list[dict[str, float]], args: argparse.Namespace) -> str:
+    sizes = list(rates)
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    j = {k: statistics.median(x[k] for x in joins) for k in joins[0]}
+    return SECTION.text(
+        [
+            "## Serving concurrent requests",
+            "",
+            f"`python -m benchmarks.serving --clients {args.clients} --tokens {args.tokens} --repeats {args.repeats}` "
+            f"({commit_stamp()}, {cpu_summary()}): `bloomtui serve` on bloom-560m's shape in bf16 under a budget of "
+            f"~1/4 of the model (streamed blocks in the page cache), --max-batch 8; N clients stream {args.tokens} "
+            "tokens each at once; aggregate tokens/s from the first request sent to the last token (median).",
+            "",
+            *table_head("clients", *map(str, sizes)),
+            "| tokens/s | " + " | ".join(f"{med[n]:.1f}" for n in sizes) + " |",
+            "| ÷ 1 client | " + " | ".join(f"{med[n] / med[sizes[0]]:.2f}x" for n in sizes) + " |",
+            "",
+            f"A request joining 4 running ones: first token after {j['ttft']:.2f} s; one pass of the batch takes "
+            f"{j['pass']:.2f} s and its own prefill alone {j['prefill']:.2f} s, so the bound is "
+            f"{j['pass'] + j['prefill']:.2f} s ({'met' if j['ttft'] <= j['pass'] + j['prefill'] else '**not met**'}).",
+            "",
+            "Goals (issue 18): 4 concurrent streamed requests >= 3x the aggregate tokens/s of one, 8 >= 5x; a "
+            "joining request's first token <= one pass + its own prefill.",
+        ]
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--clients", default="1,2,4,8")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--update", type=Path, metavar="FILE")
     args = parser.parse_args()
     model = ensure(full_specs()["bf16"], args.work)
     budget = quarter_budget(str(model))
@@ -137,40 +163,13 @@ def main() -> None:
         for _ in range(args.repeats):
             for n in sizes:
                 rates[n].append(clients_at_once(url, n, args.tokens))
-                print(f"{n} clients: {rates[n][-1]:.1f} tokens/s", file=sys.stderr)
+                say(f"{n} clients: {rates[n][-1]:.1f} tokens/s")
             joins.append(joining(url, args.tokens))
-            print(f"join: {joins[-1]}", file=sys.stderr)
+            say(f"join: {joins[-1]}")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    med = {n: statistics.median(v) for n, v in rates.items()}
-    j = {k: statistics.median(x[k] for x in joins) for k in joins[0]}
-    lines = [
-        BEGIN,
-        "## Serving concurrent requests",
-        "",
-        f"`python -m benchmarks.serving --clients {args.clients} --tokens {args.tokens} --repeats {args.repeats}` "
-        f"({commit_stamp()}, {cpu_summary()}): `bloomtui serve` on bloom-560m's shape in bf16 under a budget of "
-        f"~1/4 of the model (streamed blocks in the page cache), --max-batch 8; N clients stream {args.tokens} "
-        "tokens each at once; aggregate tokens/s from the first request sent to the last token (median).",
-        "",
-        "| clients | " + " | ".join(str(n) for n in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
-        "| tokens/s | " + " | ".join(f"{med[n]:.1f}" for n in sizes) + " |",
-        "| ÷ 1 client | " + " | ".join(f"{med[n] / med[sizes[0]]:.2f}x" for n in sizes) + " |",
-        "",
-        f"A request joining 4 running ones: first token after {j['ttft']:.2f} s; one pass of the batch takes "
-        f"{j['pass']:.2f} s and its own prefill alone {j['prefill']:.2f} s, so the bound is "
-        f"{j['pass'] + j['prefill']:.2f} s ({'met' if j['ttft'] <= j['pass'] + j['prefill'] else '**not met**'}).",
-        "",
-        "Goals (issue 18): 4 concurrent streamed requests >= 3x the aggregate tokens/s of one, 8 >= 5x; a joining "
-        "request's first token <= one pass + its own prefill.",
-        END,
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(section(rates, joins, args), args.update)
 
 
 if __name__ == "__main__":

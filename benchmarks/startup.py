@@ -10,7 +10,6 @@ Markdown section of medians (min-max); --update FILE writes it into BENCHMARKS.m
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -18,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import commit_stamp, cpu_summary, update_section
+from benchmarks.common import REPO, Section, commit_stamp, cpu_summary, table_head
 
-BEGIN, END = "<!-- startup:begin -->", "<!-- startup:end -->"
-REPO = Path(__file__).resolve().parents[1]
+SECTION = Section("startup")
 PROMPT = "The most important thing to remember about lists is that"
 DEMO = ["generate", str(REPO / "bloomtui/demo_models/trained"), PROMPT, "--max-new-tokens", "8", "--dtype", "float32"]
 CASES = {"--version": ["--version"], "generate --help": ["generate", "--help"], "demo generate": DEMO}
@@ -60,7 +58,6 @@ def section(rows: dict[tuple[str, str, str], list[float]], versions: dict[str, P
     before = f" --before {versions['before']}" if "before" in versions else ""
     what = f"; before: commit {_commit(versions['before'])}" if "before" in versions else ""
     lines = [
-        BEGIN,
         "## Start-up: cold processes",
         "",
         f"`python -m benchmarks.startup{before} --runs {runs}` ({commit_stamp()}{what}; {cpu_summary()}): whole "
@@ -68,22 +65,20 @@ def section(rows: dict[tuple[str, str, str], list[float]], versions: dict[str, P
         "as a shell starts them, versions interleaved; seconds, median (min-max). `demo generate` is `generate` on "
         "the shipped `trained` folder in float32, 8 new tokens: first token is exec to the first byte of text.",
         "",
-        "| command | until | " + " | ".join(f"{name}, s" for name in versions) + " |",
-        "|---|---|" + "---|" * len(versions),
+        *table_head("command", "until", *(f"{name}, s" for name in versions)),
     ]
     for case in CASES:
         for what in ("first", "exit"):
             label = "exit" if what == "exit" else "first token" if case == "demo generate" else "first output"
             cells = " | ".join(_cell(rows[(case, name, what)]) for name in versions)
             lines.append(f"| `{case}` | {label} | {cells} |")
-    return "\n".join([*lines, END])
+    return SECTION.text(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--before", type=Path, help="a checkout of the version to compare with")
     parser.add_argument("--runs", type=int, default=7, help="runs of each command and version (default 7)")
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     args = parser.parse_args()
     versions = {"now": REPO} | ({"before": args.before.resolve()} if args.before else {})
     rows: dict[tuple[str, str, str], list[float]] = {}
@@ -94,10 +89,7 @@ def main() -> None:
                 first, total = timed(argv, checkout)
                 rows.setdefault((case, name, "first"), []).append(first)
                 rows.setdefault((case, name, "exit"), []).append(total)
-    text = section(rows, versions, args.runs)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(section(rows, versions, args.runs), args.update)
 
 
 if __name__ == "__main__":

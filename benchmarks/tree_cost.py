@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import projection as proj
 from benchmarks.checkpoints import ensure, full_specs
-from benchmarks.common import commit_stamp, cpu_summary, update_section
-from benchmarks.jobs import BIG_BUDGET, BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
-from benchmarks.report_drafting import _interpolate, _rows_compute, best_k
-from benchmarks.run import full_bytes, minimum_bytes
+from benchmarks.common import BIG_BUDGET, Section, commit_stamp, cpu_summary, quarter_bytes, say, table_head
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, run_job
+from benchmarks.report_drafting import best_k, interpolate, rows_compute
 from bloomtui.engine.decode.tree_budget import BRANCH, Choice, TreeBudget
 
-BEGIN, END = "<!-- tree-cost:begin -->", "<!-- tree-cost:end -->"
+SECTION = Section("tree-cost")
 STATES = ("cold", "warm", "resident")
 RESULTS = Path(__file__).resolve().parent / "results" / "full.json"
 ACCEPTANCE = (0.5, 0.7, 0.9)
@@ -40,7 +38,7 @@ VERIFY_32_TARGET = 1.3
 
 def measure(model: Path, rows: list[int], reps: int, timeout: float, say: Callable[[str], None]) -> dict:
     """{state: {R: (one-row s, R-row s)}} medians over the in-process pairs."""
-    quarter = max(full_bytes(model) // 4, minimum_bytes(model))
+    quarter = quarter_bytes(model)
     budgets = {"cold": quarter, "warm": quarter, "resident": BIG_BUDGET}
     out: dict[str, dict[int, tuple[float, float]]] = {state: {} for state in STATES}
     for state in STATES:
@@ -87,7 +85,7 @@ def _extrapolated(points: dict[int, float]) -> Callable[[int], float]:
 
     def at(rows: int) -> float:
         if rows <= xs[-1] or len(xs) < 2:
-            return _interpolate(points, rows)
+            return interpolate(points, rows)
         a, b = xs[-2], xs[-1]
         return points[b] + (points[b] - points[a]) * (rows - b) / (b - a)
 
@@ -108,7 +106,7 @@ def projection(resident: dict[int, tuple[float, float]]) -> list[str]:
         runs = (big.get(key) or {}).get("runs") or []
         if not runs:
             continue
-        compute = _extrapolated(_rows_compute(runs[0]))
+        compute = _extrapolated(rows_compute(runs[0]))
         block_b, head_b = proj.sizes(weights)
         bw_here = runs[0]["block_bytes"] / statistics.median(runs[0]["read_s"])
         for bw, disk in ((bw_here, f"{bw_here / 1e9:.2f} GB/s (saved run)"), (7e9, "7 GB/s")):
@@ -137,7 +135,6 @@ def section(measured: dict, args: argparse.Namespace, model: Path, stamp: str) -
     rows = sorted({r for state in STATES for r in measured[state]})
     command = f"python -m benchmarks.tree_cost --rows {','.join(map(str, args.rows))} --reps {args.reps}"
     out = [
-        BEGIN,
         "## Token trees: what rows cost, and BLOOM-176B with trees",
         "",
         f"`{command}` ({stamp}). One process per cell: after a prefill, passes of 1 "
@@ -146,8 +143,7 @@ def section(measured: dict, args: argparse.Namespace, model: Path, stamp: str) -
         "page cache) and wholly resident (the price of a bloom-560m draft's round of R rows). The rows are a "
         "chain's; a tree's differ only in the attention mask.",
         "",
-        "| rows | " + " | ".join(f"{s} s/pass | {s} ÷ 1 row" for s in STATES) + " |",
-        "|---|" + "---|---|" * len(STATES),
+        *table_head("rows", *(f"{s} {what}" for s in STATES for what in ("s/pass", "÷ 1 row"))),
     ]
     for r in rows:
         cells = []
@@ -175,26 +171,20 @@ def section(measured: dict, args: argparse.Namespace, model: Path, stamp: str) -
         "",
         *projection(measured["resident"]),
         "",
-        END,
     ]
-    return "\n".join(out)
+    return SECTION.text(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Section.parser(__doc__)
     parser.add_argument("--rows", type=lambda s: [int(x) for x in s.split(",")], default=[2, 5, 9, 17, 33, 65])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--update", type=Path, metavar="FILE", help="write the section into this Markdown file")
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help=f"only rewrite the section from a saved {SAVED.name}"
     )
     args = parser.parse_args()
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
     if args.render:  # the saved measurements, the report's code as it is now
         saved = json.loads(args.render.read_text())
         measured = {state: {int(r): tuple(v) for r, v in saved[state].items()} for state in STATES}
@@ -209,9 +199,7 @@ def main() -> None:
             json.dumps({**measured, "rows": args.rows, "reps": args.reps, "model": str(model), "stamp": stamp})
         )
         text = section(measured, args, model, stamp)
-    print(text)
-    if args.update:
-        update_section(args.update, text, BEGIN, END)
+    SECTION.publish(text, args.update)
 
 
 if __name__ == "__main__":

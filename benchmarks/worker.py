@@ -10,6 +10,8 @@ own peak RSS (VmHWM), so numbers never mix between contenders. Kinds:
   rawread     the floor: the byte ranges bloomtui streams per token, with pread or --direct (floors.py)
   membw       memory bandwidth of a large torch copy (floors.py)
   bigblock    per-block cold read and 1-token compute of a full-width block (bf16 or a prepared int4 copy)
+              (worker_passes.py)
+  verify      a pass of 1 row against one of R rows, streamed warm or cold (worker_passes.py)
   prefill     bloomtui's prefill of a long prompt, fully resident, on the path it picks or a forced one
   hfprefill   transformers' forward of the same prompt ids (one model() call)
   cancel      cancel latency: a long prompt's generate cancelled ~2 s in
@@ -39,14 +41,13 @@ from benchmarks.common import (
     evict,
     peak_rss,
     rss,
+    say,
+    spans,
     weight_files,
 )
-from benchmarks.floors import pread_ranges, run_membw, run_rawread
+from benchmarks.floors import run_membw, run_rawread
+from benchmarks.worker_passes import run_bigblock, run_verify
 from benchmarks.worker_resident import DTYPES, run_cancel, run_gemm, run_hfprefill, run_ppl, run_prefill
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _emit(result: dict) -> None:
@@ -134,15 +135,6 @@ def run_accelerate(args: argparse.Namespace) -> dict:
 # --- bloomtui --------------------------------------------------------------------------------------------
 
 
-def _spans(refs) -> list[tuple[Path, int, int]]:  # noqa: ANN001 - TensorRefs
-    """Byte spans (file, offset, length) covering the refs, one per file."""
-    by_file: dict[Path, list[int]] = {}
-    for ref in refs:
-        lo_hi = by_file.setdefault(ref.path, [ref.offset, ref.offset + ref.nbytes])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], ref.offset), max(lo_hi[1], ref.offset + ref.nbytes)
-    return [(path, lo, hi - lo) for path, (lo, hi) in by_file.items()]
-
-
 def run_bloomtui(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer  # noqa: F401 - imported before timing, as the hf worker's is
 
@@ -163,10 +155,10 @@ def run_bloomtui(args: argparse.Namespace) -> dict:
     draft = None if args.draft is None else DraftSpec(draft_engine, args.draft_tokens)
     load_s = time.perf_counter() - t0
     ckpt, plan = engine.model_plan.checkpoint, engine.model_plan.plan
-    block_spans = {i: _spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
+    block_spans = {i: spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
     token_spans = []
     if not plan.head_resident:  # the head (and int8 scales) and, when tied, the embedding rows read per token
-        token_spans += _spans([*ckpt.head_refs, ckpt.embeddings, *filter(None, [ckpt.embedding_scales])])
+        token_spans += spans([*ckpt.head_refs, ckpt.embeddings, *filter(None, [ckpt.embedding_scales])])
     evictor = RangeEvictor()
     token_s: list[float] = []
     blocks: list[dict[str, float]] = []
@@ -255,142 +247,12 @@ def run_seed(args: argparse.Namespace) -> dict:
 
     def on_token(step: int, token: int, seconds: float) -> None:
         token_s.append(seconds)
-        _say(f"seed token {step}: {seconds:.2f} s")
+        say(f"seed token {step}: {seconds:.2f} s")
 
     ids = seed_generate(
         args.model, prompt_ids, args.tokens, dtype=DTYPES[args.dtype], cold=args.cold, on_token=on_token
     )
     return _gen_result(0.0, token_s, ids, baseline)
-
-
-def run_bigblock(args: argparse.Namespace) -> dict:
-    """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode.
-    Works on bf16 checkpoints and on prepared (int8/int4) folders, whose matrices run on the fused kernels."""
-    from bloomtui.engine.compute.model import Alibi, KVCache, block_forward
-    from bloomtui.engine.plan.model_plan import compute_dtype
-    from bloomtui.engine.plan.residency import ram_dtype
-    from bloomtui.engine.stream.loader import assemble
-    from bloomtui.engine.weights.checkpoint import Checkpoint
-
-    ckpt = Checkpoint.open(args.model)
-    cfg = ckpt.config
-    dtype = compute_dtype(ckpt.dtype, None)
-    refs0 = ckpt.blocks[0]
-    raw = {n: torch.empty(ref.shape, dtype=ram_dtype(ref, dtype)) for n, ref in refs0.items()}
-    for t in raw.values():
-        t.view(-1).view(torch.uint8).zero_()  # fault the pages in before timing reads
-    weights = assemble(raw, ckpt.scheme)
-    fds: dict[Path, int] = {}
-    read_s, block_bytes = [], 0
-    for i in range(ckpt.n_blocks):
-        refs = ckpt.blocks[i]
-        evict({ref.path for ref in refs.values()})
-        t0 = time.perf_counter()
-        block_bytes = 0
-        for n, ref in refs.items():
-            view = memoryview(raw[n].view(-1).view(torch.uint8).numpy())
-            block_bytes += pread_ranges([(ref.path, ref.offset, ref.nbytes)], view, fds)
-        read_s.append(time.perf_counter() - t0)
-        evict({ref.path for ref in refs.values()})
-        _say(f"block {i}: {block_bytes / 1e9:.2f} GB read cold in {read_s[-1]:.2f} s")
-    for fd in fds.values():
-        os.close(fd)
-    ctx = args.context
-    cache = KVCache.empty(cfg, ctx + 1, dtype)
-    alibi = Alibi(cfg.n_head, dtype, ctx + max(ROWS) + 1)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        block_forward(x, weights, cache, 0, alibi, cfg)
-        prefill_s = time.perf_counter() - t0
-        decode_s = []
-        x1 = x[-1:].clone()
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            block_forward(x1, weights, cache, ctx, alibi, cfg)
-            decode_s.append(time.perf_counter() - t0)
-        # A verify pass of K drafted tokens: K + 1 rows, multiplied as decoding multiplies (no fp32 tiles).
-        rows_s: dict[str, list[float]] = {}
-        for rows in ROWS:
-            rows_s[str(rows)] = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                block_forward(x[:rows], weights, cache, ctx, alibi, cfg)
-                rows_s[str(rows)].append(time.perf_counter() - t0)
-    _say(f"decode compute per block: {sorted(decode_s)}; rows: {rows_s}")
-    return {
-        "block_bytes": block_bytes,
-        "read_s": read_s,
-        "context": ctx,
-        "prefill_s": prefill_s,
-        "decode_compute_s": decode_s,
-        "rows_compute_s": rows_s,
-        "hidden": cfg.hidden_size,
-        "n_head": cfg.n_head,
-        "weights": ckpt.scheme.weights if ckpt.scheme else "bf16",
-        "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
-    }
-
-
-ROWS = (5, 9)
-"""Rows of the verify passes bigblock times (4 and 8 drafted tokens)."""
-
-
-def run_verify(args: argparse.Namespace) -> dict:
-    """Speculative decoding's price: one pass over the weights with 1 row, and with `--rows` rows (a verify
-    pass of rows - 1 drafted tokens), alternating, after a prefill of the prompt. Cold: each streamed block's
-    bytes (and a streamed head's) are evicted after use, as in the bloomtui runs."""
-    import threading
-
-    from bloomtui.engine import Engine, EngineOptions
-    from bloomtui.engine import events as ev
-    from bloomtui.engine.compute.model import Alibi, KVCache
-
-    budget = budget_arg(args.budget, args.model)
-    engine = Engine.open(args.model, EngineOptions(ram_budget=budget, threads=args.threads, reads=args.reads))
-    ckpt, plan, cfg = engine.model_plan.checkpoint, engine.model_plan.plan, engine.config
-    block_spans = {i: _spans(ckpt.blocks[i].values()) for i in plan.streamed_blocks}
-    head_spans = [] if plan.head_resident else _spans([*ckpt.head_refs, ckpt.embeddings])
-    evictor = RangeEvictor()
-
-    def sink(event: ev.Event) -> None:
-        if args.cold and isinstance(event, ev.BlockDone) and not event.resident:
-            for span in block_spans[event.index]:
-                evictor(*span)
-
-    prompt = engine.encode(PROMPT)
-    start = len(prompt)
-    caches = [KVCache.empty(cfg, start + args.rows, engine.dtype) for _ in range(cfg.n_layer)]
-    alibi = Alibi(cfg.n_head, engine.dtype, start + args.rows)
-    times: dict[int, list[float]] = {1: [], args.rows: []}
-    if args.cold:
-        evict(weight_files(args.model))
-    cancel = threading.Event()
-    with torch.inference_mode(), engine.store.prefetcher(1 + 2 * args.reps, cancel) as prefetch:
-        passes = engine.passes(1, sink, cancel, prefetch)
-        passes.logits(passes.hidden(prompt, 0, caches, alibi, "prefill", 0)[-1:])  # the head streams after blocks
-        for rep in range(args.reps):
-            for rows in (1, args.rows):
-                for span in head_spans if args.cold else ():
-                    evictor(*span)
-                before = evictor.seconds
-                t0 = time.perf_counter()
-                h = passes.hidden(prompt[-1:] * rows, start, caches, alibi, "decode" if rows == 1 else "verify", rep)
-                passes.logits(h, like_decode=True)
-                times[rows].append(time.perf_counter() - t0 - (evictor.seconds - before))
-    engine.close()
-    evictor.close()
-    _say(f"1 row: {sorted(times[1])}; {args.rows} rows: {sorted(times[args.rows])}")
-    return {
-        "one_row_s": times[1],
-        "rows_s": times[args.rows],
-        "rows": args.rows,
-        "budget": engine.model_plan.plan.budget,
-        "streamed_blocks": len(plan.streamed_blocks),
-        "n_blocks": plan.n_blocks,
-        "head_resident": plan.head_resident,
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(kind)
         p.add_argument("--model", type=Path, required=True)
         p.add_argument("--tokens", type=int, required=True)
-        p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
+        if kind != "bloomtui":  # bloomtui computes in the dtype its engine picks for the checkpoint
+            p.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
         if kind in ("bloomtui", "seed"):
             p.add_argument("--cold", action="store_true")
         if kind == "bloomtui":

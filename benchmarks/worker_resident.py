@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import long_prompt
+from benchmarks.common import BIG_BUDGET, long_prompt
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -39,7 +39,7 @@ def run_prefill(args: argparse.Namespace) -> dict:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
 
     _force_path(args.path)
-    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    engine = Engine.open(args.model, EngineOptions(ram_budget=BIG_BUDGET, threads=args.threads))
     prompt, ids = _bloomtui_prompt(engine, args.prompt_tokens)
     one = SamplingParams(max_new_tokens=1, ignore_eos=True)
     engine.generate(long_prompt(engine.tokenizer, 64), one)  # warm-up: kernels, allocator
@@ -94,7 +94,7 @@ def run_cancel(args: argparse.Namespace) -> dict:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
     from bloomtui.engine.events import Cancelled
 
-    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    engine = Engine.open(args.model, EngineOptions(ram_budget=BIG_BUDGET, threads=args.threads))
     prompt, ids = _bloomtui_prompt(engine, args.prompt_tokens)
     latencies, cancelled = [], []
     for _ in range(args.reps):
@@ -124,7 +124,7 @@ QUALITY_PROMPT = "The for statement in Python differs a bit from what you may be
 def run_ppl(args: argparse.Namespace) -> dict:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
 
-    engine = Engine.open(args.model, EngineOptions(ram_budget=1 << 40, threads=args.threads))
+    engine = Engine.open(args.model, EngineOptions(ram_budget=BIG_BUDGET, threads=args.threads))
     text = Path(args.text).read_text(encoding="utf-8")
     text = text[: args.chars] if args.chars else text
     scored = engine.perplexity(text, args.context)

@@ -17,7 +17,8 @@ from benchmarks.floors import streamed_ranges
 from benchmarks.seed import seed_generate
 from bloomtui import demo
 from bloomtui.engine import Engine, EngineOptions, SamplingParams
-from bloomtui.engine.plan.residency import minimum_budget
+from bloomtui.engine.events import Done
+from bloomtui.engine.plan.residency import ResidencyPlan, minimum_budget
 from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.openmp import DEFAULTS as OPENMP_DEFAULTS
 
@@ -118,19 +119,24 @@ def test_seed_method_matches_transformers_greedy(tmp_path: Path, untied: bool) -
         assert len(set(want)) > 2  # varied text, so equal ids prove something
 
 
+def _floor_and_run(folder: Path, budget: int, n: int) -> tuple[int, Done, ResidencyPlan]:
+    """(the floor's bytes per decode token, bloomtui's run of `n` tokens under `budget`, its plan)."""
+    per_token = sum(length for _, _, length in streamed_ranges(folder, budget))
+    engine = Engine.open(folder, EngineOptions(ram_budget=budget))
+    try:
+        done = engine.generate(PROMPT, SamplingParams(max_new_tokens=n, ignore_eos=True))
+        return per_token, done, engine.model_plan.plan
+    finally:
+        engine.close()
+
+
 def test_raw_read_floor_reads_what_the_engine_streams(tmp_path: Path) -> None:
     """The floor's byte ranges are exactly the bytes bloomtui reads per decode token."""
     folder = demo.write_demo_model(tmp_path / "m", preset="small", layout="bigscience", dtype="float32")
     ckpt = Checkpoint.open(folder)
     budget = minimum_budget(ckpt, 4) + ckpt.block_nbytes()  # one resident block, the rest streamed
-    per_token = sum(length for _, _, length in streamed_ranges(folder, budget))
-    engine = Engine.open(folder, EngineOptions(ram_budget=budget))
-    try:
-        n = 4
-        done = engine.generate(PROMPT, SamplingParams(max_new_tokens=n, ignore_eos=True))
-        plan = engine.model_plan.plan
-    finally:
-        engine.close()
+    n = 4
+    per_token, done, plan = _floor_and_run(folder, budget, n)
     assert plan.streamed_blocks  # the floor must have something to read
     rows_from_disk = not (plan.head_resident and ckpt.tied)
     row = ckpt.embeddings.shape[1] * ckpt.embeddings.dtype.itemsize if rows_from_disk else 0
@@ -147,14 +153,8 @@ def test_raw_read_floor_reads_what_the_engine_streams_prepared(tmp_path: Path, w
     folder = prepare(source, tmp_path / weights, weights)
     ckpt = Checkpoint.open(folder)
     budget = minimum_budget(ckpt, 2)  # every block and the head streamed (tiny blocks are smaller than 2 slots)
-    per_token = sum(length for _, _, length in streamed_ranges(folder, budget))
-    engine = Engine.open(folder, EngineOptions(ram_budget=budget))
-    try:
-        n = 3
-        done = engine.generate(PROMPT, SamplingParams(max_new_tokens=n, ignore_eos=True))
-        plan = engine.model_plan.plan
-    finally:
-        engine.close()
+    n = 3
+    per_token, done, plan = _floor_and_run(folder, budget, n)
     assert plan.streamed_blocks and not plan.head_resident
     row = ckpt.embeddings.shape[1] * ckpt.embeddings.dtype.itemsize + ckpt.embedding_scales.dtype.itemsize
     assert done.bytes_read == n * per_token + (done.prompt_tokens - 1) * row
