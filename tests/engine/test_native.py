@@ -21,14 +21,16 @@ from bloomtui.engine.weights.quant import int4_codes, pack_int4, quantize_int8
 from tests.checkpoints import oracle, reference_greedy, write_checkpoint
 from tests.engine.test_prepare import oracle_for
 
-BUILDS = {"native": ("-march=native",), "avx2": ("-mavx2", "-mfma")}
-"""This machine's own build, and the AVX2 one every x86-64 machine of the last decade runs."""
+BUILDS = {family: arch for family, (arch, _needs) in native.FAMILIES.items()}
+"""Every CPU family's build (an AVX-512 BF16 machine runs all three): between them they compile every path of
+the C source, which picks its path by the instructions a build may use, as this machine's own build does."""
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
 
 
 @pytest.fixture(scope="module", params=list(BUILDS))
 def kernels(request: pytest.FixtureRequest) -> native.NativeKernels:
-    built = native.build(BUILDS[request.param])
+    arch = native.family_arch(request.param)
+    built = arch if isinstance(arch, str) else native.build(arch)
     if isinstance(built, str):
         pytest.skip(f"the native kernels cannot run on this machine: {built}")
     return built
@@ -192,6 +194,34 @@ def test_no_compiler_falls_back_to_torch_and_says_why(tmp_path, monkeypatch) -> 
     finally:
         native.kernels.cache_clear()
         native.chosen.cache_clear()
+
+
+def test_a_family_can_be_forced_where_the_cpu_runs_it(monkeypatch) -> None:  # noqa: ANN001
+    """BLOOMTUI_NATIVE=avx2 builds the AVX2 kernels on an AVX-512 machine, and `info` says they were forced; a
+    family this CPU cannot run, or an unknown name, leaves torch's kernels and says why."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})  # an AVX2-only desktop
+    assert native.family_arch("avx2") == native.FAMILIES["avx2"][0]
+    assert "lacks avx512_bf16" in native.family_arch("avx512-bf16")
+    assert "not 0, 1 or one of avx2, avx512, avx512-bf16" in native.family_arch("sse")
+    monkeypatch.undo()
+    runnable = [family for family in native.FAMILIES if not isinstance(native.family_arch(family), str)]
+    if not runnable:
+        pytest.skip("this CPU runs none of the families' kernels")
+    for family, isa in (("avx2", "AVX2"), ("avx512", "AVX-512"), ("avx512-bf16", "AVX-512 BF16")):
+        if family not in runnable:
+            continue
+        monkeypatch.setenv("BLOOMTUI_NATIVE", family)
+        native.kernels.cache_clear()
+        native.chosen.cache_clear()
+        try:
+            built = native.kernels()
+            assert built is not None and built.isa == isa
+            assert f"forced: BLOOMTUI_NATIVE={family}" in native.describe()
+        finally:
+            native.kernels.cache_clear()
+            native.chosen.cache_clear()
 
 
 def test_a_read_only_cache_is_reported_not_raised(tmp_path, monkeypatch) -> None:  # noqa: ANN001

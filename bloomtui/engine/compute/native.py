@@ -5,7 +5,9 @@ addmv 24 GB/s, the int8 weight-only kernel 15, where plain reads reach 30), and 
 reading weights. The native kernels stream each weight row once for every input row, so decode and draft
 verification get the same numbers. They need x86-64 with AVX-512 or AVX2 and a C compiler with OpenMP at run time;
 anywhere else `kernels()` is None and matmul.py keeps torch's kernels (the eager path). `describe()` says
-which path runs and why (`bloomtui info`); BLOOMTUI_NATIVE=0 turns the native path off.
+which path runs and why (`bloomtui info`); BLOOMTUI_NATIVE=0 turns the native path off, and
+BLOOMTUI_NATIVE=avx2 (or another of FAMILIES) builds another CPU family's kernels where this CPU runs them, so an
+AVX-512 machine can test and measure the path an AVX2-only desktop takes.
 
 The build takes well under a second and happens once: the library is kept in the cache dir under a name that
 hashes the source, the compiler, the CPU and the OpenMP runtime, so a home shared between machines never
@@ -40,6 +42,17 @@ MAX_ROWS = 16
 """Rows the native kernels take in one call; more (prefill, big trees) are GEMM work for torch."""
 K_MULTIPLE = 64
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "avx2": (("-march=haswell",), frozenset({"avx2", "fma", "f16c"})),
+    "avx512": (("-march=skylake-avx512",), frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"})),
+    "avx512-bf16": (
+        ("-march=cooperlake",),
+        frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni", "avx512_bf16"}),
+    ),
+}
+"""The CPU families the kernels have paths for: (compiler flags, the /proc/cpuinfo flags a CPU needs to run
+them). Each -march names the family's first CPU (Haswell: AVX2 + FMA; Skylake-SP: AVX-512 without BF16;
+Cooper Lake: AVX-512 BF16), so a build holds no instruction from a later one."""
 _why_not = ""
 
 
@@ -198,6 +211,15 @@ def _open(path: Path) -> NativeKernels:
     return NativeKernels(lib, path, lib.native_isa().decode(), has_int4=has_int4)
 
 
+def family_arch(family: str) -> tuple[str, ...] | str:
+    """The compiler flags of one of FAMILIES, or why this CPU cannot run that family's kernels."""
+    if family not in FAMILIES:
+        return f"BLOOMTUI_NATIVE={family!r} is not 0, 1 or one of {', '.join(FAMILIES)}"
+    arch, needs = FAMILIES[family]
+    missing = sorted(needs - _cpu_flags())
+    return f"this CPU cannot run the {family} kernels (it lacks {', '.join(missing)})" if missing else arch
+
+
 def build(arch: tuple[str, ...] = ("-march=native",)) -> NativeKernels | str:
     """The kernels built for `arch` (kept in the cache dir), or why they cannot run here."""
     flags = _cpu_flags()
@@ -225,10 +247,15 @@ def build(arch: tuple[str, ...] = ("-march=native",)) -> NativeKernels | str:
 def kernels() -> NativeKernels | None:
     """The native kernels, built on first use on this machine; None where they cannot run (see describe())."""
     global _why_not
-    if os.environ.get("BLOOMTUI_NATIVE", "1") == "0":
+    asked = os.environ.get("BLOOMTUI_NATIVE", "1").strip().lower()
+    if asked == "0":
         _why_not = "turned off (BLOOMTUI_NATIVE=0)"
         return None
-    built = build()
+    arch = ("-march=native",) if asked in ("1", "", "native") else family_arch(asked)
+    if isinstance(arch, str):
+        _why_not = arch
+        return None
+    built = build(arch)
     if isinstance(built, str):
         _why_not = built
         return None
@@ -319,6 +346,8 @@ def describe() -> str:
         return f"torch's one-row kernels (native ones not used: {_why_not})"
     picked = chosen()
     way = native.isa
+    if (asked := os.environ.get("BLOOMTUI_NATIVE", "").strip().lower()) in FAMILIES:
+        way += f" (forced: BLOOMTUI_NATIVE={asked})"
     kinds = (("bf16", "for_bf16"), ("int8", "for_int8"), ("int4", "for_int4"))
     uses = [name for name, flag in kinds if picked is not None and getattr(picked, flag)]
     if not uses:
