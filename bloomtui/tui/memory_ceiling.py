@@ -23,11 +23,11 @@ if TYPE_CHECKING:
     from bloomtui.tui.run_state import ModelInfo, PanelSnapshot
 
 PREFILL_ROWS = 1024
-"""engine/passes.py: prompt rows taken through a block at once."""
+"""engine/stream/passes.py: prompt rows taken through a block at once."""
 SCORE_BYTES = 64 * 1024**2
-"""engine/model.py: the bound on one chunk's attention scores (its mask is as large)."""
+"""engine/compute/model.py: the bound on one chunk's attention scores (its mask is as large)."""
 TILE_BYTES = 128 * 1024**2
-"""engine/matmul.py: fp32 bytes of one upcast weight tile."""
+"""engine/compute/matmul.py: fp32 bytes of one upcast weight tile."""
 ACTIVATION_WIDTHS = 20
 """Hidden-sized fp32 rows a block holds per prompt row at once: the input and its norms, query/key/value (3),
 the context, the residuals, the MLP's 4x-wide product and its GELU (8), the output."""
