@@ -78,11 +78,13 @@ def _stamp(source: Path) -> str:
 
 
 def ensure_prepared(spec: PreparedSpec, source: Path, work: Path, say: Callable[[str], None] = print) -> Path:
-    """The prepared folder for `spec` from `source`, (re)written when missing or its source changed."""
+    """The prepared folder for `spec` from `source`, (re)written when missing, or its source or the prepared
+    format changed."""
     from bloomtui.engine.prepare import prepare
+    from bloomtui.engine.weights.config import FORMAT_VERSION
 
     path = spec.path(work)
-    stamp = _stamp(source)
+    stamp = f"{_stamp(source)} format {FORMAT_VERSION}"
     if (path / "config.json").is_file() and (path / STAMP).is_file() and (path / STAMP).read_text() == stamp:
         return path
     say(f"preparing {spec.name} ({spec.weights} of {source.name}) ...")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from bloomtui.engine.weights.quant import INT4_ROWS
+
 N_BLOCKS = 70
 HIDDEN = 14336
 N_HEAD = 112
@@ -54,7 +56,7 @@ def _checkpoint(weights: str):  # noqa: ANN202 - a Checkpoint of BLOOM-176B's sh
     scheme = None
     if weights != "bf16":
         group = default_group_size(HIDDEN) if weights == "int4" else None
-        scheme = Scheme(weights, group, "projection" if weights == "int4" else None)
+        scheme = Scheme(weights, group, INT4_ROWS if weights == "int4" else None)
     config = BloomConfig(hidden_size=HIDDEN, n_head=N_HEAD, n_layer=N_BLOCKS, vocab_size=VOCAB, scheme=scheme)
     nowhere = Path("/nonexistent")
 

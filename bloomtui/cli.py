@@ -87,6 +87,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "default auto: direct when the model does not fit in free memory and this disk reads about as fast "
         "that way (measured once per filesystem)",
     )
+    p.add_argument(
+        "--activations",
+        choices=("auto", "exact", "int8"),
+        help="how int8/int4 weights meet a decoding step's inputs: exact (fp32 inputs) or int8 (inputs quantised "
+        "per block and multiplied in integers, llama.cpp's way: faster, within about 1%% of the exact "
+        "product); default auto: int8 where this machine measured it faster (bloomtui info says which runs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

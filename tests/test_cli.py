@@ -77,6 +77,9 @@ def test_info(tiny_model: Written) -> None:
     assert "resident    4/4 blocks" in human.stdout and "\nreads " not in human.stdout  # nothing streams
     assert "fewer while other programs hold cores" in human.stdout
     assert "\ndecode      " in human.stdout and "kernels" in info["decode"]
+    exact = bloomtui("info", str(tiny_model.path), "--activations", "exact", "--json")
+    if "native" in info["decode"]:  # where the native kernels run, the asked way is said for int8/int4 rows
+        assert "int8 rows exact (asked)" in json.loads(exact.stdout)["decode"]
     forced = bloomtui("info", str(tiny_model.path), "--ram-budget", "1.2MB", "--reads", "direct", "--threads", "1")
     assert "reads       direct I/O (O_DIRECT through a staging buffer" in forced.stdout, forced.stdout
     assert "--reads direct" in forced.stdout and "threads     1 (--threads)" in forced.stdout

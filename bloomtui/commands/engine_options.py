@@ -1,4 +1,4 @@
-"""The engine options every local command takes (--ram-budget, --dtype, --threads, --reads)."""
+"""The engine options every local command takes (--ram-budget, --dtype, --threads, --reads, --activations)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ def engine_options(args: argparse.Namespace):  # noqa: ANN201 - an EngineOptions
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     budget = parse_size(args.ram_budget) if args.ram_budget is not None else None
-    return EngineOptions(ram_budget=budget, dtype=args.dtype, threads=args.threads, reads=getattr(args, "reads", None))
+    return EngineOptions(
+        ram_budget=budget,
+        dtype=args.dtype,
+        threads=args.threads,
+        reads=getattr(args, "reads", None),
+        activations=getattr(args, "activations", None),
+    )
 
 
 def kv_warning(need: int, what: str, fix: str) -> str | None:

@@ -151,6 +151,9 @@ def generate(args: argparse.Namespace) -> int:
                 raise
             used = format_size(draft_engine.model_plan.plan.total_bytes)
             raise BudgetError(f"{exc.message} (--ram-budget less the draft model's {used})") from None
+        if engine.model_plan.format_warning:
+            status.clear()
+            print(f"warning: {engine.model_plan.format_warning}", file=sys.stderr)
         params = sampling_params(args, engine.model_plan.generation)
         prompts, per_sequence = sequences.expand(params)
         if many and (warning := kv_warning(engine, prompts, params.max_new_tokens)):

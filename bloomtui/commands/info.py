@@ -58,7 +58,7 @@ def info(args: argparse.Namespace) -> int:
         "bytes_per_token_all_streamed": sum(ckpt.block_nbytes(i) for i in range(ckpt.n_blocks))
         + sum(ref.nbytes for ref in ckpt.head_refs),
         "prefill": prefill_path(mp.dtype),
-        "decode": native_describe(),
+        "decode": native_describe(mp.activations),
         "ram_budget": plan.budget,
         "resident_blocks": sorted(plan.resident_blocks),
         "streamed_blocks": list(plan.streamed_blocks),
@@ -73,11 +73,13 @@ def info(args: argparse.Namespace) -> int:
         "reads_reason": mp.reads.reason,
         "reads_refused_direct": [str(path) for path in mp.reads.refused],
         "budget_warning": mp.budget_warning,
+        "format_warning": mp.format_warning,
         "generation_defaults": mp.generation.set_fields(),
         "draft": _draft_data(args.draft, draft),
     }
-    if mp.budget_warning:
-        print(f"warning: {mp.budget_warning}", file=sys.stderr)
+    for warning in (mp.budget_warning, mp.format_warning):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ACTIVATIONS = ("auto", "exact", "int8")
+"""How few-row int8/int4 multiplies take their inputs: exact (fp32), quantised to int8 per block (faster,
+llama.cpp's way), or auto: int8 where this machine measured it faster (compute/native.py)."""
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -16,3 +20,5 @@ class EngineOptions:
     """torch intra-op threads; None: torch's default, fewer while other programs hold cores (cpu_share.py)."""
     reads: str | None = None
     """How streamed weights are read: "direct", "cached", or None/"auto" to decide per model (read_choice.py)."""
+    activations: str | None = None
+    """One of ACTIVATIONS for decoding with int8/int4 weights; None means "auto"."""

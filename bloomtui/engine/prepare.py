@@ -28,9 +28,9 @@ from bloomtui.engine.weights.config import QUANT_METHOD, SCHEMES, Scheme
 from bloomtui.engine.weights.hub import resolve_model
 from bloomtui.engine.weights.quant import (
     INT4_GROUP_SIZES,
+    INT4_ROWS,
     check_int4_shape,
     int4_codes,
-    int4_layout,
     pack_int4,
     quantize_int8,
 )
@@ -161,7 +161,7 @@ def _card(source: Path, scheme: Scheme, checkpoint: Checkpoint, block_bytes: int
         "`embeddings.safetensors`; the scheme is in config.json's `quantization_config`.",
     ]
     if scheme.weights == "int4":
-        lines.append(f"- int4 packing: torch's CPU layout `{scheme.int4_layout.split('/')[1]}` (this CPU family).")
+        lines.append(f"- int4 layout: `{scheme.int4_layout}` (format {scheme.format_version}, the same on every CPU).")
     lines += ["", "Open it with `bloomtui`, `bloomtui generate`, `bloomtui info` or `bloomtui perplexity`.", ""]
     return "\n".join(lines)
 
@@ -190,7 +190,7 @@ def prepare(
             why = check_int4_shape(shape[0], shape[1], group) if name in MATRICES else None
             if why:
                 raise UsageError(f"int4 cannot store {name} ({shape[0]}x{shape[1]}): {why}; try int8")
-        scheme = Scheme("int4", group, int4_layout().describe())
+        scheme = Scheme("int4", group, INT4_ROWS)
     elif group_size is not None:
         if group_size not in INT4_GROUP_SIZES:
             raise UsageError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")

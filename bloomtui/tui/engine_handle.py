@@ -101,6 +101,7 @@ class RealEngine(EngineHandle):
             draft_kv_bytes_per_token=draft.kv_bytes(1) if draft is not None else 0,
             demo=spec.demo,
             budget_warning=engine.model_plan.budget_warning,
+            format_warning=engine.model_plan.format_warning,
             draft=_short_name(spec.draft) if draft is not None else "",
             draft_bytes=draft.model_plan.plan.total_bytes if draft is not None else 0,
         )

@@ -184,10 +184,11 @@ class ModelOpening:
             output.notice(f"{info.name} is open.")
         if self.queued is None:
             output.notice("Type a prompt below and press ctrl+j; ctrl+p has example prompts and more.")
-        warning = getattr(info, "budget_warning", None)  # a server has no RAM budget
-        if warning:
-            output.notice(warning, error=True)
-            self.notify(warning, title="RAM budget", severity="warning", timeout=10)  # type: ignore[attr-defined]
+        for field, title in (("budget_warning", "RAM budget"), ("format_warning", "Older prepared layout")):
+            warning = getattr(info, field, None)  # a server has neither
+            if warning:
+                output.notice(warning, error=True)
+                self.notify(warning, title=title, severity="warning", timeout=10)  # type: ignore[attr-defined]
         draft_error = getattr(message.handle, "draft_error", None)
         if draft_error:
             output.notice(f"{draft_error}; the model runs without a draft model.", error=True)

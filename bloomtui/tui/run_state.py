@@ -38,6 +38,8 @@ class ModelInfo:
     demo: bool = False
     budget_warning: str | None = None
     """Set when the RAM budget asked for was lowered to what the machine can hold."""
+    format_warning: str | None = None
+    """Set when the folder's weights are in an older layout that loads more slowly."""
     draft: str = ""
     """The draft model held resident beside it ("" when none); its bytes count against the budget."""
     draft_bytes: int = 0

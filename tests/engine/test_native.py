@@ -19,21 +19,10 @@ from bloomtui.engine.prepare import prepare
 from bloomtui.engine.stream import open_model
 from bloomtui.engine.weights.quant import int4_codes, pack_int4, quantize_int8
 from tests.checkpoints import oracle, reference_greedy, write_checkpoint
+from tests.engine.conftest import BUILDS
 from tests.engine.test_prepare import oracle_for
 
-BUILDS = {family: arch for family, (arch, _needs) in native.FAMILIES.items()}
-"""Every CPU family's build (an AVX-512 BF16 machine runs all three): between them they compile every path of
-the C source, which picks its path by the instructions a build may use, as this machine's own build does."""
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
-
-
-@pytest.fixture(scope="module", params=list(BUILDS))
-def kernels(request: pytest.FixtureRequest) -> native.NativeKernels:
-    arch = native.family_arch(request.param)
-    built = arch if isinstance(arch, str) else native.build(arch)
-    if isinstance(built, str):
-        pytest.skip(f"the native kernels cannot run on this machine: {built}")
-    return built
 
 
 def _bf16_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -78,8 +67,6 @@ def test_int8_rows_equal_the_dequantised_product(kernels, dtype: torch.dtype, ro
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("rows", "group"), [(1, 64), (5, 32)])
 def test_int4_rows_equal_the_dequantised_product(kernels, dtype: torch.dtype, rows: int, group: int) -> None:  # noqa: ANN001
-    if not kernels.has_int4:
-        pytest.skip(f"the {kernels.isa} build reads no int4 packing (torch's int4 kernel runs there)")
     gen = torch.Generator().manual_seed(rows)
     n, k = 192, 256
     codes, scale, zero = int4_codes(torch.randn(n, k, generator=gen), group)
@@ -108,16 +95,16 @@ def test_matmul_takes_the_native_path_only_where_it_applies(kernels) -> None:  #
     codes, scale, zero = int4_codes(w.float(), 64)
     packed, pairs = pack_int4(codes, scale, zero)
     int4 = QuantizedLinear(4, packed, pairs.bfloat16(), 64, (64, 128))
-    if kernels.has_int4:
-        assert torch.equal(mm(x[:1], int4), kernels.int4(x[:1], packed, pairs.bfloat16(), 64, None))
-    else:
-        assert torch.equal(mm(x[:1], int4), eager(x[:1], int4))  # no int4 kernel in this build: torch's
+    assert torch.equal(mm(x[:1], int4), kernels.int4(x[:1], packed, pairs.bfloat16(), 64, None))
+    assert torch.equal(mm(x, int4), eager(x, int4))  # many rows: dequantised tiles
+    fast = replace(kernels, q8_int4=True)
+    assert torch.equal(Matmul(native=fast)(x[:1], int4), kernels.int4(x[:1], packed, pairs.bfloat16(), 64, None, True))
     slower = replace(kernels, for_bf16=False)
     assert torch.equal(Matmul(native=slower)(x[:1], w), eager(x[:1], w))  # measured slower here: torch
 
 
 def _greedy(path: Path, monkeypatch: pytest.MonkeyPatch, kernels, **options):  # noqa: ANN001, ANN003, ANN202
-    monkeypatch.setattr(open_model, "chosen", lambda: kernels)
+    monkeypatch.setattr(open_model, "chosen", lambda activations="auto": kernels)
     engine = Engine.open(path, EngineOptions(**options))
     tokens: list[ev.TokenGenerated] = []
     try:
@@ -147,6 +134,19 @@ def test_prepared_engine_equals_transformers_through_the_native_kernels(
     assert max(abs(a - b) for a, b in zip(logprobs, eager_lp, strict=True)) < 1e-4
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_int8_activations_decode_close_to_the_exact_kernels(kernels, weights: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The integer-dot kernels in a whole model: the first tokens and their logprobs as the exact kernels give
+    them, within the inputs' quantisation (benchmarks/activations.py measures the distributions at length)."""
+    source = write_checkpoint(tmp_path / "src", preset="tiny", dtype="float32", init_std=0.08)
+    out = prepare(source.path, tmp_path / weights, weights, group_size=64)
+    exact_ids, exact_lp, _ = _greedy(out, monkeypatch, kernels)
+    ids, logprobs, _ = _greedy(out, monkeypatch, replace(kernels, q8_int8=True, q8_int4=True))
+    assert ids[:3] == exact_ids[:3]
+    assert max(abs(a - b) for a, b in zip(logprobs[:3], exact_lp[:3], strict=True)) < 0.05
+    assert logprobs != exact_lp  # the integer path did run
+
+
 def test_bf16_engine_native_against_transformers_and_torch(kernels, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     written = write_checkpoint(tmp_path / "m", preset="tiny", dtype="bfloat16")  # hidden 64: every matrix native
     ids, logprobs, engine = _greedy(written.path, monkeypatch, kernels)
@@ -159,7 +159,7 @@ def test_bf16_engine_native_against_transformers_and_torch(kernels, tmp_path, mo
 
 def test_verified_drafts_keep_decoding_logprobs_on_the_native_path(kernels, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     written = write_checkpoint(tmp_path / "m", preset="tiny", dtype="bfloat16")
-    monkeypatch.setattr(open_model, "chosen", lambda: kernels)
+    monkeypatch.setattr(open_model, "chosen", lambda activations="auto": kernels)
     engine = Engine.open(written.path)
     prompt = "one two three four five six one two three four five six one two three"
     params = SamplingParams(max_new_tokens=30, ignore_eos=True)
@@ -183,17 +183,15 @@ def test_no_compiler_falls_back_to_torch_and_says_why(tmp_path, monkeypatch) -> 
     failure = native.build()
     assert isinstance(failure, str) and "could not build" in failure
     assert not list(tmp_path.rglob("*.so"))  # nothing half-built is left to load
-    native.kernels.cache_clear()
-    native.chosen.cache_clear()
+    native.forget()
     try:
         assert native.kernels() is None and native.chosen() is None
         assert "not used" in native.describe() and "could not build" in native.describe()
         monkeypatch.setenv("BLOOMTUI_NATIVE", "0")
-        native.kernels.cache_clear()
+        native.forget()
         assert "BLOOMTUI_NATIVE=0" in native.describe()
     finally:
-        native.kernels.cache_clear()
-        native.chosen.cache_clear()
+        native.forget()
 
 
 def test_a_family_can_be_forced_where_the_cpu_runs_it(monkeypatch) -> None:  # noqa: ANN001
@@ -213,15 +211,13 @@ def test_a_family_can_be_forced_where_the_cpu_runs_it(monkeypatch) -> None:  # n
         if family not in runnable:
             continue
         monkeypatch.setenv("BLOOMTUI_NATIVE", family)
-        native.kernels.cache_clear()
-        native.chosen.cache_clear()
+        native.forget()
         try:
             built = native.kernels()
             assert built is not None and built.isa == isa
             assert f"forced: BLOOMTUI_NATIVE={family}" in native.describe()
         finally:
-            native.kernels.cache_clear()
-            native.chosen.cache_clear()
+            native.forget()
 
 
 def test_a_read_only_cache_is_reported_not_raised(tmp_path, monkeypatch) -> None:  # noqa: ANN001

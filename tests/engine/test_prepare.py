@@ -18,9 +18,9 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
 from bloomtui.engine.compute.matmul import Matmul, QuantizedLinear
 from bloomtui.engine.plan.residency import minimum_budget
-from bloomtui.engine.prepare import PAGE, prepare
+from bloomtui.engine.prepare import PAGE, prepare, write_safetensors
 from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
-from bloomtui.engine.weights.quant import int4_codes, int4_layout, pack_int4, quantize_int8, unpack_int4
+from bloomtui.engine.weights.quant import int4_codes, pack_int4, quantize_int8, unpack_int4
 from bloomtui.errors import CancelRequested, UsageError
 from tests.checkpoints import reference_greedy, write_checkpoint
 
@@ -59,8 +59,8 @@ def dequantised_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             state[base + "weight"] = t.float() * scales[:, None]
         else:
             n, k = t.shape[0], t.shape[1] * 2
-            codes = unpack_int4(t, n, k, int4_layout()).float().view(n, k // scheme["group_size"], -1)
-            w = (codes - 8) * scales[:, :, 0].T[..., None] + scales[:, :, 1].T[..., None]
+            codes = unpack_int4(t, k).float().view(n, k // scheme["group_size"], -1)
+            w = (codes - 8) * scales[:, :, 0][..., None] + scales[:, :, 1][..., None]
             state[base + "weight"] = w.view(n, k)
     return config, state
 
@@ -78,7 +78,8 @@ def oracle_for(folder: Path) -> BloomForCausalLM:
 
 
 def run(folder: Path, n: int = 12, **options) -> tuple[list[int], list[float], Engine]:  # noqa: ANN003
-    engine = Engine.open(folder, EngineOptions(**options))
+    """Greedy ids and logprobs; the exact kernels unless asked (the oracle multiplies unrounded inputs)."""
+    engine = Engine.open(folder, EngineOptions(**{"activations": "exact", **options}))
     tokens: list[ev.TokenGenerated] = []
     collect = lambda e: tokens.append(e) if isinstance(e, ev.TokenGenerated) else None  # noqa: E731
     try:
@@ -145,7 +146,7 @@ def test_kernels_agree_with_dequantised_matrices() -> None:
     w = torch.randn(128, 256)
     codes, scale, zero = int4_codes(w, 64)
     packed, scales = pack_int4(codes, scale, zero)
-    assert torch.equal(unpack_int4(packed, 128, 256, int4_layout()).to(torch.int32), codes)
+    assert torch.equal(unpack_int4(packed, 256).to(torch.int32), codes)
     int4 = QuantizedLinear(4, packed, scales.float(), 64, (128, 256))
     q, s = quantize_int8(w)
     int8 = QuantizedLinear(8, q, s, 0, (128, 256))
@@ -223,11 +224,61 @@ def test_matrices_are_quantised_and_card_written(tmp_path) -> None:  # noqa: ANN
     assert (out / "tokenizer.json").read_bytes() == (source.path / "tokenizer.json").read_bytes()
 
 
-def test_int4_packed_for_another_cpu_is_refused(tmp_path) -> None:  # noqa: ANN001
-    source = write_checkpoint(tmp_path / "src", preset="tiny")
-    out = prepare(source.path, tmp_path / "out", "int4")
+def _torch_int4_layout() -> str:
+    """This CPU's layout of torch's int4 packing (what format-1 folders hold), probed with matrices whose
+    nibbles spell their own row: the string an older bloomtui recorded."""
+    n, k = 128, 32
+    rows = torch.arange(n)[:, None].expand(n, k)
+    pack = lambda q: torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)  # noqa: E731
+    nibbles = lambda p: torch.stack([p.reshape(-1) & 15, p.reshape(-1) >> 4], dim=-1).reshape(-1)  # noqa: E731
+    row_of = nibbles(pack(rows % 16)) + 16 * nibbles(pack(rows // 16))
+    for block in (64, 32, 16):
+        order = row_of.view(n // block, k, block)[0, 0]
+        if sorted(order.tolist()) == list(range(block)):
+            return f"torch-cpu-int4pack/rows{block}/" + ",".join(map(str, order.tolist()))
+    raise AssertionError("torch's int4 packing has an unknown layout here")
+
+
+def _as_format_1(folder: Path, out: Path) -> None:
+    """A copy of an int4 folder as bloomtui before format 2 wrote it: torch's packing, pairs [groups, out, 2]."""
+    out.mkdir()
+    layout = _torch_int4_layout()
+    for path in folder.iterdir():
+        if path.suffix != ".safetensors":
+            (out / path.name).write_bytes(path.read_bytes())
+            continue
+        with safe_open(str(path), "pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+        for key in [k for k in tensors if k.endswith(".qweight") and tensors[k].dtype == torch.uint8]:
+            base = key.removesuffix("qweight")
+            codes = unpack_int4(tensors[key], tensors[key].shape[1] * 2)
+            tensors[key] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+            tensors[base + "scales"] = tensors[base + "scales"].transpose(0, 1).contiguous()
+        write_safetensors(out / path.name, tensors, metadata)
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"]["int4_layout"] = "torch-cpu-int4pack/rows32/" + ",".join(map(str, range(32)))
+    del config["quantization_config"]["format_version"]
+    config["quantization_config"]["int4_layout"] = layout
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="packed for another kind of CPU"):
+
+
+def test_a_format_1_int4_folder_runs_repacked_and_says_so(tmp_path) -> None:  # noqa: ANN001
+    source = write_checkpoint(tmp_path / "src", preset="tiny", dtype="float32", init_std=0.08)
+    out = prepare(source.path, tmp_path / "out", "int4")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format_version"] == 2
+    _as_format_1(out, tmp_path / "old")
+    new_ids, new_lp, _ = run(out, dtype="float32", activations="exact")
+    old_ids, old_lp, _ = run(tmp_path / "old", dtype="float32", activations="exact")
+    assert old_ids == new_ids and old_lp == new_lp  # the same matrices once repacked
+    engine = Engine.open(tmp_path / "old")
+    try:
+        assert "older bloomtui's layout" in (engine.model_plan.format_warning or "")
+    finally:
+        engine.close()
+    assert Engine.open(out).model_plan.format_warning is None
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"]["format_version"] = 3
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="by a newer bloomtui"):
         Engine.open(out)
+    with pytest.raises(UsageError, match="activations must be one of auto, exact, int8"):
+        Engine.open(tmp_path / "old", EngineOptions(activations="int4"))

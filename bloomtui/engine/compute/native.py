@@ -1,10 +1,17 @@
-"""Native few-row multiplies (native_gemv.c): built once per machine with its C compiler, loaded with ctypes.
+"""Native few-row multiplies (native_gemv.c, native_q8.c): built once per machine with its C compiler, loaded
+with ctypes.
 
 torch's one-row kernels read BLOOM's matrices well below the memory's speed (on this project's Xeon: bf16
 addmv 24 GB/s, the int8 weight-only kernel 15, where plain reads reach 30), and decoding is nothing but
 reading weights. The native kernels stream each weight row once for every input row, so decode and draft
-verification get the same numbers. They need x86-64 with AVX-512 or AVX2 and a C compiler with OpenMP at run time;
-anywhere else `kernels()` is None and matmul.py keeps torch's kernels (the eager path). `describe()` says
+verification get the same numbers. int8 and int4 matrices have two kernels each: the exact one (fp32 inputs,
+native_gemv.c) and one that quantises the inputs to int8 per block (32 inputs; an int4 matrix's group) and
+multiplies in integers (native_q8.c, llama.cpp's way: on AVX2 the only way int4 reads at the memory's speed).
+`chosen(activations)` takes the faster, measured once per machine, unless the user asked for one
+(EngineOptions.activations).
+
+They need x86-64 with AVX-512 or AVX2 and a C compiler with OpenMP at run time; anywhere else `kernels()` is None
+and matmul.py keeps torch's kernels (the eager path). `describe()` says
 which path runs and why (`bloomtui info`); BLOOMTUI_NATIVE=0 turns the native path off, and
 BLOOMTUI_NATIVE=avx2 (or another of FAMILIES) builds another CPU family's kernels where this CPU runs them, so an
 AVX-512 machine can test and measure the path an AVX2-only desktop takes.
@@ -26,7 +33,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from functools import cache
-from math import inf
 from pathlib import Path
 
 import torch
@@ -35,9 +41,12 @@ from torch import Tensor
 
 from bloomtui.engine.compute.cpu_profile import cpu_name
 from bloomtui.engine.compute.profile_cache import kept_or_measured
-from bloomtui.engine.weights.quant import int4_layout, pack_int4
+from bloomtui.engine.engine_options import ACTIVATIONS
+from bloomtui.engine.weights.quant import pack_int4
 
-SOURCE = Path(__file__).with_name("native_gemv.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "native_gemv.c", HERE / "native_q8.c")
+HEADERS = (HERE / "native_common.h",)
 MAX_ROWS = 16
 """Rows the native kernels take in one call; more (prefill, big trees) are GEMM work for torch."""
 K_MULTIPLE = 64
@@ -88,13 +97,16 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str, runtime: str | None, arch: tuple[str, ...], out: Path) -> str | None:
-    """Compile SOURCE into `out` for `arch` (compiler flags); None, or why it failed."""
+    """Compile SOURCES into `out` for `arch` (compiler flags); None, or why it failed."""
     with tempfile.TemporaryDirectory(prefix="bloomtui-native-") as tmp:
-        obj, lib = Path(tmp) / "gemv.o", Path(tmp) / "gemv.so"
+        objs, lib = [Path(tmp) / f"{src.stem}.o" for src in SOURCES], Path(tmp) / "gemv.so"
         link = [runtime, f"-Wl,-rpath,{os.path.dirname(runtime)}"] if runtime else ["-fopenmp"]
         steps = [
-            [cc, "-O3", *arch, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
-            [cc, "-shared", str(obj), "-o", str(lib), *link],
+            *(
+                [cc, "-O3", *arch, "-fopenmp", "-fPIC", "-c", str(src), "-o", str(obj)]
+                for src, obj in zip(SOURCES, objs, strict=True)
+            ),
+            [cc, "-shared", *map(str, objs), "-o", str(lib), *link],
         ]
         for step in steps:
             try:
@@ -121,9 +133,27 @@ def _library_path(cc: str, runtime: str | None, arch: tuple[str, ...]) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         version = ""
-    parts = [SOURCE.read_text(), version, cpu_name(), " ".join(sorted(_cpu_flags())), str(runtime), *arch]
+    parts = [
+        *(src.read_text() for src in SOURCES + HEADERS),
+        version,
+        cpu_name(),
+        " ".join(sorted(_cpu_flags())),
+        str(runtime),
+        *arch,
+    ]
     key = "\n".join(parts)
     return cache_dir() / "native" / f"gemv-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _call(rc: int, what: str) -> None:
+    if rc == -1:
+        raise MemoryError(f"no memory for the {what} kernel's input rows")
+    if rc:
+        raise ValueError(f"the {what} kernel cannot take this shape (int4: inputs a multiple of 64 and of the group)")
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
 
 
 @dataclass(frozen=True)
@@ -131,15 +161,17 @@ class NativeKernels:
     lib: ctypes.CDLL
     path: Path
     isa: str
-    """The instructions the build uses: "AVX-512 BF16" (bf16 pairs multiplied natively), "AVX-512" or "AVX2"."""
+    """The instructions the float kernels use: "AVX-512 BF16" (bf16 pairs multiplied natively), "AVX-512" or "AVX2"."""
+    int_isa: str
+    """The instruction the integer-dot kernels use (VPDPBUSD or VPMADDUBSW)."""
     for_bf16: bool = True
     """Used for bf16 matrices (measured faster than torch's one-row kernels here) ..."""
     for_int8: bool = True
-    """... for int8 ones ..."""
-    for_int4: bool = True
-    """... and for int4 ones (where the build has the int4 kernel: `has_int4`)."""
-    has_int4: bool = False
-    """Whether this build reads this CPU's int4 packing (torch's AVX-512 one, 64-row blocks)."""
+    """... for int8 ones with exact inputs (else torch's) ..."""
+    q8_int8: bool = False
+    """... int8 ones with the inputs quantised to int8 (native_q8.c) ..."""
+    q8_int4: bool = False
+    """... and int4 ones likewise (else the exact int4 kernel: nothing else reads the int4 layout fast)."""
 
     def takes(self, x: Tensor, in_features: int) -> bool:
         return x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and in_features % K_MULTIPLE == 0 and x.dtype in _DTYPE_CODE
@@ -149,49 +181,35 @@ class NativeKernels:
         x, w = x.contiguous(), w.contiguous()
         b = b.contiguous() if b is not None else None
         m, k = x.shape
-        n = w.shape[0]
-        y = torch.empty((m, n), dtype=torch.bfloat16)
-        failed = self.lib.bf16_rows(
-            x.data_ptr(), w.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
-            m, n, k, torch.get_num_threads(),
-        )  # fmt: skip
-        if failed:
-            raise MemoryError("no memory for the bf16 kernel's input rows")
+        y = torch.empty((m, w.shape[0]), dtype=torch.bfloat16)
+        _call(self.lib.bf16_rows(_ptr(x), _ptr(w), _ptr(b), _ptr(y), m, w.shape[0], k, torch.get_num_threads()), "bf16")
         return y
 
-    def int8(self, x: Tensor, qweight: Tensor, scales: Tensor, b: Tensor | None) -> Tensor:
-        """x @ (qweight * scales[:, None]).T + b, in x's dtype (scales and b in it too)."""
+    def int8(self, x: Tensor, qweight: Tensor, scales: Tensor, b: Tensor | None, quantized: bool = False) -> Tensor:
+        """x @ (qweight * scales[:, None]).T + b, in x's dtype (scales and b in it too); `quantized`: with x
+        quantised to int8 per 32 inputs (native_q8.c)."""
         x, qweight, scales = x.contiguous(), qweight.contiguous(), scales.to(x.dtype).contiguous()
+        b = b.to(x.dtype).contiguous() if b is not None else None
+        m, k = x.shape
+        y = torch.empty((m, qweight.shape[0]), dtype=x.dtype)
+        fn = self.lib.q8_int8_rows if quantized else self.lib.int8_rows
+        args = (_ptr(x), _ptr(qweight), _ptr(scales), _ptr(b), _ptr(y), m, qweight.shape[0], k, _DTYPE_CODE[x.dtype])
+        _call(fn(*args, torch.get_num_threads()), "int8")
+        return y
+
+    def int4(
+        self, x: Tensor, qweight: Tensor, pairs: Tensor, group_size: int, b: Tensor | None, quantized: bool = False
+    ) -> Tensor:
+        """x @ W.T + b for W in the int4 rows layout (quant.py) with (scale, zero) pairs [n, k/g, 2], in x's
+        dtype; `quantized`: with x quantised to int8 per 32 inputs (native_q8.c)."""
+        x, qweight, pairs = x.contiguous(), qweight.contiguous(), pairs.to(x.dtype).contiguous()
         b = b.to(x.dtype).contiguous() if b is not None else None
         m, k = x.shape
         n = qweight.shape[0]
         y = torch.empty((m, n), dtype=x.dtype)
-        failed = self.lib.int8_rows(
-            x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), b.data_ptr() if b is not None else None,
-            y.data_ptr(), m, n, k, _DTYPE_CODE[x.dtype], torch.get_num_threads(),
-        )  # fmt: skip
-        if failed:
-            raise MemoryError("no memory for the int8 kernel's input rows")
-        return y
-
-    def int4(self, x: Tensor, qweight: Tensor, scales: Tensor, group_size: int, b: Tensor | None) -> Tensor:
-        """x @ W.T + b for W packed by torch's int4 packing (quant.py) with (scale, zero) pairs `scales`."""
-        if not self.has_int4:
-            raise ValueError(f"the {self.isa} build has no int4 kernel for this CPU's packing")
-        x, qweight, scales = x.contiguous(), qweight.contiguous(), scales.to(x.dtype).contiguous()
-        b = b.to(x.dtype).contiguous() if b is not None else None
-        m, k = x.shape
-        n = qweight.shape[0]
-        order = torch.tensor(int4_layout().order, dtype=torch.int32)
-        lo, hi = order[0::2].contiguous(), order[1::2].contiguous()
-        y = torch.empty((m, n), dtype=x.dtype)
-        failed = self.lib.int4_rows(
-            x.data_ptr(), qweight.data_ptr(), scales.data_ptr(), b.data_ptr() if b is not None else None,
-            y.data_ptr(), m, n, k, group_size, lo.data_ptr(), hi.data_ptr(), _DTYPE_CODE[x.dtype],
-            torch.get_num_threads(),
-        )  # fmt: skip
-        if failed:
-            raise MemoryError("no memory for the int4 kernel's input rows")
+        fn = self.lib.q8_int4_rows if quantized else self.lib.int4_rows
+        args = (_ptr(x), _ptr(qweight), _ptr(pairs), _ptr(b), _ptr(y), m, n, k, group_size, _DTYPE_CODE[x.dtype])
+        _call(fn(*args, torch.get_num_threads()), "int4")
         return y
 
 
@@ -199,16 +217,16 @@ def _open(path: Path) -> NativeKernels:
     lib = ctypes.CDLL(str(path))
     p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.bf16_rows.argtypes = [p, p, p, p, n, n, n, i]
-    lib.bf16_rows.restype = i
-    lib.int8_rows.argtypes = [p, p, p, p, p, n, n, n, i, i]
-    lib.int8_rows.restype = i
-    lib.native_isa.restype = ctypes.c_char_p
-    lib.native_has_int4.restype = i
-    if lib.native_has_int4():
-        lib.int4_rows.argtypes = [p, p, p, p, p, n, n, n, n, p, p, i, i]
-        lib.int4_rows.restype = i
-    has_int4 = bool(lib.native_has_int4()) and int4_layout().rows == 64
-    return NativeKernels(lib, path, lib.native_isa().decode(), has_int4=has_int4)
+    for name in ("int8_rows", "q8_int8_rows"):
+        getattr(lib, name).argtypes = [p, p, p, p, p, n, n, n, i, i]
+    for name in ("int4_rows", "q8_int4_rows"):
+        getattr(lib, name).argtypes = [p, p, p, p, p, n, n, n, n, i, i]
+    for name in ("bf16_rows", "int8_rows", "q8_int8_rows", "int4_rows", "q8_int4_rows"):
+        getattr(lib, name).restype = i
+    lib.native_isa.restype = lib.q8_isa.restype = ctypes.c_char_p
+    lib.q8_quantize.argtypes = [p, n, n, i, n, p, p, p]  # the inputs' quantiser alone, for the tests
+    lib.q8_quantize.restype = None
+    return NativeKernels(lib, path, lib.native_isa().decode(), lib.q8_isa().decode())
 
 
 def family_arch(family: str) -> tuple[str, ...] | str:
@@ -268,15 +286,16 @@ _SWEEP = (12, 4096, 1024)
 
 @dataclass(frozen=True)
 class NativeProfile:
-    """Milliseconds per sweep of one row through _SWEEP's matrices, native against torch's best one-row way."""
+    """Milliseconds per sweep of one row through _SWEEP's matrices: the native kernels against torch's best
+    one-row way, and the exact kernels against the integer-dot ones."""
 
     bf16_native_ms: float
     bf16_torch_ms: float
     int8_native_ms: float
     int8_torch_ms: float
+    int8_q8_ms: float
     int4_native_ms: float
-    """inf where the build has no int4 kernel."""
-    int4_torch_ms: float
+    int4_q8_ms: float
 
 
 def _paired_ms(fns: list, mats: list, rounds: int = 5) -> list[float]:  # noqa: ANN001
@@ -301,11 +320,18 @@ def measure(native: NativeKernels) -> NativeProfile:
     mv, linear, native_bf16 = _paired_ms(
         [lambda w: torch.mv(w, x[0]), lambda w: F.linear(x, w), lambda w: native.bf16(x, w, None)], mats
     )
-    torch_bf16 = min(mv, linear)
-    q8 = [(torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), torch.rand(n).bfloat16()) for _ in mats]
     del mats
-    torch_int8, native_int8 = _paired_ms(
-        [lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]), lambda q: native.int8(x, q[0], q[1], None)], q8
+    q8 = [
+        (torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), torch.rand(n).bfloat16())
+        for _ in range(count)
+    ]
+    int8 = _paired_ms(
+        [
+            lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]),
+            lambda q: native.int8(x, q[0], q[1], None),
+            lambda q: native.int8(x, q[0], q[1], None, quantized=True),
+        ],
+        q8,
     )
     del q8
     group = 64
@@ -313,43 +339,79 @@ def measure(native: NativeKernels) -> NativeProfile:
     scale, zero = torch.rand(n, k // group, generator=gen) / 8, torch.rand(n, k // group, generator=gen)
     packed, pairs = pack_int4(codes, scale, zero)
     q4 = [(packed.clone(), pairs.bfloat16()) for _ in range(count)]
-    fns = [lambda q: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q[0], group, q[1])]
-    if native.has_int4:
-        fns.append(lambda q: native.int4(x, q[0], q[1], group, None))
-    torch_int4, native_int4 = [*_paired_ms(fns, q4), inf][:2]
-    return NativeProfile(native_bf16, torch_bf16, native_int8, torch_int8, native_int4, torch_int4)
+    int4 = _paired_ms(
+        [lambda q: native.int4(x, q[0], q[1], group, None), lambda q: native.int4(x, q[0], q[1], group, None, True)],
+        q4,
+    )
+    return NativeProfile(native_bf16, min(mv, linear), int8[1], int8[0], int8[2], int4[0], int4[1])
 
 
 @cache
-def chosen() -> NativeKernels | None:
-    """The native kernels with the matrices they multiply faster than torch on this machine (measured once
-    and kept, like cpu_profile), or None."""
+def profile() -> NativeProfile | None:
+    """The kept (or, the first time on this machine, measured) profile of the native kernels, or None."""
     native = kernels()
     if native is None:
         return None
     key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {native.path.name}"
-    profile = kept_or_measured("native-profile.json", key, NativeProfile, lambda: measure(native))
-    assert profile is not None
-    picked = replace(
+    return kept_or_measured("native-profile.json", key, NativeProfile, lambda: measure(native))
+
+
+def check_activations(activations: str | None) -> str:
+    """`activations` as one of ACTIVATIONS (None is auto)."""
+    activations = (activations or "auto").strip().lower()
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
+    return activations
+
+
+@cache
+def chosen(activations: str = "auto") -> NativeKernels | None:
+    """The native kernels with the matrices they multiply, or None where they cannot run. bf16 and exact int8
+    rows go native where measured faster than torch; int8 and int4 rows take the integer-dot kernels where
+    `activations` is "int8", or "auto" and they measured faster than the exact kernels here."""
+    native, measured = kernels(), profile()
+    if native is None or measured is None:
+        return None
+    activations = check_activations(activations)
+    exact_int8 = min(measured.int8_native_ms, measured.int8_torch_ms)
+    return replace(
         native,
-        for_bf16=profile.bf16_native_ms < profile.bf16_torch_ms,
-        for_int8=profile.int8_native_ms < profile.int8_torch_ms,
-        for_int4=native.has_int4 and profile.int4_native_ms < profile.int4_torch_ms,
+        for_bf16=measured.bf16_native_ms < measured.bf16_torch_ms,
+        for_int8=measured.int8_native_ms < measured.int8_torch_ms,
+        q8_int8=activations == "int8" or (activations == "auto" and measured.int8_q8_ms < exact_int8),
+        q8_int4=activations == "int8" or (activations == "auto" and measured.int4_q8_ms < measured.int4_native_ms),
     )
-    return picked if picked.for_bf16 or picked.for_int8 or picked.for_int4 else None
 
 
-def describe() -> str:
-    """Which one-row kernels run, for `bloomtui info`."""
+def forget() -> None:
+    """Build, measure and choose again on next use (after BLOOMTUI_NATIVE or the cache dir changed)."""
+    kernels.cache_clear()
+    profile.cache_clear()
+    chosen.cache_clear()
+
+
+def _quantised_rows(on: bool, exact_ms: float, q8_ms: float, activations: str, isa: str) -> str:
+    speed = f"{exact_ms / q8_ms:.2f}x the exact kernel's speed here"
+    if on:
+        return f"with int8 inputs by {isa}" + (f", {speed}" if activations == "auto" else " (asked)")
+    return "exact" + (f" (int8 inputs measured {speed})" if activations == "auto" else " (asked)")
+
+
+def describe(activations: str | None = None) -> str:
+    """Which one-row kernels run and why, for `bloomtui info`."""
     native = kernels()
     if native is None:
-        return f"torch's one-row kernels (native ones not used: {_why_not})"
-    picked = chosen()
+        return f"torch's one-row kernels, int4 dequantised a tile at a time (native ones not used: {_why_not})"
+    activations = check_activations(activations)
+    picked, measured = chosen(activations), profile()
+    assert picked is not None and measured is not None
     way = native.isa
     if (asked := os.environ.get("BLOOMTUI_NATIVE", "").strip().lower()) in FAMILIES:
         way += f" (forced: BLOOMTUI_NATIVE={asked})"
-    kinds = (("bf16", "for_bf16"), ("int8", "for_int8"), ("int4", "for_int4"))
-    uses = [name for name, flag in kinds if picked is not None and getattr(picked, flag)]
-    if not uses:
-        return f"torch's one-row kernels (the native {way} ones built here measured slower)"
-    return f"native {way} kernels for {', '.join(uses)} rows, torch's for the rest (built at {native.path})"
+    exact_int8 = min(measured.int8_native_ms, measured.int8_torch_ms)
+    int8 = _quantised_rows(picked.q8_int8, exact_int8, measured.int8_q8_ms, activations, native.int_isa)
+    if not picked.q8_int8 and not picked.for_int8:
+        int8 += ", torch's kernel"
+    int4 = _quantised_rows(picked.q8_int4, measured.int4_native_ms, measured.int4_q8_ms, activations, native.int_isa)
+    bf16 = "native" if picked.for_bf16 else "torch's (native measured slower)"
+    return f"native {way} kernels: bf16 rows {bf16}; int8 rows {int8}; int4 rows {int4} (built at {native.path})"

@@ -3,41 +3,12 @@
    Built by native.py with the machine's compiler (-O3 -march=native -fopenmp) and loaded with ctypes; needs
    AVX-512F (AVX-512 BF16 where the CPU has it) or AVX2 with FMA. torch's one-row kernels read BLOOM's matrices at 14-25 GB/s on
    a machine that streams 30: these read each weight row once, linearly, with a prefetch a few lines ahead, for
-   every input row at once. Each output is computed the same way whatever m is (same chains, same order), so a
+   every input row at once (bf16, int8 and int4, the last two in fp32 with no rounding of the inputs: the exact
+   path; native_q8.c holds the faster integer-dot one). Each output is computed the same way whatever m is (same chains, same order), so a
    draft-verify pass of m rows gives the numbers m one-row passes would. Accumulation is fp32; one rounding
    (round to nearest even) to the output's dtype, after the bias. OpenMP threads split the weight rows; the
    caller passes its thread count (bloomtui sizes the team to the cores other programs leave free). */
-#include <immintrin.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define PREFETCH_BYTES 1024
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-/* dtype codes: 0 = float32, 1 = bfloat16 */
-static inline float load(const void *p, long i, int dtype) {
-    return dtype ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void store(void *p, long i, float v, int dtype) {
-    if (dtype) ((uint16_t *)p)[i] = f32_to_bf16(v);
-    else ((float *)p)[i] = v;
-}
+#include "native_common.h"
 
 #if defined(__AVX512F__)
 #define BF16_X_AS_FLOAT 0
@@ -101,20 +72,46 @@ static inline __attribute__((always_inline)) void int8_dots(const int8_t *wr, co
         out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[j][0], a[j][1]), _mm512_add_ps(a[j][2], a[j][3])));
 }
 
-#elif defined(__AVX2__) && defined(__FMA__)
+/* int4 (rows layout, native_common.h), exact: one weight row's codes against `rows` fp32 input rows, sum over
+   groups of s_g * sum_{i in g} q_i x_i (the zero term is added by the caller). Each 32-input block's codes become
+   fp32 and meet x by FMA into T; at a group's end A += s_g * T. */
+static inline __attribute__((always_inline)) void int4_dots(const uint8_t *wr, const float *x, const float *s,
+                                                            long k, long g, int rows, int prefetch, float *out) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const long per = g / 32, nb = k / 32;
+    __m512 A[4][2], T[4][2];
+    for (int j = 0; j < rows; j++) A[j][0] = A[j][1] = _mm512_setzero_ps();
+    for (long b0 = 0; b0 < nb; b0 += per) {
+        for (int j = 0; j < rows; j++) T[j][0] = T[j][1] = _mm512_setzero_ps();
+        for (long bi = b0; bi < b0 + per; bi++) {
+            const uint8_t *wc = wr + (bi >> 1) * 32;
+            if (prefetch && (bi & 3) == 0) _mm_prefetch((const char *)wc + PREFETCH_BYTES, _MM_HINT_T0);
+            __m256i by = _mm256_loadu_si256((const __m256i *)wc);
+            __m256i q = (bi & 1) ? _mm256_and_si256(_mm256_srli_epi16(by, 4), low) : _mm256_and_si256(by, low);
+            __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(q)));
+            __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(q, 1)));
+            for (int j = 0; j < rows; j++) {
+                const float *xr = x + j * k + bi * 32;
+                T[j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), T[j][0]);
+                T[j][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), T[j][1]);
+            }
+        }
+        __m512 sv = _mm512_set1_ps(s[b0 / per]);
+        for (int j = 0; j < rows; j++) {
+            A[j][0] = _mm512_fmadd_ps(T[j][0], sv, A[j][0]);
+            A[j][1] = _mm512_fmadd_ps(T[j][1], sv, A[j][1]);
+        }
+    }
+    for (int j = 0; j < rows; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(A[j][0], A[j][1]));
+}
+
+#elif defined(__AVX2__)
 /* AVX2: 8 fp32 lanes; bf16 inputs are widened to fp32 once per call, then each product is an fp32 FMA. */
 #define BF16_X_AS_FLOAT 1
 
 static inline __m256 bf16x8(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-static inline float sum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 static inline __attribute__((always_inline)) void bf16_dots(const uint16_t *wr, const float *x, long k, int rows,
@@ -154,17 +151,40 @@ static inline __attribute__((always_inline)) void int8_dots(const int8_t *wr, co
     for (int j = 0; j < rows; j++)
         out[j] = sum8(_mm256_add_ps(_mm256_add_ps(a[j][0], a[j][1]), _mm256_add_ps(a[j][2], a[j][3])));
 }
-#else
-#error "the native kernels need AVX-512F, or AVX2 with FMA"
-#endif
-
-#define BY_ROWS(call)                                     \
-    switch (rows) {                                       \
-    case 1: call(1); break;                               \
-    case 2: call(2); break;                               \
-    case 3: call(3); break;                               \
-    default: call(4); break;                              \
+/* int4 (rows layout), exact, AVX2: as the AVX-512 int4_dots, 8 lanes; two T chains a row (eight codes each per
+   FMA), so four rows' T and A stay in the 16 registers. */
+static inline __attribute__((always_inline)) void int4_dots(const uint8_t *wr, const float *x, const float *s,
+                                                            long k, long g, int rows, int prefetch, float *out) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const long per = g / 32, nb = k / 32;
+    __m256 A[4], T[4][2];
+    for (int j = 0; j < rows; j++) A[j] = _mm256_setzero_ps();
+    for (long b0 = 0; b0 < nb; b0 += per) {
+        for (int j = 0; j < rows; j++) T[j][0] = T[j][1] = _mm256_setzero_ps();
+        for (long bi = b0; bi < b0 + per; bi++) {
+            const uint8_t *wc = wr + (bi >> 1) * 32;
+            if (prefetch && (bi & 3) == 0) _mm_prefetch((const char *)wc + PREFETCH_BYTES, _MM_HINT_T0);
+            __m256i by = _mm256_loadu_si256((const __m256i *)wc);
+            __m256i q = (bi & 1) ? _mm256_and_si256(_mm256_srli_epi16(by, 4), low) : _mm256_and_si256(by, low);
+            __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+            __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0));
+            __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8)));
+            __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1));
+            __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8)));
+            for (int j = 0; j < rows; j++) {
+                const float *xr = x + j * k + bi * 32;
+                T[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), T[j][0]);
+                T[j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), T[j][1]);
+                T[j][0] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), T[j][0]);
+                T[j][1] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), T[j][1]);
+            }
+        }
+        __m256 sv = _mm256_set1_ps(s[b0 / per]);
+        for (int j = 0; j < rows; j++) A[j] = _mm256_fmadd_ps(_mm256_add_ps(T[j][0], T[j][1]), sv, A[j]);
     }
+    for (int j = 0; j < rows; j++) out[j] = sum8(A[j]);
+}
+#endif
 
 /* bf16: x [m, k], w [n, k], b [n] or NULL, y [m, n]; k % 64 == 0. Returns 0, or -1 when out of memory
    (nothing written). */
@@ -201,17 +221,8 @@ int int8_rows(const void *x, const int8_t *w, const void *scales, const void *b,
     float *xf = malloc(sizeof(float) * m * k);
     if (!xf) return -1;
     for (long i = 0; i < m * k; i++) xf[i] = load(x, i, dtype);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < n; r++) {
-        const int8_t *wr = w + r * k;
-        float scale = load(scales, r, dtype), bias = b ? load(b, r, dtype) : 0.0f, s[4];
-        for (long i0 = 0; i0 < m; i0 += 4) {
-            int rows = m - i0 < 4 ? (int)(m - i0) : 4;
 #define INT8_CALL(R) int8_dots(wr, xf + i0 * k, k, R, i0 == 0, s)
-            BY_ROWS(INT8_CALL)
-            for (int j = 0; j < rows; j++) store(y, (i0 + j) * n + r, s[j] * scale + bias, dtype);
-        }
-    }
+    INT8_ROWS_LOOP(INT8_CALL)
     free(xf);
     return 0;
 }
@@ -227,114 +238,27 @@ const char *native_isa(void) {
 #endif
 }
 
-#if defined(__AVX512F__)
-/* int4 in torch's AVX-512 packing: w [n/64, k, 32] bytes; in each 64-row block, byte j of an input's 32 holds
-   row lo[j] of the block in its low nibble and row hi[j] in its high one. scales [k/g, n, 2] (scale, zero),
-   w = (q - 8) * scale + zero, so a group's share of a dot product is scale * sum(x q) + (zero - 8 scale) *
-   sum(x): the codes are multiplied as small integers, the scales applied once per group. */
 
-/* One group's (scale, zero - 8 scale) for 16 rows (row indices `rows`), as fp32 vectors. */
-static inline void group_scales(const void *scales, long gi, long n, __m512i rows, int dtype, __m512 *s, __m512 *z8) {
-    __m512i at = _mm512_add_epi32(rows, _mm512_set1_epi32((int)(gi * n)));
-    __m512 scale, zero;
-    if (dtype) { /* a bf16 (scale, zero) pair is one 32-bit word */
-        __m512i pair = _mm512_i32gather_epi32(at, scales, 4);
-        scale = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-        zero = _mm512_castsi512_ps(_mm512_and_si512(pair, _mm512_set1_epi32((int)0xffff0000)));
-    } else {
-        __m512i twice = _mm512_slli_epi32(at, 1);
-        scale = _mm512_i32gather_ps(twice, scales, 4);
-        zero = _mm512_i32gather_ps(_mm512_add_epi32(twice, _mm512_set1_epi32(1)), scales, 4);
-    }
-    *s = scale;
-    *z8 = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), scale, zero);
-}
-
-/* `rows` input rows against one 64-row block: acc[j][lane] for lane q * 16 + l is row map[q][l]. */
-static inline __attribute__((always_inline)) void int4_block(const uint8_t *wb, const float *x, const float *xsum,
-                                                             const void *scales, const __m512i *map, long n, long k,
-                                                             long g, int rows, int prefetch, int dtype,
-                                                             float acc[4][64]) {
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    long groups = k / g;
-    for (int j = 0; j < rows; j++) memset(acc[j], 0, sizeof(float) * 64);
-    for (long gi = 0; gi < groups; gi++) {
-        __m512 a[4][4];
-        for (int j = 0; j < rows; j++) a[j][0] = a[j][1] = a[j][2] = a[j][3] = _mm512_setzero_ps();
-        for (long i = gi * g; i < (gi + 1) * g; i++) {
-            if (prefetch && (i & 1) == 0) _mm_prefetch((const char *)(wb + i * 32) + PREFETCH_BYTES, _MM_HINT_T0);
-            __m256i by = _mm256_loadu_si256((const __m256i *)(wb + i * 32));
-            __m256i lo = _mm256_and_si256(by, low), hi = _mm256_and_si256(_mm256_srli_epi16(by, 4), low);
-            __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo)));
-            __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1)));
-            __m512 w2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi)));
-            __m512 w3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1)));
-            for (int j = 0; j < rows; j++) {
-                __m512 xv = _mm512_set1_ps(x[j * k + i]);
-                a[j][0] = _mm512_fmadd_ps(w0, xv, a[j][0]);
-                a[j][1] = _mm512_fmadd_ps(w1, xv, a[j][1]);
-                a[j][2] = _mm512_fmadd_ps(w2, xv, a[j][2]);
-                a[j][3] = _mm512_fmadd_ps(w3, xv, a[j][3]);
-            }
-        }
-        for (int q = 0; q < 4; q++) {
-            __m512 s, z8;
-            group_scales(scales, gi, n, map[q], dtype, &s, &z8);
-            for (int j = 0; j < rows; j++) {
-                __m512 part = _mm512_fmadd_ps(s, a[j][q], _mm512_mul_ps(z8, _mm512_set1_ps(xsum[j * groups + gi])));
-                _mm512_storeu_ps(acc[j] + q * 16, _mm512_add_ps(_mm512_loadu_ps(acc[j] + q * 16), part));
-            }
-        }
-    }
-}
-
-/* x [m, k] (dtype), y [m, n] (dtype), b [n] (dtype) or NULL; n % 64 == 0, k % g == 0. Returns 0, or -1 when out
-   of memory (nothing written). */
-int int4_rows(const void *x, const uint8_t *w, const void *scales, const void *b, void *y, long m, long n, long k,
-              long g, const int32_t *lo, const int32_t *hi, int dtype, int threads) {
-    long groups = k / g;
+/* int4 in the rows layout (native_common.h), exact: x [m, k] (dtype), w [n, k/2] bytes, sz [n, k/g, 2] (dtype),
+   b [n] (dtype) or NULL, y [m, n] (dtype). A group's share of a dot product is s sum(x q) + (zero - 8 s) sum(x):
+   the codes are multiplied as they are and the zero points come in once per group. Returns 0, -1 when out of
+   memory, -2 for a bad shape or group size (nothing written). */
+int int4_rows(const void *x, const uint8_t *w, const void *sz, const void *b, void *y, long m, long n, long k, long g,
+              int dtype, int threads) {
+    if (!int4_shape_ok(k, g)) return -2;
+    const long groups = k / g, pair_bytes = dtype ? 4 : 8;
     float *xf = malloc(sizeof(float) * m * (k + groups));
     if (!xf) return -1;
     float *xsum = xf + m * k;
     for (long i = 0; i < m * k; i++) xf[i] = load(x, i, dtype);
     for (long j = 0; j < m; j++)
         for (long gi = 0; gi < groups; gi++) {
-            float s = 0.0f;
-            for (long i = gi * g; i < (gi + 1) * g; i++) s += xf[j * k + i];
-            xsum[j * groups + gi] = s;
+            float t = 0.0f;
+            for (long i = gi * g; i < (gi + 1) * g; i++) t += xf[j * k + i];
+            xsum[j * groups + gi] = t;
         }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long blk = 0; blk < n / 64; blk++) {
-        const uint8_t *wb = w + blk * k * 32;
-        int32_t rowmap[64];
-        for (int l = 0; l < 32; l++) {
-            rowmap[l] = (int32_t)(blk * 64 + lo[l]);
-            rowmap[32 + l] = (int32_t)(blk * 64 + hi[l]);
-        }
-        __m512i map[4];
-        for (int q = 0; q < 4; q++) map[q] = _mm512_loadu_si512(rowmap + q * 16);
-        float acc[4][64];
-        for (long i0 = 0; i0 < m; i0 += 4) {
-            int rows = m - i0 < 4 ? (int)(m - i0) : 4;
-#define INT4_CALL(R) int4_block(wb, xf + i0 * k, xsum + i0 * groups, scales, map, n, k, g, R, i0 == 0, dtype, acc)
-            BY_ROWS(INT4_CALL)
-            for (int j = 0; j < rows; j++)
-                for (int l = 0; l < 64; l++) {
-                    long r = rowmap[l];
-                    store(y, (i0 + j) * n + r, acc[j][l] + (b ? load(b, r, dtype) : 0.0f), dtype);
-                }
-        }
-    }
+#define INT4_CALL(R) int4_dots(wr, xf + i0 * k, s, k, g, R, i0 == 0, out)
+    INT4_ROWS_LOOP(INT4_CALL, xsum)
     free(xf);
     return 0;
-}
-#endif
-
-/* Whether this build has the int4 kernel (it reads torch's AVX-512 packing only). */
-int native_has_int4(void) {
-#if defined(__AVX512F__)
-    return 1;
-#else
-    return 0;
-#endif
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.engine_options import EngineOptions
+from bloomtui.engine.engine_options import ACTIVATIONS, EngineOptions
 from bloomtui.engine.plan.machine import Machine
 from bloomtui.engine.plan.read_choice import ReadChoice, read_choice, read_mode
 from bloomtui.engine.plan.residency import ResidencyPlan, plan_residency
@@ -20,8 +20,8 @@ from bloomtui.engine.plan.slots import slot_extra
 from bloomtui.engine.weights.checkpoint import Checkpoint
 from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.engine.weights.hub import resolve_model
-from bloomtui.engine.weights.quant import int4_layout
-from bloomtui.errors import BudgetError, CheckpointError, UsageError
+from bloomtui.engine.weights.quant import INT4_ROWS
+from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -54,17 +54,26 @@ class ModelPlan:
     """The model's recommended decoding settings (generation_config.json), for what the user leaves unset."""
     reads: ReadChoice = ReadChoice("", False, "not planned")
     """How streamed weights are read (direct I/O or the page cache), and why."""
+    activations: str = "auto"
+    """How few-row int8/int4 multiplies take their inputs (EngineOptions.activations, checked)."""
+    format_warning: str | None = None
+    """Set when the folder's int4 weights are in an older layout, repacked as they load (slower)."""
 
 
 def plan_model(model: str | Path, options: EngineOptions, machine: Machine = THIS_MACHINE) -> ModelPlan:
     """Resolve and read the checkpoint's layout (no weights), then decide everything loading it needs."""
     path = resolve_model(model)
     checkpoint = Checkpoint.open(path)
-    check_int4_layout(checkpoint)
+    activations = (options.activations or "auto").strip().lower()
+    if activations not in ACTIVATIONS:
+        raise UsageError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {options.activations!r}")
     dtype = compute_dtype(checkpoint.dtype, options.dtype, checkpoint.config.recommended_dtype)
     budget, warning = machine.budget(options.ram_budget)
     residency, reads = plan_reads(checkpoint, dtype, budget, options.reads, machine)
-    return ModelPlan(path, checkpoint, dtype, residency, warning, GenerationDefaults.read(path), reads)
+    generation = GenerationDefaults.read(path)
+    return ModelPlan(
+        path, checkpoint, dtype, residency, warning, generation, reads, activations, int4_format_warning(checkpoint)
+    )
 
 
 def plan_reads(
@@ -88,12 +97,14 @@ def plan_reads(
     return residency, read_choice(checkpoint, residency, dtype, mode, machine)
 
 
-def check_int4_layout(checkpoint: Checkpoint) -> None:
-    """int4 weights are stored in torch's packing for the CPU family that prepared them (see quant.py)."""
+def int4_format_warning(checkpoint: Checkpoint) -> str | None:
+    """Folders prepared before format 2 hold int4 in torch's packing: the loader repacks each block as it
+    loads (quant.from_torch_packing), which works on any CPU but costs time on every pass that reads one."""
     scheme = checkpoint.scheme
-    if scheme is not None and scheme.weights == "int4" and scheme.int4_layout != int4_layout().describe():
-        raise CheckpointError(
-            f"{checkpoint.folder}: its int4 weights were packed for another kind of CPU "
-            f"({scheme.int4_layout.split('/')[1]}, here {int4_layout().describe().split('/')[1]}); "
-            "run `bloomtui prepare` on this machine"
-        )
+    if scheme is None or scheme.weights != "int4" or scheme.int4_layout == INT4_ROWS:
+        return None
+    return (
+        f"{checkpoint.folder.name} holds int4 weights in an older bloomtui's layout (format 1): each block is "
+        "repacked as it loads, which slows every pass that reads one; run `bloomtui prepare` on the original "
+        "model again for the current layout"
+    )

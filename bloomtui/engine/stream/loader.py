@@ -36,6 +36,7 @@ from bloomtui.engine.plan.residency import STREAM_SLOTS, ram_dtype, streamed_ref
 from bloomtui.engine.plan.slots import Unit, direct_layouts
 from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
 from bloomtui.engine.weights.config import Scheme
+from bloomtui.engine.weights.quant import INT4_ROWS, from_torch_packing
 from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 
@@ -53,9 +54,11 @@ def assemble(raw: dict[str, Tensor], scheme: Scheme | None) -> Weights:
     bits = 8 if scheme.weights == "int8" else 4
     for name in MATRICES:
         base = name.removesuffix("weight")
-        q = raw[base + "qweight"]
+        q, scales = raw[base + "qweight"], raw[base + "scales"]
         shape = (q.shape[0], q.shape[1] * (2 if bits == 4 else 1))
-        weights[name] = QuantizedLinear(bits, q, raw[base + "scales"], scheme.group_size or 0, shape)
+        if bits == 4 and scheme.int4_layout != INT4_ROWS:  # format 1: plan/model_plan.py warns that it costs
+            q, scales = from_torch_packing(q, scales, shape[1], scheme.int4_layout or "")
+        weights[name] = QuantizedLinear(bits, q, scales, scheme.group_size or 0, shape)
     return weights
 
 

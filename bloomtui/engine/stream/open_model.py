@@ -64,7 +64,15 @@ class OpenModel:
     def passes(self, generation: int, on_event: EventSink, cancel: threading.Event, prefetch) -> Passes:  # noqa: ANN001
         one_row_linear = self.dtype == torch.bfloat16 and cpu_profile().one_row_linear
         return Passes(
-            self.store, self.config, generation, on_event, cancel, prefetch, self.upcast, one_row_linear, chosen()
+            self.store,
+            self.config,
+            generation,
+            on_event,
+            cancel,
+            prefetch,
+            self.upcast,
+            one_row_linear,
+            chosen(self.model_plan.activations),
         )
 
     def run_locked(self, on_event: EventSink, body, emit_result: bool = True):  # noqa: ANN001, ANN201
@@ -115,7 +123,7 @@ class OpenModel:
         # The first use on a machine measures the native kernels on ~100-200 MB of test matrices that the
         # allocator keeps: here, that memory counts in what the model holds once open, not in a run's growth.
         try:
-            chosen()
+            chosen(model_plan.activations)
         except BaseException:
             engine.close()
             raise

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from bloomtui.engine.weights.config import BloomConfig, Scheme
+from bloomtui.engine.weights.quant import INT4_ROWS
 from bloomtui.engine.weights.tensorfile import TensorRef, index_file
 from bloomtui.errors import CheckpointError, ConfigError
 
@@ -213,7 +214,9 @@ def stored_block_tensors(config: BloomConfig) -> dict[str, tuple[tuple[int, ...]
             out[base + "scales"] = ((n,), None)
         else:
             out[base + "qweight"] = ((n, k // 2), torch.uint8)
-            out[base + "scales"] = ((k // scheme.group_size, n, 2), None)
+            groups = k // (scheme.group_size or 1)
+            rows_layout = scheme.int4_layout == INT4_ROWS  # format 1 (torch's packing) kept them [groups, n, 2]
+            out[base + "scales"] = ((n, groups, 2) if rows_layout else (groups, n, 2), None)
     return out
 
 

@@ -22,6 +22,9 @@ TRAINING_CONTEXT = 2048
 COMPUTE_DTYPES = ("float32", "bfloat16")
 QUANT_METHOD = "bloomtui"
 SCHEMES = ("bf16", "int8", "int4")
+FORMAT_VERSION = 2
+"""The prepared-folder format `prepare` writes: 2 stores int4 in the rows layout (quant.py), 1 (no version
+recorded) in torch's CPU packing, still read (repacked as it loads)."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,19 @@ class Scheme:
     """"bf16", "int8" or "int4" for the four matrices of each block; embeddings/head are int8 unless bf16."""
     group_size: int | None = None
     int4_layout: str | None = None
-    """torch's int4 packing on the CPU that prepared it (see quant.py)."""
+    """The int4 layout: quant.INT4_ROWS, or (format 1) torch's packing on the CPU that prepared it."""
+    format_version: int = FORMAT_VERSION
 
     @property
     def quantized(self) -> bool:
         return self.weights != "bf16"
 
     def to_json(self) -> dict[str, Any]:
-        data = {"quant_method": QUANT_METHOD, "weights": self.weights}
+        data: dict[str, Any] = {
+            "quant_method": QUANT_METHOD,
+            "weights": self.weights,
+            "format_version": self.format_version,
+        }
         if self.group_size:
             data["group_size"] = self.group_size
         if self.int4_layout:
@@ -55,7 +63,13 @@ class Scheme:
         group = raw.get("group_size")
         if raw["weights"] == "int4" and (not isinstance(group, int) or not isinstance(raw.get("int4_layout"), str)):
             raise ConfigError(f"{source}: an int4 quantization_config needs group_size and int4_layout")
-        return cls(raw["weights"], group, raw.get("int4_layout"))
+        version = raw.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"{source}: prepared in format {version!r} by a newer bloomtui (this one reads up to "
+                f"{FORMAT_VERSION}); upgrade bloomtui, or prepare the model again with this one"
+            )
+        return cls(raw["weights"], group, raw.get("int4_layout"), version)
 
 
 @dataclass(frozen=True)

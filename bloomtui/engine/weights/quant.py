@@ -1,44 +1,44 @@
-"""Weight-only quantisation for BLOOM's matrices, in the layouts torch's fused CPU kernels read.
+"""Weight-only quantisation for BLOOM's matrices, in the layouts the native kernels read (compute/native_*.c).
 
 int8: symmetric, one scale per output channel (round to nearest): near lossless for BLOOM.
 int4: asymmetric, one (scale, zero) per group of `group_size` inputs of each output channel, w = (q - 8) * scale
-+ zero, packed by torch's `_convert_weight_to_int4pack_for_cpu`. That packing differs between CPU families
-(AVX-512 interleaves 64 rows, AVX2 32, ...), so it is probed once per process (`int4_layout`) and recorded in a
-prepared model's config: a model is only run where the kernel reads the same layout, and the same probe lets
-prefill unpack int4 tiles without the kernel.
++ zero, in the rows layout (INT4_ROWS): each row's codes in 64-input chunks of 32 bytes, byte j of a chunk = code
+j | code 32 + j << 4, and the (scale, zero) pairs [out, groups, 2]. The bytes are the same on every CPU, and one
+load gives the integer-dot kernels two whole 32-input blocks.
+
+Folders prepared before format 2 hold int4 in torch's `_convert_weight_to_int4pack_for_cpu` packing for the CPU
+family that prepared them (its layout recorded in the config): `from_torch_packing` repacks such a matrix as it
+loads (see the loader), so an old folder runs anywhere, more slowly, and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 from torch import Tensor
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
-INT4_ROW_MULTIPLE = 64  # full blocks of every known packing (AVX-512: 64 rows, AVX2: 32)
+INT4_CHUNK = 64
+"""Inputs per 32-byte run of codes: int4 matrices need in_features a multiple of it."""
+INT4_ROWS = "bloomtui-rows/chunk64"
+"""The int4 layout `prepare` writes (format 2), as recorded in a prepared config's int4_layout."""
 
 
 @dataclass(frozen=True)
-class Int4Layout:
-    """Where torch's int4 packing puts each weight: the packed bytes are [out/rows, in, rows/2], and nibble p
-    of a (row block, input) run (low nibble first) holds row `order[p]` of that block."""
+class TorchInt4Layout:
+    """Where torch's int4 packing (format 1 folders) puts each weight: the packed bytes are [out/rows, in, rows/2],
+    and nibble p of a (row block, input) run (low nibble first) holds row `order[p]` of that block."""
 
     rows: int
     order: tuple[int, ...]
 
-    def describe(self) -> str:
-        return f"torch-cpu-int4pack/rows{self.rows}/" + ",".join(map(str, self.order))
-
     @classmethod
-    def parse(cls, text: str) -> Int4Layout:
-        _, rows, order = text.split("/")
+    def parse(cls, text: str) -> TorchInt4Layout:
+        kind, rows, order = text.split("/")
+        if kind != "torch-cpu-int4pack":
+            raise ValueError(f"unknown int4 layout {text!r}")
         return cls(int(rows.removeprefix("rows")), tuple(int(i) for i in order.split(",")))
-
-
-def _pack(q: Tensor) -> Tensor:
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
 
 
 def _nibbles(packed: Tensor) -> Tensor:
@@ -46,30 +46,29 @@ def _nibbles(packed: Tensor) -> Tensor:
     return torch.stack([flat & 15, flat >> 4], dim=-1).reshape(-1)
 
 
-@cache
-def int4_layout() -> Int4Layout:
-    """Probe this CPU's int4 packing with matrices whose nibbles spell their own row and column."""
-    n, k = 2 * INT4_ROW_MULTIPLE, 32
-    rows = torch.arange(n)[:, None].expand(n, k)
-    cols = torch.arange(k)[None, :].expand(n, k)
-    row_of = _nibbles(_pack(rows % 16)) + 16 * _nibbles(_pack(rows // 16))
-    col_of = _nibbles(_pack(cols % 16)) + 16 * _nibbles(_pack(cols // 16))
-    for block in (64, 32, 16):
-        r, c = row_of.view(n // block, k, block), col_of.view(n // block, k, block)
-        order = r[0, 0]
-        expected = torch.arange(n // block)[:, None, None] * block + order[None, None, :]
-        if bool((c == torch.arange(k)[None, :, None]).all()) and bool((r == expected).all()):
-            return Int4Layout(block, tuple(order.tolist()))
-    raise RuntimeError("torch's int4 packing on this CPU has an unknown layout")
-
-
-def unpack_int4(packed: Tensor, out_features: int, in_features: int, layout: Int4Layout) -> Tensor:
-    """The uint8 codes 0..15 as [out, in] from torch's packed layout (rows a multiple of layout.rows)."""
-    rows = layout.rows
+def from_torch_packing(packed: Tensor, pairs: Tensor, in_features: int, layout: str) -> tuple[Tensor, Tensor]:
+    """A format-1 int4 matrix (torch's packing `layout`, pairs [groups, out, 2]) in the rows layout."""
+    torch_layout = TorchInt4Layout.parse(layout)
+    rows, out_features = torch_layout.rows, packed.shape[0]
     nib = _nibbles(packed).view(out_features // rows, in_features, rows)
     inverse = torch.empty(rows, dtype=torch.long)
-    inverse[torch.tensor(layout.order)] = torch.arange(rows)
-    return nib[:, :, inverse].transpose(1, 2).reshape(out_features, in_features)
+    inverse[torch.tensor(torch_layout.order)] = torch.arange(rows)
+    codes = nib[:, :, inverse].transpose(1, 2).reshape(out_features, in_features)
+    return pack_int4_rows(codes), pairs.transpose(0, 1).contiguous()
+
+
+def pack_int4_rows(codes: Tensor) -> Tensor:
+    """Codes 0..15 [out, in] as the rows layout's bytes [out, in/2]."""
+    out_f, in_f = codes.shape
+    c = codes.to(torch.uint8).view(out_f, in_f // INT4_CHUNK, 2, INT4_CHUNK // 2)
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(out_f, in_f // 2)
+
+
+def unpack_int4(packed: Tensor, in_features: int) -> Tensor:
+    """The uint8 codes 0..15 [out, in] of rows-layout bytes [out, in/2]."""
+    out_f = packed.shape[0]
+    p = packed.view(out_f, in_features // INT4_CHUNK, 1, INT4_CHUNK // 2)
+    return torch.cat([p & 15, p >> 4], dim=2).reshape(out_f, in_features)
 
 
 def _stored(x: Tensor) -> Tensor:
@@ -99,8 +98,8 @@ def int4_codes(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def pack_int4(codes: Tensor, scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor]:
-    """(packed uint8 [out, in/2], scales_and_zeros [groups, out, 2]) as the kernel reads them."""
-    return _pack(codes), torch.stack([scale.T, zero.T], dim=-1).contiguous()
+    """(packed uint8 [out, in/2], scales_and_zeros [out, groups, 2]) as the kernels read them."""
+    return pack_int4_rows(codes), torch.stack([scale, zero], dim=-1).contiguous()
 
 
 def check_int4_shape(out_features: int, in_features: int, group_size: int) -> str | None:
@@ -109,6 +108,6 @@ def check_int4_shape(out_features: int, in_features: int, group_size: int) -> st
         return f"group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {group_size}"
     if in_features % group_size:
         return f"{in_features} inputs are not a multiple of the group size {group_size}"
-    if out_features % INT4_ROW_MULTIPLE:
-        return f"{out_features} outputs are not a multiple of {INT4_ROW_MULTIPLE} (int4 packing)"
+    if in_features % INT4_CHUNK:
+        return f"{in_features} inputs are not a multiple of {INT4_CHUNK} (int4 chunks)"
     return None
