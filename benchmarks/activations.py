@@ -8,7 +8,9 @@ as a real model's are) and the bloom-560m-shaped random checkpoint's: two engine
 per pass (the decode path, where the few-row kernels run; perplexity windows multiply many rows and take the
 exact path either way), and at every position their next-token distributions are compared: perplexity of each,
 KL(exact || int8) (mean and largest), and whether their likeliest tokens agree. Then `--tokens` greedy tokens
-from one prompt with each: how many agree before the first difference, and in all. Both run on the kernels
+from one prompt with each: how many agree before the first difference, and in all. A reference row per folder
+compares the exact kernels computing in bf16 (the default) with the same computing in fp32: how far a rounding
+of that size already moves greedy text. Both run on the kernels
 this machine builds (BLOOMTUI_NATIVE=avx2 measures the AVX2 build; the integer sums are the same on every
 family, so its numbers are too).
 """
@@ -31,13 +33,18 @@ from benchmarks.jobs import DEFAULT_WORK
 SECTION = Section("activations")
 PROMPT = "The for statement in Python differs a bit from what you may be used to in C or Pascal."
 MODELS = (("trained demo", "trained"), ("bloom-560m shape, random weights", "bf16"))
+PAIRS = (
+    ("int8 activations vs exact", {"activations": "exact"}, {"activations": "int8"}),
+    ("reference: bf16 compute vs fp32", {"activations": "exact", "dtype": "float32"}, {"activations": "exact"}),
+)
+"""(what is compared, the first engine's options, the second's): the first is the one measured against."""
 
 
 @dataclass
 class Agreement:
     positions: int = 0
-    nll_exact: float = 0.0
-    nll_int8: float = 0.0
+    nll_first: float = 0.0
+    nll_second: float = 0.0
     kl_sum: float = 0.0
     kl_max: float = 0.0
     top1_same: int = 0
@@ -45,10 +52,11 @@ class Agreement:
     greedy_same: int = 0
     greedy_tokens: int = 0
 
-    def row(self, name: str, weights: str) -> str:
-        ppl_e, ppl_q = math.exp(self.nll_exact / self.positions), math.exp(self.nll_int8 / self.positions)
+    def row(self, name: str, weights: str, compared: str) -> str:
+        ppl_e, ppl_q = math.exp(self.nll_first / self.positions), math.exp(self.nll_second / self.positions)
         return (
-            f"| {name} | {weights} | {self.positions} | {ppl_e:.4f} | {ppl_q:.4f} ({ppl_q / ppl_e:.4f}x) | "
+            f"| {name} | {weights} | {compared} | {self.positions} | {ppl_e:.4f} | "
+            f"{ppl_q:.4f} ({ppl_q / ppl_e:.4f}x) | "
             f"{self.kl_sum / self.positions:.2e} | {self.kl_max:.2e} | {100 * self.top1_same / self.positions:.1f}% | "
             f"{self.greedy_prefix} / {self.greedy_tokens} | {self.greedy_same} / {self.greedy_tokens} |"
         )
@@ -69,28 +77,28 @@ def _next_token_logprobs(engine, ids: list[int]) -> Iterator[torch.Tensor]:  # n
             yield torch.log_softmax(passes.logits(hidden, like_decode=True)[0].double(), dim=-1)
 
 
-def compare(model: Path, text: str, tokens: int) -> Agreement:
+def compare(model: Path, text: str, tokens: int, first: dict, second: dict) -> Agreement:
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
 
-    engines = [Engine.open(model, EngineOptions(ram_budget=BIG_BUDGET, activations=a)) for a in ("exact", "int8")]
+    engines = [Engine.open(model, EngineOptions(ram_budget=BIG_BUDGET, **options)) for options in (first, second)]
     try:
         ids = engines[0].encode(text)
         out = Agreement()
         steps = zip(*(_next_token_logprobs(e, ids) for e in engines), strict=True)
-        for target, (exact, quantised) in zip(ids[1:], steps, strict=True):
-            kl = float((exact.exp() * (exact - quantised)).sum())
+        for target, (first, second) in zip(ids[1:], steps, strict=True):
+            kl = float((first.exp() * (first - second)).sum())
             out.positions += 1
-            out.nll_exact -= float(exact[target])
-            out.nll_int8 -= float(quantised[target])
+            out.nll_first -= float(first[target])
+            out.nll_second -= float(second[target])
             out.kl_sum += kl
             out.kl_max = max(out.kl_max, kl)
-            out.top1_same += int(exact.argmax() == quantised.argmax())
+            out.top1_same += int(first.argmax() == second.argmax())
         params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
-        exact_ids, int8_ids = (list(e.generate(PROMPT, params).token_ids) for e in engines)
-        out.greedy_tokens = len(exact_ids)
-        out.greedy_same = sum(a == b for a, b in zip(exact_ids, int8_ids, strict=True))
-        pairs = enumerate(zip(exact_ids, int8_ids, strict=True))
-        out.greedy_prefix = next((i for i, (a, b) in pairs if a != b), len(exact_ids))
+        first_ids, second_ids = (list(e.generate(PROMPT, params).token_ids) for e in engines)
+        out.greedy_tokens = len(first_ids)
+        out.greedy_same = sum(a == b for a, b in zip(first_ids, second_ids, strict=True))
+        pairs = enumerate(zip(first_ids, second_ids, strict=True))
+        out.greedy_prefix = next((i for i, (a, b) in pairs if a != b), len(first_ids))
         return out
     finally:
         for engine in engines:
@@ -106,13 +114,14 @@ def section(rows: list[str], args: argparse.Namespace, chars: int) -> str:
         "",
         f"`python -m benchmarks.activations --tokens {args.tokens}` ({commit_stamp()}, {cpu_summary()}; kernels: "
         f"{built.isa + ' build, integer dots by ' + built.int_isa if built else 'none'}). The same folder opened "
-        f"twice, `--activations exact` and `--activations int8`, wholly resident; the first {chars} characters of "
-        "the held-out text read one token per decode pass; KL(exact || int8) in nats per position; greedy: "
+        f"twice (first: `--activations exact`, second: `--activations int8`; in the reference rows first: exact in "
+        "fp32, second: exact in bf16), wholly resident; the first {chars} characters of the held-out text read one "
+        "token per decode pass; KL(first || second) in nats per position; greedy: "
         f"{args.tokens} tokens from one prompt with each.",
         "",
-        "| model | weights | positions | perplexity, exact | perplexity, int8 activations | KL mean | KL max "
-        "| same top-1 | greedy: same before the first difference | greedy: same in all |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | weights | second against first | positions | perplexity, first | perplexity, second | KL mean "
+        "| KL max | same top-1 | greedy: same before the first difference | greedy: same in all |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     return SECTION.text(lines)
@@ -132,9 +141,9 @@ def main() -> None:
         for weights in ("int8", "int4"):
             spec = prepared[f"{key}_{weights}"]
             folder = ensure_prepared(spec, source or Path(spec.source), args.work, say)
-            result = compare(folder, text, args.tokens)
-            rows.append(result.row(name, weights))
-            say(rows[-1])
+            for compared, first, second in PAIRS:
+                rows.append(compare(folder, text, args.tokens, first, second).row(name, weights, compared))
+                say(rows[-1])
     SECTION.publish(section(rows, args, len(text)), args.update)
 
 

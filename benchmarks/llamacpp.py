@@ -1,7 +1,8 @@
 """bloomtui against llama.cpp on the same checkpoint, wholly in RAM, paired in one run.
 
     pip install -e '.[bench]'     # llama-cpp-python, built from source once (a few minutes)
-    python -m benchmarks.llamacpp [--tokens 32] [--repeats 3] [--prompt-tokens 1000] [--update BENCHMARKS.md]
+    python -m benchmarks.llamacpp [--tokens 32] [--repeats 3] [--prompt-tokens 1000] [--family avx2]
+                                  [--update BENCHMARKS.md]
 
 The bloom-560m-shaped bf16 checkpoint (random weights, benchmarks/checkpoints.py) and its `bloomtui prepare`
 int8/int4 copies, against GGUF files made from the same checkpoint by the converter llama.cpp ships
@@ -10,6 +11,14 @@ quantised by llama.cpp to Q8_0 and Q4_0. Decode: greedy, the same prompt, second
 tokens after the prompt; prefill: one pass over a `--prompt-tokens` prompt. Both on all cores (torch's and
 llama.cpp's default thread counts: one per core), every pair of rows alternating so a shared machine's drift
 hits both alike.
+
+`--family avx2` measures the pair an AVX2-only desktop runs, on a machine with more: bloomtui with its AVX2
+kernels (BLOOMTUI_NATIVE=avx2) and torch's, oneDNN's and MKL's held to AVX2 (FAMILY_ENV, with their own
+measurement cache), against a llama-cpp-python built for AVX2 only (the section quotes its system info):
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+      -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install --force-reinstall llama-cpp-python
+It writes its own section (llamacpp-avx2).
 
 On this project's AMX-capable Xeon VM, llama.cpp built for the native CPU crashed (SIGSEGV in
 ggml_backend_amx_mul_mat) on the first Q8_0 pass; built without its AMX kernels it runs:
@@ -46,10 +55,20 @@ from benchmarks.common import (
     say,
     weight_files,
 )
-from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, limited, run_job
+from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, env_label, limited, run_job
 from benchmarks.memlimit import unavailable
 
 SECTION = Section("llamacpp")
+SECTIONS = {"native": SECTION, "avx2": Section("llamacpp-avx2")}
+FAMILY_ENV = {
+    "avx2": {
+        "BLOOMTUI_NATIVE": "avx2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
+"""What holds bloomtui (its kernels, torch's, oneDNN's and MKL's) to a CPU family's instructions."""
 PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
 """bloomtui's weights against llama.cpp's nearest format."""
 _FTYPES = {"Q8_0": 7, "Q4_0": 2}
@@ -209,6 +228,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--note", default="", help="a sentence for the section, e.g. how llama.cpp was built")
     parser.add_argument(
+        "--family", choices=sorted(SECTIONS), default="native",
+        help="avx2: bloomtui held to AVX2 (pair it with a llama.cpp built for AVX2 only); its own section",
+    )  # fmt: skip
+    parser.add_argument(
         "--limited-tokens", type=int, default=8,
         help="tokens per run under a memory limit (1/4 of the bf16 model + 600 MB, cold; 0 skips those rows)",
     )  # fmt: skip
@@ -223,16 +246,19 @@ def main() -> None:
     ggufs = {kind: ensure_gguf(bf16, kind, args.work) for _, kind in PAIRS}
     n, budget = ["--tokens", str(args.tokens)], ["--budget", str(BIG_BUDGET)]
     pre = ["--prompt-tokens", str(args.prompt_tokens), "--reps", "2"]
+    env = dict(BLOOMTUI_ENV)
+    if args.family in FAMILY_ENV:  # measured afresh under the family's limits, not read from this CPU's cache
+        env |= FAMILY_ENV[args.family] | {"BLOOMTUI_CACHE_DIR": str(args.work / f"cache-{args.family}")}
     jobs: dict[str, Job] = {}
     for ours, theirs in PAIRS:
         model = ["--model", str(models[ours])]
-        jobs[f"bloomtui {ours}"] = Job(ours, "llamacpp", ["bloomtui", *model, *budget, *n], 1, 900, dict(BLOOMTUI_ENV))
+        jobs[f"bloomtui {ours}"] = Job(ours, "llamacpp", ["bloomtui", *model, *budget, *n], 1, 900, dict(env))
         jobs[f"llama.cpp {theirs}"] = _llama_job(theirs, ggufs[theirs], bf16, n)
     jobs["bloomtui bf16 prefill"] = Job("prefill", "llamacpp", ["prefill", "--model", str(bf16), *pre], 1, 900,
-                                        dict(BLOOMTUI_ENV))  # fmt: skip
+                                        dict(env))  # fmt: skip
     jobs["llama.cpp f16 prefill"] = _llama_job("f16 prefill", ggufs["f16"], bf16, pre)
     jobs["memory read"] = Job("floor", "membw", ["membw", "--bytes", str(2**30)], 1, 300, {})
-    limit = limited_jobs(jobs, models, ggufs, bf16, args) if args.limited_tokens else 0
+    limit = limited_jobs(jobs, models, ggufs, bf16, args, env) if args.limited_tokens else 0
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         for name, job in jobs.items():
@@ -240,10 +266,12 @@ def main() -> None:
                 evict([path for model in models.values() for path in weight_files(model)] + list(ggufs.values()))
             (run_llama if name.startswith("llama.cpp") else run_job)(job)
             say(f"{name}: {job.runs[-1] if job.runs else job.errors}")
-    SECTION.publish(section(jobs, args, time.perf_counter() - t0, limit), args.update)
+    SECTIONS[args.family].publish(section(jobs, args, time.perf_counter() - t0, limit), args.update)
 
 
-def limited_jobs(jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, args: argparse.Namespace) -> int:
+def limited_jobs(
+    jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, args: argparse.Namespace, env: dict[str, str]
+) -> int:
     """Add each pair's runs under one memory limit (1/4 of the bf16 model + 600 MB): bloomtui on its default
     budget, which reads the limit; llama.cpp mapping its GGUF as it does by default. Returns the limit."""
     why = unavailable()
@@ -255,7 +283,7 @@ def limited_jobs(jobs: dict[str, Job], models: dict, ggufs: dict, bf16: Path, ar
     for ours, theirs in PAIRS:
         model = ["--model", str(models[ours])]
         jobs[f"bloomtui {ours} limited"] = Job(
-            ours, "llamacpp", ["bloomtui", *model, "--budget", "auto", *n], 1, 1800, dict(BLOOMTUI_ENV), limit
+            ours, "llamacpp", ["bloomtui", *model, "--budget", "auto", *n], 1, 1800, dict(env), limit
         )
         job = _llama_job(theirs, ggufs[theirs], bf16, n)
         job.memory_limit, job.timeout = limit, 1800
@@ -268,15 +296,26 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float, limi
         version = metadata.version("llama_cpp_python")
     except metadata.PackageNotFoundError:
         version = "(not installed)"
+    family = getattr(args, "family", "native")
+    held = ""
+    if family in FAMILY_ENV:
+        import llama_cpp
+
+        system = llama_cpp.llama_print_system_info().decode().strip().rstrip("|").strip()
+        held = (
+            f" **Both held to {family.upper()}**: bloomtui with `{env_label(FAMILY_ENV[family])}`, llama.cpp built "
+            f"with GGML_NATIVE=OFF and AVX-512/AMX off (its system info: `{system}`)."
+        )
     out = [
-        "## bloomtui against llama.cpp, in RAM",
+        "## bloomtui against llama.cpp, in RAM" + (f", {family.upper()} on both sides" if held else ""),
         "",
         f"`python -m benchmarks.llamacpp --tokens {args.tokens} --repeats {args.repeats} --prompt-tokens "
-        f"{args.prompt_tokens}` ({commit_stamp()}, {cpu_summary()}; llama-cpp-python {version}, built from "
+        f"{args.prompt_tokens}{' --family ' + family if held else ''}` ({commit_stamp()}, {cpu_summary()}; "
+        f"llama-cpp-python {version}, built from "
         f"source here; {seconds / 60:.0f} min). bloom-560m's shape, random weights, wholly in RAM, greedy; "
         "GGUF from llama.cpp's own converter, quantised by llama.cpp. Medians of the runs, alternating; "
         "same greedy ids: how many of the first tokens the two wrote alike (random weights: a near-tie decided the "
-        "other way by f16 against bf16 rounding changes all that follow). " + getattr(args, "note", ""),
+        "other way by f16 against bf16 rounding changes all that follow)." + held + " " + getattr(args, "note", ""),
         "",
         "| weights | bloomtui s/token | llama.cpp s/token | bloomtui ÷ llama.cpp tokens/s | same greedy ids |",
         "|---|---|---|---|---|",
@@ -304,7 +343,7 @@ def section(jobs: dict[str, Job], args: argparse.Namespace, seconds: float, limi
         *limited_section(jobs, args, limit),
         "",
     ]
-    return SECTION.text(out)
+    return SECTIONS[family].text(out)
 
 
 def limited_section(jobs: dict[str, Job], args: argparse.Namespace, limit: int) -> list[str]:

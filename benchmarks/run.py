@@ -427,7 +427,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(raw: dict, out: Path, draw: bool) -> int:
     """Write the results JSON, the chart (if matplotlib is there) and the Markdown report."""
-    from benchmarks import app_speed, batch, busy, draft_speed, llamacpp, reads, report, serving, startup, tree_cost
+    from benchmarks import (
+        activations,
+        app_speed,
+        batch,
+        busy,
+        draft_speed,
+        llamacpp,
+        reads,
+        report,
+        serving,
+        startup,
+        tree_cost,
+    )
 
     artifacts = out.parent / "benchmarks" / "results"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -437,8 +449,8 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
     # Sections measured by their own commands keep their place and stamp.
-    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, llamacpp, startup)
-    for section in (m.SECTION for m in own):
+    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, startup, activations)
+    for section in [m.SECTION for m in own] + list(llamacpp.SECTIONS.values()):
         section.update(out, section.kept(old_text))
     return 0
 

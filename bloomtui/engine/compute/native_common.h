@@ -19,7 +19,10 @@
 #error "the native kernels need AVX2 with FMA (every AVX-512 family has them)"
 #endif
 
-#define PREFETCH_BYTES 1024
+#define PREFETCH_BYTES 2048
+/* How far ahead of the read the kernels ask for weight lines. 1024 left bf16 rows at 0.8x of the memory's read
+   speed; 2048 reaches it (measured on the Xeon, 400 MB of matrices, AVX2 and AVX-512 builds: bf16 1.08-1.25x,
+   int4 1.16-1.21x, int8 unchanged). */
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
