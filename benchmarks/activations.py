@@ -9,10 +9,10 @@ per pass (the decode path, where the few-row kernels run; perplexity windows mul
 exact path either way), and at every position their next-token distributions are compared: perplexity of each,
 KL(exact || int8) (mean and largest), and whether their likeliest tokens agree. Then `--tokens` greedy tokens
 from one prompt with each: how many agree before the first difference, and in all. A reference row per folder
-compares the exact kernels computing in bf16 (the default) with the same computing in fp32: how far a rounding
-of that size already moves greedy text. Both run on the kernels
-this machine builds (BLOOMTUI_NATIVE=avx2 measures the AVX2 build; the integer sums are the same on every
-family, so its numbers are too).
+compares the exact kernels computing in bf16 with the same computing in fp32: how far a rounding of that size
+already moves greedy text. The int8-activation rows compute in the folder's default dtype (named in the row).
+Both run on the kernels this machine builds (BLOOMTUI_NATIVE=avx2 measures the AVX2 build; the integer sums are
+the same on every family, so its numbers are too).
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ PROMPT = "The for statement in Python differs a bit from what you may be used to
 MODELS = (("trained demo", "trained"), ("bloom-560m shape, random weights", "bf16"))
 PAIRS = (
     ("int8 activations vs exact", {"activations": "exact"}, {"activations": "int8"}),
-    ("reference: bf16 compute vs fp32", {"activations": "exact", "dtype": "float32"}, {"activations": "exact"}),
+    (
+        "reference: exact, bf16 compute vs fp32",
+        {"activations": "exact", "dtype": "float32"},
+        {"activations": "exact", "dtype": "bfloat16"},
+    ),
 )
 """(what is compared, the first engine's options, the second's): the first is the one measured against."""
 
@@ -77,7 +81,9 @@ def _next_token_logprobs(engine, ids: list[int]) -> Iterator[torch.Tensor]:  # n
             yield torch.log_softmax(passes.logits(hidden, like_decode=True)[0].double(), dim=-1)
 
 
-def compare(model: Path, text: str, tokens: int, first: dict, second: dict) -> Agreement:
+def compare(model: Path, text: str, tokens: int, first: dict, second: dict) -> tuple[Agreement, str]:
+    """How the second engine's next-token distributions and greedy text differ from the first's, and the
+    second's compute dtype."""
     from bloomtui.engine import Engine, EngineOptions, SamplingParams
 
     engines = [Engine.open(model, EngineOptions(ram_budget=BIG_BUDGET, **options)) for options in (first, second)]
@@ -99,7 +105,7 @@ def compare(model: Path, text: str, tokens: int, first: dict, second: dict) -> A
         out.greedy_same = sum(a == b for a, b in zip(first_ids, second_ids, strict=True))
         pairs = enumerate(zip(first_ids, second_ids, strict=True))
         out.greedy_prefix = next((i for i, (a, b) in pairs if a != b), len(first_ids))
-        return out
+        return out, str(engines[1].dtype).removeprefix("torch.")
     finally:
         for engine in engines:
             engine.close()
@@ -142,7 +148,9 @@ def main() -> None:
             spec = prepared[f"{key}_{weights}"]
             folder = ensure_prepared(spec, source or Path(spec.source), args.work, say)
             for compared, first, second in PAIRS:
-                rows.append(compare(folder, text, args.tokens, first, second).row(name, weights, compared))
+                result, dtype = compare(folder, text, args.tokens, first, second)
+                label = compared if "dtype" in second else f"{compared} ({dtype})"
+                rows.append(result.row(name, weights, label))
                 say(rows[-1])
     SECTION.publish(section(rows, args, len(text)), args.update)
 

@@ -47,6 +47,8 @@ class PreparedSpec:
     name: str
     source: str
     weights: str
+    head: str = "int8"
+    """How the embeddings/LM head are stored (prepare --head)."""
 
     def path(self, work: Path) -> Path:
         return work / self.name
@@ -84,11 +86,11 @@ def ensure_prepared(spec: PreparedSpec, source: Path, work: Path, say: Callable[
     from bloomtui.engine.weights.config import FORMAT_VERSION
 
     path = spec.path(work)
-    stamp = f"{_stamp(source)} format {FORMAT_VERSION}"
+    stamp = f"{_stamp(source)} format {FORMAT_VERSION} head {spec.head}"
     if (path / "config.json").is_file() and (path / STAMP).is_file() and (path / STAMP).read_text() == stamp:
         return path
     say(f"preparing {spec.name} ({spec.weights} of {source.name}) ...")
-    prepare(source, path, spec.weights, force=path.exists())
+    prepare(source, path, spec.weights, force=path.exists(), head=spec.head)
     (path / STAMP).write_text(stamp)
     return path
 

@@ -69,8 +69,10 @@ FAMILY_ENV = {
     }
 }
 """What holds bloomtui (its kernels, torch's, oneDNN's and MKL's) to a CPU family's instructions."""
-PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"))
-"""bloomtui's weights against llama.cpp's nearest format."""
+INT4_HEAD = "int4, int4 head"
+PAIRS = (("bf16", "f16"), ("int8", "Q8_0"), ("int4", "Q4_0"), (INT4_HEAD, "Q4_0"))
+"""bloomtui's weights against llama.cpp's nearest format. llama.cpp's Q4_0 keeps BLOOM's tied embeddings/head in
+Q6_K (6.6 bits a weight); bloomtui's int4 keeps them in int8 unless prepared with --head int4 (5 bits)."""
 _FTYPES = {"Q8_0": 7, "Q4_0": 2}
 """llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers."""
 CONVERT = """
@@ -243,6 +245,8 @@ def main() -> None:
     models = {"bf16": bf16}
     for weights in ("int8", "int4"):
         models[weights] = ensure_prepared(PreparedSpec(f"{bf16.name}-{weights}", "bf16", weights), bf16, args.work, say)
+    head4 = PreparedSpec(f"{bf16.name}-int4-head-int4", "bf16", "int4", head="int4")
+    models[INT4_HEAD] = ensure_prepared(head4, bf16, args.work, say)
     ggufs = {kind: ensure_gguf(bf16, kind, args.work) for _, kind in PAIRS}
     n, budget = ["--tokens", str(args.tokens)], ["--budget", str(BIG_BUDGET)]
     pre = ["--prompt-tokens", str(args.prompt_tokens), "--reps", "2"]

@@ -217,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(32, 64, 128, 256),
         help="int4 inputs per scale (default 128, smaller when the hidden size needs it)",
     )
+    prep.add_argument(
+        "--head",
+        choices=("int8", "int4"),
+        default="int8",
+        help="how int8/int4 folders store the embeddings and LM head: int8 rows (default) or int4 rows in groups of "
+        "32 (5 bits a weight: the head is read every token, so for small models it is most of a token's bytes; "
+        "check the quality with `bloomtui perplexity`)",
+    )
     prep.add_argument("--force", action="store_true", help="replace OUT if it is an earlier prepared folder")
 
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
@@ -385,7 +393,10 @@ def _prepare(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: cancel.set())
     with prepare_progress() as on_progress:
-        out = prepare(args.model, Path(args.out), args.weights, args.group_size, args.force, on_progress, cancel.is_set)
+        out = prepare(
+            args.model, Path(args.out), args.weights, args.group_size, args.force, on_progress, cancel.is_set,
+            head=args.head,
+        )  # fmt: skip
     print(f"wrote {out} ({args.weights}); open it like any model: bloomtui info {out}")
     return 0
 

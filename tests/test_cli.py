@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bloomtui import demo
-from tests.checkpoints import Written
+from tests.checkpoints import Written, write_checkpoint
 
 
 def bloomtui(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,6 +64,18 @@ def test_streamed_budget_from_cli(tiny_model: Written) -> None:
     assert run.returncode == 0, run.stderr
     blocks = [json.loads(x) for x in run.stdout.splitlines() if '"event": "block"' in x]
     assert any(b["bytes"] > 0 for b in blocks)
+
+
+def test_prepare_with_an_int4_head_and_info_says_so(tmp_path: Path) -> None:
+    source = write_checkpoint(tmp_path / "src", preset="tiny", dtype="float32")  # hidden 64: int4 rows fit
+    out = tmp_path / "out"
+    done = bloomtui("prepare", str(source.path), str(out), "--weights", "int4", "--head", "int4")
+    assert done.returncode == 0, done.stderr
+    info = bloomtui("info", str(out))
+    assert "weights     int4, group size 64, embeddings/head int4 (prepared by bloomtui, format 2)" in info.stdout
+    refused = bloomtui("prepare", str(source.path), str(tmp_path / "b"), "--weights", "bf16", "--head", "int4")
+    assert refused.returncode == 2 and "--head int4 needs --weights int8 or int4" in refused.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_info(tiny_model: Written) -> None:

@@ -54,6 +54,7 @@ def info(args: argparse.Namespace) -> int:
         "recommended_dtype": cfg.recommended_dtype,
         "weights": ckpt.scheme.weights if ckpt.scheme else "original",
         "group_size": ckpt.scheme.group_size if ckpt.scheme else None,
+        "head_weights": ckpt.scheme.head if ckpt.scheme and ckpt.scheme.quantized else None,
         "block_bytes": ckpt.block_nbytes(),
         "bytes_per_token_all_streamed": sum(ckpt.block_nbytes(i) for i in range(ckpt.n_blocks))
         + sum(ref.nbytes for ref in ckpt.head_refs),
@@ -101,7 +102,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"context     trained on {cfg.training_context} tokens (longer prompts run, with a warning)")
     if ckpt.scheme:
         group = f", group size {ckpt.scheme.group_size}" if ckpt.scheme.group_size else ""
-        print(f"weights     {ckpt.scheme.weights}{group} (prepared by bloomtui)")
+        head = f", embeddings/head {ckpt.scheme.head}" if ckpt.scheme.quantized else ""
+        made = f"prepared by bloomtui, format {ckpt.scheme.format_version}"
+        print(f"weights     {ckpt.scheme.weights}{group}{head} ({made})")
     print(f"prefill     {data['prefill']}")
     print(f"decode      {data['decode']}")
     if args.threads:

@@ -24,7 +24,7 @@ from torch import Tensor
 from bloomtui import __version__
 from bloomtui.engine.io.reader import TensorReader
 from bloomtui.engine.weights.checkpoint import BLOCK_TENSORS, MATRICES, SMALL_TENSORS, Checkpoint, block_shapes
-from bloomtui.engine.weights.config import QUANT_METHOD, SCHEMES, Scheme
+from bloomtui.engine.weights.config import HEAD_INT4_GROUP, HEAD_SCHEMES, QUANT_METHOD, SCHEMES, Scheme
 from bloomtui.engine.weights.hub import resolve_model
 from bloomtui.engine.weights.quant import (
     INT4_GROUP_SIZES,
@@ -99,10 +99,14 @@ def _quantized_matrix(name: str, w: Tensor, scheme: Scheme) -> dict[str, Tensor]
     return {base + "qweight": packed, base + "scales": scales_and_zeros.to(torch.bfloat16)}
 
 
-def _rows_int8(prefix: str, w: Tensor, scheme: Scheme) -> dict[str, Tensor]:
-    """Embeddings / LM head: bf16 for the bf16 scheme, else int8 rows with a scale each."""
-    if scheme.weights == "bf16":
+def _head_rows(prefix: str, w: Tensor, scheme: Scheme) -> dict[str, Tensor]:
+    """Embeddings / LM head: bf16 for the bf16 scheme, else int8 rows with a scale each, or int4 rows."""
+    if scheme.head_bits == 16:
         return {f"{prefix}.weight": w.to(torch.bfloat16)}
+    if scheme.head_bits == 4:
+        codes, scale, zero = int4_codes(w, HEAD_INT4_GROUP)
+        packed, pairs = pack_int4(codes, scale, zero)
+        return {f"{prefix}.qweight": packed, f"{prefix}.scales": pairs.to(torch.bfloat16)}
     q, scales = quantize_int8(w)
     return {f"{prefix}.qweight": q, f"{prefix}.scales": scales.to(torch.bfloat16)}
 
@@ -120,7 +124,8 @@ def output_bytes(checkpoint: Checkpoint, scheme: Scheme) -> tuple[int, int]:
         else:
             block += numel // 2 + (numel // scheme.group_size) * 4
     rows = cfg.vocab_size * cfg.hidden_size
-    per_matrix = rows * 2 if scheme.weights == "bf16" else rows + cfg.vocab_size * 2
+    by_bits = {16: rows * 2, 8: rows + cfg.vocab_size * 2, 4: rows // 2 + (rows // HEAD_INT4_GROUP) * 4}
+    per_matrix = by_bits[scheme.head_bits]
     embeddings = per_matrix * (1 if checkpoint.tied else 2) + len(SMALL_TENSORS) * cfg.hidden_size * 2
     return block + PAGE, embeddings + PAGE
 
@@ -153,7 +158,8 @@ def _card(source: Path, scheme: Scheme, checkpoint: Checkpoint, block_bytes: int
         + (f", group size {scheme.group_size} (asymmetric, round to nearest)" if scheme.weights == "int4" else "")
         + (" (symmetric, per output channel)" if scheme.weights == "int8" else "")
         + "; LayerNorms and biases in bf16"
-        + ("; embeddings/LM head int8 per row." if scheme.quantized else "."),
+        + (f"; embeddings/LM head {scheme.head} per row." if scheme.quantized else ".")
+        + (f" (groups of {HEAD_INT4_GROUP})" if scheme.head_bits == 4 else ""),
         f"- Shape: {cfg.n_layer} blocks, hidden {cfg.hidden_size}, {cfg.n_head} heads, vocabulary {cfg.vocab_size}.",
         f"- Bytes: {block_bytes:,} per block, {embed_bytes:,} for embeddings/head; a token streamed with nothing "
         f"resident reads {cfg.n_layer * block_bytes + embed_bytes:,} bytes.",
@@ -174,23 +180,31 @@ def prepare(
     force: bool = False,
     on_progress: Callable[[PrepareProgress], None] = lambda _p: None,
     should_stop: Callable[[], bool] = lambda: False,
+    *,
+    head: str = "int8",
 ) -> Path:
     """Write the prepared folder; returns its path. Raises UsageError/CheckpointError on bad input."""
     if weights not in SCHEMES:
         raise UsageError(f"--weights must be one of {', '.join(SCHEMES)}, got {weights!r}")
+    if head not in HEAD_SCHEMES:
+        raise UsageError(f"--head must be one of {', '.join(HEAD_SCHEMES)}, got {head!r}")
+    if head != "int8" and weights == "bf16":
+        raise UsageError("--head int4 needs --weights int8 or int4 (bf16 keeps the head in bf16)")
     source = resolve_model(model)
     checkpoint = Checkpoint.open(source)
     if checkpoint.scheme is not None:
         raise UsageError(f"{source} was already prepared ({checkpoint.scheme.weights}); prepare its source instead")
     cfg = checkpoint.config
-    scheme = Scheme(weights)
+    scheme = Scheme(weights, head=head)
+    if head == "int4" and (why := check_int4_shape(cfg.vocab_size, cfg.hidden_size, HEAD_INT4_GROUP)):
+        raise UsageError(f"an int4 head cannot store the embeddings ({cfg.vocab_size}x{cfg.hidden_size}): {why}")
     if weights == "int4":
         group = group_size or default_group_size(cfg.hidden_size)
         for name, shape in block_shapes(cfg).items():
             why = check_int4_shape(shape[0], shape[1], group) if name in MATRICES else None
             if why:
                 raise UsageError(f"int4 cannot store {name} ({shape[0]}x{shape[1]}): {why}; try int8")
-        scheme = Scheme("int4", group, INT4_ROWS)
+        scheme = Scheme("int4", group, INT4_ROWS, head=head)
     elif group_size is not None:
         if group_size not in INT4_GROUP_SIZES:
             raise UsageError(f"--group-size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")
@@ -227,9 +241,9 @@ def prepare(
 
     try:
         small = {name: read(ref).to(torch.bfloat16) for name, ref in checkpoint.small.items()}
-        embedding = _rows_int8("word_embeddings", read(checkpoint.embeddings), scheme)
+        embedding = _head_rows("word_embeddings", read(checkpoint.embeddings), scheme)
         if not checkpoint.tied:
-            embedding |= _rows_int8("lm_head", read(checkpoint.head), scheme)
+            embedding |= _head_rows("lm_head", read(checkpoint.head), scheme)
         emit("embeddings.safetensors", embedding | small, 1)
         del embedding
         for i, refs in enumerate(checkpoint.blocks):

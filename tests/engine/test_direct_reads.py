@@ -104,18 +104,21 @@ def test_direct_reads_match_transformers(tmp_path: Path, dtype: str, layout: str
     assert_parity(written, PROMPT, n=12, options=options)
 
 
-def test_prepared_folders_stream_directly_with_the_same_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("weights", "head", "preset"), [("int8", "int8", "small"), ("int4", "int4", "tiny")])
+def test_prepared_folders_stream_directly_with_the_same_ids(
+    tmp_path: Path, weights: str, head: str, preset: str
+) -> None:
     from bloomtui.engine.prepare import prepare
 
-    written = write_checkpoint(tmp_path / "m", preset="small", dtype="bfloat16")
-    out = tmp_path / "int8"
-    prepare(written.path, out, "int8")
+    written = write_checkpoint(tmp_path / "m", preset=preset, dtype="bfloat16")  # int4: hidden a multiple of 64
+    out = tmp_path / weights
+    prepare(written.path, out, weights, head=head)
     ids = {}
     for reads in ("cached", "direct"):
         engine = Engine.open(out, _all_streamed(out, reads, itemsize=2))
         try:
             assert engine.store.reads.direct == (reads == "direct")
-            assert not engine.model_plan.plan.head_resident  # int8 head rows with their scales, in chunks
+            assert not engine.model_plan.plan.head_resident  # head rows with their scales, in chunks
             ids[reads] = engine.generate(PROMPT, PARAMS).token_ids
         finally:
             engine.close()

@@ -41,7 +41,6 @@ def folder_digest(folder: Path) -> str:
 def dequantised_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The prepared folder's weights as fp32, dequantised from its files: the oracle's inputs."""
     config = json.loads((folder / "config.json").read_text())
-    scheme = config["quantization_config"]
     raw: dict[str, torch.Tensor] = {}
     for path in folder.glob("*.safetensors"):
         with safe_open(str(path), "pt") as f:
@@ -59,7 +58,7 @@ def dequantised_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             state[base + "weight"] = t.float() * scales[:, None]
         else:
             n, k = t.shape[0], t.shape[1] * 2
-            codes = unpack_int4(t, k).float().view(n, k // scheme["group_size"], -1)
+            codes = unpack_int4(t, k).float().view(n, scales.shape[1], -1)  # the head's groups are its own
             w = (codes - 8) * scales[:, :, 0][..., None] + scales[:, :, 1][..., None]
             state[base + "weight"] = w.view(n, k)
     return config, state
@@ -90,12 +89,13 @@ def run(folder: Path, n: int = 12, **options) -> tuple[list[int], list[float], E
     return list(result.token_ids), [t.logprob for t in tokens], ids
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
-def test_prepared_equals_dequantised_reference(tmp_path, weights) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("weights", "head"), [("bf16", "int8"), ("int8", "int8"), ("int4", "int8"), ("int4", "int4")])
+def test_prepared_equals_dequantised_reference(tmp_path, weights, head) -> None:  # noqa: ANN001
     source = write_checkpoint(tmp_path / "src", preset="tiny", layout="safetensors", dtype="float32", init_std=0.08)
-    out = prepare(source.path, tmp_path / "out", weights)
+    out = prepare(source.path, tmp_path / "out", weights, head=head)
     ckpt = Checkpoint.open(out)
-    assert ckpt.scheme.weights == weights
+    stored = {"bf16": torch.bfloat16, "int8": torch.int8, "int4": torch.uint8}["bf16" if weights == "bf16" else head]
+    assert ckpt.scheme.weights == weights and ckpt.head.dtype == stored
     ids, logprobs, prompt_ids = run(out, dtype="float32")
     want_ids, want_lp = reference_greedy(oracle_for(out), prompt_ids, 12)
     assert ids == want_ids
@@ -122,11 +122,13 @@ def test_every_layout_and_dtype_prepares(tmp_path, layout, dtype) -> None:  # no
     assert len(ids) == 4
 
 
-@pytest.mark.parametrize("weights", ["int8", "int4"])
+@pytest.mark.parametrize(("weights", "head"), [("int8", "int8"), ("int4", "int8"), ("int4", "int4")])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_streamed_equals_resident(tmp_path, weights, dtype) -> None:  # noqa: ANN001
+def test_streamed_equals_resident(tmp_path, weights, head, dtype) -> None:  # noqa: ANN001
+    """Streamed head chunks (read into slots in fp32, mapped in bf16) and streamed embedding rows give what the
+    resident ones give."""
     source = write_checkpoint(tmp_path / "src", preset="tiny", dtype="float32", init_std=0.08)
-    out = prepare(source.path, tmp_path / "out", weights)
+    out = prepare(source.path, tmp_path / "out", weights, head=head)
     ckpt = Checkpoint.open(out)
     itemsize = torch.tensor([], dtype=getattr(torch, dtype)).element_size()
     resident = run(out, dtype=dtype)

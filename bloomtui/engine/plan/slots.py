@@ -19,9 +19,11 @@ def unit_pieces(checkpoint: Checkpoint, plan: ResidencyPlan, unit: Unit) -> list
     if unit[0] == "block":
         return [Piece(name, ref) for name, ref in checkpoint.blocks[unit[1]].items()]
     r0, r1 = plan.head_chunk_range(unit[1])
-    row = checkpoint.head.shape[1]
+    row, scale_row = checkpoint.head_row
     pieces = [Piece("head", checkpoint.head, r0 * row, (r1 - r0) * row)]
-    return pieces + ([Piece("scales", checkpoint.head_scales, r0, r1 - r0)] if checkpoint.head_scales else [])
+    if checkpoint.head_scales is None:
+        return pieces
+    return [*pieces, Piece("scales", checkpoint.head_scales, r0 * scale_row, (r1 - r0) * scale_row)]
 
 
 def direct_layouts(checkpoint: Checkpoint, plan: ResidencyPlan) -> dict[Unit, SpanLayout]:

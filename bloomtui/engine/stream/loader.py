@@ -62,9 +62,17 @@ def assemble(raw: dict[str, Tensor], scheme: Scheme | None) -> Weights:
     return weights
 
 
-def int8_rows(q: Tensor, scales: Tensor | None) -> Weight:
-    """An embedding/head matrix (or rows of it) as held: plain, or int8 rows with their scales."""
-    return q if scales is None else QuantizedLinear(8, q, scales, 0, tuple(q.shape))
+def head_rows(q: Tensor, scales: Tensor | None) -> Weight:
+    """An embedding/head matrix (or rows of it) as held: plain, int8 rows with a scale each, or int4 rows (codes
+    [rows, hidden/2]) with their (scale, zero) pairs (any shape holding [rows, groups, 2])."""
+    if scales is None:
+        return q
+    rows = q.shape[0]
+    if q.dtype == torch.uint8:
+        pairs = scales.reshape(rows, -1, 2)
+        hidden = 2 * q.shape[1]
+        return QuantizedLinear(4, q, pairs, hidden // pairs.shape[1], (rows, hidden))
+    return QuantizedLinear(8, q, scales.reshape(rows), 0, tuple(q.shape))
 
 
 class Slot:
@@ -88,7 +96,7 @@ class Slot:
     def head_chunk(self, rows: int, head: TensorRef, scales: TensorRef | None) -> tuple[Tensor, Tensor | None]:
         """Views for `rows` rows of the head (and their scales) at the start of the buffer."""
         matrix, end = self._carve(0, (rows, head.shape[1]), ram_dtype(head, self._dtype))
-        return matrix, (None if scales is None else self._carve(end, (rows,), self._dtype)[0])
+        return matrix, (None if scales is None else self._carve(end, (rows, *scales.shape[1:]), self._dtype)[0])
 
 
 @dataclass
@@ -159,7 +167,7 @@ class WeightStore:
             elif what.startswith("block"):
                 self.blocks[int(what.split()[1])] = assemble(tensors, ckpt.scheme)
             else:
-                self.head = int8_rows(tensors["head"], tensors.get("scales"))
+                self.head = head_rows(tensors["head"], tensors.get("scales"))
                 if ckpt.tied:
                     self._embedding_rows = (tensors["head"], tensors.get("scales"))
         on_progress(done, total, "done")
@@ -178,20 +186,28 @@ class WeightStore:
     def embed_rows(self, ids: list[int]) -> tuple[Tensor, int]:
         """Embedding rows for ids (T, H) in the compute dtype, and bytes read from disk for them."""
         index = torch.tensor(ids)
+        nbytes = 0
         if self._embedding_rows is not None:
             matrix, scales = self._embedding_rows
-            rows = matrix[index]
-            return (rows if scales is None else rows.to(self.dtype) * scales[index, None]), 0
-        emb, scale_ref = self.checkpoint.embeddings, self.checkpoint.embedding_scales
-        self.guard.check(emb.path)
-        hidden = emb.shape[1]
-        rows = torch.empty((len(ids), hidden), dtype=ram_dtype(emb, self.dtype))
-        nbytes = sum(self.reader.read_range(emb, i * hidden, hidden, rows[j]) for j, i in enumerate(ids))
-        if scale_ref is None:
-            return rows, nbytes
-        scales = torch.empty(len(ids), dtype=self.dtype)
-        nbytes += sum(self.reader.read_range(scale_ref, i, 1, scales[j : j + 1]) for j, i in enumerate(ids))
-        return rows.to(self.dtype) * scales[:, None], nbytes
+            rows, scale_rows = matrix[index], (None if scales is None else scales[index])
+        else:
+            emb, scale_ref = self.checkpoint.embeddings, self.checkpoint.embedding_scales
+            self.guard.check(emb.path)
+            row, scale_row = self.checkpoint.head_row
+            rows = torch.empty((len(ids), row), dtype=ram_dtype(emb, self.dtype))
+            nbytes = sum(self.reader.read_range(emb, i * row, row, rows[j]) for j, i in enumerate(ids))
+            scale_rows = None
+            if scale_ref is not None:
+                scale_rows = torch.empty((len(ids), scale_row), dtype=self.dtype)
+                reads = (
+                    self.reader.read_range(scale_ref, i * scale_row, scale_row, scale_rows[j])
+                    for j, i in enumerate(ids)
+                )
+                nbytes += sum(reads)
+        weight = head_rows(rows, scale_rows)
+        if isinstance(weight, QuantizedLinear):
+            return weight.dequantize_rows(0, len(ids), self.dtype), nbytes
+        return weight, nbytes
 
     def pass_units(self) -> list[Unit]:
         return self.plan.pass_units()
@@ -310,12 +326,13 @@ class Prefetcher:
             nbytes = sum(self._reader.read(ref, slot.raw[n], self._stopping) for n, ref in refs.items())
             return Fetched(unit, slot.block, None, nbytes, 0.0, slot, [])
         r0, r1 = store.head_chunk_range(index)
-        hidden = ckpt.head.shape[1]
+        row, scale_row = ckpt.head_row
         chunk, scales = slot.head_chunk(r1 - r0, ckpt.head, ckpt.head_scales)
-        nbytes = self._reader.read_range(ckpt.head, r0 * hidden, (r1 - r0) * hidden, chunk, self._stopping)
+        nbytes = self._reader.read_range(ckpt.head, r0 * row, (r1 - r0) * row, chunk, self._stopping)
         if scales is not None:
-            nbytes += self._reader.read_range(ckpt.head_scales, r0, r1 - r0, scales, self._stopping)
-        return Fetched(unit, None, int8_rows(chunk, scales), nbytes, 0.0, slot, [])
+            count = (r1 - r0) * scale_row
+            nbytes += self._reader.read_range(ckpt.head_scales, r0 * scale_row, count, scales, self._stopping)
+        return Fetched(unit, None, head_rows(chunk, scales), nbytes, 0.0, slot, [])
 
     def _read_spans(self, unit: Unit, buffer: Tensor) -> Fetched:
         assert self._direct is not None
@@ -326,7 +343,7 @@ class Prefetcher:
             return Fetched(unit, assemble(views, self._store.checkpoint.scheme), None, nbytes, 0.0, buffer, [])
         r0, r1 = self._store.head_chunk_range(unit[1])
         matrix = views["head"].view(r1 - r0, -1)
-        return Fetched(unit, None, int8_rows(matrix, views.get("scales")), nbytes, 0.0, buffer, [])
+        return Fetched(unit, None, head_rows(matrix, views.get("scales")), nbytes, 0.0, buffer, [])
 
     def _map(self, unit: Unit) -> Fetched:
         kind, index = unit
@@ -339,15 +356,15 @@ class Prefetcher:
         else:
             r0, r1 = self._store.head_chunk_range(index)
             head, scales = ckpt.head, ckpt.head_scales
-            row = head.shape[1]
+            row, scale_row = ckpt.head_row
             spans = [(head, head.offset + r0 * row * head.dtype.itemsize, (r1 - r0) * row * head.dtype.itemsize)]
             matrix = maps.view(head, r0 * row, (r1 - r0) * row).view(r1 - r0, row)
             scale_rows = None
             if scales is not None:
-                item = scales.dtype.itemsize
+                item = scales.dtype.itemsize * scale_row
                 spans.append((scales, scales.offset + r0 * item, (r1 - r0) * item))
-                scale_rows = maps.view(scales, r0, r1 - r0)
-            weights, tensor = None, int8_rows(matrix, scale_rows)
+                scale_rows = maps.view(scales, r0 * scale_row, (r1 - r0) * scale_row)
+            weights, tensor = None, head_rows(matrix, scale_rows)
         for ref, start, length in spans:
             maps.populate(ref, start, length, self._stopping)
         return Fetched(unit, weights, tensor, sum(length for _, _, length in spans), 0.0, None, spans)

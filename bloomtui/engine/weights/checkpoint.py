@@ -9,13 +9,14 @@ and nothing is ever written into the folder.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bloomtui.engine.weights.config import BloomConfig, Scheme
+from bloomtui.engine.weights.config import HEAD_INT4_GROUP, BloomConfig, Scheme
 from bloomtui.engine.weights.quant import INT4_ROWS
 from bloomtui.engine.weights.tensorfile import TensorRef, index_file
 from bloomtui.errors import CheckpointError, ConfigError
@@ -84,8 +85,16 @@ class Checkpoint:
     head: TensorRef
     """The LM head matrix: `lm_head.weight` when stored and untied, else the word embeddings."""
     embedding_scales: TensorRef | None = None
-    """Per-row scales of int8 embeddings (prepared folders), else None."""
+    """Per-row scales of quantised embeddings (prepared folders): [rows] for int8, [rows, groups, 2] (scale,
+    zero) for int4 rows; else None."""
     head_scales: TensorRef | None = None
+
+    @property
+    def head_row(self) -> tuple[int, int]:
+        """Stored elements per head row: (of the matrix, of its scales; 0 when it has none). The head and the
+        embeddings are stored alike."""
+        scales = 0 if self.head_scales is None else math.prod(self.head_scales.shape[1:])
+        return self.head.shape[1], scales
 
     @property
     def scheme(self) -> Scheme | None:
@@ -182,6 +191,9 @@ class Checkpoint:
         rows_quantized = config.scheme is not None and config.scheme.quantized
 
         def matrix(prefix: str) -> tuple[TensorRef, TensorRef | None]:
+            if rows_quantized and config.scheme.head == "int4":  # int4 rows, (scale, zero) per group
+                groups = h // HEAD_INT4_GROUP
+                return take(f"{prefix}.qweight", (v, h // 2), torch.uint8), take(f"{prefix}.scales", (v, groups, 2))
             if rows_quantized:  # int8 rows with one scale each
                 return take(f"{prefix}.qweight", (v, h), torch.int8), take(f"{prefix}.scales", (v,))
             return take(f"{prefix}.weight", (v, h)), None

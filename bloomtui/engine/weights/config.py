@@ -22,6 +22,10 @@ TRAINING_CONTEXT = 2048
 COMPUTE_DTYPES = ("float32", "bfloat16")
 QUANT_METHOD = "bloomtui"
 SCHEMES = ("bf16", "int8", "int4")
+HEAD_SCHEMES = ("int8", "int4")
+HEAD_INT4_GROUP = 32
+"""Inputs per (scale, zero) of int4 embedding/head rows: the head decides every token's logits, so its groups
+are the smallest (5 bits a weight with the bf16 pairs)."""
 FORMAT_VERSION = 2
 """The prepared-folder format `prepare` writes: 2 stores int4 in the rows layout (quant.py), 1 (no version
 recorded) in torch's CPU packing, still read (repacked as it loads)."""
@@ -32,11 +36,20 @@ class Scheme:
     """How a folder written by `bloomtui prepare` stores its weights (config.json's quantization_config)."""
 
     weights: str
-    """"bf16", "int8" or "int4" for the four matrices of each block; embeddings/head are int8 unless bf16."""
+    """"bf16", "int8" or "int4" for the four matrices of each block."""
     group_size: int | None = None
     int4_layout: str | None = None
     """The int4 layout: quant.INT4_ROWS, or (format 1) torch's packing on the CPU that prepared it."""
     format_version: int = FORMAT_VERSION
+    head: str = "int8"
+    """How the embeddings (and an untied LM head) are stored when the blocks are quantised: "int8" rows with a
+    scale each, or "int4" rows in the int4 layout with groups of HEAD_INT4_GROUP (format 2 only). bf16 folders
+    keep them in bf16."""
+
+    @property
+    def head_bits(self) -> int:
+        """16, 8 or 4: the bits of the embedding/head rows."""
+        return 16 if not self.quantized else 4 if self.head == "int4" else 8
 
     @property
     def quantized(self) -> bool:
@@ -52,6 +65,8 @@ class Scheme:
             data["group_size"] = self.group_size
         if self.int4_layout:
             data["int4_layout"] = self.int4_layout
+        if self.head != "int8":
+            data["head"] = self.head
         return data
 
     @classmethod
@@ -69,7 +84,10 @@ class Scheme:
                 f"{source}: prepared in format {version!r} by a newer bloomtui (this one reads up to "
                 f"{FORMAT_VERSION}); upgrade bloomtui, or prepare the model again with this one"
             )
-        return cls(raw["weights"], group, raw.get("int4_layout"), version)
+        head = raw.get("head", "int8")
+        if head not in HEAD_SCHEMES or (head == "int4" and (raw["weights"] == "bf16" or version < 2)):
+            raise ConfigError(f"{source}: quantization_config head {head!r} is not one bloomtui reads")
+        return cls(raw["weights"], group, raw.get("int4_layout"), version, head)
 
 
 @dataclass(frozen=True)
