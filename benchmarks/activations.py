@@ -121,7 +121,7 @@ def section(rows: list[str], args: argparse.Namespace, chars: int) -> str:
         f"`python -m benchmarks.activations --tokens {args.tokens}` ({commit_stamp()}, {cpu_summary()}; kernels: "
         f"{built.isa + ' build, integer dots by ' + built.int_isa if built else 'none'}). The same folder opened "
         f"twice (first: `--activations exact`, second: `--activations int8`; in the reference rows first: exact in "
-        "fp32, second: exact in bf16), wholly resident; the first {chars} characters of the held-out text read one "
+        f"fp32, second: exact in bf16), wholly resident; the first {chars} characters of the held-out text read one "
         "token per decode pass; KL(first || second) in nats per position; greedy: "
         f"{args.tokens} tokens from one prompt with each.",
         "",

@@ -182,8 +182,7 @@ def commit_stamp() -> str:
     return f"commit {commit.strip()}, {time.strftime('%Y-%m-%d')}"
 
 
-def cpu_summary() -> str:
-    """The CPU's name, cores and widest vector extension, for a section measured on this machine alone."""
+def _cpu() -> tuple[str, set[str]]:
     name, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -193,6 +192,13 @@ def cpu_summary() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_family() -> str:
+    """The CPU family the kernels care about: the widest vector extension, and the integer-dot and matrix
+    units beside it."""
+    flags = _cpu()[1]
     if "avx512_bf16" in flags or "amx_bf16" in flags:
         vector = "AVX512-BF16"
     elif "avx512f" in flags:
@@ -200,8 +206,15 @@ def cpu_summary() -> str:
     elif "avx2" in flags:
         vector = "AVX2 (no AVX512)"
     else:
-        vector = "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {vector}"
+        return "no AVX2"
+    extras = [label for flag, label in (("amx_tile", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
+              if flag in flags]  # fmt: skip
+    return " + ".join([vector, *extras])
+
+
+def cpu_summary() -> str:
+    """The CPU's name, cores and family, for a section measured on this machine alone."""
+    return f"{_cpu()[0]}, {os.cpu_count()} cores, {cpu_family()}"
 
 
 def budget_arg(text: str, model: Path) -> int | None:

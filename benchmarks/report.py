@@ -217,7 +217,8 @@ def markdown(raw: dict, chart: Path | None) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})",
+        f"- CPU: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}); family: "
+        f"{m.get('cpu_family', 'not recorded')} (the figures below are this family's)",
         f"- RAM: {format_size(m['ram'])}; disk: {m['disk']}",
         f"- {m['os']}, Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"accelerate {m['accelerate']}",

@@ -20,7 +20,17 @@ from pathlib import Path
 import psutil
 
 from benchmarks import checkpoints
-from benchmarks.common import BIG_BUDGET, HELDOUT, REPO, evict, full_bytes, minimum_bytes, quarter_bytes, weight_files
+from benchmarks.common import (
+    BIG_BUDGET,
+    HELDOUT,
+    REPO,
+    cpu_family,
+    evict,
+    full_bytes,
+    minimum_bytes,
+    quarter_bytes,
+    weight_files,
+)
 from benchmarks.jobs import BLOOMTUI_ENV, DEFAULT_WORK, Job, env_label, run_job
 from bloomtui import demo_models
 
@@ -279,6 +289,7 @@ def machine_info(work: Path) -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_family": cpu_family(),
         "cores": os.cpu_count(),
         "ram": psutil.virtual_memory().total,
         "disk": disk,

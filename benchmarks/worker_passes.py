@@ -20,8 +20,12 @@ ROWS = (5, 9)
 
 def run_bigblock(args: argparse.Namespace) -> dict:
     """Cold read of each full-width block, then the compute of one block for prefill and 1-token decode.
-    Works on bf16 checkpoints and on prepared (int8/int4) folders, whose matrices run on the fused kernels."""
+    Works on bf16 checkpoints and on prepared (int8/int4) folders; the multiplies go the way a pass's go (the
+    native few-row kernels this machine chose, fp32 tiles for prefill where its bf16 GEMM is slow)."""
+    from bloomtui.engine.compute.cpu_profile import multiplies_upcast
+    from bloomtui.engine.compute.matmul import Matmul
     from bloomtui.engine.compute.model import Alibi, KVCache, block_forward
+    from bloomtui.engine.compute.native import chosen
     from bloomtui.engine.plan.model_plan import compute_dtype
     from bloomtui.engine.plan.residency import ram_dtype
     from bloomtui.engine.stream.loader import assemble
@@ -55,15 +59,16 @@ def run_bigblock(args: argparse.Namespace) -> dict:
     alibi = Alibi(cfg.n_head, dtype, ctx + max(ROWS) + 1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
+    few, many = Matmul(native=chosen()), Matmul(upcast=multiplies_upcast(dtype), native=chosen())
     with torch.inference_mode():
         t0 = time.perf_counter()
-        block_forward(x, weights, cache, 0, alibi, cfg)
+        block_forward(x, weights, cache, 0, alibi, cfg, many)
         prefill_s = time.perf_counter() - t0
         decode_s = []
         x1 = x[-1:].clone()
         for _ in range(args.reps):
             t0 = time.perf_counter()
-            block_forward(x1, weights, cache, ctx, alibi, cfg)
+            block_forward(x1, weights, cache, ctx, alibi, cfg, few)
             decode_s.append(time.perf_counter() - t0)
         # A verify pass of K drafted tokens: K + 1 rows, multiplied as decoding multiplies (no fp32 tiles).
         rows_s: dict[str, list[float]] = {}
@@ -71,7 +76,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
             rows_s[str(rows)] = []
             for _ in range(args.reps):
                 t0 = time.perf_counter()
-                block_forward(x[:rows], weights, cache, ctx, alibi, cfg)
+                block_forward(x[:rows], weights, cache, ctx, alibi, cfg, few)  # as a verify pass multiplies
                 rows_s[str(rows)].append(time.perf_counter() - t0)
     say(f"decode compute per block: {sorted(decode_s)}; rows: {rows_s}")
     return {
