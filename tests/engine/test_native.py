@@ -202,19 +202,25 @@ def test_a_family_can_be_forced_where_the_cpu_runs_it(monkeypatch) -> None:  # n
     monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})  # an AVX2-only desktop
     assert native.family_arch("avx2") == native.FAMILIES["avx2"][0]
     assert "lacks avx512_bf16" in native.family_arch("avx512-bf16")
-    assert "not 0, 1 or one of avx2, avx512, avx512-bf16" in native.family_arch("sse")
+    assert "not 0, 1 or one of avx2, avx2-vnni, avx512, avx512-bf16" in native.family_arch("sse")
     monkeypatch.undo()
     runnable = [family for family in native.FAMILIES if not isinstance(native.family_arch(family), str)]
     if not runnable:
         pytest.skip("this CPU runs none of the families' kernels")
-    for family, isa in (("avx2", "AVX2"), ("avx512", "AVX-512"), ("avx512-bf16", "AVX-512 BF16")):
+    families = (
+        ("avx2", "AVX2", "VPMADDUBSW (AVX2)"),
+        ("avx2-vnni", "AVX2", "VPDPBUSD (AVX-VNNI)"),
+        ("avx512", "AVX-512", "VPMADDUBSW (AVX2)"),
+        ("avx512-bf16", "AVX-512 BF16", "VPDPBUSD (AVX-512 VNNI)"),
+    )
+    for family, isa, int_isa in families:
         if family not in runnable:
             continue
         monkeypatch.setenv("BLOOMTUI_NATIVE", family)
         native.forget()
         try:
             built = native.kernels()
-            assert built is not None and built.isa == isa
+            assert built is not None and built.isa == isa and built.int_isa == int_isa
             assert f"forced: BLOOMTUI_NATIVE={family}" in native.describe()
         finally:
             native.forget()

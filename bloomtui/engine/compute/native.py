@@ -53,6 +53,7 @@ K_MULTIPLE = 64
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
 FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     "avx2": (("-march=haswell",), frozenset({"avx2", "fma", "f16c"})),
+    "avx2-vnni": (("-march=haswell", "-mavxvnni"), frozenset({"avx2", "fma", "f16c", "avx_vnni"})),
     "avx512": (("-march=skylake-avx512",), frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"})),
     "avx512-bf16": (
         ("-march=cooperlake",),
@@ -61,7 +62,8 @@ FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
 }
 """The CPU families the kernels have paths for: (compiler flags, the /proc/cpuinfo flags a CPU needs to run
 them). Each -march names the family's first CPU (Haswell: AVX2 + FMA; Skylake-SP: AVX-512 without BF16;
-Cooper Lake: AVX-512 BF16), so a build holds no instruction from a later one."""
+Cooper Lake: AVX-512 BF16), so a build holds no instruction from a later one; avx2-vnni adds AVX-VNNI to Haswell's
+(Alder Lake and later desktops, Zen 5: VPDPBUSD on 256-bit registers without AVX-512)."""
 _why_not = ""
 
 
