@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.weights.quant import INT4_ROWS
+from bloomtui.engine.weights.config import INT4_ROWS
 
 N_BLOCKS = 70
 HIDDEN = 14336

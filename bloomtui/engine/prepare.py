@@ -24,11 +24,10 @@ from torch import Tensor
 from bloomtui import __version__
 from bloomtui.engine.io.reader import TensorReader
 from bloomtui.engine.weights.checkpoint import BLOCK_TENSORS, MATRICES, SMALL_TENSORS, Checkpoint, block_shapes
-from bloomtui.engine.weights.config import HEAD_INT4_GROUP, HEAD_SCHEMES, QUANT_METHOD, SCHEMES, Scheme
+from bloomtui.engine.weights.config import HEAD_INT4_GROUP, HEAD_SCHEMES, INT4_ROWS, QUANT_METHOD, SCHEMES, Scheme
 from bloomtui.engine.weights.hub import resolve_model
 from bloomtui.engine.weights.quant import (
     INT4_GROUP_SIZES,
-    INT4_ROWS,
     check_int4_shape,
     int4_codes,
     pack_int4,

@@ -282,5 +282,9 @@ def test_a_format_1_int4_folder_runs_repacked_and_says_so(tmp_path) -> None:  # 
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match="by a newer bloomtui"):
         Engine.open(out)
+    config["quantization_config"] |= {"format_version": 1, "int4_layout": "torch-cpu-int4pack/rows64"}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="int4_layout 'torch-cpu-int4pack/rows64' is not one bloomtui reads"):
+        Engine.open(out)  # a damaged layout string: said when the config is read, not deep in a load
     with pytest.raises(UsageError, match="activations must be one of auto, exact, int8"):
         Engine.open(tmp_path / "old", EngineOptions(activations="int4"))

@@ -32,7 +32,7 @@ TILE_BYTES = 128 * 1024**2
 
 @dataclass
 class QuantizedLinear:
-    """A weight-only quantised matrix [out, in] in the layout torch's CPU kernels take.
+    """A weight-only quantised matrix [out, in] in the layouts the native kernels take (and, for int8, torch's).
 
     int8: `qweight` int8 [out, in], `scales` [out] (symmetric, per output channel).
     int4: `qweight` uint8 [out, in/2] in the rows layout (quant.py), `scales` [out, in/group, 2] (scale, zero)

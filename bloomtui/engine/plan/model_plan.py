@@ -18,9 +18,9 @@ from bloomtui.engine.plan.read_choice import ReadChoice, read_choice, read_mode
 from bloomtui.engine.plan.residency import ResidencyPlan, plan_residency
 from bloomtui.engine.plan.slots import slot_extra
 from bloomtui.engine.weights.checkpoint import Checkpoint
+from bloomtui.engine.weights.config import INT4_ROWS
 from bloomtui.engine.weights.generation_config import GenerationDefaults
 from bloomtui.engine.weights.hub import resolve_model
-from bloomtui.engine.weights.quant import INT4_ROWS
 from bloomtui.errors import BudgetError, UsageError
 from bloomtui.sizes import format_size
 

@@ -35,8 +35,8 @@ from bloomtui.engine.plan.model_plan import ModelPlan
 from bloomtui.engine.plan.residency import STREAM_SLOTS, ram_dtype, streamed_refs
 from bloomtui.engine.plan.slots import Unit, direct_layouts
 from bloomtui.engine.weights.checkpoint import MATRICES, Checkpoint
-from bloomtui.engine.weights.config import Scheme
-from bloomtui.engine.weights.quant import INT4_ROWS, from_torch_packing
+from bloomtui.engine.weights.config import INT4_ROWS, Scheme
+from bloomtui.engine.weights.quant import from_torch_packing
 from bloomtui.engine.weights.tensorfile import TensorRef
 from bloomtui.errors import CancelRequested
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bloomtui.engine.weights.config import HEAD_INT4_GROUP, BloomConfig, Scheme
-from bloomtui.engine.weights.quant import INT4_ROWS
+from bloomtui.engine.weights.config import HEAD_INT4_GROUP, INT4_ROWS, BloomConfig, Scheme
 from bloomtui.engine.weights.tensorfile import TensorRef, index_file
 from bloomtui.errors import CheckpointError, ConfigError
 

@@ -22,6 +22,26 @@ TRAINING_CONTEXT = 2048
 COMPUTE_DTYPES = ("float32", "bfloat16")
 QUANT_METHOD = "bloomtui"
 SCHEMES = ("bf16", "int8", "int4")
+INT4_ROWS = "bloomtui-rows/chunk64"
+"""The int4 layout `prepare` writes (format 2), as recorded in a prepared config's int4_layout."""
+
+
+@dataclass(frozen=True)
+class TorchInt4Layout:
+    """Where torch's int4 packing (format 1 folders) puts each weight: the packed bytes are [out/rows, in, rows/2],
+    and nibble p of a (row block, input) run (low nibble first) holds row `order[p]` of that block."""
+
+    rows: int
+    order: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> TorchInt4Layout:
+        kind, rows, order = text.split("/")
+        if kind != "torch-cpu-int4pack":
+            raise ValueError(f"unknown int4 layout {text!r}")
+        return cls(int(rows.removeprefix("rows")), tuple(int(i) for i in order.split(",")))
+
+
 HEAD_SCHEMES = ("int8", "int4")
 HEAD_INT4_GROUP = 32
 """Inputs per (scale, zero) of int4 embedding/head rows: the head decides every token's logits, so its groups
@@ -39,7 +59,7 @@ class Scheme:
     """"bf16", "int8" or "int4" for the four matrices of each block."""
     group_size: int | None = None
     int4_layout: str | None = None
-    """The int4 layout: quant.INT4_ROWS, or (format 1) torch's packing on the CPU that prepared it."""
+    """The int4 layout: INT4_ROWS, or (format 1) torch's packing on the CPU that prepared it."""
     format_version: int = FORMAT_VERSION
     head: str = "int8"
     """How the embeddings (and an untied LM head) are stored when the blocks are quantised: "int8" rows with a
@@ -78,6 +98,12 @@ class Scheme:
         group = raw.get("group_size")
         if raw["weights"] == "int4" and (not isinstance(group, int) or not isinstance(raw.get("int4_layout"), str)):
             raise ConfigError(f"{source}: an int4 quantization_config needs group_size and int4_layout")
+        layout = raw.get("int4_layout")
+        if raw["weights"] == "int4" and layout != INT4_ROWS:
+            try:
+                TorchInt4Layout.parse(layout)  # format 1: repacked as it loads
+            except (ValueError, AttributeError):
+                raise ConfigError(f"{source}: int4_layout {layout!r} is not one bloomtui reads") from None
         version = raw.get("format_version", 1)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ConfigError(

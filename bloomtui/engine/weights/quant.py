@@ -2,7 +2,7 @@
 
 int8: symmetric, one scale per output channel (round to nearest): near lossless for BLOOM.
 int4: asymmetric, one (scale, zero) per group of `group_size` inputs of each output channel, w = (q - 8) * scale
-+ zero, in the rows layout (INT4_ROWS): each row's codes in 64-input chunks of 32 bytes, byte j of a chunk = code
++ zero, in the rows layout (config.INT4_ROWS): each row's codes in 64-input chunks of 32 bytes, byte j of a chunk = code
 j | code 32 + j << 4, and the (scale, zero) pairs [out, groups, 2]. The bytes are the same on every CPU, and one
 load gives the integer-dot kernels two whole 32-input blocks.
 
@@ -13,32 +13,14 @@ loads (see the loader), so an old folder runs anywhere, more slowly, and says so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
+
+from bloomtui.engine.weights.config import TorchInt4Layout
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 INT4_CHUNK = 64
 """Inputs per 32-byte run of codes: int4 matrices need in_features a multiple of it."""
-INT4_ROWS = "bloomtui-rows/chunk64"
-"""The int4 layout `prepare` writes (format 2), as recorded in a prepared config's int4_layout."""
-
-
-@dataclass(frozen=True)
-class TorchInt4Layout:
-    """Where torch's int4 packing (format 1 folders) puts each weight: the packed bytes are [out/rows, in, rows/2],
-    and nibble p of a (row block, input) run (low nibble first) holds row `order[p]` of that block."""
-
-    rows: int
-    order: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> TorchInt4Layout:
-        kind, rows, order = text.split("/")
-        if kind != "torch-cpu-int4pack":
-            raise ValueError(f"unknown int4 layout {text!r}")
-        return cls(int(rows.removeprefix("rows")), tuple(int(i) for i in order.split(",")))
 
 
 def _nibbles(packed: Tensor) -> Tensor:
