@@ -97,10 +97,33 @@ def test_matmul_takes_the_native_path_only_where_it_applies(kernels) -> None:  #
     int4 = QuantizedLinear(4, packed, pairs.bfloat16(), 64, (64, 128))
     assert torch.equal(mm(x[:1], int4), kernels.int4(x[:1], packed, pairs.bfloat16(), 64, None))
     assert torch.equal(mm(x, int4), eager(x, int4))  # many rows: dequantised tiles
-    fast = replace(kernels, q8_int4=True)
+    fast = replace(kernels, q8_int4=(True,) * 3)
     assert torch.equal(Matmul(native=fast)(x[:1], int4), kernels.int4(x[:1], packed, pairs.bfloat16(), 64, None, True))
     slower = replace(kernels, for_bf16=False)
     assert torch.equal(Matmul(native=slower)(x[:1], w), eager(x[:1], w))  # measured slower here: torch
+
+
+def test_the_integer_kernels_are_chosen_per_bucket_of_rows(kernels, monkeypatch) -> None:  # noqa: ANN001
+    """auto takes the integer-dot kernel only for the row counts where it measured faster; a call goes the way
+    its bucket (1, 2-4, 5-16 rows) was chosen; exact and int8 override the measurement."""
+    measured = native.NativeProfile(1.0, 2.0, 9.0, [2.0, 2.0, 2.0], [1.0, 3.0, 1.0], [2.0, 2.0, 2.0], [3.0, 1.0, 1.0])
+    monkeypatch.setattr(native, "kernels", lambda: kernels)
+    monkeypatch.setattr(native, "profile", lambda: measured)
+    native.chosen.cache_clear()
+    try:
+        auto = native.chosen("auto")
+        assert auto is not None and auto.q8_int8 == (True, False, True) and auto.q8_int4 == (False, True, True)
+        assert [auto.quantized(8, rows) for rows in (1, 2, 4, 5, 16)] == [True, False, False, True, True]
+        assert native.chosen("exact").q8_int8 == (False,) * 3 and native.chosen("int8").q8_int4 == (True,) * 3
+        assert "at 1, 5-16 rows, exact at 2-4" in native.describe("auto")
+    finally:
+        native.chosen.cache_clear()
+    gen = torch.Generator().manual_seed(0)
+    q, scales = quantize_int8(torch.randn(64, 128, generator=gen))
+    weight, mm = QuantizedLinear(8, q, scales.bfloat16(), 0, (64, 128)), Matmul(native=auto)
+    for rows, quantized in ((1, True), (3, False), (9, True)):
+        x = torch.randn(rows, 128, generator=gen).bfloat16()
+        assert torch.equal(mm(x, weight), kernels.int8(x, q, scales.bfloat16(), None, quantized))
 
 
 def _greedy(path: Path, monkeypatch: pytest.MonkeyPatch, kernels, **options):  # noqa: ANN001, ANN003, ANN202
@@ -141,7 +164,7 @@ def test_int8_activations_decode_close_to_the_exact_kernels(kernels, weights: st
     source = write_checkpoint(tmp_path / "src", preset="tiny", dtype="float32", init_std=0.08)
     out = prepare(source.path, tmp_path / weights, weights, group_size=64)
     exact_ids, exact_lp, _ = _greedy(out, monkeypatch, kernels)
-    ids, logprobs, _ = _greedy(out, monkeypatch, replace(kernels, q8_int8=True, q8_int4=True))
+    ids, logprobs, _ = _greedy(out, monkeypatch, replace(kernels, q8_int8=(True,) * 3, q8_int4=(True,) * 3))
     assert ids[:3] == exact_ids[:3]
     assert max(abs(a - b) for a, b in zip(logprobs[:3], exact_lp[:3], strict=True)) < 0.05
     assert logprobs != exact_lp  # the integer path did run

@@ -122,10 +122,11 @@ class Matmul:
         if not native.takes(x, w.shape[1]):
             return None
         if isinstance(w, QuantizedLinear):
+            quantized = native.quantized(w.bits, x.shape[0])
             if w.bits == 4:
-                return native.int4(x, w.qweight, w.scales, w.group_size, b, native.q8_int4)
-            if native.q8_int8 or native.for_int8:
-                return native.int8(x, w.qweight, w.scales, b, native.q8_int8)
+                return native.int4(x, w.qweight, w.scales, w.group_size, b, quantized)
+            if quantized or native.for_int8:
+                return native.int8(x, w.qweight, w.scales, b, quantized)
             return None
         if native.for_bf16 and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16:
             return native.bf16(x, w, b)

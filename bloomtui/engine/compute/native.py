@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -49,6 +50,16 @@ SOURCES = (HERE / "native_gemv.c", HERE / "native_q8.c")
 HEADERS = (HERE / "native_common.h",)
 MAX_ROWS = 16
 """Rows the native kernels take in one call; more (prefill, big trees) are GEMM work for torch."""
+ROW_BUCKETS = (1, 4, MAX_ROWS)
+"""Row counts the exact and integer-dot kernels are timed at: a call of r rows takes the choice made for the first
+bucket >= r (decoding one row, a verify pass or a few sequences, a batch). The faster one differs: on the Xeon's
+AVX-512 build int8 with int8 inputs wins at 1 and 16 rows and loses at 4."""
+
+
+def bucket(rows: int) -> int:
+    return next((i for i, top in enumerate(ROW_BUCKETS) if rows <= top), len(ROW_BUCKETS) - 1)
+
+
 K_MULTIPLE = 64
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
 FAMILIES: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
@@ -170,10 +181,14 @@ class NativeKernels:
     """Used for bf16 matrices (measured faster than torch's one-row kernels here) ..."""
     for_int8: bool = True
     """... for int8 ones with exact inputs (else torch's) ..."""
-    q8_int8: bool = False
-    """... int8 ones with the inputs quantised to int8 (native_q8.c) ..."""
-    q8_int4: bool = False
+    q8_int8: tuple[bool, ...] = (False,) * 3
+    """... int8 ones with the inputs quantised to int8 (native_q8.c), per bucket of ROW_BUCKETS ..."""
+    q8_int4: tuple[bool, ...] = (False,) * 3
     """... and int4 ones likewise (else the exact int4 kernel: nothing else reads the int4 layout fast)."""
+
+    def quantized(self, bits: int, rows: int) -> bool:
+        """Whether a call of `rows` rows on `bits`-bit weights takes the integer-dot kernel."""
+        return (self.q8_int8 if bits == 8 else self.q8_int4)[bucket(rows)]
 
     def takes(self, x: Tensor, in_features: int) -> bool:
         return x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and in_features % K_MULTIPLE == 0 and x.dtype in _DTYPE_CODE
@@ -288,16 +303,16 @@ _SWEEP = (12, 4096, 1024)
 
 @dataclass(frozen=True)
 class NativeProfile:
-    """Milliseconds per sweep of one row through _SWEEP's matrices: the native kernels against torch's best
-    one-row way, and the exact kernels against the integer-dot ones."""
+    """Milliseconds per sweep through _SWEEP's matrices: one row through the native kernels against torch's best
+    one-row way, and the exact kernels against the integer-dot ones at each of ROW_BUCKETS' row counts."""
 
     bf16_native_ms: float
     bf16_torch_ms: float
-    int8_native_ms: float
     int8_torch_ms: float
-    int8_q8_ms: float
-    int4_native_ms: float
-    int4_q8_ms: float
+    int8_native_ms: list[float]
+    int8_q8_ms: list[float]
+    int4_native_ms: list[float]
+    int4_q8_ms: list[float]
 
 
 def _paired_ms(fns: list, mats: list, rounds: int = 5) -> list[float]:  # noqa: ANN001
@@ -314,10 +329,18 @@ def _paired_ms(fns: list, mats: list, rounds: int = 5) -> list[float]:  # noqa: 
     return [t * 1e3 for t in best]
 
 
+def _exact_and_integer(
+    call: Callable[[Tensor, tuple, bool], Tensor], xs: list[Tensor], mats: list
+) -> list[list[float]]:
+    """Per input in xs: [exact ms, integer-dot ms] of call(x, matrix, quantized) over the matrices, paired."""
+    return [_paired_ms([lambda q, x=x: call(x, q, False), lambda q, x=x: call(x, q, True)], mats) for x in xs]
+
+
 def measure(native: NativeKernels) -> NativeProfile:
     count, n, k = _SWEEP
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, k, generator=gen).bfloat16()
+    xs = [torch.randn(rows, k, generator=gen).bfloat16() for rows in ROW_BUCKETS]
+    x = xs[0]
     mats = [torch.randn(n, k, generator=gen).bfloat16() for _ in range(count)]
     mv, linear, native_bf16 = _paired_ms(
         [lambda w: torch.mv(w, x[0]), lambda w: F.linear(x, w), lambda w: native.bf16(x, w, None)], mats
@@ -327,25 +350,24 @@ def measure(native: NativeKernels) -> NativeProfile:
         (torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), torch.rand(n).bfloat16())
         for _ in range(count)
     ]
-    int8 = _paired_ms(
-        [
-            lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1]),
-            lambda q: native.int8(x, q[0], q[1], None),
-            lambda q: native.int8(x, q[0], q[1], None, quantized=True),
-        ],
-        q8,
-    )
+    (int8_torch,) = _paired_ms([lambda q: torch.ops.aten._weight_int8pack_mm(x, q[0], q[1])], q8)
+    int8 = _exact_and_integer(lambda r, q, z: native.int8(r, q[0], q[1], None, z), xs, q8)
     del q8
     group = 64
     codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.int32)
     scale, zero = torch.rand(n, k // group, generator=gen) / 8, torch.rand(n, k // group, generator=gen)
     packed, pairs = pack_int4(codes, scale, zero)
     q4 = [(packed.clone(), pairs.bfloat16()) for _ in range(count)]
-    int4 = _paired_ms(
-        [lambda q: native.int4(x, q[0], q[1], group, None), lambda q: native.int4(x, q[0], q[1], group, None, True)],
-        q4,
+    int4 = _exact_and_integer(lambda r, q, z: native.int4(r, q[0], q[1], group, None, z), xs, q4)
+    return NativeProfile(
+        native_bf16,
+        min(mv, linear),
+        int8_torch,
+        [exact for exact, _ in int8],
+        [q for _, q in int8],
+        [exact for exact, _ in int4],
+        [q for _, q in int4],
     )
-    return NativeProfile(native_bf16, min(mv, linear), int8[1], int8[0], int8[2], int4[0], int4[1])
 
 
 @cache
@@ -375,13 +397,17 @@ def chosen(activations: str = "auto") -> NativeKernels | None:
     if native is None or measured is None:
         return None
     activations = check_activations(activations)
-    exact_int8 = min(measured.int8_native_ms, measured.int8_torch_ms)
+
+    def faster(q8: list[float], exact: list[float]) -> tuple[bool, ...]:
+        return tuple(activations == "int8" or (activations == "auto" and a < b) for a, b in zip(q8, exact, strict=True))
+
+    exact_int8 = [min(measured.int8_native_ms[0], measured.int8_torch_ms), *measured.int8_native_ms[1:]]
     return replace(
         native,
         for_bf16=measured.bf16_native_ms < measured.bf16_torch_ms,
-        for_int8=measured.int8_native_ms < measured.int8_torch_ms,
-        q8_int8=activations == "int8" or (activations == "auto" and measured.int8_q8_ms < exact_int8),
-        q8_int4=activations == "int8" or (activations == "auto" and measured.int4_q8_ms < measured.int4_native_ms),
+        for_int8=measured.int8_native_ms[0] < measured.int8_torch_ms,
+        q8_int8=faster(measured.int8_q8_ms, exact_int8),
+        q8_int4=faster(measured.int4_q8_ms, measured.int4_native_ms),
     )
 
 
@@ -392,11 +418,19 @@ def forget() -> None:
     chosen.cache_clear()
 
 
-def _quantised_rows(on: bool, exact_ms: float, q8_ms: float, activations: str, isa: str) -> str:
-    speed = f"{exact_ms / q8_ms:.2f}x the exact kernel's speed here"
-    if on:
-        return f"with int8 inputs by {isa}" + (f", {speed}" if activations == "auto" else " (asked)")
-    return "exact" + (f" (int8 inputs measured {speed})" if activations == "auto" else " (asked)")
+def _quantised_rows(on: tuple[bool, ...], exact_ms: list[float], q8_ms: list[float], activations: str, isa: str) -> str:
+    """How int8/int4 rows are multiplied (per bucket of rows) and why."""
+    if activations != "auto":
+        return f"with int8 inputs by {isa} (asked)" if on[0] else "exact (asked)"
+    spans = ("1", "2-4", f"5-{MAX_ROWS}")
+    ratios = " / ".join(f"{e / q:.2f}x" for e, q in zip(exact_ms, q8_ms, strict=True))
+    if all(on) or not any(on):
+        way = f"with int8 inputs by {isa}" if all(on) else "exact"
+    else:
+        taken = ", ".join(span for span, q8 in zip(spans, on, strict=True) if q8)
+        left = ", ".join(span for span, q8 in zip(spans, on, strict=True) if not q8)
+        way = f"with int8 inputs by {isa} at {taken} rows, exact at {left}"
+    return f"{way} (int8 inputs measured {ratios} the exact kernel's speed here at {' / '.join(spans)} rows)"
 
 
 def describe(activations: str | None = None) -> str:
@@ -410,10 +444,10 @@ def describe(activations: str | None = None) -> str:
     way = native.isa
     if (asked := os.environ.get("BLOOMTUI_NATIVE", "").strip().lower()) in FAMILIES:
         way += f" (forced: BLOOMTUI_NATIVE={asked})"
-    exact_int8 = min(measured.int8_native_ms, measured.int8_torch_ms)
+    exact_int8 = [min(measured.int8_native_ms[0], measured.int8_torch_ms), *measured.int8_native_ms[1:]]
     int8 = _quantised_rows(picked.q8_int8, exact_int8, measured.int8_q8_ms, activations, native.int_isa)
-    if not picked.q8_int8 and not picked.for_int8:
-        int8 += ", torch's kernel"
+    if not picked.q8_int8[0] and not picked.for_int8:
+        int8 += "; one exact row by torch's kernel"
     int4 = _quantised_rows(picked.q8_int4, measured.int4_native_ms, measured.int4_q8_ms, activations, native.int_isa)
     bf16 = "native" if picked.for_bf16 else "torch's (native measured slower)"
     return f"native {way} kernels: bf16 rows {bf16}; int8 rows {int8}; int4 rows {int4} (built at {native.path})"
