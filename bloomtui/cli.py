@@ -9,9 +9,7 @@ import difflib
 import importlib
 import os
 import re
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -201,31 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true", help="print one JSON object with the result")
     _model_options(ppl)
 
-    prep = sub.add_parser(
-        "prepare",
-        help="write a compressed copy of a model (int8/int4 weights, one file per block) that streams faster",
-        description="Rewrite MODEL into a new folder OUT: one page-aligned safetensors file per block, the four "
-        "matrices of each block in bf16, int8 (per channel) or int4 (per group), embeddings/head int8 per row. "
-        "MODEL is never written to; OUT is built as OUT.partial and renamed at the end.",
-    )
-    prep.add_argument("model", help="model folder or Hugging Face repo id in the local cache")
-    prep.add_argument("out", help="new folder to write")
-    prep.add_argument("--weights", required=True, choices=("bf16", "int8", "int4"), help="how to store the matrices")
-    prep.add_argument(
-        "--group-size",
-        type=int,
-        choices=(32, 64, 128, 256),
-        help="int4 inputs per scale (default 128, smaller when the hidden size needs it)",
-    )
-    prep.add_argument(
-        "--head",
-        choices=("int8", "int4"),
-        default="int8",
-        help="how int8/int4 folders store the embeddings and LM head: int8 rows (default) or int4 rows in groups of "
-        "32 (5 bits a weight: the head is read every token, so for small models it is most of a token's bytes; "
-        "check the quality with `bloomtui perplexity`)",
-    )
-    prep.add_argument("--force", action="store_true", help="replace OUT if it is an earlier prepared folder")
+    from bloomtui.commands.prepare import add_parser as add_prepare
+
+    add_prepare(sub)
 
     info = sub.add_parser("info", help="show a model's config, layout, sizes and what a budget keeps resident")
     info.add_argument("model", nargs="?", help=MODEL_HELP + " (a server: lists the served models; or --demo)")
@@ -265,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--post-ln", action="store_true", help="set apply_residual_connection_post_layernorm")
     dm.add_argument("--force", action="store_true", help="replace the files of an earlier demo model there")
 
-    dl = sub.add_parser("download", help="download a BLOOM model from the Hugging Face hub into its cache")
-    dl.add_argument("repo_id", help="e.g. bigscience/bloom-560m")
+    from bloomtui.commands.download import add_parser as add_download
+
+    add_download(sub)
     from bloomtui.commands.measure_openmp import add_parser as add_measure_openmp
 
     add_measure_openmp(sub)
@@ -352,6 +329,8 @@ _COMMANDS = {
     "serve": "serve",
     "info": "info",
     "measure-openmp": "measure_openmp",
+    "prepare": "prepare",
+    "download": "download",
 }
 """Commands whose function `bloomtui.commands.<name>.<name>` is imported only when it runs (start-up time)."""
 
@@ -360,15 +339,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if (name := _COMMANDS.get(args.command)) is not None:
         module = importlib.import_module(f"bloomtui.commands.{name}")
         return getattr(module, name)(args)
-    if args.command == "prepare":
-        return _prepare(args)
     if args.command == "demo-model":
         return _demo_model(args)
-    if args.command == "download":
-        from bloomtui.engine.weights.hub import download_model
-
-        print(download_model(args.repo_id))
-        return 0
     if args.demo and args.model:
         raise UsageError("give a MODEL or --demo, not both")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -382,23 +354,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     from bloomtui.tui.app import run_app
 
     return run_app("@demo" if args.demo else args.model, engine_options(args), remote, args.draft, args.samples)
-
-
-def _prepare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from bloomtui.engine.prepare import prepare
-    from bloomtui.progress import prepare_progress
-
-    cancel = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: cancel.set())
-    with prepare_progress() as on_progress:
-        out = prepare(
-            args.model, Path(args.out), args.weights, args.group_size, args.force, on_progress, cancel.is_set,
-            head=args.head,
-        )  # fmt: skip
-    print(f"wrote {out} ({args.weights}); open it like any model: bloomtui info {out}")
-    return 0
 
 
 def _demo_model(args: argparse.Namespace) -> int:

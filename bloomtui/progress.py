@@ -225,3 +225,78 @@ def prepare_progress(stream: TextIO = sys.stderr) -> Iterator[Callable]:
     finally:
         if bar is not None:
             bar.stop()
+
+
+def hub_text(p) -> str:  # noqa: ANN001 - a from_hub.HubProgress
+    """One line of a hub prepare's progress: the shard, the fetch's speed, the files prepared, the ETA."""
+    eta = p.eta_seconds
+    return (
+        f"{_item(p)} {p.shard}/{p.shards}  fetched {format_size(p.fetched)} of {format_size(p.to_fetch)} "
+        f"at {format_size(p.fetch_rate)}/s  {p.action} {p.units_done}/{p.units} files"
+        + (f"  ETA {_duration(eta)}" if eta is not None else "")
+    )
+
+
+def _item(p) -> str:  # noqa: ANN001 - a HubProgress
+    return "file" if p.action == "fetched" else "shard"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@contextmanager
+def hub_progress(stream: TextIO = sys.stderr, as_json: bool = False) -> Iterator[tuple[Callable, Callable]]:
+    """A hub prepare's plan and progress: (on_plan, on_progress). JSON lines on stdout with `as_json`; else the
+    plan as a line on stderr, then a rich bar over the shards on a terminal, or plain lines every few seconds."""
+    import json
+
+    if as_json:
+
+        def plan_json(text: str) -> None:
+            print(json.dumps({"event": "plan", "text": text}), flush=True)
+
+        def progress_json(p) -> None:  # noqa: ANN001 - a HubProgress
+            fields = {k: getattr(p, k) for k in ("shard", "shards", "fetched", "to_fetch", "units_done", "units")}
+            fields |= {"seconds": round(p.seconds, 2), "fetch_rate": round(p.fetch_rate), "eta_seconds": p.eta_seconds}
+            print(json.dumps({"event": "progress", **fields}), flush=True)
+
+        yield plan_json, progress_json
+        return
+    plain = PlainLines(stream)
+    bar = None
+    task = None
+
+    def on_plan(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    if stream.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        bar = Progress(TextColumn("{task.fields[left]}"), BarColumn(), TextColumn("{task.fields[right]}"),
+                       console=Console(file=stream), transient=True)  # fmt: skip
+        task = bar.add_task("hub", total=None, left="starting", right="")
+        bar.start()
+
+    def on_progress(p) -> None:  # noqa: ANN001 - a HubProgress
+        if bar is not None:
+            eta = p.eta_seconds
+            bar.update(
+                task, completed=p.fetched, total=max(1, p.to_fetch), left=f"{_item(p)} {p.shard}/{p.shards}",
+                right=f"{format_size(p.fetch_rate)}/s  {p.action} {p.units_done}/{p.units}"
+                + (f"  ETA {_duration(eta)}" if eta is not None else ""),
+            )  # fmt: skip
+        else:
+            plain(p.seconds, hub_text(p), final=p.units_done == p.units)
+
+    try:
+        yield on_plan, on_progress
+    finally:
+        if bar is not None:
+            bar.stop()

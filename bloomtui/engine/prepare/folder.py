@@ -83,17 +83,18 @@ def finish(
     scheme: Scheme,
     weight_map: dict[str, str],
     written: int,
-    small_files: Path,
+    small_files: Path | None,
     readme: str,
 ) -> Path:
-    """Write config.json, the index, the copied files (from `small_files`) and the card into `partial`, check that
-    it opens, and rename it to `out` (replacing an earlier prepared folder there last, so one always exists)."""
+    """Write config.json, the index, the copied files (from `small_files`, when given) and the card into
+    `partial`, check that it opens, and rename it to `out` (replacing an earlier prepared folder there last,
+    so one always exists)."""
     raw = dict(raw_config)
     raw.update(quantization_config=scheme.to_json(), torch_dtype="bfloat16", dtype="bfloat16")
     (partial / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
     (partial / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-    for name in COPIED_FILES:
+    for name in COPIED_FILES if small_files is not None else ():
         if (small_files / name).is_file():
             shutil.copyfile(small_files / name, partial / name)
     (partial / "README.md").write_text(readme)

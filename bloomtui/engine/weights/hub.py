@@ -19,6 +19,18 @@ def looks_like_repo_id(model: str) -> bool:
 def resolve_model(model: str | Path) -> Path:
     """The local folder for a model argument: a folder path, a shipped demo model by name (`trained`,
     `trained-draft`, unless a folder is so named) or a cached repo id."""
+    path = find_local(model)
+    if path is None:
+        raise CheckpointError(
+            f"{model}: not a local folder, and not in the local Hugging Face cache "
+            f"(download it first: bloomtui download {model})"
+        )
+    return path
+
+
+def find_local(model: str | Path, revision: str | None = None) -> Path | None:
+    """resolve_model's folder, or None for a repo id that is not in the local Hugging Face cache (at `revision`,
+    default its main branch). A mistyped folder is an error, never taken for a repo id."""
     from bloomtui import demo_models
 
     text = str(model)
@@ -33,12 +45,9 @@ def resolve_model(model: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(text, local_files_only=True))
+        return Path(snapshot_download(text, revision=revision, local_files_only=True))
     except Exception:  # any miss in the cache: not found, no snapshot, partial metadata
-        raise CheckpointError(
-            f"{text}: not a local folder, and not in the local Hugging Face cache "
-            f"(download it first: bloomtui download {text})"
-        ) from None
+        return None
 
 
 def _nearby(path: Path) -> str:
@@ -68,19 +77,3 @@ def check_reachable(endpoint: str) -> None:
             f"cannot reach {host}:{port} ({reason}): check the network connection "
             "(HF_ENDPOINT sets another hub or mirror)"
         ) from None
-
-
-def download_model(repo_id: str) -> Path:
-    """Download a BLOOM repo's config, tokenizer and one weight format (safetensors when offered)."""
-    from huggingface_hub import HfApi, constants, snapshot_download
-
-    check_reachable(constants.ENDPOINT)
-    try:
-        files = HfApi().list_repo_files(repo_id)
-    except Exception as exc:
-        raise CheckpointError(f"{repo_id}: cannot list the repository ({type(exc).__name__}: {exc})") from None
-    weights = ["*.safetensors", "*.safetensors.index.json"]
-    if not any(f.endswith(".safetensors") for f in files):
-        weights = ["*.bin", "*.bin.index.json"]
-    patterns = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", *weights]
-    return Path(snapshot_download(repo_id, allow_patterns=patterns))
