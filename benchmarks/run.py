@@ -444,6 +444,7 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
         batch,
         busy,
         draft_speed,
+        hub_prepare,
         llamacpp,
         reads,
         report,
@@ -460,7 +461,7 @@ def _render(raw: dict, out: Path, draw: bool) -> int:
     old_text = out.read_text() if out.exists() else ""
     out.write_text(report.markdown(raw, chart.relative_to(out.parent) if chart else None))
     # Sections measured by their own commands keep their place and stamp.
-    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, startup, activations)
+    own = (app_speed, reads, busy, batch, serving, draft_speed, tree_cost, startup, activations, hub_prepare)
     for section in [m.SECTION for m in own] + list(llamacpp.SECTIONS.values()):
         section.update(out, section.kept(old_text))
     return 0

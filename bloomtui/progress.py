@@ -275,16 +275,19 @@ def hub_progress(stream: TextIO = sys.stderr, as_json: bool = False) -> Iterator
         stream.write(text + "\n")
         stream.flush()
 
-    if stream.isatty():
+    def start_bar() -> None:  # on the first progress, so the plan's line comes before it
+        nonlocal bar, task
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn
 
         bar = Progress(TextColumn("{task.fields[left]}"), BarColumn(), TextColumn("{task.fields[right]}"),
                        console=Console(file=stream), transient=True)  # fmt: skip
-        task = bar.add_task("hub", total=None, left="starting", right="")
+        task = bar.add_task("hub", total=None, left="", right="")
         bar.start()
 
     def on_progress(p) -> None:  # noqa: ANN001 - a HubProgress
+        if bar is None and stream.isatty():
+            start_bar()
         if bar is not None:
             eta = p.eta_seconds
             bar.update(

@@ -158,7 +158,7 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             if repo.gated and "authorization" not in {k.lower() for k in self.headers}:
                 self._error(401, "GatedRepo")
                 return
-            data = path.read_bytes()
+            data = _read(path)
             lfs = name.endswith(LFS_SUFFIXES)
             etag = hub.sha256(path) if lfs else hashlib.sha1(data).hexdigest()
             start = 0
@@ -183,6 +183,7 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                 body[len(body) // 2] ^= 0xFF
             limit = hub.faults.die_after.get(name)
             sent = start
+            began = time.perf_counter()
             for i in range(0, len(body), CHUNK):
                 piece = bytes(body[i : i + CHUNK])
                 if limit is not None and sent + len(piece) > limit:
@@ -195,7 +196,40 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                     return
                 self.wfile.write(piece)
                 sent += len(piece)
-                if hub.faults.rate:
-                    time.sleep(len(piece) / hub.faults.rate)
+                if hub.faults.rate:  # paced against the start, so sleep's overshoot does not add up
+                    ahead = began + (sent - start) / hub.faults.rate - time.perf_counter()
+                    if ahead > 0:
+                        time.sleep(ahead)
 
     return Handler
+
+
+_CACHE: dict[Path, bytes] = {}
+
+
+def _read(path: Path) -> bytes:
+    """A file's bytes, kept: a benchmark serves each shard once, tests serve small files many times."""
+    if path not in _CACHE:
+        _CACHE[path] = path.read_bytes()
+    return _CACHE[path]
+
+
+def main() -> None:
+    """`python -m tests.hub_standin FOLDER REPO_ID [--rate BYTES_PER_S]`: serve FOLDER as REPO_ID until killed,
+    printing the address on the first line (a benchmark runs the hub in its own process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("repo_id")
+    parser.add_argument("--rate", type=float)
+    args = parser.parse_args()
+    hub = HubStandIn()
+    hub.add(args.repo_id, args.folder)
+    hub.faults.rate = args.rate
+    print(hub.url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -52,13 +53,24 @@ def prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     source = find_local(args.model, args.revision)
     if source is None:
+        from bloomtui.engine.prepare.folder import partial_path
         from bloomtui.engine.prepare.from_hub import prepare_from_hub
+        from bloomtui.errors import CancelRequested
 
-        with hub_progress(as_json=args.json) as (on_plan, on_progress):
-            prepare_from_hub(
-                args.model, out, args.weights, args.group_size, args.force, on_progress, cancel.is_set,
-                head=args.head, revision=args.revision, on_plan=on_plan,
-            )  # fmt: skip
+        try:
+            with hub_progress(as_json=args.json) as (on_plan, on_progress):
+                prepare_from_hub(
+                    args.model, out, args.weights, args.group_size, args.force, on_progress, cancel.is_set,
+                    head=args.head, revision=args.revision, on_plan=on_plan,
+                )  # fmt: skip
+        except CancelRequested:
+            if partial_path(out).is_dir():
+                print(
+                    f"interrupted: {partial_path(out)} keeps what is done; run the same command to resume",
+                    file=sys.stderr,
+                )
+                return 130
+            raise
     else:
         from bloomtui.engine.prepare import prepare as prepare_local
 

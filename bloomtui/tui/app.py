@@ -128,6 +128,8 @@ class BloomApp(ModelOpening, RunControl, App[int]):
         self.opener = with_remote(opener, remote)
         """Opens a server URL as a RemoteHandle, anything else with `opener`."""
         self.find_models = find_models
+        self.hub_endpoint: str | None = None
+        """Where the model picker's "prepare from the hub" asks (None: HF_ENDPOINT or huggingface.co)."""
         self.cursor_blink = cursor_blink
         self.settings, self._settings_warning = load_settings()
         self.history = load_history(locations.history_file())
@@ -217,7 +219,7 @@ class BloomApp(ModelOpening, RunControl, App[int]):
                     "No model given. Choose one, or try the built-in demo model (small, trained on the Python docs)."
                 )
             )
-            self.push_screen(ModelPickerScreen(self.find_models()), self._model_picked)
+            self.push_screen(ModelPickerScreen(self.find_models(), hub_endpoint=self.hub_endpoint), self._model_picked)
 
     def _after_first_frame(self) -> None:
         """torch and the engine take seconds to import, holding the interpreter much of that time (loading
@@ -332,7 +334,7 @@ class BloomApp(ModelOpening, RunControl, App[int]):
                 pass  # a theme that does not stick is not worth an error
 
     def action_open_model(self) -> None:
-        self.push_screen(ModelPickerScreen(self.find_models()), self._model_picked)
+        self.push_screen(ModelPickerScreen(self.find_models(), hub_endpoint=self.hub_endpoint), self._model_picked)
 
     def action_open_demo(self) -> None:
         self.open_model(DEMO)

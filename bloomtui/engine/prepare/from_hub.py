@@ -99,7 +99,10 @@ def plan(
     needed = {k for u in units(config) for k in u.keys}
     if weight_file.endswith(".json"):
         shard_keys: dict[str, tuple[str, ...]] | None = _index_shards(source / weight_file, listing, needed)
-        shards = tuple(shard_keys)
+        # In the order the output files need them: a file spread over the first and last shards (bigscience's
+        # embeddings and ln_f) is finished early, while later shards are still being fetched.
+        first_use = {k: i for i, u in enumerate(units(config)) for k in u.keys}
+        shards = tuple(sorted(shard_keys, key=lambda s: (min(first_use[k] for k in shard_keys[s]), s)))
     else:
         shard_keys, shards = None, (weight_file,)
     left = [s for s in shards if s not in journal.shards_done]

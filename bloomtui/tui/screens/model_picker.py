@@ -13,9 +13,10 @@ from textual.widgets.option_list import Option
 from bloomtui.cached_models import CachedModel
 from bloomtui.sizes import format_size
 from bloomtui.tui.engine_handle import DEMO, ModelSpec
+from bloomtui.tui.screens.hub_prepare import HubPrepareScreen
 
 HOW_TO_GET_ONE = (
-    "To get a real model, quit and run:\n"
+    "To get a real model: choose 'Prepare from the hub' above, or quit and run\n"
     "  bloomtui download bigscience/bloom-560m    (about 1.1 GB)\n"
     "  bloomtui bigscience/bloom-560m\n"
     "Any BLOOM size works, up to the 176B bigscience/bloom.\n"
@@ -27,10 +28,11 @@ SERVER_PROMPT = "http://"
 class ModelPickerScreen(ModalScreen[ModelSpec | None]):
     BINDINGS = [Binding("escape", "dismiss_none", "Cancel")]
 
-    def __init__(self, cached: list[CachedModel], reason: str = "") -> None:
+    def __init__(self, cached: list[CachedModel], reason: str = "", hub_endpoint: str | None = None) -> None:
         super().__init__()
         self.cached = cached
         self.reason = reason
+        self.hub_endpoint = hub_endpoint
 
     def compose(self) -> ComposeResult:
         if self.cached:
@@ -46,6 +48,7 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
             ]
             options.append(Option("Built-in demo model  ·  small, trained on the Python docs", id="demo"))
             options.append(Option("Connect to a server  ·  vLLM, TGI or transformers serve (URL below)", id="connect"))
+            options.append(Option("Prepare from the hub  ·  fetch a BLOOM and compress it, shard by shard", id="hub"))
             yield OptionList(*options, id="picker-options")
             yield Input(
                 placeholder="…or type a model folder, cached repo id or server URL (http://host:8000), then enter",
@@ -73,6 +76,9 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
         if option_id == "connect":
             self._ask_for_url()
             return None
+        if option_id == "hub":
+            self.app.push_screen(HubPrepareScreen(self.hub_endpoint), self._prepared)
+            return None
         return DEMO if option_id == "demo" else ModelSpec(option_id.removeprefix("repo:"))
 
     def _ask_for_url(self) -> None:
@@ -90,6 +96,10 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
         chosen = self._chosen()
         if chosen is not None:
             self.dismiss(chosen)
+
+    def _prepared(self, spec: ModelSpec | None) -> None:
+        if spec is not None:
+            self.dismiss(spec)
 
     @on(Button.Pressed, "#cancel")
     def action_dismiss_none(self) -> None:
