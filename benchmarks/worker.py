@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--context", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--rows", help="rows of the few-row passes to time, e.g. 4,16,64 (default 5,9)")
     for kind in ("prefill", "hfprefill", "cancel"):
         p = sub.add_parser(kind)
         p.add_argument("--model", type=Path, required=True)

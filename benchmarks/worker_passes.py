@@ -54,9 +54,10 @@ def run_bigblock(args: argparse.Namespace) -> dict:
         say(f"block {i}: {block_bytes / 1e9:.2f} GB read cold in {read_s[-1]:.2f} s")
     for fd in fds.values():
         os.close(fd)
-    ctx = args.context
+    rows_list = tuple(int(r) for r in args.rows.split(",")) if args.rows else ROWS
+    ctx = max(args.context, *rows_list)  # the rows are the context's last rows
     cache = KVCache.empty(cfg, ctx + 1, dtype)
-    alibi = Alibi(cfg.n_head, dtype, ctx + max(ROWS) + 1)
+    alibi = Alibi(cfg.n_head, dtype, ctx + max(rows_list) + 1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
     few, many = Matmul(native=chosen()), Matmul(upcast=multiplies_upcast(dtype), native=chosen())
@@ -72,7 +73,7 @@ def run_bigblock(args: argparse.Namespace) -> dict:
             decode_s.append(time.perf_counter() - t0)
         # A verify pass of K drafted tokens: K + 1 rows, multiplied as decoding multiplies (no fp32 tiles).
         rows_s: dict[str, list[float]] = {}
-        for rows in ROWS:
+        for rows in rows_list:
             rows_s[str(rows)] = []
             for _ in range(args.reps):
                 t0 = time.perf_counter()
