@@ -16,7 +16,7 @@ from bloomtui.tui.engine_handle import DEMO, ModelSpec
 from bloomtui.tui.screens.hub_prepare import HubPrepareScreen
 
 HOW_TO_GET_ONE = (
-    "To get a real model: choose 'Prepare from the hub' above, or quit and run\n"
+    "For a real model: 'Prepare from the hub' above, or quit and run:\n"
     "  bloomtui download bigscience/bloom-560m    (about 1.1 GB)\n"
     "  bloomtui bigscience/bloom-560m\n"
     "Any BLOOM size works, up to the 176B bigscience/bloom.\n"
@@ -48,7 +48,7 @@ class ModelPickerScreen(ModalScreen[ModelSpec | None]):
             ]
             options.append(Option("Built-in demo model  ·  small, trained on the Python docs", id="demo"))
             options.append(Option("Connect to a server  ·  vLLM, TGI or transformers serve (URL below)", id="connect"))
-            options.append(Option("Prepare from the hub  ·  fetch a BLOOM and compress it, shard by shard", id="hub"))
+            options.append(Option("Prepare from the hub  ·  fetch and compress a BLOOM", id="hub"))
             yield OptionList(*options, id="picker-options")
             yield Input(
                 placeholder="…or type a model folder, cached repo id or server URL (http://host:8000), then enter",
