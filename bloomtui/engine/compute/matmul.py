@@ -1,9 +1,8 @@
 """How a pass multiplies activations by weight matrices: the one place that knows the CPU's fast paths.
 
 - One row (decoding) is memory-bound: where this machine built them and they beat torch's (native.py), bf16,
-  int8 and int4 matrices go through the native few-row kernels, which also take a verify pass's or a batch's
-  few rows, each bucket of row counts the way it measured faster here (bf16 at 5-16 rows goes to torch's GEMM
-  where AMX runs it faster; int8/int4 take inputs quantised to int8 where measured faster and not turned off:
+  int8 and int4 matrices go through the native few-row kernels, which also take a verify pass's few rows with
+  the same sums (int8/int4 ones with the inputs quantised to int8, where measured faster and not turned off:
   EngineOptions.activations); otherwise bf16/fp32 weights use gemv (addmv), or F.linear where this CPU runs a
   bf16 row faster through it (cpu_profile.py), int8 weights torch's fused weight-only kernel, which reads the
   compressed bytes and never builds a dequantised matrix, and int4 ones (only without the native kernels: no
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bloomtui.engine.compute.native import MAX_ROWS, NativeKernels, bucket
+from bloomtui.engine.compute.native import MAX_ROWS, NativeKernels
 from bloomtui.engine.weights.quant import unpack_int4
 
 TILE_BYTES = 128 * 1024**2
@@ -129,7 +128,7 @@ class Matmul:
             if quantized or native.for_int8:
                 return native.int8(x, w.qweight, w.scales, b, quantized)
             return None
-        if native.for_bf16[bucket(x.shape[0])] and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16:
+        if native.for_bf16 and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16:
             return native.bf16(x, w, b)
         return None
 

@@ -177,9 +177,8 @@ class NativeKernels:
     """The instructions the float kernels use: "AVX-512 BF16" (bf16 pairs multiplied natively), "AVX-512" or "AVX2"."""
     int_isa: str
     """The instruction the integer-dot kernels use (VPDPBUSD or VPMADDUBSW)."""
-    for_bf16: tuple[bool, ...] = (True,) * 3
-    """Used for bf16 matrices, per bucket of ROW_BUCKETS (measured faster than torch's way for those rows: its
-    one-row kernels, or its GEMM, which on AMX takes 16 rows faster) ..."""
+    for_bf16: bool = True
+    """Used for bf16 matrices (measured faster than torch's one-row kernels here) ..."""
     for_int8: bool = True
     """... for int8 ones with exact inputs (else torch's) ..."""
     q8_int8: tuple[bool, ...] = (False,) * 3
@@ -304,12 +303,11 @@ _SWEEP = (12, 4096, 1024)
 
 @dataclass(frozen=True)
 class NativeProfile:
-    """Milliseconds per sweep through _SWEEP's matrices at each of ROW_BUCKETS' row counts: bf16 through the native
-    kernels against torch's best way (one row: addmv or F.linear; more: F.linear), int8 one row by torch's kernel,
-    and the exact kernels against the integer-dot ones."""
+    """Milliseconds per sweep through _SWEEP's matrices: one row through the native kernels against torch's best
+    one-row way, and the exact kernels against the integer-dot ones at each of ROW_BUCKETS' row counts."""
 
-    bf16_native_rows_ms: list[float]
-    bf16_torch_rows_ms: list[float]
+    bf16_native_ms: float
+    bf16_torch_ms: float
     int8_torch_ms: float
     int8_native_ms: list[float]
     int8_q8_ms: list[float]
@@ -347,11 +345,6 @@ def measure(native: NativeKernels) -> NativeProfile:
     mv, linear, native_bf16 = _paired_ms(
         [lambda w: torch.mv(w, x[0]), lambda w: F.linear(x, w), lambda w: native.bf16(x, w, None)], mats
     )
-    bf16_native, bf16_torch = [native_bf16], [min(mv, linear)]
-    for rows in xs[1:]:
-        ours, theirs = _paired_ms([lambda w, r=rows: native.bf16(r, w, None), lambda w, r=rows: F.linear(r, w)], mats)
-        bf16_native.append(ours)
-        bf16_torch.append(theirs)
     del mats
     q8 = [
         (torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), torch.rand(n).bfloat16())
@@ -367,8 +360,8 @@ def measure(native: NativeKernels) -> NativeProfile:
     q4 = [(packed.clone(), pairs.bfloat16()) for _ in range(count)]
     int4 = _exact_and_integer(lambda r, q, z: native.int4(r, q[0], q[1], group, None, z), xs, q4)
     return NativeProfile(
-        bf16_native,
-        bf16_torch,
+        native_bf16,
+        min(mv, linear),
         int8_torch,
         [exact for exact, _ in int8],
         [q for _, q in int8],
@@ -411,7 +404,7 @@ def chosen(activations: str = "auto") -> NativeKernels | None:
     exact_int8 = [min(measured.int8_native_ms[0], measured.int8_torch_ms), *measured.int8_native_ms[1:]]
     return replace(
         native,
-        for_bf16=tuple(a < b for a, b in zip(measured.bf16_native_rows_ms, measured.bf16_torch_rows_ms, strict=True)),
+        for_bf16=measured.bf16_native_ms < measured.bf16_torch_ms,
         for_int8=measured.int8_native_ms[0] < measured.int8_torch_ms,
         q8_int8=faster(measured.int8_q8_ms, exact_int8),
         q8_int4=faster(measured.int4_q8_ms, measured.int4_native_ms),
@@ -440,18 +433,6 @@ def _quantised_rows(on: tuple[bool, ...], exact_ms: list[float], q8_ms: list[flo
     return f"{way} (int8 inputs measured {ratios} the exact kernel's speed here at {' / '.join(spans)} rows)"
 
 
-def _bf16_rows(native_at: tuple[bool, ...]) -> str:
-    """Which bf16 row counts the native kernels take, for describe()."""
-    if all(native_at):
-        return "native"
-    if not any(native_at):
-        return "torch's (native measured slower)"
-    spans = ("1", "2-4", f"5-{MAX_ROWS}")
-    ours = ", ".join(span for span, on in zip(spans, native_at, strict=True) if on)
-    theirs = ", ".join(span for span, on in zip(spans, native_at, strict=True) if not on)
-    return f"native at {ours} rows, torch's GEMM at {theirs} (measured faster here)"
-
-
 def describe(activations: str | None = None) -> str:
     """Which one-row kernels run and why, for `bloomtui info`."""
     native = kernels()
@@ -468,5 +449,5 @@ def describe(activations: str | None = None) -> str:
     if not picked.q8_int8[0] and not picked.for_int8:
         int8 += "; one exact row by torch's kernel"
     int4 = _quantised_rows(picked.q8_int4, measured.int4_native_ms, measured.int4_q8_ms, activations, native.int_isa)
-    bf16 = _bf16_rows(picked.for_bf16)
+    bf16 = "native" if picked.for_bf16 else "torch's (native measured slower)"
     return f"native {way} kernels: bf16 rows {bf16}; int8 rows {int8}; int4 rows {int4} (built at {native.path})"
