@@ -60,7 +60,11 @@ def run_bigblock(args: argparse.Namespace) -> dict:
     alibi = Alibi(cfg.n_head, dtype, ctx + max(rows_list) + 1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(ctx, cfg.hidden_size, generator=generator).to(dtype)
-    few, many = Matmul(native=chosen()), Matmul(upcast=multiplies_upcast(dtype), native=chosen())
+    upcast = multiplies_upcast(dtype)
+    few, many = (
+        Matmul(upcast=upcast, native=chosen(), chunks=True),
+        Matmul(upcast=upcast, native=chosen()),
+    )  # as passes.py
     with torch.inference_mode():
         t0 = time.perf_counter()
         block_forward(x, weights, cache, 0, alibi, cfg, many)

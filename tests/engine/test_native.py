@@ -14,6 +14,7 @@ from bloomtui.engine import Engine, EngineOptions, SamplingParams
 from bloomtui.engine import events as ev
 from bloomtui.engine.compute import native
 from bloomtui.engine.compute.matmul import Matmul, QuantizedLinear
+from bloomtui.engine.compute.native import MAX_ROWS
 from bloomtui.engine.decode.draft_spec import DraftSpec
 from bloomtui.engine.prepare import prepare
 from bloomtui.engine.stream import open_model
@@ -267,3 +268,21 @@ def test_a_built_library_is_kept_and_reused(tmp_path, monkeypatch) -> None:  # n
     monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again"))
     again = native.build(BUILDS["avx2"])
     assert not isinstance(again, str) and again.path == first.path and again.isa == "AVX2"
+
+
+def test_many_rows_of_a_quantised_matrix_go_through_the_kernels_in_chunks(kernels) -> None:  # noqa: ANN001
+    """A decode-like pass of more than MAX_ROWS rows (a big batch or tree) takes an int4/int8 matrix through the
+    native kernels MAX_ROWS rows at a time, each chunk as a pass of that many rows would."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(64, 128, generator=gen)
+    codes, scale, zero = int4_codes(w, 64)
+    packed, pairs = pack_int4(codes, scale, zero)
+    int4 = QuantizedLinear(4, packed, pairs.bfloat16(), 64, (64, 128))
+    q, scales = quantize_int8(w)
+    int8 = QuantizedLinear(8, q, scales.bfloat16(), 0, (64, 128))
+    x = torch.randn(MAX_ROWS * 2 + 3, 128, generator=gen).bfloat16()
+    chunked = Matmul(native=kernels, chunks=True)
+    for weight in (int4, int8):
+        one_call = [Matmul(native=kernels)(x[r : r + MAX_ROWS], weight) for r in range(0, x.shape[0], MAX_ROWS)]
+        assert torch.equal(chunked(x, weight), torch.cat(one_call))
+    assert not torch.equal(Matmul(native=kernels)(x, int4), chunked(x, int4))  # without: a dequantised tile

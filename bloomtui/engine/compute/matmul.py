@@ -87,6 +87,7 @@ class Matmul:
         tile_bytes: int = TILE_BYTES,
         one_row_linear: bool = False,
         native: NativeKernels | None = None,
+        chunks: bool = False,
     ) -> None:
         self.upcast = upcast
         """Multiply many-row bf16/fp16 (and quantised) inputs in fp32 tiles."""
@@ -94,6 +95,10 @@ class Matmul:
         """Multiply one bf16 row with F.linear rather than addmv."""
         self.native = native
         """Few-row bf16 and int8 multiplies through the native kernels."""
+        self.chunks = chunks
+        """Take more than MAX_ROWS rows of a quantised matrix through the native kernels MAX_ROWS at a time, not in
+        dequantised tiles: right for decode-like passes (a batch, a verify pass, a tree), whose tens of rows make
+        a tile's dequantising cost more than the kernels' reread of the compressed bytes."""
         self.check = check or (lambda: None)
         """Raises to stop the pass (cancel); called between tiles."""
         self.tile_bytes = tile_bytes
@@ -104,6 +109,10 @@ class Matmul:
             y = self._native(self.native, x, w, b)
             if y is not None:
                 return y
+        elif self.native is not None and self.chunks and isinstance(w, QuantizedLinear):
+            parts = [self._native(self.native, x[r : r + MAX_ROWS], w, b) for r in range(0, rows, MAX_ROWS)]
+            if all(p is not None for p in parts):
+                return torch.cat(parts)  # type: ignore[arg-type]
         if isinstance(w, QuantizedLinear):
             if w.bits == 8 and (rows == 1 or not self.upcast):
                 y = w.matmul(x)

@@ -93,7 +93,10 @@ class Passes:
         self.bytes_read = 0
         self.peak_rss = 0
         self._process = psutil.Process()
-        self.mm_one = Matmul(check=self._check, one_row_linear=one_row_linear, native=native)
+        # Decode-like passes (one row, or a batch's, a verify pass's or a tree's few to tens) never upcast: a
+        # verify row must sum as a decoded one does. More than MAX_ROWS rows of a quantised matrix go through the
+        # native kernels in chunks of MAX_ROWS.
+        self.mm_one = Matmul(check=self._check, one_row_linear=one_row_linear, native=native, chunks=True)
         self.mm_many = Matmul(upcast=upcast, check=self._check, one_row_linear=one_row_linear, native=native)
 
     def _check(self) -> None:
