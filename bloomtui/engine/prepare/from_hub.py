@@ -208,19 +208,22 @@ def prepare_from_hub(
     reader = TensorReader(drop_cache=False)
     started = time.perf_counter()
     last_progress = 0.0
-    done_before = len(the_plan.shards) - len(left)
-    units_before = len(journal.units_done)
+    shards_before = len(the_plan.shards) - len(left)
+    block_bytes, embed_bytes = output_bytes(config, scheme)
+    planned = {u.file: block_bytes if u.file.startswith("block-") else embed_bytes for u in plan_units}
+    done_before = set(journal.units_done)
 
     def progress(force: bool = False) -> None:
         nonlocal last_progress
         now = time.perf_counter()
         if force or now - last_progress >= PROGRESS_EVERY:
             last_progress = now
-            shard = min(len(the_plan.shards), done_before + fetcher.current + 1)
+            shard = min(len(the_plan.shards), shards_before + fetcher.current + 1)
+            written = sum(planned[f] for f in journal.units_done if f not in done_before)
             on_progress(
                 HubProgress(
                     shard, len(the_plan.shards), fetcher.fetched, the_plan.fetch_bytes,
-                    len(journal.units_done), len(plan_units), now - started, units_before,
+                    len(journal.units_done), len(plan_units), now - started, written, the_plan.write_bytes,
                 )
             )  # fmt: skip
 
@@ -296,10 +299,9 @@ def prepare_from_hub(
     for unit in plan_units:
         weight_map |= dict.fromkeys(index_file(partial / unit.file), unit.file)
     written = sum((partial / u.file).stat().st_size for u in plan_units)
-    block, embed = output_bytes(config, scheme)
     kind = "safetensors" if the_plan.shards[0].endswith(".safetensors") else "pytorch .bin"
     stored = f"fetched from the hub one shard at a time: {kind}, {len(the_plan.shards)} file(s)"
-    readme = card(f"{repo_id}@{listing.commit[:10]}", stored, scheme, config, block, embed)
+    readme = card(f"{repo_id}@{listing.commit[:10]}", stored, scheme, config, block_bytes, embed_bytes)
     for leftover in (source, staged):
         shutil.rmtree(leftover)
     (partial / "journal.json").unlink()

@@ -31,8 +31,10 @@ class HubProgress:
     units_done: int
     units: int
     seconds: float
-    units_before: int = 0
-    """Files finished by an earlier run (a resume)."""
+    written: int = 0
+    """Output bytes of the files this run finished (prepare; 0 for download) ..."""
+    to_write: int = 0
+    """... of the bytes this run must write in all."""
     action: str = "prepared"
     """What a finished unit is: a file "prepared" (prepare) or "fetched" (download)."""
 
@@ -46,8 +48,7 @@ class HubProgress:
         if self.fetched <= 0 or self.seconds <= 0:
             return None
         fetch_left = (self.to_fetch - self.fetched) / self.fetch_rate
-        converted = self.units_done - self.units_before
-        convert_left = (self.units - self.units_done) * self.seconds / converted if converted else 0.0
+        convert_left = (self.to_write - self.written) * self.seconds / self.written if self.written else 0.0
         return max(0.0, fetch_left, convert_left)
 
 
