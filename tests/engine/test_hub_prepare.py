@@ -116,6 +116,26 @@ def test_hub_dying_mid_shard_gives_an_error_and_a_later_run_resumes_there(
     _same_folder(out, prepare(source, tmp_path / "local", "int4"))
 
 
+def test_a_run_stopped_between_the_last_part_and_its_assembly_resumes(
+    hub: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bigscience's embeddings file is staged from shards 1 and N: a crash after staging the second part and
+    before assembling must not leave the file for ever unassembled on resume."""
+    source = _source(tmp_path, "bigscience")
+    hub.add(REPO, source)
+    real = from_hub._assemble
+
+    def crash(*_args: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(from_hub, "_assemble", crash)
+    with pytest.raises(OSError, match="power cut"):
+        prepare_from_hub(REPO, tmp_path / "out", "int8", endpoint=hub.url)
+    monkeypatch.setattr(from_hub, "_assemble", real)
+    prepare_from_hub(REPO, tmp_path / "out", "int8", endpoint=hub.url)
+    _same_folder(tmp_path / "out", prepare(source, tmp_path / "local", "int8"))
+
+
 def test_a_corrupted_shard_is_fetched_again_once_then_refused(hub: HubStandIn, tmp_path: Path) -> None:
     source = _source(tmp_path, "safetensors-sharded")
     hub.add(REPO, source)

@@ -239,35 +239,44 @@ def prepare_from_hub(
         reader.read(ref, t, should_stop)
         return t
 
+    shards_of = _unit_shards(the_plan, plan_units)
+
+    def complete(unit: Unit) -> None:
+        """Assemble a file spread over shards once all its parts are staged (on a resume too: a run may have
+        stopped between staging the last part and assembling)."""
+        if unit.file in journal.units_done or set(journal.parts.get(unit.file, ())) != set(shards_of[unit.file]):
+            return
+        _assemble(unit, shards_of[unit.file], staged, partial, weights)
+        journal.note("unit", unit.file)
+        for s in shards_of[unit.file]:
+            (staged / f"{unit.file}.{s}").unlink(missing_ok=True)
+
     def convert_shard(shard: str, path: Path) -> None:
         refs = {_bare(k): r for k, r in index_file(path).items()}
         assigned = the_plan.shard_keys[shard] if the_plan.shard_keys is not None else tuple(key_unit)
         missing = [k for k in assigned if k not in refs]
         if missing:
             raise CheckpointError(f"{repo_id}: {shard} lacks {missing[0]}")
-        shards_of = _unit_shards(the_plan, plan_units)
         for unit in plan_units:
             keys = [k for k in unit.keys if k in assigned]
-            if not keys or unit.file in journal.units_done or shard in journal.parts.get(unit.file, ()):
+            if not keys or unit.file in journal.units_done:
                 continue
-            tensors: dict[str, Tensor] = {}
-            for key in keys:
-                tensors |= convert(key, read(refs[key], key), scheme)
-                progress()
-            whole = shards_of[unit.file] == (shard,)
-            target = partial / unit.file if whole else staged / f"{unit.file}.{shard}"
-            _write_atomic(target, tensors, weights)
-            del tensors
-            if whole:
-                journal.note("unit", unit.file)
-                continue
-            journal.note("part", shard, unit.file)
-            if set(journal.parts[unit.file]) == set(shards_of[unit.file]):
-                _assemble(unit, shards_of[unit.file], staged, partial, weights)
-                journal.note("unit", unit.file)
-                for s in shards_of[unit.file]:
-                    (staged / f"{unit.file}.{s}").unlink(missing_ok=True)
+            if shard not in journal.parts.get(unit.file, ()):
+                tensors: dict[str, Tensor] = {}
+                for key in keys:
+                    tensors |= convert(key, read(refs[key], key), scheme)
+                    progress()
+                whole = shards_of[unit.file] == (shard,)
+                _write_atomic(partial / unit.file if whole else staged / f"{unit.file}.{shard}", tensors, weights)
+                del tensors
+                if whole:
+                    journal.note("unit", unit.file)
+                else:
+                    journal.note("part", shard, unit.file)
+            complete(unit)
 
+    for unit in plan_units:
+        complete(unit)
     fetcher.start()
     try:
         for _ in left:
