@@ -97,7 +97,11 @@ class HubPrepareScreen(ModalScreen[ModelSpec | None]):
         try:
             self._run(repo, weights, out, call)
         except CancelRequested:
-            call(self._ended, f"Stopped. {out}.partial keeps what is done: Start again to resume.")
+            kept = Path(f"{out}.partial").is_dir()  # from the hub: kept to resume; a local prepare starts over
+            call(
+                self._ended,
+                f"Stopped. {out}.partial keeps what is done: Start again to resume." if kept else "Stopped.",
+            )
         except BloomtuiError as exc:
             call(self._ended, f"Error: {exc.message}")
         except OSError as exc:  # the disk filled, a permission, ...
