@@ -8,7 +8,6 @@ by part and assembled when its last part arrives, so no shard waits on disk for 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -29,7 +28,7 @@ from bloomtui.engine.prepare.journal import SOURCE_DIR, STAGED_DIR, Journal
 from bloomtui.engine.prepare.local import metadata
 from bloomtui.engine.weights.config import BloomConfig, Scheme
 from bloomtui.engine.weights.hub_fetch import INCOMPLETE, ChecksumMismatch, HubProgress, fetch_file
-from bloomtui.engine.weights.hub_repo import SMALL_FILES, RepoListing, check_bloom_config, list_repo
+from bloomtui.engine.weights.hub_repo import SMALL_FILES, RepoListing, check_bloom_config, list_repo, weight_map
 from bloomtui.engine.weights.tensorfile import TensorRef, index_file
 from bloomtui.errors import BloomtuiError, CancelRequested, CheckpointError
 from bloomtui.sizes import format_size
@@ -64,21 +63,14 @@ def _bare(key: str) -> str:
 
 
 def _index_shards(index: Path, listing: RepoListing, needed: set[str]) -> dict[str, tuple[str, ...]]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        pairs = [(_bare(str(k)), str(f)) for k, f in weight_map.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{listing.repo_id}: cannot read {index.name} ({exc})") from None
+    """Per shard, the needed tensors (bare keys) the index puts there; every needed one must be somewhere."""
     keys: dict[str, list[str]] = {}
-    for key, shard in pairs:
-        if key in needed:
-            keys.setdefault(shard, []).append(key)
+    for key, shard in weight_map(listing, index).items():
+        if _bare(key) in needed:
+            keys.setdefault(shard, []).append(_bare(key))
     missing = sorted(needed - {k for ks in keys.values() for k in ks})
     if missing:
         raise CheckpointError(f"{listing.repo_id}: {index.name} has no tensor {missing[0]}")
-    for shard in keys:
-        if shard not in listing.files:
-            raise CheckpointError(f"{listing.repo_id}: {index.name} names {shard}, which the repo does not hold")
     return {shard: tuple(keys[shard]) for shard in sorted(keys)}
 
 

@@ -5,7 +5,6 @@ resumable across runs (the cache's `<blob>.incomplete`), sha256-checked, with pr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bloomtui.engine.weights.hub_fetch import INCOMPLETE, ChecksumMismatch, HubProgress, fetch_file
-from bloomtui.engine.weights.hub_repo import SMALL_FILES, RepoListing, check_bloom_config, list_repo
+from bloomtui.engine.weights.hub_repo import SMALL_FILES, RepoListing, check_bloom_config, list_repo, weight_map
 from bloomtui.errors import CheckpointError, UsageError
 from bloomtui.sizes import format_size
 
@@ -78,17 +77,8 @@ def download_model(
 
 
 def _weight_files(listing: RepoListing, snapshot: Path) -> list[str]:
-    weight_file = listing.weight_file()
-    if not weight_file.endswith(".json"):
-        return [weight_file]
-    try:
-        shards = sorted(set(json.loads((snapshot / weight_file).read_text(encoding="utf-8"))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{listing.repo_id}: cannot read {weight_file} ({exc})") from None
-    missing = [s for s in shards if s not in listing.files]
-    if missing:
-        raise CheckpointError(f"{listing.repo_id}: {weight_file} names {missing[0]}, which the repo does not hold")
-    return shards
+    name = listing.weight_file()
+    return sorted(set(weight_map(listing, snapshot / name).values())) if name.endswith(".json") else [name]
 
 
 def _size(blob: Path) -> int:

@@ -94,6 +94,20 @@ def list_repo(repo_id: str, revision: str | None = None, endpoint: str | None = 
     return RepoListing(repo_id, revision or "main", str(info.sha), files, gated, token, endpoint)
 
 
+def weight_map(listing: RepoListing, index: Path) -> dict[str, str]:
+    """A fetched shard index's map of tensor key -> shard file, refused with the reason when it is unreadable or
+    names a file the repo does not hold."""
+    try:
+        raw = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        mapping = {str(k): str(f) for k, f in raw.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{listing.repo_id}: cannot read {index.name} ({exc})") from None
+    missing = sorted(set(mapping.values()) - listing.files.keys())
+    if missing:
+        raise CheckpointError(f"{listing.repo_id}: {index.name} names {missing[0]}, which the repo does not hold")
+    return mapping
+
+
 def check_bloom_config(path: Path, repo_id: str) -> dict:
     """config.json's contents, refused with the reason unless it is a BLOOM's."""
     try:
