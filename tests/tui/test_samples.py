@@ -87,7 +87,9 @@ async def test_samples_stream_side_by_side_at_once_and_the_panel_shows_their_spe
         assert texts == ["".join(engine.sample_pieces(i)[:6]) for i in range(4)] and len(set(texts)) == 4
         assert all(exchange.outcome == "running" for exchange in view.exchanges)
         panes = view.panes
-        # 4 panes in ~90 columns beside the panel: two by two, every one in view while they stream.
+        # 4 panes in ~90 columns beside the panel: two by two, every one in view while they stream (once the grid
+        # has been laid out: on a loaded machine the first read can come before that refresh).
+        await wait_until(pilot, lambda: panes[0].region.y == panes[1].region.y, what="the grid's layout")
         assert panes[0].region.y == panes[1].region.y < panes[2].region.y == panes[3].region.y
         assert panes[0].region.x == panes[2].region.x < panes[1].region.x == panes[3].region.x
         assert all(_visible(app, pane) for pane in panes)
